@@ -1,0 +1,6 @@
+"""`python -m scheduler` is `orka-scheduler`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""Calls to Agents: one channel per node session, Create attempts and Signals.
+
+The Agent's address is the peer IP of its JoinCluster call and the port it declared. A channel
+is opened on first use and closed when the session ends (leave, loss, rejoin), so a rejoined
+Agent is always dialed afresh.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+
+import trio
+
+from ._proto import node_agent_grpc, node_agent_pb2
+from .cluster import Cluster, Node, Session
+from .convert import instance_status_from_agent, workload_to_agent
+from .errors import InvalidArgument, RemoteError, Unavailable
+from .grpc_bridge import ClientChannel, ServerStream
+from .model import InstanceStatus, Signal, Workload
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """An Agent did not accept an instance: the reason, for the Controller's message."""
+
+
+class AgentLink:
+    """The scheduler's channel to the Agent of one node session."""
+
+    def __init__(self, node_id: str, session: Session, ssl_context: ssl.SSLContext | None) -> None:
+        self.node_id = node_id
+        self.channel = ClientChannel(session.host, session.port, ssl_context)
+        self.workloads = self.channel.stub(node_agent_grpc.WorkloadServiceStub)
+
+    def create(self, workload: Workload) -> ServerStream:
+        return self.channel.server_stream(self.workloads.Create, workload_to_agent(workload))
+
+    async def signal(self, instance_id: str, signal: Signal, timeout: float) -> None:
+        request = node_agent_pb2.WorkloadSignal(instance_id=instance_id, signal=signal.value)
+        await self.channel.unary(self.workloads.Signal, request, timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class Agents:
+    """The links to every node session's Agent."""
+
+    def __init__(self, cluster: Cluster, ssl_context: ssl.SSLContext | None = None,
+                 link_factory: Callable[[str, Session, ssl.SSLContext | None], AgentLink] = AgentLink) -> None:
+        self._ssl = ssl_context
+        self._factory = link_factory
+        self._links: dict[int, AgentLink] = {}  # session number -> link
+        cluster.on_session_end.append(self._session_ended)
+
+    def link(self, node: Node) -> AgentLink:
+        session = node.session
+        if session is None:
+            raise Unavailable(f"node {node.id} is {node.state.name}: its Agent cannot be called")
+        link = self._links.get(session.number)
+        if link is None:
+            link = self._links[session.number] = self._factory(node.id, session, self._ssl)
+        return link
+
+    def _session_ended(self, node: Node, session: Session) -> None:
+        link = self._links.pop(session.number, None)
+        if link is not None:
+            link.close()
+
+
+async def attempt(link: AgentLink, workload: Workload, timeout: float) -> tuple[ServerStream, InstanceStatus]:
+    """Ask one Agent to create `workload`; its first status within `timeout` is acceptance.
+
+    Raises Refused for a gRPC error, an empty stream or the timeout (the stream is cancelled).
+    Cancellation (the Controller went away) cancels the Agent's Create and propagates.
+    """
+    stream = link.create(workload)
+    try:
+        with trio.move_on_after(timeout):
+            try:
+                first = await stream.receive()
+            except trio.EndOfChannel:
+                raise Refused("ended the stream without a status") from None
+            except RemoteError as err:
+                raise Refused(f"{err.status}: {err.message}") from None
+            try:
+                return stream, instance_status_from_agent(first, workload.instance_id, link.node_id)
+            except InvalidArgument as err:
+                raise Refused(str(err)) from None
+        raise Refused(f"no status within {timeout:g} s")
+    except BaseException:
+        stream.cancel()
+        raise

@@ -1,0 +1,96 @@
+"""Process wiring: builds the scheduler's parts from a Config and serves them until shutdown.
+
+`serve()` follows trio's serve_listeners shape: `await nursery.start(serve, ...)` returns the
+bound port once the listener accepts, and setting `shutdown` ends everything cleanly (stop
+accepting, end streams with UNAVAILABLE, exit), so tests need no signals.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import trio
+
+from .api.agent import AgentApi
+from .api.cluster import ClusterApi
+from .api.scheduling import SchedulingApi
+from .agents import Agents
+from .cluster import Cluster
+from .config import Config
+from .events import EventLog
+from .grpc_bridge import Bridge, open_loop
+from .instances import Instances
+from .model import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scheduler:
+    """The parts of one running scheduler, reachable by tests."""
+
+    config: Config
+    events: EventLog
+    cluster: Cluster
+    instances: Instances
+    port: int = 0
+
+
+def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
+    parts: dict = {}
+
+    def snapshot() -> Snapshot:
+        return Snapshot(tuple(parts["cluster"].views()), parts["instances"].statuses())
+
+    events = EventLog(config.events.retained, snapshot)
+    cluster = parts["cluster"] = Cluster(
+        events,
+        node_timeout=config.liveness.node_timeout,
+        status_rate=config.liveness.status_rate,
+        status_burst=config.liveness.status_burst,
+    )
+    instances = parts["instances"] = Instances(
+        cluster, events, Agents(cluster, agent_ssl),
+        strategy=config.scheduling.strategy,
+        attempt_timeout=config.scheduling.attempt_timeout,
+        max_attempts=config.scheduling.max_attempts,
+    )
+    return Scheduler(config, events, cluster, instances)
+
+
+async def serve(
+    config: Config,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    authorize=None,
+    agent_ssl: ssl.SSLContext | None = None,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a scheduler until `shutdown` is set; `task_status.started(scheduler)` once listening."""
+    scheduler = build(config, agent_ssl)
+    bridge = Bridge(authorize, config.server.max_message_bytes)
+    servables = (
+        AgentApi(scheduler.cluster).servables(bridge)
+        + ClusterApi(scheduler.cluster, scheduler.events).servables(bridge)
+        + SchedulingApi(scheduler.instances).servables(bridge)
+    )
+    async with open_loop(), trio.open_nursery() as nursery:
+        await nursery.start(scheduler.cluster.run)
+        await nursery.start(scheduler.instances.run)
+        async with trio.open_nursery() as grpc:
+            scheduler.port = await grpc.start(
+                lambda task_status: bridge.serve(
+                    servables, config.server.host, config.server.port, ssl_context,
+                    shutdown=shutdown, grace=config.server.shutdown_grace,
+                    task_status=task_status),
+            )
+            log.info("listening on %s port %d (%s), epoch %s", config.server.host or "*",
+                     scheduler.port,
+                     "TLS, client certificates required" if ssl_context else "PLAINTEXT",
+                     scheduler.events.epoch)
+            task_status.started(scheduler)
+        # The listener has drained and closed: end the sessions' tasks.
+        nursery.cancel_scope.cancel()
+    log.info("stopped")

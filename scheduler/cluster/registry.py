@@ -1,0 +1,250 @@
+"""The node registry: joins, status streams, leaves and liveness (SPEC §2.1).
+
+A node's *session* lasts from one JoinCluster to its leave, its loss, or its next join. Each
+session runs one trio task in the cluster's nursery whose cancel scope is the liveness deadline:
+every valid status moves the deadline; when it passes, the node is LOST. No polling: the
+deadline *is* the liveness state. Everything here is synchronous except that task, so a status
+message costs a few attribute writes and one event.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..errors import AlreadyExists, NotFound
+from ..events import EventLog
+from ..placement import NodeTable
+from ..model import (
+    InstanceCode,
+    NodeEvent,
+    NodeEventKind,
+    NodeMetrics,
+    NodeState,
+    NodeView,
+)
+from .throttle import TokenBucket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class StatusStream:
+    """The one status stream in charge of a session; cancelling `scope` ends its handler."""
+
+    scope: trio.CancelScope
+    ended_because: str = ""
+
+
+@dataclass(eq=False)
+class Session:
+    """One join of a node. Its `scope` bounds every task of the session (liveness, instances)."""
+
+    number: int
+    host: str  # the peer IP of the JoinCluster call
+    port: int  # the Agent's own gRPC server (node_agent.WorkloadService)
+    watchdog: trio.CancelScope
+    limiter: TokenBucket
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    stream: StatusStream | None = None
+
+
+@dataclass(eq=False)
+class Node:
+    """A node the scheduler has seen, with its latest good status."""
+
+    id: str
+    address: str
+    state: NodeState = NodeState.READY
+    metrics: NodeMetrics | None = None
+    last_seen_unix: float = 0.0
+    session: Session | None = None
+    placed: set[str] = field(default_factory=set)  # instance ids the scheduler placed here
+
+    def instance_ids(self) -> tuple[str, ...]:
+        """Instances on this node: placed by us, or reported running/waiting by the Agent."""
+        ids = set(self.placed)
+        if self.metrics is not None:
+            ids.update(r.instance_id for r in self.metrics.instances if r.code is not InstanceCode.TERMINATED)
+        return tuple(sorted(ids))
+
+    def view(self) -> NodeView:
+        return NodeView(self.id, self.address, self.state, self.metrics,
+                        self.instance_ids(), self.last_seen_unix)
+
+
+def format_address(host: str, port: int) -> str:
+    """host:port, with IPv6 hosts in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Cluster:
+    """All nodes and their sessions. `run()` hosts the liveness tasks; call it first."""
+
+    def __init__(
+        self,
+        events: EventLog,
+        *,
+        node_timeout: float,
+        status_rate: float,
+        status_burst: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.events = events
+        self.node_timeout = node_timeout
+        self._status_rate = status_rate
+        self._status_burst = status_burst
+        self._clock = clock  # wall clock for last_seen (reported to people); trio's clock for deadlines
+        self.nodes: dict[str, Node] = {}
+        self.table = NodeTable()  # placement's columnar copy of what placement needs
+        self._sessions = 0
+        self._nursery: trio.Nursery | None = None
+        self.on_session_end: list[Callable[[Node, Session], None]] = []
+        self.on_report: list[Callable[[Node], None]] = []  # hot path: keep hooks O(1)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the sessions' tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- membership ------------------------------------------------------------------------
+
+    def join(self, node_id: str, host: str, port: int) -> Node:
+        """Start a new session for `node_id`, whose Agent serves at host:port (validated already).
+
+        Refused only while the node is READY with a live status stream; any other known node
+        (stream gone, LOST, LEFT) joins again as a new session.
+        """
+        assert self._nursery is not None, "Cluster.run() is not running"
+        node = self.nodes.get(node_id)
+        if node is not None and node.state is NodeState.READY and node.session is not None \
+                and node.session.stream is not None:
+            raise AlreadyExists(
+                f"node {node_id} is already joined with a live status stream; "
+                "leave first or let the old stream end")
+        address = format_address(host, port)
+        if node is None:
+            node = self.nodes[node_id] = Node(node_id, address)
+        elif node.session is not None:
+            self._end_session(node, "the node joined again")
+        now = trio.current_time()
+        self._sessions += 1
+        session = Session(
+            number=self._sessions,
+            host=host,
+            port=port,
+            watchdog=trio.CancelScope(deadline=now + self.node_timeout),
+            limiter=TokenBucket(self._status_rate, self._status_burst, now),
+        )
+        node.session = session
+        node.address = address
+        node.state = NodeState.READY
+        node.metrics = None  # a new session is placeable only once it reports
+        node.placed = set()  # instances of earlier sessions are the Controller's to re-place
+        node.last_seen_unix = self._clock()
+        self.table.upsert(node_id)
+        self.table.update_metrics(node_id, None)
+        self.table.set_ready(node_id, True)
+        self._nursery.start_soon(self._watch, node, session, name=f"liveness:{node_id}")
+        self.events.publish(NodeEvent(NodeEventKind.JOINED, node.view()))
+        log.info("node %s joined from %s (session %d)", node_id, address, session.number)
+        return node
+
+    def leave(self, node_id: str) -> None:
+        """Graceful leave: LEFT with the node's instances. Idempotent for known nodes."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} never joined this scheduler")
+        if node.state is not NodeState.READY:
+            return
+        self._end_session(node, "the node left the cluster")
+        node.state = NodeState.LEFT
+        self.events.publish(NodeEvent(NodeEventKind.LEFT, node.view()))
+        log.info("node %s left (instances: %s)", node_id, ", ".join(node.instance_ids()) or "none")
+
+    def _lose(self, node: Node, session: Session) -> None:
+        if node.session is not session:
+            return
+        self._end_session(node, f"no valid status for {self.node_timeout:g} s: node lost")
+        node.state = NodeState.LOST
+        self.events.publish(NodeEvent(NodeEventKind.LOST, node.view()))
+        log.warning("node %s lost: no valid status for %g s (instances: %s)", node.id,
+                    self.node_timeout, ", ".join(node.instance_ids()) or "none")
+
+    def _end_session(self, node: Node, reason: str) -> None:
+        session = node.session
+        assert session is not None
+        node.session = None
+        if session.stream is not None:
+            session.stream.ended_because = reason
+            session.stream.scope.cancel()
+            session.stream = None
+        session.scope.cancel()
+        self.table.set_ready(node.id, False)
+        for hook in self.on_session_end:
+            hook(node, session)
+
+    async def _watch(self, node: Node, session: Session) -> None:
+        """The session's task: lives until the session ends; declares the node LOST on timeout."""
+        with session.scope:
+            with session.watchdog:
+                await trio.sleep_forever()
+            self._lose(node, session)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def ready_node(self, node_id: str) -> Node:
+        """The READY node `node_id`, or NotFound saying what to do."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} has not joined: call JoinCluster first")
+        if node.state is not NodeState.READY or node.session is None:
+            raise NotFound(f"node {node_id} is {node.state.name}: call JoinCluster again first")
+        return node
+
+    def attach_stream(self, node_id: str, scope: trio.CancelScope) -> tuple[Node, Session, StatusStream]:
+        """Make the stream whose handler runs in `scope` the one in charge of `node_id`.
+
+        An older stream of the node is ended by cancelling its scope.
+        """
+        node = self.ready_node(node_id)
+        session = node.session
+        assert session is not None
+        if session.stream is not None:
+            session.stream.ended_because = "a newer status stream for this node replaced it"
+            session.stream.scope.cancel()
+            log.info("node %s: a new status stream replaces the previous one", node_id)
+        stream = session.stream = StatusStream(scope)
+        return node, session, stream
+
+    def detach_stream(self, session: Session, stream: StatusStream) -> None:
+        """The stream ended (client closed, error, or replaced); the node may join again."""
+        if session.stream is stream:
+            session.stream = None
+
+    def report(self, node: Node, session: Session, metrics: NodeMetrics) -> None:
+        """Apply one valid status: store it, move the liveness deadline, publish STATUS."""
+        if node.session is not session:
+            raise NotFound(f"node {node.id}: this session has ended; call JoinCluster again")
+        previous = node.metrics
+        node.metrics = metrics
+        node.last_seen_unix = self._clock()
+        session.watchdog.deadline = trio.current_time() + self.node_timeout
+        self.table.update_metrics(node.id, metrics)
+        if previous is None or previous.instances != metrics.instances:
+            self.count_instances(node)
+        for hook in self.on_report:
+            hook(node)
+        self.events.publish(NodeEvent(NodeEventKind.STATUS, node.view()))
+
+    def count_instances(self, node: Node) -> None:
+        """Refresh the instance count placement breaks ties with."""
+        self.table.set_instance_count(node.id, len(node.instance_ids()))
+
+    def views(self) -> list[NodeView]:
+        return [self.nodes[node_id].view() for node_id in sorted(self.nodes)]

@@ -1,0 +1,210 @@
+"""Protobuf ⇄ domain at the edge: validate what arrives, build what leaves.
+
+Every `*_from_wire` function either returns a domain object or raises `InvalidArgument` naming
+the field, so handlers stay thin and the core never sees protobuf.
+"""
+from __future__ import annotations
+
+import math
+
+from ._proto import agent_pb2, controller_pb2, node_agent_pb2
+from .errors import InvalidArgument
+from .model import (
+    Event,
+    InstanceCode,
+    InstanceEvent,
+    InstanceReport,
+    InstanceStatus,
+    NodeEvent,
+    NodeMetrics,
+    NodeView,
+    Resources,
+    Snapshot,
+    Usage,
+    Workload,
+)
+from .names import NODE_ID_RULE, valid_node_id
+
+MAX_REPORTED_INSTANCES = 10_000  # instances one NodeStatus may list; more is not a real node
+
+
+def node_id_from_wire(value: str, field: str = "id") -> str:
+    """A node (or instance) id as SPEC §2.1 allows, else InvalidArgument naming `field`."""
+    if not valid_node_id(value):
+        shown = value if len(value) <= 64 else value[:61] + "..."
+        raise InvalidArgument(f"{field} {shown!r} is not a valid id: {NODE_ID_RULE}")
+    return value
+
+
+def port_from_wire(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise InvalidArgument(f"port {value} is out of range: must be 1-65535")
+    return value
+
+
+def _pair(message, name: str) -> tuple[int | None, int | None]:
+    """(total, free) of a Memory/Disk submessage; unknown when absent or total is 0."""
+    if not message.HasField(name):
+        return None, None
+    part = getattr(message, name)
+    if part.total == 0:
+        return None, None
+    if part.free > part.total:
+        raise InvalidArgument(f"{name}.free ({part.free}) exceeds {name}.total ({part.total})")
+    return part.total, part.free
+
+
+def node_status_from_wire(message: agent_pb2.NodeStatus) -> tuple[str, NodeMetrics]:
+    """Validate one NodeStatus; return (node id, metrics). Unreported dimensions stay None."""
+    node_id = node_id_from_wire(message.id)
+    memory_total, memory_free = _pair(message, "memory")
+    disk_total, disk_free = _pair(message, "disk")
+    cpu_load = cpu_cores = None
+    if message.HasField("cpu_load"):
+        load = message.cpu_load.load
+        if not (math.isfinite(load) and 0.0 <= load <= 100.0):
+            raise InvalidArgument(f"cpu_load.load {load!r} is not a percentage between 0 and 100")
+        cpu_load = load
+        cpu_cores = message.cpu_load.cores or None
+    reports = message.instances
+    if len(reports) > MAX_REPORTED_INSTANCES:
+        raise InvalidArgument(f"instances lists {len(reports)} entries; at most "
+                              f"{MAX_REPORTED_INSTANCES} are accepted")
+    instances = tuple(
+        InstanceReport(node_id_from_wire(r.instance_id, "instances.instance_id"), _code(r.code))
+        for r in reports
+    )
+    return node_id, NodeMetrics(memory_total, memory_free, cpu_load, cpu_cores,
+                                disk_total, disk_free, instances)
+
+
+def _code(value: int) -> InstanceCode:
+    try:
+        return InstanceCode(value)
+    except ValueError:
+        raise InvalidArgument(f"instance status code {value} is unknown "
+                              "(WAITING=0, RUNNING=1, TERMINATED=2)") from None
+
+
+# -- to the Controller -----------------------------------------------------------------------
+
+def node_to_wire(view: NodeView) -> controller_pb2.Node:
+    node = controller_pb2.Node(
+        id=view.id,
+        address=view.address,
+        state=view.state.value,
+        instance_ids=view.instance_ids,
+        last_seen_unix=view.last_seen_unix,
+    )
+    metrics = view.metrics
+    if metrics is not None:
+        node.memory_total = metrics.memory_total or 0
+        node.memory_free = metrics.memory_free or 0
+        node.cpu_load = metrics.cpu_load or 0.0
+        node.cpu_cores = metrics.cpu_cores or 0
+        node.disk_total = metrics.disk_total or 0
+        node.disk_free = metrics.disk_free or 0
+    return node
+
+
+def instance_status_to_wire(status: InstanceStatus) -> controller_pb2.WorkloadStatus:
+    wire = controller_pb2.WorkloadStatus(instance_id=status.instance_id, node_id=status.node_id)
+    wire.status.code = status.code.value
+    if status.message is not None:
+        wire.status.message = status.message
+    usage = wire.resource_usage
+    usage.cpu, usage.memory, usage.disk = status.usage.cpu, status.usage.memory, status.usage.disk
+    return wire
+
+
+def event_to_wire(epoch: str, event: Event) -> controller_pb2.ClusterEvent:
+    wire = controller_pb2.ClusterEvent(epoch=epoch, revision=event.revision)
+    body = event.body
+    if isinstance(body, NodeEvent):
+        wire.node.kind = body.kind.value
+        wire.node.node.CopyFrom(node_to_wire(body.node))
+    elif isinstance(body, InstanceEvent):
+        wire.instance.CopyFrom(instance_status_to_wire(body.status))
+    else:
+        assert isinstance(body, Snapshot)
+        wire.snapshot.nodes.extend(node_to_wire(view) for view in body.nodes)
+        wire.snapshot.instances.extend(instance_status_to_wire(s) for s in body.instances)
+    return wire
+
+
+# -- workloads (Controller → scheduler → Agent) ---------------------------------------------
+
+MAX_IMAGE_CHARS = 4096  # longer than any real image reference
+MAX_ENV_ENTRIES = 1024  # environment entries per workload
+MAX_ENV_ENTRY_CHARS = 32 * 1024  # one KEY=VALUE
+KNOWN_TYPES = frozenset(controller_pb2.Workload.Type.values())
+
+
+def workload_from_wire(request: controller_pb2.SchedulingRequest) -> Workload:
+    """Validate a SchedulingRequest (SPEC §2.2 step 1); InvalidArgument names the field."""
+    if not request.HasField("workload"):
+        raise InvalidArgument("workload is missing")
+    wire = request.workload
+    instance_id = node_id_from_wire(wire.instance_id, "workload.instance_id")
+    if not wire.image:
+        raise InvalidArgument("workload.image is empty: name the image to run")
+    if len(wire.image) > MAX_IMAGE_CHARS:
+        raise InvalidArgument(f"workload.image is {len(wire.image)} characters; "
+                              f"at most {MAX_IMAGE_CHARS} are accepted")
+    if wire.type not in KNOWN_TYPES:
+        raise InvalidArgument(f"workload.type {wire.type} is unknown (CONTAINER=0)")
+    if len(wire.environment) > MAX_ENV_ENTRIES:
+        raise InvalidArgument(f"workload.environment has {len(wire.environment)} entries; "
+                              f"at most {MAX_ENV_ENTRIES} are accepted")
+    for index, entry in enumerate(wire.environment):
+        key, equals, _ = entry.partition("=")
+        if not equals or not key:
+            raise InvalidArgument(f"workload.environment[{index}] must be KEY=VALUE with a "
+                                  f"non-empty KEY, got {entry[:64]!r}")
+        if len(entry) > MAX_ENV_ENTRY_CHARS:
+            raise InvalidArgument(f"workload.environment[{index}] is {len(entry)} characters; "
+                                  f"at most {MAX_ENV_ENTRY_CHARS} are accepted")
+    resources = None
+    if wire.HasField("resource_limits"):
+        limits = wire.resource_limits
+        values = {}
+        for name in ("cpu", "memory", "disk"):
+            if limits.HasField(name):
+                value = getattr(limits, name)
+                if value < 0:
+                    raise InvalidArgument(f"workload.resource_limits.{name} is {value}; "
+                                          "must be >= 0")
+                values[name] = value
+        resources = Resources(**values)
+    return Workload(instance_id, wire.image, wire.type, tuple(wire.environment), resources)
+
+
+def workload_to_agent(workload: Workload) -> node_agent_pb2.Workload:
+    wire = node_agent_pb2.Workload(instance_id=workload.instance_id, type=workload.type,
+                                   image=workload.image, environment=workload.environment)
+    if workload.resources is not None:
+        limits = wire.resource_limits
+        limits.SetInParent()
+        for name in ("cpu", "memory", "disk"):
+            value = getattr(workload.resources, name)
+            if value is not None:
+                setattr(limits, name, value)
+    return wire
+
+
+def instance_status_from_agent(wire: node_agent_pb2.WorkloadStatus, instance_id: str,
+                               node_id: str) -> InstanceStatus:
+    """An Agent's WorkloadStatus for `instance_id`; the Agent's own id field is not trusted."""
+    try:
+        code = InstanceCode(wire.status.code)
+    except ValueError:
+        raise InvalidArgument(f"Agent on {node_id} sent unknown status code "
+                              f"{wire.status.code} for {instance_id}") from None
+    usage = wire.resource_usage
+    return InstanceStatus(
+        instance_id=instance_id,
+        code=code,
+        message=wire.status.message if wire.status.HasField("message") else None,
+        usage=Usage(usage.cpu, usage.memory, usage.disk),
+        node_id=node_id,
+    )

@@ -1,0 +1,125 @@
+"""The revisioned event log the Controller watches (SPEC §2.3).
+
+Every node and instance event gets the next revision of this scheduler incarnation (`epoch`).
+The last `retained` events are kept in a ring so a watcher that reconnects with its last
+revision gets exactly what it missed. Publishing never waits for a watcher: each watcher reads
+the log at its own pace, and one that falls so far behind that its next event left the ring gets
+a fresh snapshot in-band. A watcher more than `COALESCE_BACKLOG` events behind skips STATUS
+events of a node that a later STATUS of the same node supersedes; it never skips JOINED, LEFT,
+LOST or instance events.
+"""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+import trio
+
+from .model import Event, InstanceEvent, NodeEvent, NodeEventKind, Snapshot
+
+COALESCE_BACKLOG = 1024  # events behind the head before a watcher may skip superseded STATUS
+
+
+class EventLog:
+    """Append-only, revisioned, bounded log of cluster events with any number of watchers."""
+
+    def __init__(self, retained: int, snapshot: Callable[[], Snapshot], epoch: str | None = None) -> None:
+        if retained < 1:
+            raise ValueError("retained must be at least 1")
+        self.epoch = epoch or secrets.token_hex(8)
+        self.revision = 0
+        self._retained = retained
+        self._ring: list[Event | None] = [None] * retained
+        self._snapshot = snapshot
+        self._latest_status: dict[str, int] = {}  # node id -> revision of its newest STATUS
+        self._changed: trio.Event | None = None  # created only while a watcher waits
+        self.watchers = 0
+
+    @property
+    def first_retained(self) -> int:
+        """The oldest revision still in the ring (revision + 1 when the log is empty)."""
+        return max(1, self.revision - self._retained + 1)
+
+    def publish(self, body: NodeEvent | InstanceEvent) -> Event:
+        """Append one event with the next revision and wake the watchers. Never blocks."""
+        self.revision += 1
+        event = Event(self.revision, body)
+        self._ring[self.revision % self._retained] = event
+        if isinstance(body, NodeEvent) and body.kind is NodeEventKind.STATUS:
+            self._latest_status[body.node.id] = self.revision
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+        return event
+
+    def snapshot_event(self) -> Event:
+        """The whole current picture, stamped with the current revision."""
+        return Event(self.revision, self._snapshot())
+
+    def resumable(self, epoch: str, after_revision: int) -> bool:
+        """Whether a watcher at (epoch, after_revision) can be served from the ring."""
+        return (
+            epoch == self.epoch
+            and after_revision <= self.revision
+            and after_revision >= self.first_retained - 1
+        )
+
+    def event_after(self, cursor: int) -> Event | None:
+        """The next event a watcher at `cursor` should see, or None when it is at the head.
+
+        Returns a snapshot event when `cursor` is older than the ring holds.
+        """
+        while cursor < self.revision:
+            if cursor < self.first_retained - 1:
+                return self.snapshot_event()
+            event = self._ring[(cursor + 1) % self._retained]
+            assert event is not None and event.revision == cursor + 1
+            cursor = event.revision
+            if self.revision - cursor >= COALESCE_BACKLOG and self._superseded(event):
+                continue
+            return event
+        return None
+
+    def _superseded(self, event: Event) -> bool:
+        body = event.body
+        return (
+            isinstance(body, NodeEvent)
+            and body.kind is NodeEventKind.STATUS
+            and self._latest_status.get(body.node.id, 0) > event.revision
+        )
+
+    async def wait_beyond(self, revision: int) -> None:
+        """Wait until the log holds an event newer than `revision`."""
+        while self.revision <= revision:
+            if self._changed is None:
+                self._changed = trio.Event()
+            await self._changed.wait()
+
+    def forget_node(self, node_id: str) -> None:
+        """Drop coalescing state of a node the registry no longer keeps."""
+        self._latest_status.pop(node_id, None)
+
+
+class Watcher:
+    """One Controller's position in the log; `next()` yields its events in revision order."""
+
+    def __init__(self, log: EventLog, epoch: str, after_revision: int) -> None:
+        self._log = log
+        self._cursor: int | None = after_revision if log.resumable(epoch, after_revision) else None
+
+    async def next(self) -> Event:
+        log = self._log
+        if self._cursor is None:
+            event = log.snapshot_event()
+        else:
+            await log.wait_beyond(self._cursor)
+            event = log.event_after(self._cursor)
+            assert event is not None
+        self._cursor = event.revision
+        return event
+
+    def __aiter__(self) -> Watcher:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self.next()

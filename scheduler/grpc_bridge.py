@@ -1,0 +1,417 @@
+"""The one module that knows grpclib runs on asyncio (hosted by trio-asyncio inside trio.run).
+
+Everything else is trio. A handler is a trio function `async def handler(call: Call)`; the bridge
+turns it into a grpclib handler that crosses from asyncio into trio **once per call**. Streamed
+messages never cross per message: inbound messages are handed to trio with a non-blocking
+`send_nowait` on a trio memory channel, outbound ones with `put_nowait` on an asyncio queue; a
+loop waits on the other loop's primitive only when the buffer between them is full.
+
+The bridge also owns what every call has in common: the peer's address and identity, decoding
+errors answered INVALID_ARGUMENT (grpclib would answer UNKNOWN), a message size limit, and
+graceful shutdown (every call in flight ends with UNAVAILABLE, then the listener closes).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import trio_asyncio
+from google.protobuf.message import DecodeError
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.encoding.proto import ProtoCodec
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.server import Server, Stream
+
+from .errors import Refusal, RemoteError
+
+log = logging.getLogger(__name__)
+
+INBOX_SIZE = 64  # inbound messages buffered per call before the reader waits for trio
+OUTBOX_SIZE = 64  # outbound messages buffered per call before trio waits for the writer
+FLUSH_TIME = 0.05  # s after the last call ended on shutdown, for grpclib to write its trailers
+
+Authorize = Callable[[Any, str], Any]
+"""(ssl object or None, method path) -> the caller's identity; raises GRPCError to refuse."""
+
+
+class _End:
+    """Marks the end of a call's outbound messages."""
+
+
+_END = _End()
+
+
+class Inbound:
+    """Messages produced on asyncio and consumed by trio, without crossing loops per message.
+
+    The asyncio side `put`s (waiting only while the buffer is full) and finally `close`s,
+    optionally with the error that ended the source; the trio side `receive`s, and gets
+    `trio.EndOfChannel` or that error at the end.
+    """
+
+    def __init__(self, capacity: int = INBOX_SIZE) -> None:
+        self._send, self._receive = trio.open_memory_channel(capacity)
+        self._room = asyncio.Event()  # set by trio whenever it takes a message
+        self._error: BaseException | None = None
+
+    async def put(self, message: Any) -> bool:
+        """asyncio side: hand one message over; False once the trio side stopped reading."""
+        while True:
+            try:
+                self._send.send_nowait(message)
+                return True
+            except trio.WouldBlock:
+                self._room.clear()
+                await self._room.wait()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+
+    def close(self, error: BaseException | None = None) -> None:
+        """asyncio side: no more messages; `error` says why, if the source failed."""
+        if self._error is None:
+            self._error = error
+        self._send.close()
+
+    async def receive(self) -> Any:
+        """trio side: the next message; EndOfChannel at a clean end, else the source's error."""
+        try:
+            message = await self._receive.receive()
+        except trio.EndOfChannel:
+            if self._error is not None:
+                raise self._error from None
+            raise
+        if not self._room.is_set():
+            self._room.set()
+        return message
+
+    def abandon(self) -> None:
+        """trio side: stop reading; the producer's next `put` returns False."""
+        self._receive.close()
+
+
+class Call:
+    """A gRPC call as trio sees it: who is calling, what they sent, a way to answer.
+
+    `request` is set for unary-request methods; streaming requests are read with `receive()`
+    or `async for`. Streaming replies are sent with `await send(message)`.
+    """
+
+    def __init__(self, method: str, peer_host: str, identity: Any, request: Any = None) -> None:
+        self.method = method
+        self.peer_host = peer_host
+        self.identity = identity
+        self.request = request
+        self._inbox: Inbound | None = None
+        self._outbox: asyncio.Queue = asyncio.Queue()  # bounded by `send`, so _END always fits
+        self._outbox_room: trio.Event | None = None  # set by the writer when the outbox drains
+
+    # -- trio side -------------------------------------------------------------------------
+
+    async def receive(self) -> Any:
+        """The next request message; raises trio.EndOfChannel when the client half-closes."""
+        assert self._inbox is not None, f"{self.method} has no request stream"
+        return await self._inbox.receive()
+
+    def __aiter__(self) -> Call:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    async def send(self, message: Any) -> None:
+        """Queue one reply message; waits only while the client reads slower than we write."""
+        while self._outbox.qsize() >= OUTBOX_SIZE:
+            self._outbox_room = trio.Event()
+            await self._outbox_room.wait()
+        self._outbox.put_nowait(message)
+
+    def _finish(self) -> None:
+        self._outbox.put_nowait(_END)
+
+    # -- asyncio side ----------------------------------------------------------------------
+
+    async def _pump_requests(self, stream: Stream) -> None:
+        """Read request messages (asyncio) and hand them to trio without crossing loops."""
+        inbox = self._inbox
+        assert inbox is not None
+        error = None
+        try:
+            async for message in stream:
+                if not await inbox.put(message):
+                    return
+        except GRPCError as err:  # e.g. an undecodable or oversized message
+            error = err
+        finally:
+            inbox.close(error)
+
+    async def _write_replies(self, stream: Stream) -> None:
+        while True:
+            message = await self._outbox.get()
+            room = self._outbox_room
+            if room is not None:
+                self._outbox_room = None
+                room.set()
+            if message is _END:
+                return
+            await stream.send_message(message)
+
+
+TrioHandler = Callable[[Call], Awaitable[Any]]
+
+
+class Codec(ProtoCodec):
+    """Protobuf codec that answers undecodable messages with INVALID_ARGUMENT, not UNKNOWN."""
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as err:
+            name = message_type.DESCRIPTOR.full_name
+            raise GRPCError(Status.INVALID_ARGUMENT,
+                            f"message does not decode as {name}: {err}") from None
+
+
+class Bridge:
+    """Hosts grpclib's asyncio server inside trio and runs trio handlers for it.
+
+    Keeps the cancel scope of every call in flight so shutdown can end them cleanly.
+    """
+
+    def __init__(self, authorize: Authorize | None = None, max_message_bytes: int = 4 << 20) -> None:
+        self._authorize = authorize
+        self._max_message_bytes = max_message_bytes
+        self._calls: set[trio.CancelScope] = set()
+        self._draining = False
+        self._idle = trio.Event()  # set once draining and no call is left
+
+    # -- building servables ----------------------------------------------------------------
+
+    def servable(self, base: type, handlers: Mapping[str, TrioHandler]) -> Any:
+        """A grpclib servable for generated `base` whose methods run the given trio handlers.
+
+        `handlers` maps method names ("JoinCluster") to trio functions taking a `Call`.
+        """
+        probe = type("Probe", (), {name: None for name in handlers})()
+        mapping = {}
+        for path, spec in base.__mapping__(probe).items():
+            name = path.rsplit("/", 1)[1]
+            mapping[path] = spec._replace(func=self._adapt(path, spec, handlers[name]))
+        return _Servable(mapping)
+
+    def _adapt(self, path: str, spec: Handler, handler: TrioHandler) -> Callable[[Stream], Awaitable[None]]:
+        cardinality: Cardinality = spec.cardinality
+        bridge = self
+
+        async def grpclib_handler(stream: Stream) -> None:  # runs on asyncio
+            call = Call(path, *bridge._peer(stream, path))
+            if cardinality.client_streaming:
+                call._inbox = Inbound()
+                reader = asyncio.ensure_future(call._pump_requests(stream))
+            else:
+                call.request = await stream.recv_message()
+                if call.request is None:
+                    raise GRPCError(Status.INVALID_ARGUMENT, f"{path} needs a request message")
+                reader = None
+            future = trio_asyncio.current_loop.get().trio_as_future(bridge._run, handler, call)
+            try:
+                if cardinality.server_streaming:
+                    await call._write_replies(stream)
+                reply = await future
+                if not cardinality.server_streaming:
+                    await stream.send_message(reply)
+            finally:
+                if not future.done():
+                    future.cancel()
+                if reader is not None:
+                    reader.cancel()
+
+        return grpclib_handler
+
+    def _peer(self, stream: Stream, path: str) -> tuple[str, Any]:
+        transport = stream._stream._transport  # grpclib exposes only addr()/cert() on Peer
+        peername = transport.get_extra_info("peername")
+        host = peername[0] if peername else ""
+        identity = None
+        if self._authorize is not None:
+            try:
+                identity = self._authorize(transport.get_extra_info("ssl_object"), path)
+            except Refusal as refusal:
+                raise GRPCError(Status[refusal.status], refusal.message) from None
+        return host, identity
+
+    async def _run(self, handler: TrioHandler, call: Call) -> Any:
+        """Trio side of one call: runs the handler under a scope shutdown can cancel."""
+        if self._draining:
+            call._finish()
+            raise GRPCError(Status.UNAVAILABLE, "scheduler is shutting down; retry another time")
+        with trio.CancelScope() as scope:
+            self._calls.add(scope)
+            try:
+                return await handler(call)
+            except Refusal as refusal:
+                raise GRPCError(Status[refusal.status], refusal.message) from None
+            finally:
+                self._calls.discard(scope)
+                call._finish()
+                if self._draining and not self._calls:
+                    self._idle.set()
+        raise GRPCError(Status.UNAVAILABLE, "scheduler is shutting down; retry another time")
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        servables: list[Any],
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        shutdown: trio.Event,
+        grace: float,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until `shutdown` is set, then end calls in flight and close.
+
+        `task_status.started(port)` reports the bound port once the listener accepts.
+        """
+        server = Server(servables, codec=_LimitedCodec(self._max_message_bytes))
+        # "::" (or "") means every interface of both families: asyncio makes IPv6 sockets
+        # V6ONLY, so a literal "::" would not accept IPv4 clients.
+        await trio_asyncio.aio_as_trio(server.start)(
+            None if host in ("", "::") else host, port, ssl=ssl_context, reuse_address=True,
+        )
+        bound = server._server.sockets[0].getsockname()[1]
+        task_status.started(bound)
+        try:
+            await shutdown.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._drain(server, grace)
+
+    async def _drain(self, server: Server, grace: float) -> None:
+        """Stop accepting, end every call in flight with UNAVAILABLE, give them `grace` s."""
+        self._draining = True
+        server._server.close()  # stop accepting; established connections stay for now
+        if not self._calls:
+            self._idle.set()
+        for scope in list(self._calls):
+            scope.cancel()
+        with trio.move_on_after(grace):
+            await self._idle.wait()
+            await trio.sleep(FLUSH_TIME)
+        server.close()
+        with trio.move_on_after(grace):
+            await trio_asyncio.aio_as_trio(server.wait_closed)()
+
+
+class ClientChannel:
+    """A grpclib channel to one peer (an Agent), used from trio.
+
+    A unary call crosses into asyncio once; a server stream is read by an asyncio task that
+    hands each reply to trio through an `Inbound`. Failures of any kind (gRPC status, refused
+    connection, TLS, timeout) surface as `RemoteError` with the status a person would expect.
+    """
+
+    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._channel = Channel(host, port, ssl=ssl_context, codec=Codec())
+
+    async def unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        """Call a unary method of a generated stub (e.g. `stub.Signal`) bound to this channel."""
+        try:
+            return await trio_asyncio.aio_as_trio(method)(request, timeout=timeout)
+        except BaseException as err:
+            raise self._remote_error(err) from err
+
+    def server_stream(self, method: Any, request: Any) -> ServerStream:
+        """Start a server-streaming call (e.g. `stub.Create`); read it with `receive()`."""
+        return ServerStream(self, method, request)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _remote_error(self, err: BaseException) -> BaseException:
+        if isinstance(err, GRPCError):
+            return RemoteError(err.status.name, err.message or f"{err.status.name} from {self.target}")
+        if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
+            return RemoteError("DEADLINE_EXCEEDED", f"{self.target} did not answer in time")
+        if isinstance(err, (OSError, StreamTerminatedError, ssl.SSLError, ProtocolError)):
+            return RemoteError("UNAVAILABLE", f"cannot reach {self.target}: {err or type(err).__name__}")
+        return err  # cancellation and bugs propagate unchanged
+
+    def stub(self, stub_class: type) -> Any:
+        return stub_class(self._channel)
+
+
+class ServerStream:
+    """One server-streaming call being read by an asyncio task; `cancel()` ends it at once."""
+
+    def __init__(self, channel: ClientChannel, method: Any, request: Any) -> None:
+        self._channel = channel
+        self._inbound = Inbound()
+        loop = trio_asyncio.current_loop.get()
+        self._task = loop.create_task(self._read(method, request))
+
+    async def _read(self, method: Any, request: Any) -> None:
+        error = None
+        try:
+            async with method.open() as stream:
+                await stream.send_message(request, end=True)
+                async for reply in stream:
+                    if not await self._inbound.put(reply):
+                        await stream.cancel()
+                        return
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:
+            error = self._channel._remote_error(err)
+        finally:
+            self._inbound.close(error)
+
+    async def receive(self) -> Any:
+        """The next reply; trio.EndOfChannel when the peer ends the stream OK, else RemoteError."""
+        return await self._inbound.receive()
+
+    def cancel(self) -> None:
+        """Stop reading and cancel the call (the peer sees it cancelled)."""
+        self._inbound.abandon()
+        self._task.cancel()
+
+
+def open_loop():
+    """The asyncio loop (inside trio) that grpclib servers and channels need; enter it first."""
+    return trio_asyncio.open_loop()
+
+
+class _Servable:
+    """A grpclib servable built from a mapping (what generated `*Base` classes provide)."""
+
+    def __init__(self, mapping: dict[str, Handler]) -> None:
+        self._mapping = mapping
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return self._mapping
+
+
+class _LimitedCodec(Codec):
+    """`Codec` that also refuses messages larger than the configured limit."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        if len(data) > self._max_bytes:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED,
+                            f"message of {len(data)} bytes exceeds the limit of {self._max_bytes}")
+        return super().decode(data, message_type)

@@ -1,0 +1,310 @@
+"""Instances: placing them (sequential attempts in priority order), relaying their statuses,
+stopping and destroying them (SPEC §2.2).
+
+A placement asks `placement.plan` for the feasible nodes in priority order, then tries them one
+at a time: re-check the node still fits, reserve, call the Agent's Create, wait for its first
+status. A refusal releases the reservation and moves on. Once an Agent accepts, a relay task
+owned by this service (not by the Controller's call) reads the Agent's stream until the
+instance terminates, is destroyed, or its node session ends; it publishes every status to the
+event log and forwards it to the Controller's Schedule stream while that is still listening.
+
+Reservations (what concurrent decisions must not promise twice) are held from the attempt
+until the node's reports can be trusted to include the instance: a report that lists the
+instance, or — for Agents that do not report instances — `RESERVATION_REPORTS` status reports
+after acceptance. They are also released on refusal, termination, Destroy and node loss.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import trio
+
+from .agents import Agents, Refused, attempt
+from .cluster import Cluster, Node, Session
+from .convert import instance_status_from_agent
+from .errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RemoteError,
+    ResourceExhausted,
+    Unavailable,
+)
+from .events import EventLog
+from .grpc_bridge import ServerStream
+from .model import (
+    NO_RESOURCES,
+    InstanceCode,
+    InstanceEvent,
+    InstanceStatus,
+    NodeState,
+    Signal,
+    Workload,
+)
+from .placement import plan
+
+log = logging.getLogger(__name__)
+
+RESERVATION_REPORTS = 2  # reports after acceptance before an instance-less report is trusted
+TERMINATED = InstanceCode.TERMINATED
+ENDED_OK = ("terminated", "destroyed")  # relay endings after which Schedule ends with OK
+
+
+@dataclass(eq=False)
+class Instance:
+    """A placed instance: where it runs, its latest status, and its relay."""
+
+    workload: Workload
+    node: Node
+    session: Session
+    latest: InstanceStatus
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    follower: trio.MemorySendChannel | None = None  # the Controller's Schedule stream
+    ended: str = ""  # why the relay ended; "" while it runs
+    reports_after: int = 0  # node reports since acceptance, while the reservation is held
+    reserved: bool = True
+
+    @property
+    def id(self) -> str:
+        return self.workload.instance_id
+
+    @property
+    def running_on_ready_node(self) -> bool:
+        return (self.latest.code is not TERMINATED and self.node.state is NodeState.READY
+                and self.node.session is self.session)
+
+
+class Instances:
+    """Every placed instance and the service's relay tasks. Call `run()` first."""
+
+    def __init__(self, cluster: Cluster, events: EventLog, agents: Agents, *,
+                 strategy: str, attempt_timeout: float, max_attempts: int) -> None:
+        self.cluster = cluster
+        self.events = events
+        self.agents = agents
+        self.strategy = strategy
+        self.attempt_timeout = attempt_timeout
+        self.max_attempts = max_attempts
+        self._instances: dict[str, Instance] = {}
+        self._placing: set[str] = set()  # instance ids with an attempt in flight
+        self._reserved_on: dict[str, set[Instance]] = {}  # node id -> instances holding a reservation
+        self._nursery: trio.Nursery | None = None
+        cluster.on_session_end.append(self._session_ended)
+        cluster.on_report.append(self._node_reported)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def statuses(self) -> tuple[InstanceStatus, ...]:
+        return tuple(instance.latest for instance in self._instances.values())
+
+    # -- placing ---------------------------------------------------------------------------
+
+    async def schedule(self, workload: Workload) -> tuple[Instance, trio.MemoryReceiveChannel]:
+        """Place `workload`; return the instance and a channel of its statuses (first included).
+
+        The channel closes when the relay ends; `instance.ended` says why.
+        """
+        instance_id = workload.instance_id
+        self._check_new(instance_id)
+        if not any(node.state is NodeState.READY for node in self.cluster.nodes.values()):
+            raise FailedPrecondition(f"cannot place {instance_id}: no node is ready "
+                                     f"({len(self.cluster.nodes)} known)")
+        request = workload.resources or NO_RESOURCES
+        decision = plan(self.cluster.table, request, self.strategy, self.max_attempts)
+        if not decision.order:
+            counts = ", ".join(f"{reason}: {count}" for reason, count in decision.counts.items())
+            raise ResourceExhausted(f"no node can take {instance_id} ({_describe(request)}): "
+                                    f"{counts}")
+        self._placing.add(instance_id)
+        refusals: list[str] = []
+        try:
+            for node_id in decision.order:
+                placed = await self._attempt(node_id, workload, refusals)
+                if placed is not None:
+                    return placed
+        finally:
+            self._placing.discard(instance_id)
+        log.warning("instance %s not placed: every node refused (%s)", instance_id, "; ".join(refusals))
+        raise Unavailable(f"every feasible node refused {instance_id}: " + "; ".join(refusals))
+
+    def _check_new(self, instance_id: str) -> None:
+        if instance_id in self._placing:
+            raise AlreadyExists(f"instance {instance_id} is being placed right now")
+        existing = self._instances.get(instance_id)
+        if existing is not None and existing.running_on_ready_node:
+            raise AlreadyExists(f"instance {instance_id} already runs on node {existing.node.id} "
+                                f"({existing.latest.code.name}); Destroy it first")
+
+    async def _attempt(self, node_id: str, workload: Workload,
+                       refusals: list[str]) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
+        """One attempt on one node; None (and a reason in `refusals`) if it did not accept."""
+        node = self.cluster.nodes[node_id]
+        session = node.session
+        request = workload.resources or NO_RESOURCES
+        table = self.cluster.table
+        if node.state is not NodeState.READY or session is None:
+            refusals.append(f"{node_id}: {node.state.name.lower()} before its turn")
+            return None
+        reason = table.reject_reason(node_id, request)
+        if reason is not None:  # another placement took the room since the plan was made
+            refusals.append(f"{node_id}: no longer fits ({reason})")
+            return None
+        instance_id = workload.instance_id
+        table.reserve(node_id, instance_id, request)
+        try:
+            stream, first = await attempt(self.agents.link(node), workload, self.attempt_timeout)
+        except Refused as refusal:
+            table.release(instance_id)
+            refusals.append(f"{node_id}: {refusal}")
+            log.info("instance %s: node %s refused: %s", instance_id, node_id, refusal)
+            return None
+        except BaseException:
+            table.release(instance_id)
+            raise
+        if node.session is not session:  # the node went away while it answered
+            stream.cancel()
+            table.release(instance_id)
+            refusals.append(f"{node_id}: session ended during the attempt")
+            return None
+        return self._accept(workload, node, session, stream, first)
+
+    def _accept(self, workload: Workload, node: Node, session: Session, stream: ServerStream,
+                first: InstanceStatus) -> tuple[Instance, trio.MemoryReceiveChannel]:
+        assert self._nursery is not None, "Instances.run() is not running"
+        previous = self._instances.pop(workload.instance_id, None)
+        if previous is not None:
+            self._forget(previous, "placed again")
+        instance = Instance(workload, node, session, first)
+        send, receive = trio.open_memory_channel(math.inf)  # a few statuses per instance
+        instance.follower = send
+        self._instances[instance.id] = instance
+        self._reserved_on.setdefault(node.id, set()).add(instance)
+        node.placed.add(instance.id)
+        self.cluster.count_instances(node)
+        log.info("instance %s placed on node %s (%s)", instance.id, node.id, first.code.name)
+        self._publish(instance, first)
+        self._nursery.start_soon(self._relay, instance, stream, name=f"relay:{instance.id}")
+        return instance, receive
+
+    # -- relaying --------------------------------------------------------------------------
+
+    async def _relay(self, instance: Instance, stream: ServerStream) -> None:
+        """Read the Agent's stream until TERMINATED; publish and forward every status."""
+        with instance.scope:
+            try:
+                while instance.latest.code is not TERMINATED:
+                    wire = await stream.receive()
+                    status = instance_status_from_agent(wire, instance.id, instance.node.id)
+                    instance.latest = status
+                    self._publish(instance, status)
+                instance.ended = "terminated"
+            except trio.EndOfChannel:
+                instance.ended = (f"the Agent on {instance.node.id} ended the instance's stream "
+                                  "before it terminated")
+            except (RemoteError, InvalidArgument) as err:
+                instance.ended = f"the instance's stream from {instance.node.id} failed: {err}"
+        stream.cancel()
+        if instance.ended == "destroyed" and instance.latest.code is not TERMINATED:
+            instance.latest = InstanceStatus(instance.id, TERMINATED, "destroyed",
+                                             node_id=instance.node.id)
+            self._publish(instance, instance.latest)
+        if instance.ended != "terminated" and instance.ended != "destroyed":
+            log.warning("instance %s: relay ended: %s", instance.id, instance.ended)
+        self._release(instance)
+        if instance.latest.code is TERMINATED:
+            instance.node.placed.discard(instance.id)
+            self.cluster.count_instances(instance.node)
+        if instance.follower is not None:
+            instance.follower.close()
+
+    def _publish(self, instance: Instance, status: InstanceStatus) -> None:
+        self.events.publish(InstanceEvent(status))
+        follower = instance.follower
+        if follower is not None:
+            try:
+                follower.send_nowait(status)
+            except trio.BrokenResourceError:  # the Controller stopped listening
+                instance.follower = None
+
+    def _end_relay(self, instance: Instance, why: str) -> None:
+        if not instance.ended:
+            instance.ended = why
+        instance.scope.cancel()
+
+    # -- reservations ----------------------------------------------------------------------
+
+    def _release(self, instance: Instance) -> None:
+        if instance.reserved:
+            instance.reserved = False
+            self.cluster.table.release(instance.id)
+            held = self._reserved_on.get(instance.node.id)
+            if held is not None:
+                held.discard(instance)
+                if not held:
+                    del self._reserved_on[instance.node.id]
+
+    def _node_reported(self, node: Node) -> None:
+        """A status arrived: release reservations the report now accounts for. Hot path."""
+        held = self._reserved_on.get(node.id)
+        if not held:
+            return
+        reported = node.metrics.instances if node.metrics is not None else ()
+        listed = {report.instance_id for report in reported}
+        for instance in list(held):
+            instance.reports_after += 1
+            if instance.id in listed or (not reported and instance.reports_after >= RESERVATION_REPORTS):
+                self._release(instance)
+
+    # -- node sessions ending ----------------------------------------------------------------
+
+    def _session_ended(self, node: Node, session: Session) -> None:
+        for instance_id in list(node.placed):
+            instance = self._instances.get(instance_id)
+            if instance is not None and instance.session is session:
+                self._end_relay(instance, f"node {node.id} ended its session (left, lost or rejoined)")
+                self._release(instance)
+
+    # -- stop / destroy --------------------------------------------------------------------
+
+    async def stop(self, instance_id: str) -> None:
+        await self._signal(instance_id, Signal.STOP)
+        log.info("instance %s: STOP sent", instance_id)
+
+    async def destroy(self, instance_id: str) -> None:
+        instance = await self._signal(instance_id, Signal.KILL)
+        self._forget(instance, "destroyed")
+        log.info("instance %s destroyed on node %s", instance_id, instance.node.id)
+
+    async def _signal(self, instance_id: str, signal: Signal) -> Instance:
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            raise NotFound(f"instance {instance_id} is not known to this scheduler")
+        node = instance.node
+        if node.session is not instance.session or node.state is not NodeState.READY:
+            state = node.state.name if node.state is not NodeState.READY else "REJOINED"
+            raise Unavailable(f"instance {instance_id} was on node {node.id}, which is {state}: "
+                              "its Agent cannot be signalled")
+        await self.agents.link(node).signal(instance_id, signal, self.attempt_timeout)
+        return instance
+
+    def _forget(self, instance: Instance, why: str) -> None:
+        if self._instances.get(instance.id) is instance:
+            del self._instances[instance.id]
+        instance.node.placed.discard(instance.id)
+        self.cluster.count_instances(instance.node)
+        self._release(instance)
+        self._end_relay(instance, why)
+
+
+def _describe(request) -> str:
+    parts = [f"cpu {request.cpu} m" if request.cpu else "",
+             f"memory {request.memory} MiB" if request.memory else "",
+             f"disk {request.disk} MiB" if request.disk else ""]
+    return ", ".join(p for p in parts if p) or "no resources requested"

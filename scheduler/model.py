@@ -1,0 +1,146 @@
+"""Domain dataclasses: what the core (cluster, placement, events) works on.
+
+The core never sees protobuf; `scheduler.api.convert` translates at the edge. Units follow the
+wire contract: node metrics in bytes and percent, workload requests in millicores and MiB.
+`None` always means *unknown* (an older Agent does not report it), never zero.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+MIB = 1024 * 1024  # bytes per MiB: workload requests are in MiB, node reports in bytes
+MILLICORES_PER_CORE = 1000  # workload cpu is in millicores
+
+
+class NodeState(enum.Enum):
+    READY = 0
+    LEFT = 1
+    LOST = 2
+
+
+class NodeEventKind(enum.Enum):
+    JOINED = 0
+    STATUS = 1
+    LEFT = 2
+    LOST = 3
+
+
+class InstanceCode(enum.Enum):
+    WAITING = 0
+    RUNNING = 1
+    TERMINATED = 2
+
+
+class Signal(enum.Enum):
+    STOP = 0
+    KILL = 1
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceReport:
+    """One instance as an Agent sees it, from NodeStatus.instances."""
+
+    instance_id: str
+    code: InstanceCode
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMetrics:
+    """A node's last good status report. `None`: the Agent does not report that dimension."""
+
+    memory_total: int | None = None  # bytes
+    memory_free: int | None = None  # bytes
+    cpu_load: float | None = None  # percent 0-100
+    cpu_cores: int | None = None
+    disk_total: int | None = None  # bytes
+    disk_free: int | None = None  # bytes
+    instances: tuple[InstanceReport, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatusReport:
+    """One validated NodeStatus message from an Agent."""
+
+    node_id: str
+    metrics: NodeMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """An immutable picture of a node at one moment: what events and ListNodes carry."""
+
+    id: str
+    address: str
+    state: NodeState
+    metrics: NodeMetrics | None
+    instance_ids: tuple[str, ...]
+    last_seen_unix: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """A workload's request. `None` on a dimension: not requested (fits anywhere)."""
+
+    cpu: int | None = None  # millicores
+    memory: int | None = None  # MiB
+    disk: int | None = None  # MiB
+
+
+NO_RESOURCES = Resources()
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A validated request to run one instance."""
+
+    instance_id: str
+    image: str
+    type: int = 0  # CONTAINER
+    environment: tuple[str, ...] = ()
+    resources: Resources | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Resource usage an Agent reports for an instance (plain ints, as on the wire)."""
+
+    cpu: int = 0
+    memory: int = 0
+    disk: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStatus:
+    """One status of an instance, as relayed to the Controller."""
+
+    instance_id: str
+    code: InstanceCode
+    message: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    node_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvent:
+    kind: NodeEventKind
+    node: NodeView
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEvent:
+    status: InstanceStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    nodes: tuple[NodeView, ...]
+    instances: tuple[InstanceStatus, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the event log: a revision and what happened."""
+
+    revision: int
+    body: NodeEvent | InstanceEvent | Snapshot

@@ -1,0 +1,28 @@
+"""Placement: pure decisions of where an instance may run (SPEC §2.2 steps 2-3).
+
+No I/O, no event loop: plain data in, plain data out. The cluster state keeps a `NodeTable`
+current (nodes, readiness, metrics, instance counts, reservations); `plan` filters it
+(`feasible`), ranks what is left (`rank`) and returns a `Plan` to attempt in order.
+
+    table.py         NodeTable: one row per node, numpy columns, O(1) updates
+    reservations.py  Reservations: what is promised to instances the reports may not show yet
+    feasible.py      Reason, reject_reason / reason_codes: who fits and why not
+    rank.py          Strategy, score / scores / priority_order: who is tried first
+    plan.py          Plan, plan (over a table), plan_candidates (node by node, the reference)
+"""
+from scheduler.placement.feasible import Candidate, Reason
+from scheduler.placement.plan import Plan, plan, plan_candidates
+from scheduler.placement.rank import Strategy
+from scheduler.placement.reservations import Reservations
+from scheduler.placement.table import NodeTable
+
+__all__ = [
+    "Candidate",
+    "NodeTable",
+    "Plan",
+    "Reason",
+    "Reservations",
+    "Strategy",
+    "plan",
+    "plan_candidates",
+]

@@ -1,0 +1,80 @@
+"""Feasibility (SPEC §2.2 step 2): which nodes can take a request, and why the others cannot.
+
+A node is feasible when it is READY, has reported a status, and fits the request on every
+dimension it reports after subtracting its reservations. A dimension the node does not report
+filters nothing; a dimension the request leaves at None or 0 always fits. Every rejected node
+gets exactly one reason: the first failing check in the order not-ready, memory, cpu, disk.
+
+Two forms of the same rule: `reject_reason` for one node in plain Python (readable, the oracle
+of the tests), `reason_codes` over a table's columns (what decisions use).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from scheduler.model import NO_RESOURCES, NodeMetrics, Resources
+from scheduler.placement.table import CPU, DISK, MEMORY, Columns, column_amounts, node_dimensions
+
+
+class Reason(enum.StrEnum):
+    """Why a node cannot take a request; the value is what operators and the Controller see."""
+
+    NOT_READY = "not-ready"
+    """The node is not READY (left, lost) or has not reported a status yet."""
+    MEMORY = "memory"
+    """Reported free memory minus reservations is below the requested memory."""
+    CPU = "cpu"
+    """Free cpu (cores x 1000 x (1 - load/100)) minus reservations is below the requested cpu."""
+    DISK = "disk"
+    """Reported free disk minus reservations is below the requested disk."""
+
+
+FEASIBLE = 0  # reason code of a node that can take the request
+REASON_CODES = {Reason.NOT_READY: 1, Reason.MEMORY: 2, Reason.CPU: 3, Reason.DISK: 4}
+REASON_BY_CODE = (None, Reason.NOT_READY, Reason.MEMORY, Reason.CPU, Reason.DISK)
+_CHECKS = ((MEMORY, Reason.MEMORY), (CPU, Reason.CPU), (DISK, Reason.DISK))  # in check order
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One node as the plain per-node rules see it (the table holds the same facts as columns)."""
+
+    node_id: str
+    ready: bool
+    metrics: NodeMetrics | None  # None: no status reported yet
+    reserved: Resources = NO_RESOURCES
+    instances: int = 0
+
+
+def reject_reason(candidate: Candidate, request: Resources) -> Reason | None:
+    """Why the node cannot take the request, or None if it can."""
+    if not candidate.ready or candidate.metrics is None:
+        return Reason.NOT_READY
+    dimensions = node_dimensions(candidate.metrics)
+    reserved = column_amounts(candidate.reserved)
+    wanted = column_amounts(request)
+    for dimension, reason in _CHECKS:
+        reported = dimensions[dimension]
+        if wanted[dimension] > 0 and reported is not None:
+            _, free = reported
+            if free - reserved[dimension] - wanted[dimension] < 0:
+                return reason
+    return None
+
+
+def reason_codes(columns: Columns, wanted: tuple[float, float, float]) -> np.ndarray:
+    """One code per row: FEASIBLE or the REASON_CODES value of the first failing check.
+
+    `wanted` is the request in column units (`column_amounts`). Unknown dimensions are NaN, and
+    a comparison with NaN is false, so they never reject.
+    """
+    codes = np.zeros(len(columns.ids), dtype=np.int8)
+    for dimension, reason in reversed(_CHECKS):  # later checks first: earlier ones overwrite
+        if wanted[dimension] > 0:
+            left = columns.free[dimension] - columns.reserved[dimension] - wanted[dimension]
+            codes[left < 0] = REASON_CODES[reason]
+    codes[~columns.eligible] = REASON_CODES[Reason.NOT_READY]
+    return codes

@@ -1,0 +1,254 @@
+"""Placement's columnar picture of the cluster: one row per node, one numpy column per fact.
+
+Why columns: a decision over 10,000 nodes must take at most 2 ms (p99) on two cores; a Python
+loop over nodes takes ten times that, numpy expressions over columns take tens of µs. The
+cluster state keeps the table current with O(1) updates on its hot path (one status message,
+one `update_metrics`), and every decision reads the columns as they are at that moment.
+
+Units in the columns: memory and disk in bytes, cpu in millicores. NaN marks an unknown
+dimension (an older Agent does not report it), which filters nothing and scores neutral.
+"""
+from __future__ import annotations
+
+import bisect
+from typing import NamedTuple
+
+import numpy as np
+
+from scheduler.model import MIB, MILLICORES_PER_CORE, NodeMetrics, Resources
+from scheduler.placement.reservations import Reservations
+
+MEMORY, CPU, DISK = 0, 1, 2  # rows of the 2-D columns, in the order the filters check them
+DIMENSIONS = 3  # memory, cpu, disk
+INITIAL_CAPACITY = 64  # rows allocated up front; doubled when full, so growth is amortised O(1)
+UNKNOWN = float("nan")  # a dimension the node does not report
+
+Dimension = tuple[float, float] | None  # (total, free) in column units, None = unknown
+
+
+def node_dimensions(metrics: NodeMetrics) -> tuple[Dimension, Dimension, Dimension]:
+    """(total, free) of memory, cpu and disk in column units; None where the node is silent.
+
+    Cpu is known only with both cores and load: capacity = cores x 1000 mc, free = capacity x
+    (1 - load/100). Zero cores counts as unknown: it is what an old Agent's message decodes to.
+    """
+    memory = disk = cpu = None
+    if metrics.memory_total is not None and metrics.memory_free is not None:
+        memory = (float(metrics.memory_total), float(metrics.memory_free))
+    if metrics.cpu_cores and metrics.cpu_load is not None:
+        capacity = float(metrics.cpu_cores * MILLICORES_PER_CORE)
+        cpu = (capacity, capacity * (1.0 - metrics.cpu_load / 100.0))
+    if metrics.disk_total is not None and metrics.disk_free is not None:
+        disk = (float(metrics.disk_total), float(metrics.disk_free))
+    return memory, cpu, disk
+
+
+def column_amounts(resources: Resources) -> tuple[float, float, float]:
+    """A request or reservation as (memory bytes, cpu millicores, disk bytes); None counts 0."""
+    return (
+        float((resources.memory or 0) * MIB),
+        float(resources.cpu or 0),
+        float((resources.disk or 0) * MIB),
+    )
+
+
+class Columns(NamedTuple):
+    """Views of a table's live rows, valid until its next change: what one decision reads."""
+
+    ids: np.ndarray  # object (n,): node id per row
+    eligible: np.ndarray  # bool (n,): READY and has reported a status
+    total: np.ndarray  # float64 (3, n): capacity per dimension, NaN = unknown
+    free: np.ndarray  # float64 (3, n): last reported free, NaN = unknown
+    reserved: np.ndarray  # float64 (3, n): promised to instances the reports may not show
+    known: np.ndarray  # int64 (n,): how many dimensions the node reports
+    instances: np.ndarray  # int64 (n,): instances on the node, the first tie-breaker
+    id_rank: np.ndarray  # int64 (n,): the node id's position in ascending order, last tie-breaker
+    id_rank_bound: int  # every id_rank is below this (it is n)
+
+
+class NodeTable:
+    """Every node placement may consider, as columns the cluster state updates in place.
+
+    Rows are dense: removing a node moves the last row into its place. The id rank column is
+    kept exact on every add and remove (~10 µs at 10,000 nodes) rather than recomputed before a
+    decision (~1.5 ms), so a decision right after a join costs no more than any other.
+    Reservations go through the table (`reserve` / `release`) so the ledger and the reserved
+    columns never disagree; a node added again gets back whatever the ledger still holds for it.
+    """
+
+    def __init__(self, reservations: Reservations | None = None, capacity: int = INITIAL_CAPACITY):
+        self._reservations = reservations if reservations is not None else Reservations()
+        self._row: dict[str, int] = {}
+        self._sorted_ids: list[str] = []  # position in this list = id_rank
+        self._size = 0
+        self._ids = np.empty(0, dtype=object)
+        self._ready = np.zeros(0, dtype=bool)
+        self._reported = np.zeros(0, dtype=bool)
+        self._total = np.empty((DIMENSIONS, 0))
+        self._free = np.empty((DIMENSIONS, 0))
+        self._reserved = np.zeros((DIMENSIONS, 0))
+        self._known = np.zeros(0, dtype=np.int64)
+        self._instances = np.zeros(0, dtype=np.int64)
+        self._id_rank = np.zeros(0, dtype=np.int64)
+        self._resize(max(1, capacity))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._row
+
+    @property
+    def reservations(self) -> Reservations:
+        """The ledger behind the reserved columns: read it, change it only through the table."""
+        return self._reservations
+
+    def node_ids(self) -> list[str]:
+        """Every node in the table, in row order."""
+        return self._ids[: self._size].tolist()
+
+    def upsert(self, node_id: str) -> bool:
+        """Make sure the node has a row; True if it was added (not ready, no status yet)."""
+        if node_id in self._row:
+            return False
+        if self._size == len(self._ids):
+            self._resize(2 * len(self._ids))
+        rank = bisect.bisect_left(self._sorted_ids, node_id)
+        self._sorted_ids.insert(rank, node_id)
+        ranks = self._id_rank[: self._size]
+        ranks += ranks >= rank  # ids after the new one move up by one
+        row = self._size
+        self._size += 1
+        self._row[node_id] = row
+        self._id_rank[row] = rank
+        self._ids[row] = node_id
+        self._ready[row] = False
+        self._clear_metrics(row)
+        self._instances[row] = 0
+        self._reserved[:, row] = column_amounts(self._reservations.node_total(node_id))
+        return True
+
+    def remove(self, node_id: str) -> bool:
+        """Forget the node (its reservations stay in the ledger); False if it had no row."""
+        row = self._row.pop(node_id, None)
+        if row is None:
+            return False
+        rank = int(self._id_rank[row])
+        del self._sorted_ids[rank]
+        last = self._size - 1
+        if row != last:
+            for column in (self._ids, self._ready, self._reported, self._known, self._instances,
+                           self._id_rank):
+                column[row] = column[last]
+            for column in (self._total, self._free, self._reserved):
+                column[:, row] = column[:, last]
+            self._row[self._ids[row]] = row
+        self._ids[last] = None
+        self._size = last
+        ranks = self._id_rank[:last]
+        ranks -= ranks > rank  # ids after the removed one move down by one
+        return True
+
+    def set_ready(self, node_id: str, ready: bool) -> None:
+        """READY nodes may be chosen; LEFT and LOST ones are kept but rejected as not-ready."""
+        self._ready[self._row[node_id]] = ready
+
+    def update_metrics(self, node_id: str, metrics: NodeMetrics | None) -> None:
+        """Take the node's last good status; None: it has reported none (e.g. a new session)."""
+        row = self._row[node_id]
+        if metrics is None:
+            self._clear_metrics(row)
+            return
+        known = 0
+        for dimension, reported in enumerate(node_dimensions(metrics)):
+            if reported is None:
+                self._total[dimension, row] = self._free[dimension, row] = UNKNOWN
+            else:
+                self._total[dimension, row], self._free[dimension, row] = reported
+                known += 1
+        self._known[row] = known
+        self._reported[row] = True
+
+    def set_instance_count(self, node_id: str, count: int) -> None:
+        """How many instances the node runs: fewer wins a tie between equal scores."""
+        if count < 0:
+            raise ValueError(f"instance count must be >= 0, not {count}")
+        self._instances[self._row[node_id]] = count
+
+    def reserve(self, node_id: str, instance_id: str, resources: Resources) -> None:
+        """Promise resources on the node to an instance (see `Reservations.reserve`)."""
+        self._reservations.reserve(node_id, instance_id, resources)
+        self._refresh_reserved(node_id)
+
+    def release(self, instance_id: str) -> bool:
+        """Give an instance's reservation back; False if it held none."""
+        node_id = self._reservations.node_of(instance_id)
+        if not self._reservations.release(instance_id):
+            return False
+        self._refresh_reserved(node_id)
+        return True
+
+    def columns(self) -> Columns:
+        """The live rows as views, for one decision."""
+        n = self._size
+        return Columns(
+            ids=self._ids[:n],
+            eligible=self._ready[:n] & self._reported[:n],
+            total=self._total[:, :n],
+            free=self._free[:, :n],
+            reserved=self._reserved[:, :n],
+            known=self._known[:n],
+            instances=self._instances[:n],
+            id_rank=self._id_rank[:n],
+            id_rank_bound=n,
+        )
+
+    def reject_reason(self, node_id: str, request: Resources):
+        """Why one node cannot take `request` right now (a Reason), or None if it can.
+
+        What an attempt re-checks just before reserving: a plan made earlier may be stale once
+        concurrent placements have reserved on the same node.
+        """
+        from scheduler.placement.feasible import REASON_BY_CODE, reason_codes
+
+        row = self._row[node_id]
+        columns = self.columns()
+        one = slice(row, row + 1)
+        single = columns._replace(
+            ids=columns.ids[one], eligible=columns.eligible[one], total=columns.total[:, one],
+            free=columns.free[:, one], reserved=columns.reserved[:, one],
+            known=columns.known[one], instances=columns.instances[one],
+            id_rank=columns.id_rank[one])
+        return REASON_BY_CODE[int(reason_codes(single, column_amounts(request))[0])]
+
+    def _refresh_reserved(self, node_id: str) -> None:
+        """Copy the ledger's exact integer total into the node's columns (no float drift)."""
+        row = self._row.get(node_id)
+        if row is not None:
+            self._reserved[:, row] = column_amounts(self._reservations.node_total(node_id))
+
+    def _clear_metrics(self, row: int) -> None:
+        self._total[:, row] = UNKNOWN
+        self._free[:, row] = UNKNOWN
+        self._known[row] = 0
+        self._reported[row] = False
+
+    def _resize(self, capacity: int) -> None:
+        """Reallocate every column with room for `capacity` rows, keeping the live ones."""
+        n = self._size
+
+        def grown(column: np.ndarray, fill: object) -> np.ndarray:
+            shape = (*column.shape[:-1], capacity)
+            new = np.full(shape, fill, dtype=column.dtype)
+            new[..., :n] = column[..., :n]
+            return new
+
+        self._ids = grown(self._ids, None)
+        self._ready = grown(self._ready, False)
+        self._reported = grown(self._reported, False)
+        self._total = grown(self._total, UNKNOWN)
+        self._free = grown(self._free, UNKNOWN)
+        self._reserved = grown(self._reserved, 0.0)
+        self._known = grown(self._known, 0)
+        self._instances = grown(self._instances, 0)
+        self._id_rank = grown(self._id_rank, 0)

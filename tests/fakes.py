@@ -1,0 +1,277 @@
+"""Fakes that talk real gRPC over 127.0.0.1: Agents and a Controller, driven from trio tests.
+
+They are grpclib clients on the trio-asyncio loop of the test; crossing loops per message is
+fine here (tests), never in the scheduler itself.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import trio
+import trio_asyncio
+from grpclib.client import Channel
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from scheduler._proto import agent_grpc, agent_pb2, controller_grpc, controller_pb2
+
+aio = trio_asyncio.aio_as_trio
+
+
+def status(node_id: str, *, mem_total=8 << 30, mem_free=4 << 30, load=10.0, cores=4,
+           disk_total=None, disk_free=None, instances=()) -> agent_pb2.NodeStatus:
+    """A NodeStatus; `cores=0`, no disk and no instances is what an old Agent sends."""
+    message = agent_pb2.NodeStatus(id=node_id)
+    if mem_total is not None:
+        message.memory.total, message.memory.free = mem_total, mem_free
+    if load is not None:
+        message.cpu_load.load, message.cpu_load.cores = load, cores
+    if disk_total is not None:
+        message.disk.total, message.disk.free = disk_total, disk_free
+    for instance_id, code in instances:
+        message.instances.add(instance_id=instance_id, code=code)
+    return message
+
+
+@asynccontextmanager
+async def open_channel(port: int, ssl=None):
+    """A grpclib channel to 127.0.0.1:port on this test's own asyncio loop."""
+    async with trio_asyncio.open_loop():
+        channel = await aio(_make_channel)(port, ssl)
+        try:
+            yield channel
+        finally:
+            channel.close()
+
+
+async def _make_channel(port: int, ssl) -> Channel:
+    return Channel("127.0.0.1", port, ssl=ssl)
+
+
+class StatusStream:
+    """An open UpdateNodeStatus call: send statuses, then close and read the outcome."""
+
+    def __init__(self, stub: agent_grpc.StatusUpdateServiceStub) -> None:
+        self._stub = stub
+        self._cm = None
+        self._stream = None
+
+    async def open(self) -> StatusStream:
+        self._cm = self._stub.UpdateNodeStatus.open()
+        self._stream = await aio(self._cm.__aenter__)()
+        await aio(self._stream.send_request)()
+        return self
+
+    async def send(self, message: agent_pb2.NodeStatus) -> None:
+        await aio(self._stream.send_message)(message)
+
+    async def finish(self) -> agent_pb2.Empty:
+        """Half-close and return the reply, raising GRPCError on a non-OK status."""
+        async def done():
+            await self._stream.end()
+            reply = await self._stream.recv_message()
+            await self._stream.recv_trailing_metadata()
+            return reply
+        try:
+            return await aio(done)()
+        finally:
+            await self.cancel()
+
+    async def outcome(self):
+        """Wait for the server to end the call; return its GRPCError (or None if OK)."""
+        from grpclib.exceptions import GRPCError
+
+        async def wait():
+            try:
+                await self._stream.recv_message()
+                await self._stream.recv_trailing_metadata()
+            except GRPCError as err:
+                return err
+            return None
+        return await aio(wait)()
+
+    async def cancel(self) -> None:
+        if self._cm is not None:
+            cm, self._cm = self._cm, None
+            try:
+                await aio(cm.__aexit__)(None, None, None)
+            except Exception:
+                pass
+
+
+class FakeAgent:
+    """One Agent: joins, streams statuses, leaves."""
+
+    def __init__(self, channel: Channel, node_id: str, port: int = 7000) -> None:
+        self.node_id = node_id
+        self.port = port
+        self.lifecycle = agent_grpc.LifecycleServiceStub(channel)
+        self.statuses = agent_grpc.StatusUpdateServiceStub(channel)
+
+    async def join(self, node_id: str | None = None, port: int | None = None) -> None:
+        request = agent_pb2.ConnectionRequest(id=node_id if node_id is not None else self.node_id,
+                                              port=self.port if port is None else port)
+        await aio(self.lifecycle.JoinCluster)(request)
+
+    async def leave(self, node_id: str | None = None) -> None:
+        await aio(self.lifecycle.LeaveCluster)(
+            agent_pb2.DisconnectionNotice(id=node_id if node_id is not None else self.node_id))
+
+    async def open_stream(self) -> StatusStream:
+        return await StatusStream(self.statuses).open()
+
+    async def report(self, **metrics) -> StatusStream:
+        """Open a stream and send one status (the stream stays open)."""
+        stream = await self.open_stream()
+        await stream.send(status(self.node_id, **metrics))
+        return stream
+
+
+class FakeController:
+    """Watches events into a trio channel; lists nodes."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.cluster = controller_grpc.ClusterServiceStub(channel)
+
+    async def list_nodes(self) -> list[controller_pb2.Node]:
+        reply = await aio(self.cluster.ListNodes)(controller_pb2.Empty())
+        return list(reply.nodes)
+
+    @asynccontextmanager
+    async def watch(self, epoch: str = "", after_revision: int = 0, buffer: int = 10_000):
+        """Yield a trio receive channel of ClusterEvents; the watch ends with the block.
+
+        If the server ends the watch, the channel's last item is the GRPCError or
+        StreamTerminatedError, then the channel closes.
+        """
+        send, receive = trio.open_memory_channel(buffer)
+
+        async def pump():
+            try:
+                async with self.cluster.WatchEvents.open() as stream:
+                    await stream.send_message(controller_pb2.WatchRequest(
+                        epoch=epoch, after_revision=after_revision), end=True)
+                    async for event in stream:
+                        send.send_nowait(event)
+            except (StreamTerminatedError, GRPCError) as err:
+                send.send_nowait(err)  # the test sees why the watch ended
+            finally:
+                send.close()
+
+        loop = trio_asyncio.current_loop.get()
+        task = loop.create_task(pump())
+        try:
+            yield receive
+        finally:
+            task.cancel()
+
+
+class FakeWorkloadAgent:
+    """A real node_agent.WorkloadService server on 127.0.0.1 that does what the test says.
+
+    `mode`: "accept" (WAITING then RUNNING, TERMINATED on a signal), "refuse" (GRPCError with
+    `refuse_status`), "hang" (never answers), "empty" (ends the stream at once), "die" (one
+    status, then the stream breaks). Records what it received, including cancelled Creates.
+    """
+
+    def __init__(self, mode: str = "accept", refuse_status=None) -> None:
+        from grpclib.const import Status
+
+        self.mode = mode
+        self.refuse_status = refuse_status or Status.RESOURCE_EXHAUSTED
+        self.created: list[str] = []  # instance ids, in the order Create arrived
+        self.cancelled: list[str] = []  # Creates whose caller cancelled them
+        self.signals: list[tuple[str, int]] = []
+        self.workloads: list = []
+        self.port = 0
+        self._server = None
+        self._running: dict[str, object] = {}  # instance id -> asyncio.Event ending it
+
+    def __mapping__(self):
+        from grpclib.const import Cardinality, Handler
+
+        from scheduler._proto import node_agent_pb2 as pb
+        return {
+            "/node_agent.WorkloadService/Create": Handler(
+                self._create, Cardinality.UNARY_STREAM, pb.Workload, pb.WorkloadStatus),
+            "/node_agent.WorkloadService/Signal": Handler(
+                self._signal, Cardinality.UNARY_UNARY, pb.WorkloadSignal, pb.Empty),
+        }
+
+    async def _create(self, stream) -> None:
+        import asyncio
+
+        from grpclib.exceptions import GRPCError
+
+        from scheduler._proto import node_agent_pb2 as pb
+        workload = await stream.recv_message()
+        self.created.append(workload.instance_id)
+        self.workloads.append(workload)
+        try:
+            if self.mode == "refuse":
+                raise GRPCError(self.refuse_status, f"fake agent refuses {workload.instance_id}")
+            if self.mode == "hang":
+                await asyncio.Event().wait()
+            if self.mode == "empty":
+                return
+            done = self._running[workload.instance_id] = asyncio.Event()
+
+            def status(code, message=None):
+                reply = pb.WorkloadStatus(instance_id=workload.instance_id)
+                reply.status.code = code
+                if message:
+                    reply.status.message = message
+                return reply
+
+            await stream.send_message(status(pb.Status.WAITING))
+            if self.mode == "die":
+                await stream.cancel()
+                return
+            await stream.send_message(status(pb.Status.RUNNING))
+            await done.wait()
+            await stream.send_message(status(pb.Status.TERMINATED, "signalled"))
+        except asyncio.CancelledError:
+            self.cancelled.append(workload.instance_id)
+            raise
+
+    async def _signal(self, stream) -> None:
+        from grpclib.exceptions import GRPCError
+        from grpclib.const import Status
+
+        from scheduler._proto import node_agent_pb2 as pb
+        request = await stream.recv_message()
+        self.signals.append((request.instance_id, request.signal))
+        done = self._running.get(request.instance_id)
+        if done is None:
+            raise GRPCError(Status.NOT_FOUND, f"fake agent runs no {request.instance_id}")
+        done.set()
+        await stream.send_message(pb.Empty())
+
+    async def start(self) -> int:
+        """Serve on 127.0.0.1:0 (in the current trio-asyncio loop); return the port."""
+        async def start():
+            from grpclib.server import Server
+            self._server = Server([self])
+            await self._server.start("127.0.0.1", 0)
+            return self._server._server.sockets[0].getsockname()[1]
+        self.port = await aio(start)()
+        return self.port
+
+    async def stop(self) -> None:
+        async def stop():
+            self._server.close()
+            await self._server.wait_closed()
+        await aio(stop)()
+
+
+async def drop_stream(stream: StatusStream) -> None:
+    """Reset an open status stream (RST_STREAM), as an Agent that dies would, and release it.
+
+    `StatusStream.cancel()` alone waits for the server's trailers, so on a stream the server
+    still reads it never returns; use this for a stream whose call has not ended.
+    """
+    if stream._cm is not None and stream._stream is not None:
+        try:
+            await aio(stream._stream.cancel)()
+        except Exception:  # already ended or reset: nothing to cancel
+            pass
+    await stream.cancel()
