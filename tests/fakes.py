@@ -275,3 +275,224 @@ async def drop_stream(stream: StatusStream) -> None:
         except Exception:  # already ended or reset: nothing to cancel
             pass
     await stream.cancel()
+
+
+# -- Schedule calls and Agent nodes (tests of SPEC §2.2) ---------------------------------------
+
+def scheduling_request(instance_id: str = "web-1", *, image: str = "nginx:1.27", type: int = 0,
+                       environment=(), cpu=None, memory=None, disk=None,
+                       workload: bool = True) -> controller_pb2.SchedulingRequest:
+    """A SchedulingRequest; cpu in millicores, memory and disk in MiB (None: not requested)."""
+    request = controller_pb2.SchedulingRequest()
+    if not workload:
+        return request
+    wire = request.workload
+    wire.instance_id, wire.image, wire.type = instance_id, image, type
+    wire.environment.extend(environment)
+    if (cpu, memory, disk) != (None, None, None):
+        wire.resource_limits.SetInParent()
+        for name, value in (("cpu", cpu), ("memory", memory), ("disk", disk)):
+            if value is not None:
+                setattr(wire.resource_limits, name, value)
+    return request
+
+
+class ScheduleCall:
+    """An open Schedule call read by an asyncio task: its statuses, then how it ended.
+
+    `next()` returns the next WorkloadStatus, or None once the call has ended; `error` is then
+    the GRPCError (or StreamTerminatedError) that ended it, None for OK.
+    """
+
+    def __init__(self, channel: Channel, request: controller_pb2.SchedulingRequest) -> None:
+        self._stub = controller_grpc.SchedulingServiceStub(channel)
+        self._request = request
+        self._send, self._receive = trio.open_memory_channel(1000)
+        self.received: list[controller_pb2.WorkloadStatus] = []
+        self.error: BaseException | None = None
+        self.ended = False
+        self._stream = None
+        self._task = None
+        self._opened = None
+
+    async def start(self) -> ScheduleCall:
+        import asyncio
+
+        self._opened = asyncio.Event()
+        self._task = trio_asyncio.current_loop.get().create_task(self._pump())
+        await aio(self._opened.wait)()
+        return self
+
+    async def _pump(self) -> None:
+        end = None
+        try:
+            async with self._stub.Schedule.open() as stream:
+                self._stream = stream
+                await stream.send_message(self._request, end=True)
+                self._opened.set()
+                async for reply in stream:
+                    self._send.send_nowait(reply)
+        except (StreamTerminatedError, GRPCError) as err:
+            end = err
+        finally:
+            self._opened.set()
+            self._send.send_nowait(_Ended(end))
+            self._send.close()
+
+    async def next(self) -> controller_pb2.WorkloadStatus | None:
+        if self.ended:
+            return None
+        item = await self._receive.receive()
+        if isinstance(item, _Ended):
+            self.ended, self.error = True, item.error
+            return None
+        self.received.append(item)
+        return item
+
+    async def until(self, code: int) -> controller_pb2.WorkloadStatus:
+        """Read up to the first status with `code`; AssertionError if the call ends first."""
+        while True:
+            reply = await self.next()
+            assert reply is not None, (f"Schedule ended ({self.error!r}) before status code {code}; "
+                                       f"got {[r.status.code for r in self.received]}")
+            if reply.status.code == code:
+                return reply
+
+    async def result(self):
+        """Wait for the end; return (every status received, the error or None)."""
+        while await self.next() is not None:
+            pass
+        return self.received, self.error
+
+    async def cancel(self) -> None:
+        """The Controller goes away: RST_STREAM to the scheduler, then stop reading."""
+        stream, task = self._stream, self._task
+        if stream is not None and not self.ended:
+            try:
+                await aio(stream.cancel)()
+            except Exception:  # already ended or cancelled
+                pass
+        if task is not None:
+            task.cancel()
+
+
+class _Ended:
+    def __init__(self, error) -> None:
+        self.error = error
+
+
+@asynccontextmanager
+async def open_schedule(channel: Channel, request: controller_pb2.SchedulingRequest):
+    """Open a Schedule call; yield its ScheduleCall; cancel it if still open at the end."""
+    call = await ScheduleCall(channel, request).start()
+    try:
+        yield call
+    finally:
+        task = call._task
+        if task is not None and not task.done():
+            task.cancel()
+
+
+async def schedule(channel: Channel, request: controller_pb2.SchedulingRequest, *,
+                   until_code: int | None = None):
+    """Run one Schedule call: to its end (returns (statuses, error)), or, with `until_code`,
+    until that status arrives (returns (statuses, None), leaving the instance running)."""
+    async with open_schedule(channel, request) as call:
+        if until_code is None:
+            return await call.result()
+        await call.until(until_code)
+        return list(call.received), None
+
+
+async def stop_instance(channel: Channel, instance_id: str) -> GRPCError | None:
+    """Stop; the GRPCError (or None if OK)."""
+    return await _instance_call(channel, "Stop", instance_id)
+
+
+async def destroy_instance(channel: Channel, instance_id: str) -> GRPCError | None:
+    """Destroy; the GRPCError (or None if OK)."""
+    return await _instance_call(channel, "Destroy", instance_id)
+
+
+async def _instance_call(channel: Channel, method: str, instance_id: str) -> GRPCError | None:
+    stub = controller_grpc.SchedulingServiceStub(channel)
+    try:
+        await aio(getattr(stub, method))(controller_pb2.WorkloadInstance(instance_id=instance_id))
+    except GRPCError as err:
+        return err
+    return None
+
+
+async def wait_until(predicate, what: str = "condition", poll: float = 0.005) -> None:
+    """Wait (guarded by the test's fail_after) until `predicate()` holds."""
+    while not predicate():
+        await trio.sleep(poll)
+
+
+class Node:
+    """A node as the scheduler sees it: an Agent client (join, status) and its WorkloadService."""
+
+    def __init__(self, channel: Channel, node_id: str, mode: str = "accept",
+                 refuse_status=None) -> None:
+        self.node_id = node_id
+        self.workloads = FakeWorkloadAgent(mode, refuse_status)
+        self.agent: FakeAgent | None = None
+        self.stream: StatusStream | None = None
+        self._channel = channel
+
+    async def start(self, scheduler=None, *, report: bool = True, **metrics) -> Node:
+        """Serve the WorkloadService, join, and (unless `report=False`) send one status; with
+        `scheduler`, wait until the scheduler has applied it."""
+        port = await self.workloads.start()
+        self.agent = FakeAgent(self._channel, self.node_id, port)
+        await self.agent.join()
+        if report:
+            await self.report(scheduler, **metrics)
+        elif scheduler is not None:
+            await wait_until(lambda: self.node_id in scheduler.cluster.nodes)
+        return self
+
+    async def report(self, scheduler=None, **metrics) -> None:
+        """Send one status on the node's stream (opened on first use)."""
+        if self.stream is None:
+            self.stream = await self.agent.open_stream()
+        message = status(self.node_id, **metrics)
+        before = None
+        if scheduler is not None:
+            node = scheduler.cluster.nodes.get(self.node_id)
+            before = node.metrics if node is not None else None
+        await self.stream.send(message)
+        if scheduler is not None:
+            await wait_until(lambda: scheduler.cluster.nodes[self.node_id].metrics is not before)
+
+    @property
+    def mode(self) -> str:
+        return self.workloads.mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self.workloads.mode = value
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await drop_stream(self.stream)
+            self.stream = None
+        if self.workloads._server is not None:
+            await self.workloads.stop()
+            self.workloads._server = None
+
+
+@asynccontextmanager
+async def open_nodes(channel: Channel, scheduler, *specs):
+    """Start nodes from (node_id, mode, metrics dict) specs, in that order; close them at the end."""
+    nodes = []
+    try:
+        for node_id, mode, metrics in specs:
+            node = Node(channel, node_id, mode)
+            nodes.append(node)
+            await node.start(scheduler, **metrics)
+        yield nodes
+    finally:
+        with trio.CancelScope(shield=True):
+            for node in nodes:
+                await node.close()

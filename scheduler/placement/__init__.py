@@ -6,11 +6,12 @@ current (nodes, readiness, metrics, instance counts, reservations); `plan` filte
 
     table.py         NodeTable: one row per node, numpy columns, O(1) updates
     reservations.py  Reservations: what is promised to instances the reports may not show yet
-    feasible.py      Reason, reject_reason / reason_codes: who fits and why not
+    feasible.py      Reason, reject_reason / reason_codes: who fits and why not;
+                     reserve_if_fits: the re-check before each attempt
     rank.py          Strategy, score / scores / priority_order: who is tried first
     plan.py          Plan, plan (over a table), plan_candidates (node by node, the reference)
 """
-from scheduler.placement.feasible import Candidate, Reason
+from scheduler.placement.feasible import Candidate, Reason, node_reason, reserve_if_fits
 from scheduler.placement.plan import Plan, plan, plan_candidates
 from scheduler.placement.rank import Strategy
 from scheduler.placement.reservations import Reservations
@@ -23,6 +24,8 @@ __all__ = [
     "Reason",
     "Reservations",
     "Strategy",
+    "node_reason",
     "plan",
     "plan_candidates",
+    "reserve_if_fits",
 ]

@@ -6,7 +6,8 @@ filters nothing; a dimension the request leaves at None or 0 always fits. Every 
 gets exactly one reason: the first failing check in the order not-ready, memory, cpu, disk.
 
 Two forms of the same rule: `reject_reason` for one node in plain Python (readable, the oracle
-of the tests), `reason_codes` over a table's columns (what decisions use).
+of the tests), `reason_codes` over a table's columns (what decisions use). `reserve_if_fits`
+re-checks one node of a table just before reserving on it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from scheduler.model import NO_RESOURCES, NodeMetrics, Resources
-from scheduler.placement.table import CPU, DISK, MEMORY, Columns, column_amounts, node_dimensions
+from scheduler.placement.table import (
+    CPU, DISK, MEMORY, Columns, NodeTable, column_amounts, node_dimensions,
+)
 
 
 class Reason(enum.StrEnum):
@@ -78,3 +81,34 @@ def reason_codes(columns: Columns, wanted: tuple[float, float, float]) -> np.nda
             codes[left < 0] = REASON_CODES[reason]
     codes[~columns.eligible] = REASON_CODES[Reason.NOT_READY]
     return codes
+
+
+def node_reason(table: NodeTable, node_id: str, request: Resources) -> Reason | None:
+    """Why the table's node cannot take the request now, or None if it can; O(1).
+
+    A plan is a moment's view: while its first attempts run, other decisions reserve and nodes
+    leave. Checking again just before reserving is what keeps later attempts from overcommitting.
+    A node no longer in the table is not-ready.
+    """
+    if node_id not in table:
+        return Reason.NOT_READY
+    row = table.row_of(node_id)
+    columns = table.columns()
+    if not columns.eligible[row]:
+        return Reason.NOT_READY
+    wanted = column_amounts(request)
+    for dimension, reason in _CHECKS:
+        if wanted[dimension] > 0:
+            left = columns.free[dimension, row] - columns.reserved[dimension, row] - wanted[dimension]
+            if left < 0:  # False for NaN: an unknown dimension never rejects
+                return reason
+    return None
+
+
+def reserve_if_fits(table: NodeTable, node_id: str, instance_id: str,
+                    request: Resources) -> Reason | None:
+    """Reserve `request` on the node for the instance if it still fits; else say why not."""
+    reason = node_reason(table, node_id, request)
+    if reason is None:
+        table.reserve(node_id, instance_id, request)
+    return reason

@@ -103,6 +103,10 @@ class NodeTable:
         """The ledger behind the reserved columns: read it, change it only through the table."""
         return self._reservations
 
+    def row_of(self, node_id: str) -> int:
+        """The node's row in `columns()` until the next add or remove (KeyError if absent)."""
+        return self._row[node_id]
+
     def node_ids(self) -> list[str]:
         """Every node in the table, in row order."""
         return self._ids[: self._size].tolist()
