@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
 
 import trio
 
@@ -16,7 +15,9 @@ from ._proto import node_agent_grpc, node_agent_pb2
 from .cluster import Cluster, Node, Session
 from .convert import instance_status_from_agent, workload_to_agent
 from .errors import InvalidArgument, RemoteError, Unavailable
-from .grpc_bridge import ClientChannel, ServerStream
+from .grpc_bridge import ClientChannel, PeerRefused, ServerStream
+from .names import DEFAULT_TRUST_DOMAIN
+from .security import IdentityError, verify_agent_peer
 from .model import InstanceStatus, Signal, Workload
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,17 @@ class Refused(Exception):
 class AgentLink:
     """The scheduler's channel to the Agent of one node session."""
 
-    def __init__(self, node_id: str, session: Session, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(self, node_id: str, session: Session, ssl_context: ssl.SSLContext | None,
+                 trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
         self.node_id = node_id
-        self.channel = ClientChannel(session.host, session.port, ssl_context)
+
+        def verify(peercert: dict | None) -> None:
+            try:
+                verify_agent_peer(peercert, trust_domain, node_id)
+            except IdentityError as err:
+                raise PeerRefused(str(err)) from None
+
+        self.channel = ClientChannel(session.host, session.port, ssl_context, verify)
         self.workloads = self.channel.stub(node_agent_grpc.WorkloadServiceStub)
 
     def create(self, workload: Workload) -> ServerStream:
@@ -49,9 +58,9 @@ class Agents:
     """The links to every node session's Agent."""
 
     def __init__(self, cluster: Cluster, ssl_context: ssl.SSLContext | None = None,
-                 link_factory: Callable[[str, Session, ssl.SSLContext | None], AgentLink] = AgentLink) -> None:
+                 trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
         self._ssl = ssl_context
-        self._factory = link_factory
+        self._trust_domain = trust_domain
         self._links: dict[int, AgentLink] = {}  # session number -> link
         cluster.on_session_end.append(self._session_ended)
 
@@ -61,7 +70,8 @@ class Agents:
             raise Unavailable(f"node {node.id} is {node.state.name}: its Agent cannot be called")
         link = self._links.get(session.number)
         if link is None:
-            link = self._links[session.number] = self._factory(node.id, session, self._ssl)
+            link = self._links[session.number] = AgentLink(node.id, session, self._ssl,
+                                                           self._trust_domain)
         return link
 
     def _session_ended(self, node: Node, session: Session) -> None:

@@ -51,7 +51,7 @@ def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
         status_burst=config.liveness.status_burst,
     )
     instances = parts["instances"] = Instances(
-        cluster, events, Agents(cluster, agent_ssl),
+        cluster, events, Agents(cluster, agent_ssl, config.tls.trust_domain),
         strategy=config.scheduling.strategy,
         attempt_timeout=config.scheduling.attempt_timeout,
         max_attempts=config.scheduling.max_attempts,

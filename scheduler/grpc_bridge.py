@@ -315,6 +315,10 @@ class Bridge:
             await trio_asyncio.aio_as_trio(server.wait_closed)()
 
 
+class PeerRefused(Exception):
+    """Raised by a `verify_peer` callback: the peer is not who we meant to call."""
+
+
 class ClientChannel:
     """A grpclib channel to one peer (an Agent), used from trio.
 
@@ -323,16 +327,30 @@ class ClientChannel:
     connection, TLS, timeout) surface as `RemoteError` with the status a person would expect.
     """
 
-    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None,
+                 verify_peer: Callable[[Any], None] | None = None) -> None:
+        """`verify_peer(peercert)` raises to refuse a peer before any request is sent to it."""
         self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._channel = Channel(host, port, ssl=ssl_context, codec=Codec())
+        self._verify_peer = verify_peer if ssl_context is not None else None
 
     async def unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         """Call a unary method of a generated stub (e.g. `stub.Signal`) bound to this channel."""
+        async def call() -> Any:
+            async with method.open(timeout=timeout) as stream:
+                await self._start(stream)
+                await stream.send_message(request, end=True)
+                return await stream.recv_message()
         try:
-            return await trio_asyncio.aio_as_trio(method)(request, timeout=timeout)
+            return await trio_asyncio.aio_as_trio(call)()
         except BaseException as err:
             raise self._remote_error(err) from err
+
+    async def _start(self, stream: Any) -> None:
+        """Open the call (connecting if needed) and check the peer before sending anything."""
+        await stream.send_request()
+        if self._verify_peer is not None:
+            self._verify_peer(stream.peer.cert())
 
     def server_stream(self, method: Any, request: Any) -> ServerStream:
         """Start a server-streaming call (e.g. `stub.Create`); read it with `receive()`."""
@@ -348,6 +366,8 @@ class ClientChannel:
             return RemoteError("DEADLINE_EXCEEDED", f"{self.target} did not answer in time")
         if isinstance(err, (OSError, StreamTerminatedError, ssl.SSLError, ProtocolError)):
             return RemoteError("UNAVAILABLE", f"cannot reach {self.target}: {err or type(err).__name__}")
+        if isinstance(err, PeerRefused):
+            return RemoteError("UNAVAILABLE", f"refused the peer at {self.target}: {err}")
         return err  # cancellation and bugs propagate unchanged
 
     def stub(self, stub_class: type) -> Any:
@@ -367,6 +387,7 @@ class ServerStream:
         error = None
         try:
             async with method.open() as stream:
+                await self._channel._start(stream)
                 await stream.send_message(request, end=True)
                 async for reply in stream:
                     if not await self._inbound.put(reply):

@@ -44,7 +44,7 @@ from .model import (
     Signal,
     Workload,
 )
-from .placement import plan
+from .placement import plan, reserve_if_fits
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,11 @@ class Instances:
         if node.state is not NodeState.READY or session is None:
             refusals.append(f"{node_id}: {node.state.name.lower()} before its turn")
             return None
-        reason = table.reject_reason(node_id, request)
+        instance_id = workload.instance_id
+        reason = reserve_if_fits(table, node_id, instance_id, request)
         if reason is not None:  # another placement took the room since the plan was made
             refusals.append(f"{node_id}: no longer fits ({reason})")
             return None
-        instance_id = workload.instance_id
-        table.reserve(node_id, instance_id, request)
         try:
             stream, first = await attempt(self.agents.link(node), workload, self.attempt_timeout)
         except Refused as refusal:

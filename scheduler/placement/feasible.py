@@ -97,11 +97,11 @@ def node_reason(table: NodeTable, node_id: str, request: Resources) -> Reason | 
     if not columns.eligible[row]:
         return Reason.NOT_READY
     wanted = column_amounts(request)
+    free, reserved = columns.free[:, row], columns.reserved[:, row]
     for dimension, reason in _CHECKS:
-        if wanted[dimension] > 0:
-            left = columns.free[dimension, row] - columns.reserved[dimension, row] - wanted[dimension]
-            if left < 0:  # False for NaN: an unknown dimension never rejects
-                return reason
+        # False for NaN: an unknown dimension never rejects.
+        if wanted[dimension] > 0 and free[dimension] - reserved[dimension] - wanted[dimension] < 0:
+            return reason
     return None
 
 

@@ -207,24 +207,6 @@ class NodeTable:
             id_rank_bound=n,
         )
 
-    def reject_reason(self, node_id: str, request: Resources):
-        """Why one node cannot take `request` right now (a Reason), or None if it can.
-
-        What an attempt re-checks just before reserving: a plan made earlier may be stale once
-        concurrent placements have reserved on the same node.
-        """
-        from scheduler.placement.feasible import REASON_BY_CODE, reason_codes
-
-        row = self._row[node_id]
-        columns = self.columns()
-        one = slice(row, row + 1)
-        single = columns._replace(
-            ids=columns.ids[one], eligible=columns.eligible[one], total=columns.total[:, one],
-            free=columns.free[:, one], reserved=columns.reserved[:, one],
-            known=columns.known[one], instances=columns.instances[one],
-            id_rank=columns.id_rank[one])
-        return REASON_BY_CODE[int(reason_codes(single, column_amounts(request))[0])]
-
     def _refresh_reserved(self, node_id: str) -> None:
         """Copy the ledger's exact integer total into the node's columns (no float drift)."""
         row = self._row.get(node_id)
