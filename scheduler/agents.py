@@ -74,6 +74,12 @@ class Agents:
                                                            self._trust_domain)
         return link
 
+    def close(self) -> None:
+        """Close every link (shutdown)."""
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+
     def _session_ended(self, node: Node, session: Session) -> None:
         link = self._links.pop(session.number, None)
         if link is not None:

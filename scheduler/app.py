@@ -34,6 +34,7 @@ class Scheduler:
     events: EventLog
     cluster: Cluster
     instances: Instances
+    agents: Agents
     port: int = 0
 
 
@@ -50,13 +51,14 @@ def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
         status_rate=config.liveness.status_rate,
         status_burst=config.liveness.status_burst,
     )
+    agents = Agents(cluster, agent_ssl, config.tls.trust_domain)
     instances = parts["instances"] = Instances(
-        cluster, events, Agents(cluster, agent_ssl, config.tls.trust_domain),
+        cluster, events, agents,
         strategy=config.scheduling.strategy,
         attempt_timeout=config.scheduling.attempt_timeout,
         max_attempts=config.scheduling.max_attempts,
     )
-    return Scheduler(config, events, cluster, instances)
+    return Scheduler(config, events, cluster, instances, agents)
 
 
 async def serve(
@@ -91,6 +93,7 @@ async def serve(
                      "TLS, client certificates required" if ssl_context else "PLAINTEXT",
                      scheduler.events.epoch)
             task_status.started(scheduler)
-        # The listener has drained and closed: end the sessions' tasks.
+        # The listener has drained and closed: end the sessions' and relays' tasks.
         nursery.cancel_scope.cancel()
+        scheduler.agents.close()
     log.info("stopped")

@@ -33,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     logs.setup(config.observability.log_level, config.observability.log_format)
     from .app import serve
-    from .tls_setup import server_tls
+    from .tls_setup import reload_on_sighup, server_tls
 
     if args.insecure:
         log.warning(INSECURE_WARNING)
@@ -45,6 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_wait_for_signals, shutdown)
+            if ssl_context is not None:
+                nursery.start_soon(reload_on_sighup, config, ssl_context, agent_ssl)
             await serve(config, ssl_context=ssl_context, authorize=authorize,
                         agent_ssl=agent_ssl, shutdown=shutdown)
             nursery.cancel_scope.cancel()

@@ -196,25 +196,27 @@ class Instances:
 
     async def _relay(self, instance: Instance, stream: ServerStream) -> None:
         """Read the Agent's stream until TERMINATED; publish and forward every status."""
-        with instance.scope:
-            try:
-                while instance.latest.code is not TERMINATED:
-                    wire = await stream.receive()
-                    status = instance_status_from_agent(wire, instance.id, instance.node.id)
-                    instance.latest = status
-                    self._publish(instance, status)
-                instance.ended = "terminated"
-            except trio.EndOfChannel:
-                instance.ended = (f"the Agent on {instance.node.id} ended the instance's stream "
-                                  "before it terminated")
-            except (RemoteError, InvalidArgument) as err:
-                instance.ended = f"the instance's stream from {instance.node.id} failed: {err}"
-        stream.cancel()
+        try:
+            with instance.scope:
+                try:
+                    while instance.latest.code is not TERMINATED:
+                        wire = await stream.receive()
+                        status = instance_status_from_agent(wire, instance.id, instance.node.id)
+                        instance.latest = status
+                        self._publish(instance, status)
+                    instance.ended = "terminated"
+                except trio.EndOfChannel:
+                    instance.ended = (f"the Agent on {instance.node.id} ended the instance's "
+                                      "stream before it terminated")
+                except (RemoteError, InvalidArgument) as err:
+                    instance.ended = f"the instance's stream from {instance.node.id} failed: {err}"
+        finally:
+            stream.cancel()
         if instance.ended == "destroyed" and instance.latest.code is not TERMINATED:
             instance.latest = InstanceStatus(instance.id, TERMINATED, "destroyed",
                                              node_id=instance.node.id)
             self._publish(instance, instance.latest)
-        if instance.ended != "terminated" and instance.ended != "destroyed":
+        if instance.ended not in ENDED_OK:
             log.warning("instance %s: relay ended: %s", instance.id, instance.ended)
         self._release(instance)
         if instance.latest.code is TERMINATED:

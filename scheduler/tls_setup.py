@@ -52,3 +52,25 @@ def server_tls(config: Config) -> tuple[ssl.SSLContext, security.Authorizer, ssl
     else:
         agent = security.client_ssl_context(files.ca, files.cert, files.key)
     return server, security.Authorizer(config.tls.trust_domain), agent
+
+
+async def reload_on_sighup(config: Config, server: ssl.SSLContext,
+                           agent: ssl.SSLContext | None) -> None:
+    """SIGHUP: load the certificate files again (rotation). Established connections and
+    streams are untouched; new handshakes use the new certificate. A bad file is logged and the
+    running material kept."""
+    import signal
+
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            files = tls_files(config)
+            try:
+                security.reload(server, files.ca, files.cert, files.key)
+                if agent is not None:
+                    security.reload(agent, files.ca, files.cert, files.key)
+            except security.TlsSetupError as err:
+                log.error("SIGHUP: certificates NOT reloaded, keeping the current ones: %s", err)
+                continue
+            log.info("SIGHUP: reloaded TLS certificates from %s", files.cert)
