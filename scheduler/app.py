@@ -21,7 +21,10 @@ from .config import Config
 from .events import EventLog
 from .grpc_bridge import Bridge, open_loop
 from .instances import Instances
-from .model import Snapshot
+from .api.standard import health_service, with_reflection
+from .model import NodeState, Snapshot
+from .observability import make_registry, serve_http
+from .systemd import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,13 @@ class Scheduler:
     instances: Instances
     agents: Agents
     port: int = 0
+    http_port: int | None = None
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what an operator glancing at `systemctl status` wants."""
+        counts = self.cluster.count_by_state()
+        return (f"{counts[NodeState.READY]} nodes ready, {counts[NodeState.LOST]} lost, "
+                f"{len(self.instances.statuses())} instances, port {self.port}")
 
 
 def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
@@ -68,19 +78,28 @@ async def serve(
     authorize=None,
     agent_ssl: ssl.SSLContext | None = None,
     shutdown: trio.Event,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a scheduler until `shutdown` is set; `task_status.started(scheduler)` once listening."""
     scheduler = build(config, agent_ssl)
+    notifier = notifier or Notifier()
     bridge = Bridge(authorize, config.server.max_message_bytes)
-    servables = (
+    health, serving = health_service()
+    servables = with_reflection(
         AgentApi(scheduler.cluster).servables(bridge)
         + ClusterApi(scheduler.cluster, scheduler.events).servables(bridge)
         + SchedulingApi(scheduler.instances).servables(bridge)
-    )
+    ) + [health]
+    registry = make_registry(scheduler.cluster, scheduler.instances, scheduler.events)
     async with open_loop(), trio.open_nursery() as nursery:
         await nursery.start(scheduler.cluster.run)
         await nursery.start(scheduler.instances.run)
+        observability = config.observability
+        if observability.http_host is not None:
+            scheduler.http_port = await nursery.start(
+                serve_http, observability.http_host, observability.http_port, registry,
+                lambda: not shutdown.is_set())
         async with trio.open_nursery() as grpc:
             scheduler.port = await grpc.start(
                 lambda task_status: bridge.serve(
@@ -88,11 +107,18 @@ async def serve(
                     shutdown=shutdown, grace=config.server.shutdown_grace,
                     task_status=task_status),
             )
+            serving.set(True)
             log.info("listening on %s port %d (%s), epoch %s", config.server.host or "*",
                      scheduler.port,
                      "TLS, client certificates required" if ssl_context else "PLAINTEXT",
                      scheduler.events.epoch)
+            notifier.ready(scheduler.status_line())
+            nursery.start_soon(notifier.run, scheduler.status_line)
             task_status.started(scheduler)
+            await shutdown.wait()
+            serving.set(False)
+            notifier.stopping()
+            log.info("draining: ending streams, giving them %g s", config.server.shutdown_grace)
         # The listener has drained and closed: end the sessions' and relays' tasks.
         nursery.cancel_scope.cancel()
         scheduler.agents.close()

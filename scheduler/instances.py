@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -48,6 +49,7 @@ from .placement import plan, reserve_if_fits
 
 log = logging.getLogger(__name__)
 
+PLACEMENT_OUTCOMES = ("placed", "no_nodes", "exhausted", "refused", "cancelled")
 RESERVATION_REPORTS = 2  # reports after acceptance before an instance-less report is trusted
 TERMINATED = InstanceCode.TERMINATED
 ENDED_OK = ("terminated", "destroyed")  # relay endings after which Schedule ends with OK
@@ -92,6 +94,9 @@ class Instances:
         self._placing: set[str] = set()  # instance ids with an attempt in flight
         self._reserved_on: dict[str, set[Instance]] = {}  # node id -> instances holding a reservation
         self._nursery: trio.Nursery | None = None
+        self.placements: dict[str, int] = dict.fromkeys(PLACEMENT_OUTCOMES, 0)  # for /metrics
+        self.attempts: dict[str, int] = {"accepted": 0, "refused": 0}
+        self.on_placed: list[Callable[[float], None]] = []  # seconds from request to acceptance
         cluster.on_session_end.append(self._session_ended)
         cluster.on_report.append(self._node_reported)
 
@@ -112,25 +117,37 @@ class Instances:
         The channel closes when the relay ends; `instance.ended` says why.
         """
         instance_id = workload.instance_id
+        started = trio.current_time()
         self._check_new(instance_id)
         if not any(node.state is NodeState.READY for node in self.cluster.nodes.values()):
+            self.placements["no_nodes"] += 1
             raise FailedPrecondition(f"cannot place {instance_id}: no node is ready "
                                      f"({len(self.cluster.nodes)} known)")
         request = workload.resources or NO_RESOURCES
         decision = plan(self.cluster.table, request, self.strategy, self.max_attempts)
         if not decision.order:
+            self.placements["exhausted"] += 1
             counts = ", ".join(f"{reason}: {count}" for reason, count in decision.counts.items())
+            log.info("instance %s not placed: no feasible node (%s)", instance_id, counts)
             raise ResourceExhausted(f"no node can take {instance_id} ({_describe(request)}): "
                                     f"{counts}")
         self._placing.add(instance_id)
         refusals: list[str] = []
+        outcome = "cancelled"
         try:
             for node_id in decision.order:
                 placed = await self._attempt(node_id, workload, refusals)
                 if placed is not None:
+                    outcome = "placed"
+                    for observe in self.on_placed:
+                        observe(trio.current_time() - started)
+                    log.info("instance %s placed on node %s after %d attempt(s)", instance_id,
+                             placed[0].node.id, len(refusals) + 1)
                     return placed
+            outcome = "refused"
         finally:
             self._placing.discard(instance_id)
+            self.placements[outcome] += 1
         log.warning("instance %s not placed: every node refused (%s)", instance_id, "; ".join(refusals))
         raise Unavailable(f"every feasible node refused {instance_id}: " + "; ".join(refusals))
 
@@ -160,6 +177,7 @@ class Instances:
         try:
             stream, first = await attempt(self.agents.link(node), workload, self.attempt_timeout)
         except Refused as refusal:
+            self.attempts["refused"] += 1
             table.release(instance_id)
             refusals.append(f"{node_id}: {refusal}")
             log.info("instance %s: node %s refused: %s", instance_id, node_id, refusal)
@@ -167,6 +185,7 @@ class Instances:
         except BaseException:
             table.release(instance_id)
             raise
+        self.attempts["accepted"] += 1
         if node.session is not session:  # the node went away while it answered
             stream.cancel()
             table.release(instance_id)
@@ -187,7 +206,6 @@ class Instances:
         self._reserved_on.setdefault(node.id, set()).add(instance)
         node.placed.add(instance.id)
         self.cluster.count_instances(node)
-        log.info("instance %s placed on node %s (%s)", instance.id, node.id, first.code.name)
         self._publish(instance, first)
         self._nursery.start_soon(self._relay, instance, stream, name=f"relay:{instance.id}")
         return instance, receive

@@ -18,6 +18,7 @@ IO_GUARD = 20  # s: no socket test may hang longer than this
 def make_config(**sections) -> Config:
     sections.setdefault("server", {})
     sections["server"] = {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **sections["server"]}
+    sections["observability"] = {"http_listen": "127.0.0.1:0", **sections.get("observability", {})}
     return Config().replace(**sections)
 
 

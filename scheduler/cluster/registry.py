@@ -101,6 +101,7 @@ class Cluster:
         self.nodes: dict[str, Node] = {}
         self.table = NodeTable()  # placement's columnar copy of what placement needs
         self._sessions = 0
+        self.status_messages = 0  # valid statuses applied, for /metrics
         self._nursery: trio.Nursery | None = None
         self.on_session_end: list[Callable[[Node, Session], None]] = []
         self.on_report: list[Callable[[Node], None]] = []  # hot path: keep hooks O(1)
@@ -231,6 +232,7 @@ class Cluster:
         """Apply one valid status: store it, move the liveness deadline, publish STATUS."""
         if node.session is not session:
             raise NotFound(f"node {node.id}: this session has ended; call JoinCluster again")
+        self.status_messages += 1
         previous = node.metrics
         node.metrics = metrics
         node.last_seen_unix = self._clock()
@@ -245,6 +247,12 @@ class Cluster:
     def count_instances(self, node: Node) -> None:
         """Refresh the instance count placement breaks ties with."""
         self.table.set_instance_count(node.id, len(node.instance_ids()))
+
+    def count_by_state(self) -> dict[NodeState, int]:
+        counts = dict.fromkeys(NodeState, 0)
+        for node in self.nodes.values():
+            counts[node.state] += 1
+        return counts
 
     def views(self) -> list[NodeView]:
         return [self.nodes[node_id].view() for node_id in sorted(self.nodes)]
