@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from . import logs
+from . import admin, logs
 from .config import Config, ConfigError
 
 log = logging.getLogger("scheduler")
@@ -117,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
+
+    admin.add_commands(commands)
 
     certs = commands.add_parser("certs", help="development PKI").add_subparsers(dest="certs", required=True)
     init = certs.add_parser("init", help="create a CA and certificates in DIR")
