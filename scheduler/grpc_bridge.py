@@ -141,17 +141,19 @@ class Call:
 
     # -- asyncio side ----------------------------------------------------------------------
 
-    async def _pump_requests(self, stream: Stream) -> None:
+    async def _pump_requests(self, stream: Stream, receive: Callable[[Stream], Awaitable[Any]]) -> None:
         """Read request messages (asyncio) and hand them to trio without crossing loops."""
         inbox = self._inbox
         assert inbox is not None
-        error = None
+        error: GRPCError | None = None
         try:
-            async for message in stream:
+            while (message := await receive(stream)) is not None:
                 if not await inbox.put(message):
                     return
         except GRPCError as err:  # e.g. an undecodable or oversized message
             error = err
+        except (StreamTerminatedError, ProtocolError) as err:  # the client went away
+            error = GRPCError(Status.CANCELLED, f"request stream broke: {err}")
         finally:
             inbox.close(error)
 
@@ -191,6 +193,7 @@ class Bridge:
     def __init__(self, authorize: Authorize | None = None, max_message_bytes: int = 4 << 20) -> None:
         self._authorize = authorize
         self._max_message_bytes = max_message_bytes
+        self._codec = Codec()
         self._calls: set[trio.CancelScope] = set()
         self._draining = False
         self._idle = trio.Event()  # set once draining and no call is left
@@ -217,9 +220,9 @@ class Bridge:
             call = Call(path, *bridge._peer(stream, path))
             if cardinality.client_streaming:
                 call._inbox = Inbound()
-                reader = asyncio.ensure_future(call._pump_requests(stream))
+                reader = asyncio.ensure_future(call._pump_requests(stream, bridge._receive))
             else:
-                call.request = await stream.recv_message()
+                call.request = await bridge._receive(stream)
                 if call.request is None:
                     raise GRPCError(Status.INVALID_ARGUMENT, f"{path} needs a request message")
                 reader = None
@@ -237,6 +240,30 @@ class Bridge:
                     reader.cancel()
 
         return grpclib_handler
+
+    async def _receive(self, stream: Stream) -> Any:
+        """One request message, refusing an oversized one *before* buffering it.
+
+        grpclib's own `recv_message` reads whatever length the 5-byte prefix announces (up to
+        4 GiB) into memory; here the prefix is checked first.
+        """
+        h2_stream = stream._stream
+        prefix = await h2_stream.recv_data(5)
+        if not prefix:
+            return None
+        if len(prefix) < 5:
+            raise GRPCError(Status.INVALID_ARGUMENT, "truncated gRPC message prefix")
+        compressed, length = struct.unpack(">?I", prefix)
+        if compressed:
+            raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
+        if length > self._max_message_bytes:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED,
+                            f"message of {length} bytes exceeds the limit of "
+                            f"{self._max_message_bytes} (server.max_message_bytes)")
+        data = await h2_stream.recv_data(length)
+        if len(data) < length:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the stream ended inside a message")
+        return self._codec.decode(data, stream._recv_type)
 
     def _peer(self, stream: Stream, path: str) -> tuple[str, Any]:
         transport = stream._stream._transport  # grpclib exposes only addr()/cert() on Peer
@@ -285,7 +312,7 @@ class Bridge:
 
         `task_status.started(port)` reports the bound port once the listener accepts.
         """
-        server = Server(servables, codec=_LimitedCodec(self._max_message_bytes))
+        server = Server(servables, codec=self._codec)
         # "::" (or "") means every interface of both families: asyncio makes IPv6 sockets
         # V6ONLY, so a literal "::" would not accept IPv4 clients.
         await trio_asyncio.aio_as_trio(server.start)(
@@ -423,16 +450,3 @@ class _Servable:
 
     def __mapping__(self) -> dict[str, Handler]:
         return self._mapping
-
-
-class _LimitedCodec(Codec):
-    """`Codec` that also refuses messages larger than the configured limit."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
-
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        if len(data) > self._max_bytes:
-            raise GRPCError(Status.RESOURCE_EXHAUSTED,
-                            f"message of {len(data)} bytes exceeds the limit of {self._max_bytes}")
-        return super().decode(data, message_type)
