@@ -1,8 +1,8 @@
-"""Calls to Agents: one channel per node session, Create attempts and Signals.
+"""Calls to Agents: one channel per node generation, Create attempts and Signals.
 
 The Agent's address is the peer IP of its JoinCluster call and the port it declared. A channel
-is opened on first use and closed when the session ends (leave, loss, rejoin), so a rejoined
-Agent is always dialed afresh.
+is opened on first use and closed when the node's generation ends (LEFT, LOST, or a rejoin from
+another address); a rejoin from the same address keeps it, and the instance streams on it.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Refused(Exception):
 
 
 class AgentLink:
-    """The scheduler's channel to the Agent of one node session."""
+    """The scheduler's channel to the Agent of one node generation."""
 
     def __init__(self, node_id: str, session: Session, ssl_context: ssl.SSLContext | None,
                  trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
@@ -55,23 +55,23 @@ class AgentLink:
 
 
 class Agents:
-    """The links to every node session's Agent."""
+    """The links to every node generation's Agent."""
 
     def __init__(self, cluster: Cluster, ssl_context: ssl.SSLContext | None = None,
                  trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
         self._ssl = ssl_context
         self._trust_domain = trust_domain
-        self._links: dict[int, AgentLink] = {}  # session number -> link
-        cluster.on_session_end.append(self._session_ended)
+        self._links: dict[int, AgentLink] = {}  # node generation -> link
+        cluster.on_generation_end.append(self._generation_ended)
 
     def link(self, node: Node) -> AgentLink:
         session = node.session
         if session is None:
             raise Unavailable(f"node {node.id} is {node.state.name}: its Agent cannot be called")
-        link = self._links.get(session.number)
+        link = self._links.get(node.generation)
         if link is None:
-            link = self._links[session.number] = AgentLink(node.id, session, self._ssl,
-                                                           self._trust_domain)
+            link = self._links[node.generation] = AgentLink(node.id, session, self._ssl,
+                                                            self._trust_domain)
         return link
 
     def close(self) -> None:
@@ -80,8 +80,8 @@ class Agents:
             link.close()
         self._links.clear()
 
-    def _session_ended(self, node: Node, session: Session) -> None:
-        link = self._links.pop(session.number, None)
+    def _generation_ended(self, node: Node, generation: int, why: str) -> None:
+        link = self._links.pop(generation, None)
         if link is not None:
             link.close()
 

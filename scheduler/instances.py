@@ -5,7 +5,7 @@ A placement asks `placement.plan` for the feasible nodes in priority order, then
 at a time: re-check the node still fits, reserve, call the Agent's Create, wait for its first
 status. A refusal releases the reservation and moves on. Once an Agent accepts, a relay task
 owned by this service (not by the Controller's call) reads the Agent's stream until the
-instance terminates, is destroyed, or its node session ends; it publishes every status to the
+instance terminates, is destroyed, or its node's generation ends; it publishes every status to the
 event log and forwards it to the Controller's Schedule stream while that is still listening.
 
 Reservations (what concurrent decisions must not promise twice) are held from the attempt
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .agents import Agents, Refused, attempt
-from .cluster import Cluster, Node, Session
+from .cluster import Cluster, Node
 from .convert import instance_status_from_agent
 from .errors import (
     AlreadyExists,
@@ -61,7 +61,7 @@ class Instance:
 
     workload: Workload
     node: Node
-    session: Session
+    generation: int  # the node generation it was placed in
     latest: InstanceStatus
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     follower: trio.MemorySendChannel | None = None  # the Controller's Schedule stream
@@ -75,8 +75,12 @@ class Instance:
 
     @property
     def running_on_ready_node(self) -> bool:
-        return (self.latest.code is not TERMINATED and self.node.state is NodeState.READY
-                and self.node.session is self.session)
+        return (self.latest.code is not TERMINATED and self.node_current)
+
+    @property
+    def node_current(self) -> bool:
+        """Its node is READY in the generation the instance was placed in."""
+        return self.node.state is NodeState.READY and self.node.generation == self.generation
 
 
 class Instances:
@@ -97,7 +101,7 @@ class Instances:
         self.placements: dict[str, int] = dict.fromkeys(PLACEMENT_OUTCOMES, 0)  # for /metrics
         self.attempts: dict[str, int] = {"accepted": 0, "refused": 0}
         self.on_placed: list[Callable[[float], None]] = []  # seconds from request to acceptance
-        cluster.on_session_end.append(self._session_ended)
+        cluster.on_generation_end.append(self._generation_ended)
         cluster.on_report.append(self._node_reported)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -164,6 +168,7 @@ class Instances:
         """One attempt on one node; None (and a reason in `refusals`) if it did not accept."""
         node = self.cluster.nodes[node_id]
         session = node.session
+        generation = node.generation
         request = workload.resources or NO_RESOURCES
         table = self.cluster.table
         if node.state is not NodeState.READY or session is None:
@@ -186,20 +191,20 @@ class Instances:
             table.release(instance_id)
             raise
         self.attempts["accepted"] += 1
-        if node.session is not session:  # the node went away while it answered
-            stream.cancel()
+        if node.generation != generation or node.state is not NodeState.READY:
+            stream.cancel()  # the node went away while it answered
             table.release(instance_id)
-            refusals.append(f"{node_id}: session ended during the attempt")
+            refusals.append(f"{node_id}: left or was lost during the attempt")
             return None
-        return self._accept(workload, node, session, stream, first)
+        return self._accept(workload, node, stream, first)
 
-    def _accept(self, workload: Workload, node: Node, session: Session, stream: ServerStream,
+    def _accept(self, workload: Workload, node: Node, stream: ServerStream,
                 first: InstanceStatus) -> tuple[Instance, trio.MemoryReceiveChannel]:
         assert self._nursery is not None, "Instances.run() is not running"
         previous = self._instances.pop(workload.instance_id, None)
         if previous is not None:
             self._forget(previous, "placed again")
-        instance = Instance(workload, node, session, first)
+        instance = Instance(workload, node, node.generation, first)
         send, receive = trio.open_memory_channel(math.inf)  # a few statuses per instance
         instance.follower = send
         self._instances[instance.id] = instance
@@ -281,13 +286,13 @@ class Instances:
             if instance.id in listed or (not reported and instance.reports_after >= RESERVATION_REPORTS):
                 self._release(instance)
 
-    # -- node sessions ending ----------------------------------------------------------------
+    # -- node generations ending -------------------------------------------------------------
 
-    def _session_ended(self, node: Node, session: Session) -> None:
+    def _generation_ended(self, node: Node, generation: int, why: str) -> None:
         for instance_id in list(node.placed):
             instance = self._instances.get(instance_id)
-            if instance is not None and instance.session is session:
-                self._end_relay(instance, f"node {node.id} ended its session (left, lost or rejoined)")
+            if instance is not None and instance.generation == generation:
+                self._end_relay(instance, f"node {node.id} {why}")
                 self._release(instance)
 
     # -- stop / destroy --------------------------------------------------------------------
@@ -306,8 +311,9 @@ class Instances:
         if instance is None:
             raise NotFound(f"instance {instance_id} is not known to this scheduler")
         node = instance.node
-        if node.session is not instance.session or node.state is not NodeState.READY:
-            state = node.state.name if node.state is not NodeState.READY else "REJOINED"
+        if not instance.node_current:
+            state = node.state.name if node.state is not NodeState.READY else \
+                "rejoined from another address"
             raise Unavailable(f"instance {instance_id} was on node {node.id}, which is {state}: "
                               "its Agent cannot be signalled")
         await self.agents.link(node).signal(instance_id, signal, self.attempt_timeout)

@@ -1,6 +1,10 @@
 """The node registry: joins, status streams, leaves and liveness (SPEC §2.1).
 
-A node's *session* lasts from one JoinCluster to its leave, its loss, or its next join. Each
+A node's *session* lasts from one JoinCluster to its leave, its loss, or its next join. A node's
+*generation* lasts longer: from a join until the node is LEFT or LOST, or rejoins from another
+address. A rejoin from the same address (the Agent's status stream broke, the Agent rejoins, as
+it does after every stream failure) is a new session of the same generation: the instances
+it runs and the scheduler's channel to it carry over. Each
 session runs one trio task in the cluster's nursery whose cancel scope is the liveness deadline:
 every valid status moves the deadline; when it passes, the node is LOST. No polling: the
 deadline *is* the liveness state. Everything here is synchronous except that task, so a status
@@ -62,7 +66,8 @@ class Node:
     metrics: NodeMetrics | None = None
     last_seen_unix: float = 0.0
     session: Session | None = None
-    placed: set[str] = field(default_factory=set)  # instance ids the scheduler placed here
+    generation: int = 0  # bumps when the node is LEFT/LOST or rejoins from another address
+    placed: set[str] = field(default_factory=set)  # instance ids placed in this generation
 
     def instance_ids(self) -> tuple[str, ...]:
         """Instances on this node: placed by us, or reported running/waiting by the Agent."""
@@ -101,9 +106,11 @@ class Cluster:
         self.nodes: dict[str, Node] = {}
         self.table = NodeTable()  # placement's columnar copy of what placement needs
         self._sessions = 0
+        self._generation = 0
         self.status_messages = 0  # valid statuses applied, for /metrics
         self._nursery: trio.Nursery | None = None
-        self.on_session_end: list[Callable[[Node, Session], None]] = []
+        # (node, ended generation, why: "left the cluster", "was lost ...", "moved to ...")
+        self.on_generation_end: list[Callable[[Node, int, str], None]] = []
         self.on_report: list[Callable[[Node], None]] = []  # hot path: keep hooks O(1)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -133,6 +140,10 @@ class Cluster:
             node = self.nodes[node_id] = Node(node_id, address)
         elif node.session is not None:
             self._end_session(node, "the node joined again")
+        new_generation = node.state is not NodeState.READY or node.address != address \
+            or node.generation == 0
+        if new_generation and node.generation and node.state is NodeState.READY:
+            self._end_generation(node, f"rejoined from another address ({address})")
         now = trio.current_time()
         self._sessions += 1
         session = Session(
@@ -146,7 +157,10 @@ class Cluster:
         node.address = address
         node.state = NodeState.READY
         node.metrics = None  # a new session is placeable only once it reports
-        node.placed = set()  # instances of earlier sessions are the Controller's to re-place
+        if new_generation:
+            self._generation += 1
+            node.generation = self._generation
+            node.placed = set()  # instances of earlier generations are the Controller's
         node.last_seen_unix = self._clock()
         self.table.upsert(node_id)
         self.table.update_metrics(node_id, None)
@@ -164,6 +178,7 @@ class Cluster:
         if node.state is not NodeState.READY:
             return
         self._end_session(node, "the node left the cluster")
+        self._end_generation(node, "left the cluster")
         node.state = NodeState.LEFT
         self.events.publish(NodeEvent(NodeEventKind.LEFT, node.view()))
         log.info("node %s left (instances: %s)", node_id, ", ".join(node.instance_ids()) or "none")
@@ -172,6 +187,7 @@ class Cluster:
         if node.session is not session:
             return
         self._end_session(node, f"no valid status for {self.node_timeout:g} s: node lost")
+        self._end_generation(node, f"was lost (no valid status for {self.node_timeout:g} s)")
         node.state = NodeState.LOST
         self.events.publish(NodeEvent(NodeEventKind.LOST, node.view()))
         log.warning("node %s lost: no valid status for %g s (instances: %s)", node.id,
@@ -187,8 +203,11 @@ class Cluster:
             session.stream = None
         session.scope.cancel()
         self.table.set_ready(node.id, False)
-        for hook in self.on_session_end:
-            hook(node, session)
+
+    def _end_generation(self, node: Node, why: str) -> None:
+        """The node's instances and the channel to its Agent are over (LEFT, LOST, moved)."""
+        for hook in self.on_generation_end:
+            hook(node, node.generation, why)
 
     async def _watch(self, node: Node, session: Session) -> None:
         """The session's task: lives until the session ends; declares the node LOST on timeout."""
