@@ -301,12 +301,15 @@ class ScheduleCall:
     """An open Schedule call read by an asyncio task: its statuses, then how it ended.
 
     `next()` returns the next WorkloadStatus, or None once the call has ended; `error` is then
-    the GRPCError (or StreamTerminatedError) that ended it, None for OK.
+    what ended it (GRPCError, StreamTerminatedError, or TimeoutError past the deadline), None
+    for OK.
     """
 
-    def __init__(self, channel: Channel, request: controller_pb2.SchedulingRequest) -> None:
+    def __init__(self, channel: Channel, request: controller_pb2.SchedulingRequest,
+                 timeout: float | None = None) -> None:
         self._stub = controller_grpc.SchedulingServiceStub(channel)
         self._request = request
+        self._timeout = timeout
         self._send, self._receive = trio.open_memory_channel(1000)
         self.received: list[controller_pb2.WorkloadStatus] = []
         self.error: BaseException | None = None
@@ -326,13 +329,13 @@ class ScheduleCall:
     async def _pump(self) -> None:
         end = None
         try:
-            async with self._stub.Schedule.open() as stream:
+            async with self._stub.Schedule.open(timeout=self._timeout) as stream:
                 self._stream = stream
                 await stream.send_message(self._request, end=True)
                 self._opened.set()
                 async for reply in stream:
                     self._send.send_nowait(reply)
-        except (StreamTerminatedError, GRPCError) as err:
+        except Exception as err:  # GRPCError, StreamTerminatedError, TimeoutError (deadline)
             end = err
         finally:
             self._opened.set()
@@ -382,9 +385,10 @@ class _Ended:
 
 
 @asynccontextmanager
-async def open_schedule(channel: Channel, request: controller_pb2.SchedulingRequest):
+async def open_schedule(channel: Channel, request: controller_pb2.SchedulingRequest,
+                        timeout: float | None = None):
     """Open a Schedule call; yield its ScheduleCall; cancel it if still open at the end."""
-    call = await ScheduleCall(channel, request).start()
+    call = await ScheduleCall(channel, request, timeout).start()
     try:
         yield call
     finally:
@@ -423,19 +427,82 @@ async def _instance_call(channel: Channel, method: str, instance_id: str) -> GRP
     return None
 
 
-async def wait_until(predicate, what: str = "condition", poll: float = 0.005) -> None:
+async def wait_until(predicate, poll: float = 0.005) -> None:
     """Wait (guarded by the test's fail_after) until `predicate()` holds."""
     while not predicate():
         await trio.sleep(poll)
+
+
+class RecordingWorkloadAgent(FakeWorkloadAgent):
+    """A FakeWorkloadAgent that also writes (node id, instance id) of every Create to a journal
+    shared by several Agents (the order attempts were made across nodes), and can refuse
+    Signals: `signal_refusal = (Status, message)`."""
+
+    def __init__(self, node_id: str, journal: list | None = None, mode: str = "accept",
+                 refuse_status=None) -> None:
+        super().__init__(mode, refuse_status)
+        self.node_id = node_id
+        self.journal = journal if journal is not None else []
+        self.created = _Journaled(self.journal, node_id)
+        self.signal_refusal = None
+        self._crashes: dict[str, object] = {}  # instance id -> asyncio.Event, mode "crash"
+
+    async def _create(self, stream) -> None:
+        """Mode "crash": accept (WAITING, RUNNING), then reset the stream when `crash()` says.
+
+        Unlike "die", whose status and RST_STREAM arrive together (grpclib's client then drops
+        the status), the scheduler surely has the first status before the stream breaks.
+        """
+        if self.mode != "crash":
+            await super()._create(stream)
+            return
+        import asyncio
+
+        from scheduler._proto import node_agent_pb2 as pb
+        workload = await stream.recv_message()
+        self.created.append(workload.instance_id)
+        self.workloads.append(workload)
+        crash = self._crashes[workload.instance_id] = asyncio.Event()
+        for code in (pb.Status.WAITING, pb.Status.RUNNING):
+            reply = pb.WorkloadStatus(instance_id=workload.instance_id)
+            reply.status.code = code
+            await stream.send_message(reply)
+        await crash.wait()
+        await stream.cancel()
+
+    async def crash(self, instance_id: str) -> None:
+        """Break the Create stream of `instance_id` (mode "crash") with RST_STREAM."""
+        async def crash():
+            self._crashes[instance_id].set()
+        await aio(crash)()
+
+    async def _signal(self, stream) -> None:
+        if self.signal_refusal is not None:
+            request = await stream.recv_message()
+            self.signals.append((request.instance_id, request.signal))
+            raise GRPCError(*self.signal_refusal)
+        await super()._signal(stream)
+
+
+class _Journaled(list):
+    """A list of instance ids that also appends (node id, instance id) to a shared journal."""
+
+    def __init__(self, journal: list, node_id: str) -> None:
+        super().__init__()
+        self._journal, self._node_id = journal, node_id
+
+    def append(self, instance_id) -> None:
+        super().append(instance_id)
+        self._journal.append((self._node_id, instance_id))
 
 
 class Node:
     """A node as the scheduler sees it: an Agent client (join, status) and its WorkloadService."""
 
     def __init__(self, channel: Channel, node_id: str, mode: str = "accept",
-                 refuse_status=None) -> None:
+                 refuse_status=None, journal: list | None = None) -> None:
         self.node_id = node_id
-        self.workloads = FakeWorkloadAgent(mode, refuse_status)
+        self.workloads = RecordingWorkloadAgent(node_id, journal, mode, refuse_status)
         self.agent: FakeAgent | None = None
         self.stream: StatusStream | None = None
         self._channel = channel
@@ -483,12 +550,15 @@ class Node:
 
 
 @asynccontextmanager
-async def open_nodes(channel: Channel, scheduler, *specs):
-    """Start nodes from (node_id, mode, metrics dict) specs, in that order; close them at the end."""
+async def open_nodes(channel: Channel, scheduler, *specs, journal: list | None = None):
+    """Start nodes from (node_id, mode, metrics dict) specs, in that order; close them at the end.
+
+    Every node's Creates go to `journal` (a list shared by them) if given."""
     nodes = []
+    journal = journal if journal is not None else []
     try:
         for node_id, mode, metrics in specs:
-            node = Node(channel, node_id, mode)
+            node = Node(channel, node_id, mode, journal=journal)
             nodes.append(node)
             await node.start(scheduler, **metrics)
         yield nodes
@@ -496,3 +566,56 @@ async def open_nodes(channel: Channel, scheduler, *specs):
         with trio.CancelScope(shield=True):
             for node in nodes:
                 await node.close()
+
+
+async def make_channel(port: int, **options) -> Channel:
+    """One more grpclib channel to 127.0.0.1:port on the current trio-asyncio loop (use inside
+    `open_channel`), with Channel options such as `codec=` or `config=`. Close it yourself."""
+    async def make() -> Channel:
+        return Channel("127.0.0.1", port, **options)
+    return await aio(make)()
+
+
+def event_kind(event: controller_pb2.ClusterEvent) -> str:
+    """"SNAPSHOT", "INSTANCE", or the node event's kind ("JOINED", "STATUS", "LEFT", "LOST")."""
+    which = event.WhichOneof("event")
+    if which == "node":
+        return controller_pb2.NodeEvent.Kind.Name(event.node.kind)
+    return str(which).upper()
+
+
+async def wait_event(events: trio.MemoryReceiveChannel, kind: str, node_id: str | None = None):
+    """Read a `FakeController.watch` channel until an event of `kind` (about `node_id`, if
+    given) arrives and return it, skipping others; fails if the watch ends first."""
+    while True:
+        event = await events.receive()
+        if isinstance(event, Exception):
+            raise AssertionError(f"the watch ended while waiting for {kind}: {event!r}")
+        if event_kind(event) == kind and (node_id is None or event.node.node.id == node_id):
+            return event
+
+
+async def stream_outcome(stream: StatusStream):
+    """Wait for the server to end an open status stream; return its GRPCError (None if OK).
+
+    Unlike `StatusStream.outcome()`, this also recovers the status when the server resets the
+    stream right after its trailers (RST_STREAM NO_ERROR, which grpclib's server sends when it
+    ends a call with an error while the client is still sending): grpclib's client then raises
+    StreamTerminatedError from recv_message and reports the real status only when the call's
+    context exits. The stream is released afterwards.
+    """
+    async def wait():
+        try:
+            await stream._stream.recv_message()
+            await stream._stream.recv_trailing_metadata()
+        except GRPCError as err:
+            return err
+        except StreamTerminatedError as err:
+            cm, stream._cm = stream._cm, None
+            try:
+                await cm.__aexit__(StreamTerminatedError, err, err.__traceback__)
+            except GRPCError as status:
+                return status
+            raise
+        return None
+    return await aio(wait)()
