@@ -391,7 +391,9 @@ class ClientChannel:
             return RemoteError(err.status.name, err.message or f"{err.status.name} from {self.target}")
         if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
             return RemoteError("DEADLINE_EXCEEDED", f"{self.target} did not answer in time")
-        if isinstance(err, (OSError, StreamTerminatedError, ssl.SSLError, ProtocolError)):
+        if isinstance(err, StreamTerminatedError):
+            return RemoteError("UNAVAILABLE", f"the stream from {self.target} broke: {err}")
+        if isinstance(err, (OSError, ssl.SSLError, ProtocolError)):
             return RemoteError("UNAVAILABLE", f"cannot reach {self.target}: {err or type(err).__name__}")
         if isinstance(err, PeerRefused):
             return RemoteError("UNAVAILABLE", f"refused the peer at {self.target}: {err}")

@@ -50,7 +50,8 @@ from .placement import plan, reserve_if_fits
 log = logging.getLogger(__name__)
 
 PLACEMENT_OUTCOMES = ("placed", "no_nodes", "exhausted", "refused", "cancelled")
-RESERVATION_REPORTS = 2  # reports after acceptance before an instance-less report is trusted
+RESERVATION_REPORTS = 2
+TERMINATED_RETAINED = 10_000  # terminated instances remembered until destroyed; older are forgotten  # reports after acceptance before an instance-less report is trusted
 TERMINATED = InstanceCode.TERMINATED
 ENDED_OK = ("terminated", "destroyed")  # relay endings after which Schedule ends with OK
 
@@ -75,7 +76,12 @@ class Instance:
 
     @property
     def running_on_ready_node(self) -> bool:
-        return (self.latest.code is not TERMINATED and self.node_current)
+        """Still ours to run: its relay is live (or it is relayed by nobody yet) on a current node.
+
+        An instance whose Agent stream broke before TERMINATED has an unknown fate; the
+        Controller was told so (UNAVAILABLE) and may place it again.
+        """
+        return not self.ended and self.latest.code is not TERMINATED and self.node_current
 
     @property
     def node_current(self) -> bool:
@@ -96,6 +102,7 @@ class Instances:
         self.max_attempts = max_attempts
         self._instances: dict[str, Instance] = {}
         self._placing: set[str] = set()  # instance ids with an attempt in flight
+        self._terminated: dict[str, None] = {}  # terminated instance ids, oldest first
         self._reserved_on: dict[str, set[Instance]] = {}  # node id -> instances holding a reservation
         self._nursery: trio.Nursery | None = None
         self.placements: dict[str, int] = dict.fromkeys(PLACEMENT_OUTCOMES, 0)  # for /metrics
@@ -243,8 +250,8 @@ class Instances:
             log.warning("instance %s: relay ended: %s", instance.id, instance.ended)
         self._release(instance)
         if instance.latest.code is TERMINATED:
-            instance.node.placed.discard(instance.id)
-            self.cluster.count_instances(instance.node)
+            self._unplace(instance)
+            self._retain_terminated(instance)
         if instance.follower is not None:
             instance.follower.close()
 
@@ -302,7 +309,16 @@ class Instances:
         log.info("instance %s: STOP sent", instance_id)
 
     async def destroy(self, instance_id: str) -> None:
-        instance = await self._signal(instance_id, Signal.KILL)
+        """KILL the instance and forget it. An Agent that answers NOT_FOUND no longer runs it,
+        which is what Destroy wants: the placement is forgotten all the same."""
+        try:
+            instance = await self._signal(instance_id, Signal.KILL)
+        except RemoteError as err:
+            instance = self._instances.get(instance_id)
+            if err.status != "NOT_FOUND" or instance is None:
+                raise
+            log.info("instance %s: the Agent on %s does not know it (%s); forgetting it",
+                     instance_id, instance.node.id, err.message)
         self._forget(instance, "destroyed")
         log.info("instance %s destroyed on node %s", instance_id, instance.node.id)
 
@@ -322,10 +338,28 @@ class Instances:
     def _forget(self, instance: Instance, why: str) -> None:
         if self._instances.get(instance.id) is instance:
             del self._instances[instance.id]
-        instance.node.placed.discard(instance.id)
-        self.cluster.count_instances(instance.node)
+            self._terminated.pop(instance.id, None)
+        self._unplace(instance)
         self._release(instance)
         self._end_relay(instance, why)
+
+    def _unplace(self, instance: Instance) -> None:
+        """No longer count the instance on its node (unless the id was placed there again)."""
+        if self._instances.get(instance.id) in (instance, None) and \
+                instance.generation == instance.node.generation:
+            instance.node.placed.discard(instance.id)
+            self.cluster.count_instances(instance.node)
+
+    def _retain_terminated(self, instance: Instance) -> None:
+        """Keep the last TERMINATED_RETAINED terminated instances (Destroy, snapshots); forget older."""
+        self._terminated.pop(instance.id, None)
+        self._terminated[instance.id] = None
+        while len(self._terminated) > TERMINATED_RETAINED:
+            old_id = next(iter(self._terminated))
+            del self._terminated[old_id]
+            old = self._instances.get(old_id)
+            if old is not None and old.latest.code is TERMINATED:
+                del self._instances[old_id]
 
 
 def _describe(request) -> str:
