@@ -80,7 +80,7 @@ def format_event(event) -> str:
     if kind == "node":
         node = event.node.node
         extra = f" instances: {', '.join(node.instance_ids)}" if node.instance_ids else ""
-        return f"{prefix} {EVENT_KINDS[event.node.kind]:<8} node {node.id} {node.address}{extra}"
+        return f"{prefix} {EVENT_KINDS.get(event.node.kind, str(event.node.kind)):<8} node {node.id} {node.address}{extra}"
     status = event.instance
     message = f" ({status.status.message})" if status.status.HasField("message") else ""
     return (f"{prefix} INSTANCE {status.instance_id} on {status.node_id}: "
@@ -120,6 +120,8 @@ def run(command, args) -> int:
     except (OSError, asyncio.TimeoutError, ssl.SSLError) as err:
         print(f"orka-scheduler: cannot reach the scheduler at {args.address}: {err}",
               file=sys.stderr)
+    except ConfigError as err:
+        print(f"orka-scheduler: {err}", file=sys.stderr)
     except KeyboardInterrupt:
         return 0
     return 1

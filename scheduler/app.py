@@ -90,7 +90,8 @@ async def serve(
         AgentApi(scheduler.cluster).servables(bridge)
         + ClusterApi(scheduler.cluster, scheduler.events).servables(bridge)
         + SchedulingApi(scheduler.instances).servables(bridge)
-    ) + [health]
+        + [health]
+    )
     registry = make_registry(scheduler.cluster, scheduler.instances, scheduler.events)
     async with open_loop(), trio.open_nursery() as nursery:
         await nursery.start(scheduler.cluster.run)

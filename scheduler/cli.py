@@ -45,8 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_wait_for_signals, shutdown)
-            if ssl_context is not None:
-                nursery.start_soon(reload_on_sighup, config, ssl_context, agent_ssl)
+            # SIGHUP (systemctl reload) rotates certificates; without TLS it is logged and ignored.
+            nursery.start_soon(reload_on_sighup, config, ssl_context, agent_ssl)
             await serve(config, ssl_context=ssl_context, authorize=authorize,
                         agent_ssl=agent_ssl, shutdown=shutdown)
             nursery.cancel_scope.cancel()

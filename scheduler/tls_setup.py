@@ -54,7 +54,7 @@ def server_tls(config: Config) -> tuple[ssl.SSLContext, security.Authorizer, ssl
     return server, security.Authorizer(config.tls.trust_domain), agent
 
 
-async def reload_on_sighup(config: Config, server: ssl.SSLContext,
+async def reload_on_sighup(config: Config, server: ssl.SSLContext | None,
                            agent: ssl.SSLContext | None) -> None:
     """SIGHUP: load the certificate files again (rotation). Established connections and
     streams are untouched; new handshakes use the new certificate. A bad file is logged and the
@@ -65,6 +65,9 @@ async def reload_on_sighup(config: Config, server: ssl.SSLContext,
 
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
+            if server is None:
+                log.info("SIGHUP: running without TLS (--insecure): nothing to reload")
+                continue
             files = tls_files(config)
             try:
                 security.reload(server, files.ca, files.cert, files.key)
