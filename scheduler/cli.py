@@ -39,7 +39,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning(INSECURE_WARNING)
         ssl_context = authorize = agent_ssl = None
     else:
-        ssl_context, authorize, agent_ssl = server_tls(config)
+        from . import pki, security
+
+        try:
+            ssl_context, authorize, agent_ssl = server_tls(config)
+        except (security.TlsSetupError, pki.PkiError) as err:
+            print(f"orka-scheduler: cannot set up TLS: {err}", file=sys.stderr)
+            return 2
 
     async def main() -> None:
         shutdown = trio.Event()

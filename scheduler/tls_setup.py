@@ -68,12 +68,12 @@ async def reload_on_sighup(config: Config, server: ssl.SSLContext | None,
             if server is None:
                 log.info("SIGHUP: running without TLS (--insecure): nothing to reload")
                 continue
-            files = tls_files(config)
             try:
+                files = tls_files(config)
                 security.reload(server, files.ca, files.cert, files.key)
                 if agent is not None:
                     security.reload(agent, files.ca, files.cert, files.key)
-            except security.TlsSetupError as err:
+            except (security.TlsSetupError, pki.PkiError) as err:
                 log.error("SIGHUP: certificates NOT reloaded, keeping the current ones: %s", err)
                 continue
             log.info("SIGHUP: reloaded TLS certificates from %s", files.cert)

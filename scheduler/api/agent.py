@@ -62,8 +62,8 @@ class AgentApi:
             with trio.CancelScope() as scope:
                 async for message in call:
                     node_id, metrics = node_status_from_wire(message)
+                    check_node(call.identity, node_id)  # every message, not just the first
                     if stream is None:
-                        check_node(call.identity, node_id)
                         node, session, stream = cluster.attach_stream(node_id, scope)
                     elif node_id != node.id:
                         raise InvalidArgument(f"this status stream belongs to node {node.id}; "
