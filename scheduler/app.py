@@ -7,6 +7,7 @@ accepting, end streams with UNAVAILABLE, exit), so tests need no signals.
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from .api.agent import AgentApi
 from .api.cluster import ClusterApi
 from .api.scheduling import SchedulingApi
 from .agents import Agents
-from .cluster import Cluster
+from .cluster import Cluster, Node
 from .config import Config
 from .events import EventLog
 from .grpc_bridge import Bridge, open_loop
@@ -24,6 +25,7 @@ from .instances import Instances
 from .api.standard import health_service, with_reflection
 from .model import NodeState, Snapshot
 from .observability import make_registry, serve_http
+from .store import Restored, Store
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class Scheduler:
     cluster: Cluster
     instances: Instances
     agents: Agents
+    store: Store
+    restored: Restored
     port: int = 0
     http_port: int | None = None
 
@@ -48,27 +52,57 @@ class Scheduler:
                 f"{len(self.instances.statuses())} instances, port {self.port}")
 
 
+RESTORE_JITTER = 0.1  # fraction of node_timeout spreading the deadlines of restored nodes
+
+
 def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
+    """The scheduler's parts, with the previous run's state loaded from the data directory."""
+    store = Store(config.server.data_dir, config.events.retained)
+    restored = store.load()
     parts: dict = {}
 
     def snapshot() -> Snapshot:
         return Snapshot(tuple(parts["cluster"].views()), parts["instances"].statuses())
 
-    events = EventLog(config.events.retained, snapshot)
+    events = EventLog(config.events.retained, snapshot, restored.epoch,
+                      revision=restored.revision, history=restored.events)
+    store.begin(events.epoch, events.revision)
+    events.on_publish.append(store.event_published)
     cluster = parts["cluster"] = Cluster(
         events,
         node_timeout=config.liveness.node_timeout,
         status_rate=config.liveness.status_rate,
         status_burst=config.liveness.status_burst,
     )
+    cluster.on_node_change.append(lambda node: store.save_node(
+        node.id, node.host, node.port, node.state, node.generation, node.last_seen_unix))
     agents = Agents(cluster, agent_ssl, config.tls.trust_domain)
     instances = parts["instances"] = Instances(
         cluster, events, agents,
         strategy=config.scheduling.strategy,
         attempt_timeout=config.scheduling.attempt_timeout,
         max_attempts=config.scheduling.max_attempts,
+        store=store,
     )
-    return Scheduler(config, events, cluster, instances, agents)
+    return Scheduler(config, events, cluster, instances, agents, store, restored)
+
+
+def restore(scheduler: Scheduler) -> None:
+    """Nodes and placements of the previous run; call once the cluster's tasks run."""
+    restored, cluster = scheduler.restored, scheduler.cluster
+    if restored.epoch is None:
+        return
+    jitter = cluster.node_timeout * RESTORE_JITTER
+    for row in restored.nodes:
+        cluster.restore(Node(row.id, row.host, row.port, row.state, last_seen_unix=row.last_seen,
+                             generation=row.generation), jitter=random.uniform(0, jitter))
+    for row in restored.placements:
+        node = cluster.nodes.get(row.node_id)
+        if node is not None:
+            scheduler.instances.restore(row.workload, node, row.generation, row.latest)
+    log.info("restored epoch %s at revision %d: %d nodes (awaiting rejoin within %g s), "
+             "%d placements", restored.epoch, restored.revision, len(restored.nodes),
+             cluster.node_timeout, len(restored.placements))
 
 
 async def serve(
@@ -96,6 +130,7 @@ async def serve(
     async with open_loop(), trio.open_nursery() as nursery:
         await nursery.start(scheduler.cluster.run)
         await nursery.start(scheduler.instances.run)
+        restore(scheduler)
         observability = config.observability
         if observability.http_host is not None:
             scheduler.http_port = await nursery.start(
@@ -123,4 +158,5 @@ async def serve(
         # The listener has drained and closed: end the sessions' and relays' tasks.
         nursery.cancel_scope.cancel()
         scheduler.agents.close()
+    scheduler.store.close()
     log.info("stopped")

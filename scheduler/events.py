@@ -1,8 +1,10 @@
 """The revisioned event log the Controller watches (SPEC §2.3).
 
 Every node and instance event gets the next revision of this scheduler incarnation (`epoch`).
-The last `retained` events are kept in a ring so a watcher that reconnects with its last
-revision gets exactly what it missed. Publishing never waits for a watcher: each watcher reads
+The last `retained` events are kept in order so a watcher that reconnects with its last
+revision gets exactly what it missed. Revisions may have gaps: after a restart the log holds the
+persisted (non-STATUS) events of the previous run and continues past every revision that run
+may have used; a gap only ever stands for STATUS events, which a watcher may skip anyway. Publishing never waits for a watcher: each watcher reads
 the log at its own pace, and one that falls so far behind that its next event left the ring gets
 a fresh snapshot in-band. A watcher more than `COALESCE_BACKLOG` events behind skips STATUS
 events of a node that a later STATUS of the same node supersedes; it never skips JOINED, LEFT,
@@ -11,7 +13,8 @@ LOST or instance events.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -23,30 +26,53 @@ COALESCE_BACKLOG = 1024  # events behind the head before a watcher may skip supe
 class EventLog:
     """Append-only, revisioned, bounded log of cluster events with any number of watchers."""
 
-    def __init__(self, retained: int, snapshot: Callable[[], Snapshot], epoch: str | None = None) -> None:
+    def __init__(self, retained: int, snapshot: Callable[[], Snapshot], epoch: str | None = None,
+                 *, revision: int = 0, history: Iterable[Event] = ()) -> None:
+        """`epoch`, `revision` and `history` continue a previous run (see `store`)."""
         if retained < 1:
             raise ValueError("retained must be at least 1")
         self.epoch = epoch or secrets.token_hex(8)
-        self.revision = 0
+        self.revision = revision
         self._retained = retained
-        self._ring: list[Event | None] = [None] * retained
+        self._events: list[Event] = []  # retained events from index _start on, oldest first
+        self._revisions: list[int] = []  # their revisions, for bisect
+        self._start = 0
         self._snapshot = snapshot
         self._latest_status: dict[str, int] = {}  # node id -> revision of its newest STATUS
         self._changed: trio.Event | None = None  # created only while a watcher waits
         self.watchers = 0
+        self.on_publish: list[Callable[[Event], None]] = []  # e.g. persistence; keep them cheap
+        for event in history:
+            self._append(event)
 
     @property
     def first_retained(self) -> int:
-        """The oldest revision still in the ring (revision + 1 when the log is empty)."""
-        return max(1, self.revision - self._retained + 1)
+        """The oldest revision still held (revision + 1 when nothing is held)."""
+        if self._start < len(self._revisions):
+            return self._revisions[self._start]
+        return self.revision + 1
+
+    def __len__(self) -> int:
+        return len(self._events) - self._start
+
+    def _append(self, event: Event) -> None:
+        self._events.append(event)
+        self._revisions.append(event.revision)
+        if len(self._events) - self._start > self._retained:
+            self._start += 1
+            if self._start >= self._retained:  # compact now and then: amortised O(1)
+                del self._events[:self._start], self._revisions[:self._start]
+                self._start = 0
 
     def publish(self, body: NodeEvent | InstanceEvent) -> Event:
         """Append one event with the next revision and wake the watchers. Never blocks."""
         self.revision += 1
         event = Event(self.revision, body)
-        self._ring[self.revision % self._retained] = event
+        self._append(event)
         if isinstance(body, NodeEvent) and body.kind is NodeEventKind.STATUS:
             self._latest_status[body.node.id] = self.revision
+        for hook in self.on_publish:
+            hook(event)
         if self._changed is not None:
             self._changed.set()
             self._changed = None
@@ -67,17 +93,18 @@ class EventLog:
     def event_after(self, cursor: int) -> Event | None:
         """The next event a watcher at `cursor` should see, or None when it is at the head.
 
-        Returns a snapshot event when `cursor` is older than the ring holds.
+        Returns a snapshot event when events after `cursor` are no longer held.
         """
-        while cursor < self.revision:
-            if cursor < self.first_retained - 1:
-                return self.snapshot_event()
-            event = self._ring[(cursor + 1) % self._retained]
-            assert event is not None and event.revision == cursor + 1
-            cursor = event.revision
-            if self.revision - cursor >= COALESCE_BACKLOG and self._superseded(event):
-                continue
-            return event
+        if cursor >= self.revision:
+            return None
+        if cursor < self.first_retained - 1:
+            return self.snapshot_event()
+        index = bisect_right(self._revisions, cursor, self._start)
+        while index < len(self._events):
+            event = self._events[index]
+            if self.revision - event.revision < COALESCE_BACKLOG or not self._superseded(event):
+                return event
+            index += 1
         return None
 
     def _superseded(self, event: Event) -> bool:
@@ -112,9 +139,12 @@ class Watcher:
         if self._cursor is None:
             event = log.snapshot_event()
         else:
-            await log.wait_beyond(self._cursor)
-            event = log.event_after(self._cursor)
-            assert event is not None
+            while True:
+                await log.wait_beyond(self._cursor)
+                event = log.event_after(self._cursor)
+                if event is not None:
+                    break
+                self._cursor = log.revision  # only a gap was left: nothing to see there
         self._cursor = event.revision
         return event
 

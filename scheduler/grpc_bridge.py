@@ -17,6 +17,7 @@ import logging
 import socket
 import ssl
 import struct
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -312,7 +313,7 @@ class Bridge:
 
         `task_status.started(port)` reports the bound port once the listener accepts.
         """
-        server = Server(servables, codec=self._codec)
+        server = _Server(servables, codec=self._codec)
         # "::" (or "") means every interface of both families: asyncio makes IPv6 sockets
         # V6ONLY, so a literal "::" would not accept IPv4 clients.
         await trio_asyncio.aio_as_trio(server.start)(
@@ -340,6 +341,7 @@ class Bridge:
         server.close()
         with trio.move_on_after(grace):
             await trio_asyncio.aio_as_trio(server.wait_closed)()
+        server.close_connections()
 
 
 class PeerRefused(Exception):
@@ -442,6 +444,29 @@ class ServerStream:
 def open_loop():
     """The asyncio loop (inside trio) that grpclib servers and channels need; enter it first."""
     return trio_asyncio.open_loop()
+
+
+class _Server(Server):
+    """grpclib's Server, remembering its connections so shutdown can close them.
+
+    grpclib's `close()` cancels the calls but leaves idle connections open; a client would keep
+    sending on them to a scheduler that no longer exists and never hear back.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._protocols: weakref.WeakSet = weakref.WeakSet()
+
+    def _protocol_factory(self) -> Any:
+        protocol = super()._protocol_factory()
+        self._protocols.add(protocol)
+        return protocol
+
+    def close_connections(self) -> None:
+        for protocol in list(self._protocols):
+            connection = getattr(protocol, "connection", None)
+            if connection is not None:
+                connection._transport.close()
 
 
 class _Servable:

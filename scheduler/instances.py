@@ -46,6 +46,7 @@ from .model import (
     Workload,
 )
 from .placement import plan, reserve_if_fits
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Instance:
     ended: str = ""  # why the relay ended; "" while it runs
     reports_after: int = 0  # node reports since acceptance, while the reservation is held
     reserved: bool = True
+    relayed: bool = True  # False for instances restored after a restart: reports tell their fate
 
     @property
     def id(self) -> str:
@@ -93,14 +95,17 @@ class Instances:
     """Every placed instance and the service's relay tasks. Call `run()` first."""
 
     def __init__(self, cluster: Cluster, events: EventLog, agents: Agents, *,
-                 strategy: str, attempt_timeout: float, max_attempts: int) -> None:
+                 strategy: str, attempt_timeout: float, max_attempts: int,
+                 store: Store | None = None) -> None:
         self.cluster = cluster
         self.events = events
         self.agents = agents
         self.strategy = strategy
         self.attempt_timeout = attempt_timeout
         self.max_attempts = max_attempts
+        self.store = store
         self._instances: dict[str, Instance] = {}
+        self._unknown_reported: set[tuple[str, str]] = set()  # (node, instance) already announced
         self._placing: set[str] = set()  # instance ids with an attempt in flight
         self._terminated: dict[str, None] = {}  # terminated instance ids, oldest first
         self._reserved_on: dict[str, set[Instance]] = {}  # node id -> instances holding a reservation
@@ -110,6 +115,7 @@ class Instances:
         self.on_placed: list[Callable[[float], None]] = []  # seconds from request to acceptance
         cluster.on_generation_end.append(self._generation_ended)
         cluster.on_report.append(self._node_reported)
+        cluster.on_instances_reported.append(self._reconcile)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -214,6 +220,8 @@ class Instances:
         instance = Instance(workload, node, node.generation, first)
         send, receive = trio.open_memory_channel(math.inf)  # a few statuses per instance
         instance.follower = send
+        if self.store is not None:  # durable before the Controller hears of the acceptance
+            self.store.save_placement(workload, node.id, node.generation, first)
         self._instances[instance.id] = instance
         self._reserved_on.setdefault(node.id, set()).add(instance)
         node.placed.add(instance.id)
@@ -232,8 +240,7 @@ class Instances:
                     while instance.latest.code is not TERMINATED:
                         wire = await stream.receive()
                         status = instance_status_from_agent(wire, instance.id, instance.node.id)
-                        instance.latest = status
-                        self._publish(instance, status)
+                        self._update(instance, status)
                     instance.ended = "terminated"
                 except trio.EndOfChannel:
                     instance.ended = (f"the Agent on {instance.node.id} ended the instance's "
@@ -243,9 +250,8 @@ class Instances:
         finally:
             stream.cancel()
         if instance.ended == "destroyed" and instance.latest.code is not TERMINATED:
-            instance.latest = InstanceStatus(instance.id, TERMINATED, "destroyed",
-                                             node_id=instance.node.id)
-            self._publish(instance, instance.latest)
+            self._publish(instance, InstanceStatus(instance.id, TERMINATED, "destroyed",
+                                                   node_id=instance.node.id))
         if instance.ended not in ENDED_OK:
             log.warning("instance %s: relay ended: %s", instance.id, instance.ended)
         self._release(instance)
@@ -254,6 +260,13 @@ class Instances:
             self._retain_terminated(instance)
         if instance.follower is not None:
             instance.follower.close()
+
+    def _update(self, instance: Instance, status: InstanceStatus) -> None:
+        """A new status of a live instance: remember it durably, then tell everyone."""
+        instance.latest = status
+        if self.store is not None and self._instances.get(instance.id) is instance:
+            self.store.update_placement(status)
+        self._publish(instance, status)
 
     def _publish(self, instance: Instance, status: InstanceStatus) -> None:
         self.events.publish(InstanceEvent(status))
@@ -292,6 +305,56 @@ class Instances:
             instance.reports_after += 1
             if instance.id in listed or (not reported and instance.reports_after >= RESERVATION_REPORTS):
                 self._release(instance)
+
+    # -- after a restart: restored instances and the Agents' reports ---------------------------
+
+    def restore(self, workload: Workload, node: Node, generation: int,
+                latest: InstanceStatus) -> None:
+        """Take back a placement of a previous run. Its Create stream died with that run, so
+        the node's `instances` reports tell its fate from now on (see `_reconcile`)."""
+        instance = Instance(workload, node, generation, latest, reserved=False, relayed=False)
+        self._instances[instance.id] = instance
+        if latest.code is TERMINATED:
+            self._terminated[instance.id] = None
+        elif generation == node.generation:
+            node.placed.add(instance.id)
+            self.cluster.count_instances(node)
+
+    def _reconcile(self, node: Node) -> None:
+        """The node's Agent reported a changed instance list: update instances nobody relays,
+        mark vanished ones TERMINATED, announce instances this scheduler never placed there."""
+        metrics = node.metrics
+        if metrics is None or not metrics.instances:
+            return  # an Agent that reports no instances tells nothing (old Agents never do)
+        reported = {report.instance_id: report.code for report in metrics.instances}
+        for instance_id, code in reported.items():
+            instance = self._instances.get(instance_id)
+            if instance is None or instance.node is not node:
+                if (node.id, instance_id) not in self._unknown_reported:
+                    self._unknown_reported.add((node.id, instance_id))
+                    log.warning("node %s reports instance %s, which this scheduler did not place "
+                                "there (%s)", node.id, instance_id, code.name)
+                    self.events.publish(InstanceEvent(InstanceStatus(
+                        instance_id, code, "reported by the Agent; not placed by this scheduler",
+                        node_id=node.id)))
+            elif not instance.relayed and instance.latest.code is not code \
+                    and instance.latest.code is not TERMINATED:
+                self._update(instance, InstanceStatus(instance_id, code, "reported by the Agent",
+                                                      node_id=node.id))
+                if code is TERMINATED:
+                    self._unplace(instance)
+                    self._retain_terminated(instance)
+        for instance_id in list(node.placed):
+            instance = self._instances.get(instance_id)
+            if instance is not None and not instance.relayed and instance_id not in reported \
+                    and instance.latest.code is not TERMINATED:
+                log.warning("instance %s vanished: node %s no longer reports it", instance_id,
+                            node.id)
+                self._update(instance, InstanceStatus(
+                    instance_id, TERMINATED, "vanished: the Agent no longer reports it",
+                    node_id=node.id))
+                self._unplace(instance)
+                self._retain_terminated(instance)
 
     # -- node generations ending -------------------------------------------------------------
 
@@ -339,6 +402,8 @@ class Instances:
         if self._instances.get(instance.id) is instance:
             del self._instances[instance.id]
             self._terminated.pop(instance.id, None)
+            if self.store is not None:  # durable before Destroy is acknowledged
+                self.store.delete_placement(instance.id)
         self._unplace(instance)
         self._release(instance)
         self._end_relay(instance, why)
@@ -360,6 +425,8 @@ class Instances:
             old = self._instances.get(old_id)
             if old is not None and old.latest.code is TERMINATED:
                 del self._instances[old_id]
+                if self.store is not None:
+                    self.store.delete_placement(old_id)
 
 
 def _describe(request) -> str:

@@ -212,7 +212,10 @@ class SimAgent:
         bind_host: str = "127.0.0.1",
         counters: Counters | None = None,
         seed: int | None = None,
+        pacer: _Pacer | None = None,
     ) -> None:
+        """`pacer`: write the status stream as raw HTTP/2 frames, paced by this group pacer
+        (see `_RawStatusStream`); its rate then applies, not `rate`."""
         self.node_id = node_id
         self.scheduler = scheduler
         self.behaviour = behaviour
@@ -234,6 +237,8 @@ class SimAgent:
         self._channel: Channel | None = None
         self._closed = False
         self._left = False
+        self._pacer = pacer
+        self._client_ssl: ssl.SSLContext | None = None
 
     # -- control ---------------------------------------------------------------------------
 
@@ -282,6 +287,7 @@ class SimAgent:
         await self._server.start(self.bind_host, 0, ssl=server_ssl, reuse_address=True)
         self.port = self._server._server.sockets[0].getsockname()[1]
         host, port = self.scheduler
+        self._client_ssl = client_ssl
         self._channel = Channel(host, port, ssl=client_ssl)
         self._lifecycle = agent_grpc.LifecycleServiceStub(self._channel)
         self._status = agent_grpc.StatusUpdateServiceStub(self._channel)
@@ -325,6 +331,8 @@ class SimAgent:
             outcome = await self._stream(first_status)
             if self._closed or self._left:
                 return
+            if outcome == "closed":
+                return
             if outcome == "lost" and self._silent:
                 # A silent node that was declared lost stays away until told to speak again.
                 while self._silent and not self._closed:
@@ -367,6 +375,8 @@ class SimAgent:
 
     async def _stream(self, first_status: asyncio.Event | None) -> str:
         """One status stream: "closed", "lost" (the scheduler declared us lost) or "failed"."""
+        if self._pacer is not None:
+            return await self._raw_stream(first_status)
         counters = self.counters
         try:
             async with self._status.UpdateNodeStatus.open() as stream:
@@ -396,6 +406,48 @@ class SimAgent:
         finally:
             if first_status is not None:
                 first_status.set()
+
+    async def _raw_stream(self, first_status: asyncio.Event | None) -> str:
+        assert self._pacer is not None
+        counters = self.counters
+        host, port = self.scheduler
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        stream = None
+        try:
+            loop = asyncio.get_running_loop()
+            _, stream = await loop.create_connection(
+                lambda: _RawStatusStream(self, authority, "https" if self._client_ssl else "http"),
+                host, port, ssl=self._client_ssl,
+                server_hostname=host if self._client_ssl is not None else None)
+            counters.streaming += 1
+            try:
+                if stream.send(1):
+                    counters.sent += 1
+                    self.last_sent = time.time()
+                if first_status is not None:
+                    first_status.set()
+                self._pacer.add(stream)
+                outcome = await stream.ended
+            finally:
+                counters.streaming -= 1
+                self._pacer.discard(stream)
+        except asyncio.CancelledError:
+            if stream is not None:
+                stream._end("closed")
+            raise
+        except Exception as err:
+            counters.stream_errors += 1
+            log.debug("%s: raw status stream failed: %r", self.node_id, err)
+            return "failed"
+        finally:
+            if first_status is not None:
+                first_status.set()
+        if outcome == "lost":
+            self.lost_at = time.time()
+            counters.lost_notices += 1
+        else:
+            counters.stream_errors += 1
+        return outcome
 
     async def _outcome(self, stream) -> str:
         try:
@@ -525,6 +577,215 @@ def _workload_status(instance_id: str, code: int, memory: int, message: str | No
     return status
 
 
+# --- a lean status stream: HTTP/2 frames written directly ------------------------------------
+#
+# grpclib's client spends ~15 µs of Python per streamed message (h2's state machine and frame
+# objects): as much as a bare grpclib server spends receiving it, so a grpclib load generator
+# cannot outrun the server it measures. With `raw=True` an Agent still joins and serves with
+# grpclib, but writes its status stream as pre-encoded HTTP/2 DATA frames on its own
+# connection (TLS too), paced for the whole group by one `_Pacer`. The server sees exactly
+# the bytes grpclib would send: one DATA frame per message, the same protobuf encoding.
+
+STATUS_PATH = "/scheduler.agent.StatusUpdateService/UpdateNodeStatus"
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+_END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+_INITIAL_WINDOW = 65535  # RFC 7540 §6.9.2, until the server's SETTINGS say otherwise
+_OUR_WINDOW = (1 << 31) - 1  # we receive almost nothing: never make the server wait on us
+PACER_TICK = 0.005  # s between the pacer's rounds
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return (len(payload).to_bytes(3, "big") + bytes((kind, flags))
+            + stream_id.to_bytes(4, "big") + payload)
+
+
+class _RawStatusStream(asyncio.Protocol):
+    """One UpdateNodeStatus call (stream 1 of its own connection) written as raw frames."""
+
+    def __init__(self, agent: SimAgent, authority: str, scheme: str) -> None:
+        import hpack
+
+        self.agent = agent
+        self.ended: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.credit = 0.0
+        self._authority, self._scheme = authority, scheme
+        self._decoder = hpack.Decoder()
+        self._encoder = hpack.Encoder()
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
+        self._stream_window = _INITIAL_WINDOW
+        self._connection_window = _INITIAL_WINDOW
+        self._initial_window = _INITIAL_WINDOW
+        self._trailers: dict[str, str] = {}
+        self._frame_bytes = b""
+        self._frame_message: agent_pb2.NodeStatus | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        settings = ((0x2).to_bytes(2, "big") + (0).to_bytes(4, "big")  # ENABLE_PUSH = 0
+                    + (0x4).to_bytes(2, "big") + _OUR_WINDOW.to_bytes(4, "big"))
+        headers = self._encoder.encode([
+            (":method", "POST"), (":scheme", self._scheme), (":path", STATUS_PATH),
+            (":authority", self._authority), ("te", "trailers"),
+            ("content-type", "application/grpc+proto"), ("user-agent", "orka-simulator"),
+        ])
+        self._transport.write(
+            _PREFACE + _frame(_SETTINGS, 0, 0, settings)
+            + _frame(_WINDOW_UPDATE, 0, 0, (_OUR_WINDOW - _INITIAL_WINDOW).to_bytes(4, "big"))
+            + _frame(_HEADERS, _END_HEADERS, 1, headers))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end("failed")
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[0:3], "big")
+            if len(buffer) < 9 + length:
+                return
+            kind, flags = buffer[3], buffer[4]
+            stream_id = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+            payload = bytes(buffer[9:9 + length])
+            del buffer[:9 + length]
+            self._frame_received(kind, flags, stream_id, payload)
+
+    # -- frames from the server --------------------------------------------------------------
+
+    def _frame_received(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        assert self._transport is not None
+        if kind == _SETTINGS and not flags & _ACK:
+            for offset in range(0, len(payload) - 5, 6):
+                key = int.from_bytes(payload[offset:offset + 2], "big")
+                value = int.from_bytes(payload[offset + 2:offset + 6], "big")
+                if key == 0x4:  # INITIAL_WINDOW_SIZE applies to open streams too
+                    self._stream_window += value - self._initial_window
+                    self._initial_window = value
+            self._transport.write(_frame(_SETTINGS, _ACK, 0))
+        elif kind == _WINDOW_UPDATE:
+            increment = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            if stream_id == 0:
+                self._connection_window += increment
+            elif stream_id == 1:
+                self._stream_window += increment
+        elif kind == _PING and not flags & _ACK:
+            self._transport.write(_frame(_PING, _ACK, 0, payload))
+        elif kind == _HEADERS and stream_id == 1:
+            if flags & _PADDED:
+                payload = payload[1:len(payload) - payload[0]]
+            if flags & _PRIORITY:
+                payload = payload[5:]
+            for name, value in self._decoder.decode(payload):
+                self._trailers[name] = value
+            if flags & _END_STREAM:
+                self._stream_ended()
+        elif kind == _DATA and stream_id == 1 and flags & _END_STREAM:
+            self._stream_ended()
+        elif kind == _RST_STREAM and stream_id == 1 or kind == _GOAWAY:
+            self._end("failed")
+
+    def _stream_ended(self) -> None:
+        from urllib.parse import unquote
+
+        status = self._trailers.get("grpc-status", "")
+        message = unquote(self._trailers.get("grpc-message", ""))
+        if status == str(Status.ABORTED.value) and "lost" in message:
+            self._end("lost")
+        else:
+            log.debug("%s: raw status stream ended: %s %s", self.agent.node_id, status, message)
+            self._end("failed")
+
+    def _end(self, outcome: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(outcome)
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def send(self, count: int) -> int:
+        """Write up to `count` statuses as far as flow control allows; return how many."""
+        if self._paused or self.ended.done() or self._transport is None:
+            return 0
+        message = self.agent.status_message()
+        if message is not self._frame_message:
+            body = message.SerializeToString()
+            data = b"\x00" + len(body).to_bytes(4, "big") + body
+            self._frame_bytes = _frame(_DATA, 0, 1, data)
+            self._frame_message = message
+        size = len(self._frame_bytes) - 9
+        count = min(count, self._stream_window // size, self._connection_window // size)
+        if count <= 0:
+            return 0
+        self._transport.write(self._frame_bytes * count)
+        self._stream_window -= size * count
+        self._connection_window -= size * count
+        return count
+
+
+class _Pacer:
+    """Writes the raw status streams of a group: `rate` messages per second per stream, in
+    rounds every PACER_TICK, each round's budget handed out round-robin (cost ∝ messages)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.streams: list[_RawStatusStream] = []
+        self._next = 0
+        self._task: asyncio.Task | None = None
+
+    def add(self, stream: _RawStatusStream) -> None:
+        self.streams.append(stream)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def discard(self, stream: _RawStatusStream) -> None:
+        with contextlib.suppress(ValueError):
+            self.streams.remove(stream)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        budget = 0.0
+        while True:
+            await asyncio.sleep(PACER_TICK)
+            now = loop.time()
+            streams = self.streams
+            budget = min(budget + self.rate * len(streams) * (now - last),
+                         self.rate * len(streams) * 0.1 + 1)  # at most 100 ms of catch-up
+            last = now
+            count = int(budget)
+            if not streams or not count:
+                continue
+            budget -= count
+            per, extra = divmod(count, len(streams))
+            wall = time.time()
+            for offset in range(len(streams) if per else extra):
+                index = (self._next + offset) % len(streams)
+                stream = streams[index]
+                agent = stream.agent
+                if agent.silent:
+                    continue
+                sent = stream.send(per + (1 if offset < extra else 0))
+                if sent:
+                    agent.counters.sent += sent
+                    agent.last_sent = wall
+            self._next = (self._next + extra) % len(streams)
+
+
 # --- many Agents in this process -------------------------------------------------------------
 
 class AgentGroup:
@@ -538,13 +799,19 @@ class AgentGroup:
 
     def __init__(self, ids: Iterable[str], scheduler: tuple[str, int], *, rate: float = 1.0,
                  behaviour: Behaviour = Behaviour(), old_fraction: float = 0.0,
-                 tls: AgentTls | None = None, bind_host: str = "127.0.0.1") -> None:
+                 tls: AgentTls | None = None, bind_host: str = "127.0.0.1",
+                 raw: bool = False) -> None:
+        """`raw`: status streams as raw HTTP/2 frames paced by one group pacer (a cheap load
+        generator for ingest benchmarks; `rate` must then be > 0)."""
+        if raw and rate <= 0:
+            raise ValueError("raw status streams need a rate > 0")
         self.counters = Counters()
+        self._pacer = _Pacer(rate) if raw else None
         ids = list(ids)
         old = set(ids[: round(len(ids) * old_fraction)])
         self.agents = [
             SimAgent(node_id, scheduler, rate=rate, tls=tls, bind_host=bind_host,
-                     counters=self.counters,
+                     counters=self.counters, pacer=self._pacer,
                      behaviour=Behaviour(behaviour.refuse, behaviour.hang, behaviour.lifetime,
                                          old=node_id in old))
             for node_id in ids
@@ -572,6 +839,10 @@ class AgentGroup:
         return time.monotonic() - started
 
     def set_rate(self, rate: float) -> None:
+        if self._pacer is not None:
+            if rate <= 0:
+                raise ValueError("raw status streams need a rate > 0")
+            self._pacer.rate = rate
         for agent in self.agents:
             agent.rate = rate
 
@@ -591,6 +862,8 @@ class AgentGroup:
         return asdict(self.counters)
 
     async def close(self) -> None:
+        if self._pacer is not None:
+            self._pacer.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -660,7 +933,8 @@ class AgentProcesses:
     def __init__(self, count: int, scheduler: str, *, rate: float = 1.0, processes: int = 0,
                  prefix: str = "sim", first: int = 0, pki: str | os.PathLike | None = None,
                  behaviour: Behaviour = Behaviour(), old_fraction: float = 0.0,
-                 bind_host: str = "127.0.0.1", log_file: str | os.PathLike | None = None,
+                 bind_host: str = "127.0.0.1", raw: bool = False,
+                 log_file: str | os.PathLike | None = None,
                  python: str = sys.executable) -> None:
         self.count = count
         self.processes = processes or max(1, math.ceil(count / MAX_AGENTS_PER_PROCESS))
@@ -677,6 +951,8 @@ class AgentProcesses:
                     "--old", repr(old_fraction)]
             if behaviour.lifetime is not None:
                 args += ["--lifetime", repr(behaviour.lifetime)]
+            if raw:
+                args.append("--raw")
             args += ["--pki", os.fspath(pki)] if pki is not None else ["--insecure"]
             self._args.append(args)
             start += share
@@ -773,7 +1049,7 @@ async def _agents_here(args: argparse.Namespace, behaviour: Behaviour) -> int:
     tls = AgentTls(Path(args.pki)) if args.pki else None
     group = AgentGroup(node_ids(args.count, args.prefix, args.first), parse_address(args.scheduler),
                        rate=args.rate, behaviour=behaviour, old_fraction=args.old, tls=tls,
-                       bind_host=args.bind)
+                       bind_host=args.bind, raw=args.raw)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -804,7 +1080,8 @@ async def _agents_here(args: argparse.Namespace, behaviour: Behaviour) -> int:
 async def _agents_in_processes(args: argparse.Namespace, behaviour: Behaviour, processes: int) -> int:
     fleet = AgentProcesses(args.count, args.scheduler, rate=args.rate, processes=processes,
                            prefix=args.prefix, first=args.first, pki=args.pki,
-                           behaviour=behaviour, old_fraction=args.old, bind_host=args.bind)
+                           behaviour=behaviour, old_fraction=args.old, bind_host=args.bind,
+                           raw=args.raw)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -859,6 +1136,9 @@ def parser() -> argparse.ArgumentParser:
                         help="fraction of Agents reporting like old Agents (no cores/disk/instances)")
     agents.add_argument("--bind", default="127.0.0.1",
                         help="address the Agents' WorkloadService servers listen on")
+    agents.add_argument("--raw", action="store_true",
+                        help="write status streams as pre-encoded HTTP/2 frames paced per group "
+                             "(a cheap load generator for ingest benchmarks; needs --rate > 0)")
     agents.add_argument("--processes", type=int, default=0,
                         help=f"child processes (default: one per {MAX_AGENTS_PER_PROCESS} Agents)")
     agents.add_argument("--stats-every", type=float, default=5.0, metavar="SECONDS")

@@ -5,6 +5,7 @@ I/O test, MockClock where only time matters (no sockets).
 """
 from __future__ import annotations
 
+import tempfile
 from contextlib import asynccontextmanager
 
 import trio
@@ -17,7 +18,8 @@ IO_GUARD = 20  # s: no socket test may hang longer than this
 
 def make_config(**sections) -> Config:
     sections.setdefault("server", {})
-    sections["server"] = {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, **sections["server"]}
+    sections["server"] = {"listen": "127.0.0.1:0", "shutdown_grace": 2.0,
+                          "data_dir": tempfile.mkdtemp(prefix="orka-test-"), **sections["server"]}
     sections["observability"] = {"http_listen": "127.0.0.1:0", **sections.get("observability", {})}
     return Config().replace(**sections)
 

@@ -61,13 +61,18 @@ class Node:
     """A node the scheduler has seen, with its latest good status."""
 
     id: str
-    address: str
+    host: str  # the peer IP of its latest JoinCluster
+    port: int  # the port its Agent declared
     state: NodeState = NodeState.READY
     metrics: NodeMetrics | None = None
     last_seen_unix: float = 0.0
     session: Session | None = None
     generation: int = 0  # bumps when the node is LEFT/LOST or rejoins from another address
     placed: set[str] = field(default_factory=set)  # instance ids placed in this generation
+
+    @property
+    def address(self) -> str:
+        return format_address(self.host, self.port)
 
     def instance_ids(self) -> tuple[str, ...]:
         """Instances on this node: placed by us, or reported running/waiting by the Agent."""
@@ -112,6 +117,8 @@ class Cluster:
         # (node, ended generation, why: "left the cluster", "was lost ...", "moved to ...")
         self.on_generation_end: list[Callable[[Node, int, str], None]] = []
         self.on_report: list[Callable[[Node], None]] = []  # hot path: keep hooks O(1)
+        self.on_instances_reported: list[Callable[[Node], None]] = []  # the list changed
+        self.on_node_change: list[Callable[[Node], None]] = []  # joined, left, lost (persistence)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the sessions' tasks until cancelled."""
@@ -137,38 +144,56 @@ class Cluster:
                 "leave first or let the old stream end")
         address = format_address(host, port)
         if node is None:
-            node = self.nodes[node_id] = Node(node_id, address)
+            node = self.nodes[node_id] = Node(node_id, host, port)
         elif node.session is not None:
             self._end_session(node, "the node joined again")
         new_generation = node.state is not NodeState.READY or node.address != address \
             or node.generation == 0
         if new_generation and node.generation and node.state is NodeState.READY:
             self._end_generation(node, f"rejoined from another address ({address})")
-        now = trio.current_time()
-        self._sessions += 1
-        session = Session(
-            number=self._sessions,
-            host=host,
-            port=port,
-            watchdog=trio.CancelScope(deadline=now + self.node_timeout),
-            limiter=TokenBucket(self._status_rate, self._status_burst, now),
-        )
-        node.session = session
-        node.address = address
-        node.state = NodeState.READY
-        node.metrics = None  # a new session is placeable only once it reports
+        node.host, node.port = host, port
         if new_generation:
             self._generation += 1
             node.generation = self._generation
             node.placed = set()  # instances of earlier generations are the Controller's
         node.last_seen_unix = self._clock()
-        self.table.upsert(node_id)
-        self.table.update_metrics(node_id, None)
-        self.table.set_ready(node_id, True)
-        self._nursery.start_soon(self._watch, node, session, name=f"liveness:{node_id}")
+        session = self._start_session(node, trio.current_time() + self.node_timeout)
         self.events.publish(NodeEvent(NodeEventKind.JOINED, node.view()))
         log.info("node %s joined from %s (session %d)", node_id, address, session.number)
         return node
+
+    def _start_session(self, node: Node, deadline: float) -> Session:
+        """Make `node` READY in a new session whose liveness deadline is `deadline`."""
+        assert self._nursery is not None, "Cluster.run() is not running"
+        self._sessions += 1
+        session = Session(
+            number=self._sessions,
+            host=node.host,
+            port=node.port,
+            watchdog=trio.CancelScope(deadline=deadline),
+            limiter=TokenBucket(self._status_rate, self._status_burst, trio.current_time()),
+        )
+        node.session = session
+        node.state = NodeState.READY
+        node.metrics = None  # a new session is placeable only once it reports
+        self.table.upsert(node.id)
+        self.table.update_metrics(node.id, None)
+        self.table.set_ready(node.id, True)
+        self._nursery.start_soon(self._watch, node, session, name=f"liveness:{node.id}")
+        for hook in self.on_node_change:
+            hook(node)
+        return session
+
+    def restore(self, node: Node, *, jitter: float = 0.0) -> None:
+        """Take back a node from a previous run. A READY one gets `node_timeout` (+ `jitter` s,
+        so a cluster that does not come back is not declared lost in one instant) to rejoin
+        from the same address, which keeps its generation and instances; else it is LOST."""
+        self.nodes[node.id] = node
+        self._generation = max(self._generation, node.generation)
+        if node.state is NodeState.READY:
+            self._start_session(node, trio.current_time() + self.node_timeout + jitter)
+        else:
+            self.table.upsert(node.id)
 
     def leave(self, node_id: str) -> None:
         """Graceful leave: LEFT with the node's instances. Idempotent for known nodes."""
@@ -180,6 +205,8 @@ class Cluster:
         self._end_session(node, "the node left the cluster")
         self._end_generation(node, "left the cluster")
         node.state = NodeState.LEFT
+        for hook in self.on_node_change:
+            hook(node)
         self.events.publish(NodeEvent(NodeEventKind.LEFT, node.view()))
         log.info("node %s left (instances: %s)", node_id, ", ".join(node.instance_ids()) or "none")
 
@@ -189,6 +216,8 @@ class Cluster:
         self._end_session(node, f"no valid status for {self.node_timeout:g} s: node lost")
         self._end_generation(node, f"was lost (no valid status for {self.node_timeout:g} s)")
         node.state = NodeState.LOST
+        for hook in self.on_node_change:
+            hook(node)
         self.events.publish(NodeEvent(NodeEventKind.LOST, node.view()))
         log.warning("node %s lost: no valid status for %g s (instances: %s)", node.id,
                     self.node_timeout, ", ".join(node.instance_ids()) or "none")
@@ -259,6 +288,8 @@ class Cluster:
         self.table.update_metrics(node.id, metrics)
         if previous is None or previous.instances != metrics.instances:
             self.count_instances(node)
+            for hook in self.on_instances_reported:
+                hook(node)
         for hook in self.on_report:
             hook(node)
         self.events.publish(NodeEvent(NodeEventKind.STATUS, node.view()))

@@ -1,0 +1,227 @@
+"""Restart without loss (durable state in the data directory): in-process restarts over real
+sockets, and a scheduler process SIGKILLed mid-traffic and started again."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from grpclib.const import Status
+
+from scheduler._proto import controller_pb2
+from scheduler.model import NodeState
+from scheduler.store import Store, StoreError
+from tests.conftest import make_config, running_scheduler
+from tests.fakes import (
+    FakeAgent,
+    drop_stream,
+    FakeController,
+    RecordingWorkloadAgent,
+    open_channel,
+    open_schedule,
+    scheduling_request,
+    status,
+    stop_instance,
+    wait_until,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNING, TERMINATED = controller_pb2.Status.RUNNING, controller_pb2.Status.TERMINATED
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def config_for(data_dir: str, port: int, node_timeout: float = 5.0):
+    return make_config(server={"listen": f"127.0.0.1:{port}", "data_dir": data_dir},
+                       liveness={"node_timeout": node_timeout},
+                       scheduling={"attempt_timeout": 1.0})
+
+
+@asynccontextmanager
+async def agent_with_workloads(channel, node_id: str):
+    """A fake Agent (status + lifecycle client) whose WorkloadService outlives the scheduler."""
+    workloads = RecordingWorkloadAgent("accept")
+    port = await workloads.start()
+    try:
+        yield FakeAgent(channel, node_id, port), workloads
+    finally:
+        await workloads.stop()
+
+
+async def test_restart_keeps_epoch_nodes_placements_and_stop_still_works():
+    data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
+    async with open_channel(port) as channel:
+        async with agent_with_workloads(channel, "node-1") as (agent, workloads):
+            async with running_scheduler(config_for(data_dir, port)) as first:
+                await agent.join()
+                stream = await agent.report()
+                await wait_until(lambda: first.cluster.nodes["node-1"].metrics is not None)
+                async with open_schedule(channel, scheduling_request("web-1", memory=64)) as call:
+                    await call.until(RUNNING)
+                    await call.cancel()
+                epoch, revision = first.events.epoch, first.events.revision
+            await drop_stream(stream)
+
+            async with running_scheduler(config_for(data_dir, port)) as second:
+                assert second.events.epoch == epoch, "the same epoch continues"
+                assert second.events.revision > revision
+                node = second.cluster.nodes["node-1"]
+                assert node.state is NodeState.READY and "web-1" in node.placed
+                assert [s.instance_id for s in second.instances.statuses()] == ["web-1"]
+                # A watcher resumes where it was: no snapshot, then what happens next.
+                async with FakeController(channel).watch(epoch, revision) as events:
+                    await agent.join()  # the Agent rejoins from the same address
+                    event = await events.receive()
+                    assert event.WhichOneof("event") == "node", event
+                    assert controller_pb2.NodeEvent.Kind.Name(event.node.kind) == "JOINED"
+                    assert list(event.node.node.instance_ids) == ["web-1"]
+                assert await stop_instance(channel, "web-1") is None, "placed before the restart"
+                assert workloads.signals == [("web-1", 0)]
+                error = await _schedule_error(channel, "web-1")
+                assert error is not None and error.status is Status.ALREADY_EXISTS, error
+
+
+async def _schedule_error(channel, instance_id):
+    async with open_schedule(channel, scheduling_request(instance_id, memory=64)) as call:
+        _, error = await call.result()
+    return error
+
+
+async def test_a_node_that_does_not_rejoin_is_lost_with_its_instances():
+    data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
+    async with open_channel(port) as channel:
+        async with agent_with_workloads(channel, "node-1") as (agent, workloads):
+            async with running_scheduler(config_for(data_dir, port, node_timeout=5.0)) as first:
+                await agent.join()
+                stream = await agent.report()
+                await wait_until(lambda: first.cluster.nodes["node-1"].metrics is not None)
+                async with open_schedule(channel, scheduling_request("web-1")) as call:
+                    await call.until(RUNNING)
+                    await call.cancel()
+            await drop_stream(stream)
+            async with running_scheduler(config_for(data_dir, port, node_timeout=0.5)) as second:
+                async with FakeController(channel).watch() as events:
+                    snapshot = await events.receive()
+                    assert [n.id for n in snapshot.snapshot.nodes] == ["node-1"]
+                    with trio.fail_after(3):
+                        while True:
+                            event = await events.receive()
+                            if event.WhichOneof("event") == "node" and \
+                                    controller_pb2.NodeEvent.Kind.Name(event.node.kind) == "LOST":
+                                break
+                    assert list(event.node.node.instance_ids) == ["web-1"]
+                assert second.cluster.nodes["node-1"].state is NodeState.LOST
+                error = await stop_instance(channel, "web-1")
+                assert error is not None and error.status is Status.UNAVAILABLE, error
+
+
+async def test_reports_reconcile_restored_instances_and_announce_unknown_ones():
+    data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
+    async with open_channel(port) as channel:
+        async with agent_with_workloads(channel, "node-1") as (agent, workloads):
+            async with running_scheduler(config_for(data_dir, port)) as first:
+                await agent.join()
+                stream = await agent.report()
+                await wait_until(lambda: first.cluster.nodes["node-1"].metrics is not None)
+                for instance_id in ("a-1", "b-1"):
+                    async with open_schedule(channel, scheduling_request(instance_id)) as call:
+                        await call.until(RUNNING)
+                        await call.cancel()
+            await drop_stream(stream)
+            async with running_scheduler(config_for(data_dir, port)) as second:
+                async with FakeController(channel).watch() as events:
+                    await events.receive()  # snapshot
+                    await agent.join()
+                    # a-1 still runs, b-1 is gone, x-9 was never placed here.
+                    stream = await agent.open_stream()
+                    await stream.send(status("node-1", instances=[("a-1", 1), ("x-9", 1)]))
+                    seen = {}
+                    with trio.fail_after(3):
+                        while len(seen) < 2:
+                            event = await events.receive()
+                            if event.WhichOneof("event") == "instance":
+                                seen[event.instance.instance_id] = event.instance
+                    await drop_stream(stream)
+                assert seen["b-1"].status.code == TERMINATED
+                assert "vanished" in seen["b-1"].status.message
+                assert seen["x-9"].node_id == "node-1" and "not placed" in seen["x-9"].status.message
+                latest = {s.instance_id: s.code.name for s in second.instances.statuses()}
+                assert latest == {"a-1": "RUNNING", "b-1": "TERMINATED"}
+
+
+def test_a_second_scheduler_on_the_same_data_dir_is_refused(tmp_path):
+    first = Store(tmp_path, retained=10)
+    try:
+        with pytest.raises(StoreError, match="another scheduler is using"):
+            Store(tmp_path, retained=10)
+    finally:
+        first.close()
+
+
+async def test_sigkill_mid_traffic_then_restart_loses_no_acknowledged_placement(tmp_path):
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\n'
+                      '[observability]\nhttp_listen = ""\n[liveness]\nnode_timeout = 5.0\n')
+    command = [sys.executable, "-m", "scheduler", "serve", "--insecure", "--config", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    async def start():
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+        with trio.fail_after(10):
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        return process
+                except OSError:
+                    await trio.sleep(0.05)
+
+    process = await start()
+    try:
+        async with open_channel(port) as channel:
+            async with agent_with_workloads(channel, "node-1") as (agent, workloads):
+                await agent.join()
+                stream = await agent.report()
+                placed = []
+                for index in range(5):
+                    async with open_schedule(channel, scheduling_request(f"k-{index}")) as call:
+                        await call.until(RUNNING)
+                        placed.append(f"k-{index}")
+                        await call.cancel()
+                head = await _watch_head(channel)
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=5)
+                await drop_stream(stream)
+                process = await start()
+                async with FakeController(channel).watch(head.epoch, head.revision) as watch:
+                    await agent.join()
+                    event = await watch.receive()
+                    assert event.WhichOneof("event") == "node", "resumed without a snapshot"
+                    assert event.epoch == head.epoch and event.revision > head.revision
+                    assert controller_pb2.NodeEvent.Kind.Name(event.node.kind) == "JOINED"
+                nodes = await FakeController(channel).list_nodes()
+                assert [(n.id, n.state) for n in nodes] == [("node-1", controller_pb2.Node.READY)]
+                assert sorted(nodes[0].instance_ids) == placed
+                for instance_id in placed:
+                    assert await stop_instance(channel, instance_id) is None, instance_id
+                assert sorted(i for i, _ in workloads.signals) == placed
+    finally:
+        process.kill()
+        process.wait(timeout=5)
+
+
+async def _watch_head(channel):
+    """(epoch, revision) of the scheduler's newest event, as a watcher sees it."""
+    async with FakeController(channel).watch() as events:
+        return await events.receive()
