@@ -59,19 +59,28 @@ async def agent_with_workloads(channel, node_id: str):
         await workloads.stop()
 
 
+async def run_and_place(config, channel, agent, instance_ids, memory=None):
+    """Serve one run of a scheduler: the Agent joins and reports, the instances are placed and
+    their Controller goes away; return (epoch, revision) at the end of the run."""
+    async with running_scheduler(config) as scheduler:
+        await agent.join()
+        stream = await agent.report()
+        await wait_until(lambda: scheduler.cluster.nodes[agent.node_id].metrics is not None)
+        for instance_id in instance_ids:
+            async with open_schedule(channel, scheduling_request(instance_id, memory=memory)) as call:
+                await call.until(RUNNING)
+                await call.cancel()
+        head = scheduler.events.epoch, scheduler.events.revision
+    await drop_stream(stream)
+    return head
+
+
 async def test_restart_keeps_epoch_nodes_placements_and_stop_still_works():
     data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
     async with open_channel(port) as channel:
         async with agent_with_workloads(channel, "node-1") as (agent, workloads):
-            async with running_scheduler(config_for(data_dir, port)) as first:
-                await agent.join()
-                stream = await agent.report()
-                await wait_until(lambda: first.cluster.nodes["node-1"].metrics is not None)
-                async with open_schedule(channel, scheduling_request("web-1", memory=64)) as call:
-                    await call.until(RUNNING)
-                    await call.cancel()
-                epoch, revision = first.events.epoch, first.events.revision
-            await drop_stream(stream)
+            epoch, revision = await run_and_place(config_for(data_dir, port), channel, agent,
+                                                  ["web-1"], memory=64)
 
             async with running_scheduler(config_for(data_dir, port)) as second:
                 assert second.events.epoch == epoch, "the same epoch continues"
@@ -102,14 +111,7 @@ async def test_a_node_that_does_not_rejoin_is_lost_with_its_instances():
     data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
     async with open_channel(port) as channel:
         async with agent_with_workloads(channel, "node-1") as (agent, workloads):
-            async with running_scheduler(config_for(data_dir, port, node_timeout=5.0)) as first:
-                await agent.join()
-                stream = await agent.report()
-                await wait_until(lambda: first.cluster.nodes["node-1"].metrics is not None)
-                async with open_schedule(channel, scheduling_request("web-1")) as call:
-                    await call.until(RUNNING)
-                    await call.cancel()
-            await drop_stream(stream)
+            await run_and_place(config_for(data_dir, port), channel, agent, ["web-1"])
             async with running_scheduler(config_for(data_dir, port, node_timeout=0.5)) as second:
                 async with FakeController(channel).watch() as events:
                     snapshot = await events.receive()
@@ -130,15 +132,7 @@ async def test_reports_reconcile_restored_instances_and_announce_unknown_ones():
     data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
     async with open_channel(port) as channel:
         async with agent_with_workloads(channel, "node-1") as (agent, workloads):
-            async with running_scheduler(config_for(data_dir, port)) as first:
-                await agent.join()
-                stream = await agent.report()
-                await wait_until(lambda: first.cluster.nodes["node-1"].metrics is not None)
-                for instance_id in ("a-1", "b-1"):
-                    async with open_schedule(channel, scheduling_request(instance_id)) as call:
-                        await call.until(RUNNING)
-                        await call.cancel()
-            await drop_stream(stream)
+            await run_and_place(config_for(data_dir, port), channel, agent, ["a-1", "b-1"])
             async with running_scheduler(config_for(data_dir, port)) as second:
                 async with FakeController(channel).watch() as events:
                     await events.receive()  # snapshot
