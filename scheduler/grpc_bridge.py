@@ -228,6 +228,7 @@ class Bridge:
                     raise GRPCError(Status.INVALID_ARGUMENT, f"{path} needs a request message")
                 reader = None
             future = trio_asyncio.current_loop.get().trio_as_future(bridge._run, handler, call)
+            future.add_done_callback(_retrieve)  # a call the client left may still end in error
             try:
                 if cardinality.server_streaming:
                     await call._write_replies(stream)
@@ -444,6 +445,12 @@ class ServerStream:
 def open_loop():
     """The asyncio loop (inside trio) that grpclib servers and channels need; enter it first."""
     return trio_asyncio.open_loop()
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a trio call's outcome as seen, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Server(Server):
