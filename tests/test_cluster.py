@@ -138,6 +138,7 @@ async def test_lost_event_carries_reported_and_placed_instances(autojump_clock):
                                                    ("wait-1", InstanceCode.WAITING),
                                                    ("done-1", InstanceCode.TERMINATED)))
         node.placed.add("placed-1")
+        cluster.count_instances(node)  # the contract for whoever changes `placed`
         await trio.sleep(TIMEOUT + 1)
         [(_, lost)] = cluster.events.node_events(NodeEventKind.LOST)
         assert lost.node.instance_ids == ("placed-1", "run-1", "wait-1"), \
@@ -162,6 +163,7 @@ async def test_leave_publishes_left_with_instances_and_is_idempotent(autojump_cl
         node = cluster.join("node-1", "10.0.0.1", 7000)
         cluster.report(node, node.session, metrics(("run-1", InstanceCode.RUNNING)))
         node.placed.add("placed-1")
+        cluster.count_instances(node)  # the contract for whoever changes `placed`
         async with trio.open_nursery() as nursery:
             _, _, stream = await nursery.start(stream_task, cluster, "node-1")
             cluster.leave("node-1")

@@ -69,6 +69,7 @@ class Node:
     session: Session | None = None
     generation: int = 0  # bumps when the node is LEFT/LOST or rejoins from another address
     placed: set[str] = field(default_factory=set)  # instance ids placed in this generation
+    ids: tuple[str, ...] = ()  # instance_ids(), kept by Cluster.count_instances (hot path)
 
     @property
     def address(self) -> str:
@@ -82,8 +83,8 @@ class Node:
         return tuple(sorted(ids))
 
     def view(self) -> NodeView:
-        return NodeView(self.id, self.address, self.state, self.metrics,
-                        self.instance_ids(), self.last_seen_unix)
+        return NodeView(self.id, self.address, self.state, self.metrics, self.ids,
+                        self.last_seen_unix)
 
 
 def format_address(host: str, port: int) -> str:
@@ -177,6 +178,7 @@ class Cluster:
         node.state = NodeState.READY
         node.metrics = None  # a new session is placeable only once it reports
         self.table.upsert(node.id)
+        self.count_instances(node)
         self.table.update_metrics(node.id, None)
         self.table.set_ready(node.id, True)
         self._nursery.start_soon(self._watch, node, session, name=f"liveness:{node.id}")
@@ -208,7 +210,7 @@ class Cluster:
         for hook in self.on_node_change:
             hook(node)
         self.events.publish(NodeEvent(NodeEventKind.LEFT, node.view()))
-        log.info("node %s left (instances: %s)", node_id, ", ".join(node.instance_ids()) or "none")
+        log.info("node %s left (instances: %s)", node_id, ", ".join(node.ids) or "none")
 
     def _lose(self, node: Node, session: Session) -> None:
         if node.session is not session:
@@ -220,7 +222,7 @@ class Cluster:
             hook(node)
         self.events.publish(NodeEvent(NodeEventKind.LOST, node.view()))
         log.warning("node %s lost: no valid status for %g s (instances: %s)", node.id,
-                    self.node_timeout, ", ".join(node.instance_ids()) or "none")
+                    self.node_timeout, ", ".join(node.ids) or "none")
 
     def _end_session(self, node: Node, reason: str) -> None:
         session = node.session
@@ -295,8 +297,10 @@ class Cluster:
         self.events.publish(NodeEvent(NodeEventKind.STATUS, node.view()))
 
     def count_instances(self, node: Node) -> None:
-        """Refresh the instance count placement breaks ties with."""
-        self.table.set_instance_count(node.id, len(node.instance_ids()))
+        """Refresh the node's instance ids (events carry them) and the count placement breaks
+        ties with; call after changing `placed` or the reported instances."""
+        node.ids = node.instance_ids()
+        self.table.set_instance_count(node.id, len(node.ids))
 
     def count_by_state(self) -> dict[NodeState, int]:
         counts = dict.fromkeys(NodeState, 0)
