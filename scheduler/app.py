@@ -6,6 +6,7 @@ accepting, end streams with UNAVAILABLE, exit), so tests need no signals.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import ssl
@@ -148,6 +149,7 @@ async def serve(
                      scheduler.port,
                      "TLS, client certificates required" if ssl_context else "PLAINTEXT",
                      scheduler.events.epoch)
+            gc.freeze()  # start-up objects (modules, descriptors) leave the collector's full passes
             notifier.ready(scheduler.status_line())
             nursery.start_soon(notifier.run, scheduler.status_line)
             task_status.started(scheduler)
