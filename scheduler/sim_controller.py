@@ -127,15 +127,19 @@ class SimController:
         memory: int | None = 64, cpu: int | None = 100, image: str = "sim/workload:1",
         follow: bool = True, timeout: float | None = 30.0,
         on_placement: Callable[[Placement], None] | None = None,
+        duration: float | None = None,
     ) -> ScheduleReport:
-        """Schedule `count` instances, `concurrency` calls in flight; measure placements/s."""
+        """Schedule `count` instances, `concurrency` calls in flight; measure placements/s.
+
+        With `duration`, no call starts after that many seconds (count is then an upper bound).
+        """
         next_number = 0
         results: list[Placement] = []
         run = f"{time.time_ns() % 10**9:09d}"  # instance ids unique across runs
 
         async def worker() -> None:
             nonlocal next_number
-            while next_number < count:
+            while next_number < count and (stop_at is None or time.perf_counter() < stop_at):
                 number = next_number
                 next_number += 1
                 workload = controller_pb2.Workload(instance_id=f"{prefix}-{run}-{number}",
@@ -150,6 +154,7 @@ class SimController:
                     on_placement(placement)
 
         started = time.perf_counter()
+        stop_at = started + duration if duration is not None else None
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
         placed = [p for p in results if p.first_status_s is not None]
@@ -160,7 +165,7 @@ class SimController:
                 errors[key] = errors.get(key, 0) + 1
         latencies = [p.first_status_s * 1000 for p in placed]
         return ScheduleReport(
-            requested=count, concurrency=concurrency, seconds=round(seconds, 3),
+            requested=len(results), concurrency=concurrency, seconds=round(seconds, 3),
             placed=len(placed), failed=len(results) - len(placed),
             placements_per_s=round(len(placed) / seconds, 1) if seconds else 0.0,
             latency_ms={"p50": round(percentile(latencies, 0.5), 3),

@@ -378,6 +378,7 @@ class SimAgent:
         if self._pacer is not None:
             return await self._raw_stream(first_status)
         counters = self.counters
+        result = None
         try:
             async with self._status.UpdateNodeStatus.open() as stream:
                 await stream.send_request()
@@ -386,26 +387,36 @@ class SimAgent:
                 sender = asyncio.ensure_future(self._send(stream, first_status))
                 try:
                     await asyncio.wait((outcome, sender), return_when=asyncio.FIRST_COMPLETED)
-                finally:
+                finally:  # also on cancellation: the subtasks never outlive the stream
                     counters.streaming -= 1
                     sender.cancel()
                     if not outcome.done():
                         outcome.cancel()
-                        return "closed"
+                if outcome.done() and not outcome.cancelled():
                     result = outcome.result()
-                    if result == "lost":
-                        self.lost_at = time.time()
-                        counters.lost_notices += 1
-                    return result
+                else:  # writing failed (connection lost, reset, ...)
+                    result = "failed"
+                    if not sender.cancelled() and sender.exception() is not None:
+                        counters.stream_errors += 1
+                        log.debug("%s: status stream failed: %r", self.node_id,
+                                  sender.exception())
+                # End our side at once: the context manager would wait for the server.
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
         except asyncio.CancelledError:
             raise
         except Exception as err:  # connection refused or reset, TLS failure, ...
-            counters.stream_errors += 1
-            log.debug("%s: status stream failed: %r", self.node_id, err)
-            return "failed"
+            if result is None:
+                counters.stream_errors += 1
+                log.debug("%s: status stream failed: %r", self.node_id, err)
+                result = "failed"
         finally:
             if first_status is not None:
                 first_status.set()
+        if result == "lost":
+            self.lost_at = time.time()
+            counters.lost_notices += 1
+        return result
 
     async def _raw_stream(self, first_status: asyncio.Event | None) -> str:
         assert self._pacer is not None
@@ -454,16 +465,27 @@ class SimAgent:
             await stream.recv_message()
             await stream.recv_trailing_metadata()
         except GRPCError as err:
-            self.counters.stream_errors += 1
-            if err.status is Status.ABORTED and "lost" in (err.message or ""):
-                return "lost"
-            log.debug("%s: status stream ended: %s %s", self.node_id, err.status.name, err.message)
-            return "failed"
+            return self._ended(err)
         except (StreamTerminatedError, OSError) as err:
+            # The server may end the call (trailers) and reset the stream (RST_STREAM) at
+            # once; grpclib then reports the reset even though the status arrived.
+            try:
+                stream._maybe_raise()
+            except GRPCError as status:
+                return self._ended(status)
+            except Exception:
+                pass
             self.counters.stream_errors += 1
             log.debug("%s: status stream terminated: %r", self.node_id, err)
             return "failed"
         return "failed"  # the scheduler ended our stream OK: it should not; start over
+
+    def _ended(self, err: GRPCError) -> str:
+        self.counters.stream_errors += 1
+        if err.status is Status.ABORTED and "lost" in (err.message or ""):
+            return "lost"
+        log.debug("%s: status stream ended: %s %s", self.node_id, err.status.name, err.message)
+        return "failed"
 
     async def _send(self, stream, first_status: asyncio.Event | None) -> None:
         """Write statuses: the first at once, then every 1/rate s from a random phase."""

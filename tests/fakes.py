@@ -11,6 +11,7 @@ import trio
 import trio_asyncio
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.server import Server
 
 from scheduler._proto import agent_grpc, agent_pb2, controller_grpc, controller_pb2
 
@@ -619,3 +620,72 @@ async def stream_outcome(stream: StatusStream):
             raise
         return None
     return await aio(wait)()
+
+
+# -- Faults and fuzzing (tests/test_faults.py, tests/test_fuzz.py) ------------------------------
+
+class BytesCodec:
+    """A grpclib codec that sends and returns bytes as they are, to put any payload on the wire
+    (pass it as `make_channel(port, codec=BytesCodec())`, request and reply types `bytes`)."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message, message_type):
+        return message
+
+    def decode(self, data, message_type):
+        return data
+
+
+class KillableWorkloadAgent(RecordingWorkloadAgent):
+    """A RecordingWorkloadAgent whose process can die: `kill()` aborts every TCP connection at
+    once (no RST_STREAM, no GOAWAY, no trailers: what the scheduler sees when the Agent's
+    process is killed) and stops listening; `start(port)` serves again on a given port, as the
+    Agent restarted by systemd would."""
+
+    async def start(self, port: int = 0) -> int:
+        async def start() -> int:
+            self._server = _TrackingServer([self])
+            await self._server.start("127.0.0.1", port)
+            return self._server._server.sockets[0].getsockname()[1]
+        self.port = await aio(start)()
+        return self.port
+
+    async def kill(self) -> None:
+        server, self._server = self._server, None
+
+        async def kill() -> None:
+            import asyncio
+
+            server.close()  # stop listening; cancels the handlers (the "process" is gone)
+            server.abort_connections()
+            await asyncio.wait_for(server.wait_closed(), 5)
+        await aio(kill)()
+
+
+class _TrackingServer(Server):
+    """grpclib's Server, remembering its connections so a test can abort them."""
+
+    def __init__(self, handlers) -> None:
+        super().__init__(handlers)
+        self._protocols: list = []
+
+    def _protocol_factory(self):
+        protocol = super()._protocol_factory()
+        self._protocols.append(protocol)
+        return protocol
+
+    def abort_connections(self) -> None:
+        for protocol in self._protocols:
+            transport = getattr(getattr(protocol, "connection", None), "_transport", None)
+            if transport is not None:
+                transport.abort()
+
+
+async def open_node(channel: Channel, scheduler, node_id: str, workloads: FakeWorkloadAgent,
+                    **metrics) -> Node:
+    """Start one node whose WorkloadService is `workloads` (e.g. a KillableWorkloadAgent), join
+    it and report one status that the scheduler has applied; close it with `Node.close()`."""
+    node = Node(channel, node_id)
+    node.workloads = workloads
+    return await node.start(scheduler, **metrics)
