@@ -250,11 +250,13 @@ class Bridge:
         4 GiB) into memory; here the prefix is checked first.
         """
         h2_stream = stream._stream
-        prefix = await h2_stream.recv_data(5)
+        try:
+            prefix = await h2_stream.recv_data(5)
+        except AssertionError:  # grpclib's way of saying the stream ended inside it
+            raise GRPCError(Status.INVALID_ARGUMENT,
+                            "the request stream ended inside a message prefix") from None
         if not prefix:
             return None
-        if len(prefix) < 5:
-            raise GRPCError(Status.INVALID_ARGUMENT, "truncated gRPC message prefix")
         compressed, length = struct.unpack(">?I", prefix)
         if compressed:
             raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
@@ -262,9 +264,11 @@ class Bridge:
             raise GRPCError(Status.RESOURCE_EXHAUSTED,
                             f"message of {length} bytes exceeds the limit of "
                             f"{self._max_message_bytes} (server.max_message_bytes)")
-        data = await h2_stream.recv_data(length)
-        if len(data) < length:
-            raise GRPCError(Status.INVALID_ARGUMENT, "the stream ended inside a message")
+        try:
+            data = await h2_stream.recv_data(length)
+        except AssertionError:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"the request stream ended inside a "
+                            f"message of {length} bytes") from None
         return self._codec.decode(data, stream._recv_type)
 
     def _peer(self, stream: Stream, path: str) -> tuple[str, Any]:

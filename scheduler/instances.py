@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PLACEMENT_OUTCOMES = ("placed", "no_nodes", "exhausted", "refused", "cancelled")
 RESERVATION_REPORTS = 2
+UNKNOWN_ANNOUNCED = 1_000  # unplaced instances announced per node generation (flood guard)
 TERMINATED_RETAINED = 10_000  # terminated instances remembered until destroyed; older are forgotten  # reports after acceptance before an instance-less report is trusted
 TERMINATED = InstanceCode.TERMINATED
 ENDED_OK = ("terminated", "destroyed")  # relay endings after which Schedule ends with OK
@@ -105,7 +106,7 @@ class Instances:
         self.max_attempts = max_attempts
         self.store = store
         self._instances: dict[str, Instance] = {}
-        self._unknown_reported: set[tuple[str, str]] = set()  # (node, instance) already announced
+        self._unknown_reported: dict[str, set[str]] = {}  # node id -> instance ids announced
         self._placing: set[str] = set()  # instance ids with an attempt in flight
         self._terminated: dict[str, None] = {}  # terminated instance ids, oldest first
         self._reserved_on: dict[str, set[Instance]] = {}  # node id -> instances holding a reservation
@@ -330,13 +331,7 @@ class Instances:
         for instance_id, code in reported.items():
             instance = self._instances.get(instance_id)
             if instance is None or instance.node is not node:
-                if (node.id, instance_id) not in self._unknown_reported:
-                    self._unknown_reported.add((node.id, instance_id))
-                    log.warning("node %s reports instance %s, which this scheduler did not place "
-                                "there (%s)", node.id, instance_id, code.name)
-                    self.events.publish(InstanceEvent(InstanceStatus(
-                        instance_id, code, "reported by the Agent; not placed by this scheduler",
-                        node_id=node.id)))
+                self._announce_unknown(node, instance_id, code)
             elif not instance.relayed and instance.latest.code is not code \
                     and instance.latest.code is not TERMINATED:
                 self._update(instance, InstanceStatus(instance_id, code, "reported by the Agent",
@@ -356,9 +351,27 @@ class Instances:
                 self._unplace(instance)
                 self._retain_terminated(instance)
 
+    def _announce_unknown(self, node: Node, instance_id: str, code: InstanceCode) -> None:
+        """Tell the Controller once about an instance an Agent runs that nobody placed there;
+        at most UNKNOWN_ANNOUNCED per node generation, so an Agent cannot flood the log."""
+        announced = self._unknown_reported.setdefault(node.id, set())
+        if instance_id in announced or len(announced) > UNKNOWN_ANNOUNCED:
+            return
+        announced.add(instance_id)
+        if len(announced) > UNKNOWN_ANNOUNCED:
+            log.warning("node %s reports more than %d instances nobody placed there; no longer "
+                        "announcing them", node.id, UNKNOWN_ANNOUNCED)
+            return
+        log.warning("node %s reports instance %s, which this scheduler did not place there (%s)",
+                    node.id, instance_id, code.name)
+        self.events.publish(InstanceEvent(InstanceStatus(
+            instance_id, code, "reported by the Agent; not placed by this scheduler",
+            node_id=node.id)))
+
     # -- node generations ending -------------------------------------------------------------
 
     def _generation_ended(self, node: Node, generation: int, why: str) -> None:
+        self._unknown_reported.pop(node.id, None)
         for instance_id in list(node.placed):
             instance = self._instances.get(instance_id)
             if instance is not None and instance.generation == generation:

@@ -1,0 +1,42 @@
+"""Agents' instance reports about instances nobody placed: announced once, and bounded."""
+from __future__ import annotations
+
+import trio
+
+from scheduler.agents import Agents
+from scheduler.cluster import Cluster
+from scheduler.events import EventLog
+from scheduler.instances import UNKNOWN_ANNOUNCED, Instances
+from scheduler.model import InstanceCode, InstanceEvent, InstanceReport, NodeMetrics, Snapshot
+
+
+def reported(*ids: str) -> NodeMetrics:
+    return NodeMetrics(8 << 30, 4 << 30, 10.0, 4, None, None,
+                       tuple(InstanceReport(i, InstanceCode.RUNNING) for i in ids))
+
+
+def announcements(events: EventLog) -> list[str]:
+    return [e.body.status.instance_id for e in events._events[events._start:]
+            if isinstance(e.body, InstanceEvent)]
+
+
+async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number(autojump_clock):
+    events = EventLog(100_000, lambda: Snapshot((), ()))
+    cluster = Cluster(events, node_timeout=30.0, status_rate=1e6, status_burst=10**6)
+    Instances(cluster, events, Agents(cluster), strategy="spread", attempt_timeout=1.0,
+              max_attempts=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cluster.run)
+        node = cluster.join("node-1", "10.0.0.1", 7000)
+        cluster.report(node, node.session, reported("x-1", "x-2"))
+        cluster.report(node, node.session, reported("x-1", "x-2", "x-3"))
+        assert announcements(events) == ["x-1", "x-2", "x-3"], "each announced once"
+        for batch in range(3):  # an Agent inventing new ids in every report
+            ids = [f"flood-{batch}-{i}" for i in range(UNKNOWN_ANNOUNCED // 2)]
+            cluster.report(node, node.session, reported(*ids))
+        assert len(announcements(events)) == UNKNOWN_ANNOUNCED, "bounded per node generation"
+        cluster.leave("node-1")  # a new generation may announce again
+        node = cluster.join("node-1", "10.0.0.1", 7000)
+        cluster.report(node, node.session, reported("x-1"))
+        assert announcements(events)[-1] == "x-1"
+        nursery.cancel_scope.cancel()
