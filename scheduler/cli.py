@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from . import admin, logs
+from . import admin, demo, logs
 from .config import Config, ConfigError
 
 log = logging.getLogger("scheduler")
@@ -125,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     admin.add_commands(commands)
+    demo.add_command(commands)
 
     certs = commands.add_parser("certs", help="development PKI").add_subparsers(dest="certs", required=True)
     init = certs.add_parser("init", help="create a CA and certificates in DIR")

@@ -26,6 +26,10 @@ policy for the whole process (see STYLE.md). Run it in its own process:
 
 Python API: `SimAgent`, `AgentGroup` (many in this process), `AgentProcesses` (groups in
 child processes, driven by JSON lines); the simulated Controller is in `sim_controller`.
+
+`raw=True` (`--raw`) makes a group a cheap load generator for ingest benchmarks: Agents still
+join and serve with grpclib, but write their status streams as pre-encoded HTTP/2 frames
+paced by one timer for the whole group (see `_RawStatusStream`).
 """
 from __future__ import annotations
 
@@ -328,7 +332,10 @@ class SimAgent:
                     backoff = min(REJOIN_BACKOFF[1], backoff * 2)
                     continue
             joined = False  # the next round (after a failure) joins again
+            began = time.time()
             outcome = await self._stream(first_status)
+            if self.last_sent >= began:  # the stream worked for a while: start backing off anew
+                backoff = REJOIN_BACKOFF[0]
             if self._closed or self._left:
                 return
             if outcome == "closed":

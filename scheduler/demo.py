@@ -1,0 +1,173 @@
+"""`orka-scheduler demo`: a scheduler, simulated Agents and a simulated Controller in one command.
+
+What a newcomer sees in a minute: the scheduler starts with mutual TLS and its generated PKI,
+Agents join, 200 instances are placed (a progress bar), a few Agents are killed and become LOST,
+then the nodes table and a summary. Everything runs on 127.0.0.1 in a temporary directory.
+
+This process is plain asyncio: the scheduler and the simulated Agents run as child processes
+(the scheduler's trio-asyncio must not share a process with plain-asyncio clients).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ._proto import controller_pb2
+from .admin import format_nodes
+from .sim_controller import SimController
+from .simulator import AgentProcesses
+
+READY_TIMEOUT = 30.0  # s for the scheduler to start listening
+LOST_WAIT = 10.0  # s beyond node_timeout to see the killed Agents LOST
+NODE_TIMEOUT = 3.0  # s: short, so the demo shows LOST quickly
+BAR_WIDTH = 40
+
+
+def progress(done: int, total: int, failed: int) -> None:
+    """Redraw the progress bar in place on a terminal; elsewhere print it only when complete."""
+    if not sys.stdout.isatty() and done < total:
+        return
+    filled = BAR_WIDTH * done // max(total, 1)
+    bar = "#" * filled + "." * (BAR_WIDTH - filled)
+    extra = f", {failed} failed" if failed else ""
+    sys.stdout.write(f"\r  placing [{bar}] {done}/{total}{extra}")
+    sys.stdout.flush()
+
+
+async def start_scheduler(directory: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """`orka-scheduler serve` with a demo config; return the process and its port."""
+    config = directory / "config.toml"
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\n'
+        f'data_dir = "{directory / "data"}"\nshutdown_grace = 2.0\n'
+        f'[liveness]\nnode_timeout = {NODE_TIMEOUT}\nstatus_rate = 50.0\nstatus_burst = 50\n'
+        '[scheduling]\nattempt_timeout = 2.0\n[observability]\nhttp_listen = ""\n')
+    log = open(directory / "scheduler.log", "wb")  # noqa: SIM115 (the child holds it)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scheduler", "serve", "--config", str(config),
+        stdout=log, stderr=asyncio.subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+    log.close()
+    pattern = re.compile(rb"listening on \S+ port (\d+)")
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        match = pattern.search((directory / "scheduler.log").read_bytes())
+        if match:
+            return process, int(match.group(1))
+        if process.returncode is not None:
+            break
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the scheduler did not start; its log: "
+                       + (directory / "scheduler.log").read_text(errors="replace")[-2000:])
+
+
+async def run(agents: int, instances: int, kill: int, keep: bool) -> int:
+    directory = Path(tempfile.mkdtemp(prefix="orka-demo-"))
+    print(f"orka-scheduler demo in {directory}")
+    scheduler, port = await start_scheduler(directory)
+    address = f"127.0.0.1:{port}"
+    pki = directory / "data" / "pki"
+    print(f"  scheduler listening on {address} (mutual TLS, development PKI in {pki})")
+    survivors = AgentProcesses(agents - kill, address, rate=1.0, pki=pki, prefix="node")
+    doomed = AgentProcesses(kill, address, rate=1.0, pki=pki, prefix="doomed") if kill else None
+    controller = SimController(("127.0.0.1", port), pki=pki)
+    try:
+        await survivors.start()
+        if doomed is not None:
+            await doomed.start()
+        await asyncio.sleep(1.5)  # every Agent has joined and reported
+        print(f"  {agents} simulated Agents joined")
+
+        done = failed = 0
+
+        def placed(placement) -> None:
+            nonlocal done, failed
+            done += 1
+            failed += placement.first_status_s is None
+            progress(done, instances, failed)
+
+        report = await controller.schedule_many(instances, concurrency=10, follow=False,
+                                                memory=64, cpu=50, on_placement=placed)
+        print(f"\n  placed {report.placed}/{report.requested} instances on {report.nodes_used} "
+              f"nodes in {report.seconds:.2f} s ({report.placements_per_s:.0f}/s, "
+              f"p50 {report.latency_ms['p50']:.1f} ms, p99 {report.latency_ms['p99']:.1f} ms)")
+
+        lost: list[str] = []
+        if doomed is not None:
+            epoch, revision, _ = await controller.position()
+            for pid in doomed.pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            print(f"  killed {kill} Agent(s); waiting for the scheduler to declare them LOST "
+                  f"(node_timeout {NODE_TIMEOUT:g} s) ...")
+            lost = await wait_for_lost(controller, epoch, revision, kill)
+            for line in lost:
+                print(f"    {line}")
+
+        nodes = await controller.list_nodes()
+        print()
+        print(format_nodes(nodes))
+        print()
+        ready = sum(node.state == controller_pb2.Node.READY for node in nodes)
+        print(f"summary: {ready} nodes READY, {len(lost)} LOST, {report.placed} instances "
+              f"placed, {report.failed} not placed; scheduler log: {directory / 'scheduler.log'}")
+        return 0 if report.placed and len(lost) == kill else 1
+    finally:
+        controller.close()
+        if doomed is not None:
+            await doomed.close()
+        await survivors.close()
+        if scheduler.returncode is None:
+            scheduler.send_signal(signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(scheduler.wait(), 10)
+        if scheduler.returncode is None:
+            scheduler.kill()
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+async def wait_for_lost(controller: SimController, epoch: str, revision: int, count: int) -> list[str]:
+    """Lines describing the next `count` LOST events after (epoch, revision)."""
+    lines: list[str] = []
+
+    async def collect() -> None:
+        async for _arrived, event in controller.watch(epoch, revision):
+            if event.WhichOneof("event") == "node" and event.node.kind == controller_pb2.NodeEvent.LOST:
+                node = event.node.node
+                ids = list(node.instance_ids)
+                shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+                lines.append(f"LOST {node.id}: {len(ids)} instance(s) for the Controller to "
+                             f"re-place" + (f" ({shown})" if ids else ""))
+                if len(lines) == count:
+                    return
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(collect(), NODE_TIMEOUT + LOST_WAIT)
+    return lines
+
+
+def cmd_demo(args) -> int:
+    if args.kill >= args.agents:
+        print("orka-scheduler demo: --kill must be smaller than --agents", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run(args.agents, args.instances, args.kill, args.keep))
+    except KeyboardInterrupt:
+        return 130
+
+
+def add_command(commands) -> None:
+    demo = commands.add_parser("demo", help="run a scheduler with simulated Agents and Controller")
+    demo.add_argument("--agents", type=int, default=20, help="simulated Agents (default 20)")
+    demo.add_argument("--instances", type=int, default=200, help="instances to place (default 200)")
+    demo.add_argument("--kill", type=int, default=3, help="Agents to kill to show LOST (default 3)")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    demo.set_defaults(func=cmd_demo)
