@@ -137,13 +137,13 @@ class Instances:
         instance_id = workload.instance_id
         started = trio.current_time()
         self._check_new(instance_id)
-        if not any(node.state is NodeState.READY for node in self.cluster.nodes.values()):
-            self.placements["no_nodes"] += 1
-            raise FailedPrecondition(f"cannot place {instance_id}: no node is ready "
-                                     f"({len(self.cluster.nodes)} known)")
         request = workload.resources or NO_RESOURCES
         decision = plan(self.cluster.table, request, self.strategy, self.max_attempts)
         if not decision.order:
+            if not any(node.state is NodeState.READY for node in self.cluster.nodes.values()):
+                self.placements["no_nodes"] += 1
+                raise FailedPrecondition(f"cannot place {instance_id}: no node is ready "
+                                         f"({len(self.cluster.nodes)} known)")
             self.placements["exhausted"] += 1
             counts = ", ".join(f"{reason}: {count}" for reason, count in decision.counts.items())
             log.info("instance %s not placed: no feasible node (%s)", instance_id, counts)
