@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -249,14 +248,11 @@ def _controller_main(args: argparse.Namespace) -> int:
 
 
 async def _controller(args: argparse.Namespace) -> int:
-    from .simulator import parse_address
+    from .simulator import _stop_on_signals, parse_address
 
     controller = SimController(parse_address(args.scheduler),
                                pki=Path(args.pki) if args.pki else None, name=args.name)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = _stop_on_signals()
 
     async def watch() -> None:
         async for _arrived, event in controller.watch():

@@ -1001,9 +1001,11 @@ class AgentProcesses:
         stderr = open(self._log_file, "ab") if self._log_file else asyncio.subprocess.DEVNULL
         try:
             for args in self._args:
+                # Own session: a Ctrl-C meant for the caller does not reach the children; the
+                # caller ends them (close()), and they exit by themselves when stdin closes.
                 self._children.append(await asyncio.create_subprocess_exec(
                     *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=stderr, cwd=cwd, limit=64 << 20))
+                    stderr=stderr, cwd=cwd, limit=64 << 20, start_new_session=True))
         finally:
             if self._log_file:
                 stderr.close()
@@ -1023,13 +1025,27 @@ class AgentProcesses:
         return json.loads(line)
 
     async def broadcast(self, cmd: str, **fields: Any) -> list[dict]:
-        """Send one command to every child; return their answers."""
+        """Send one command to every child still running; return their answers.
+
+        A child that has exited is dropped (and logged): its Agents are gone.
+        """
         line = (json.dumps({"cmd": cmd, **fields}) + "\n").encode()
+        alive = []
         for child in self._children:
             assert child.stdin is not None
-            child.stdin.write(line)
-        await asyncio.gather(*(child.stdin.drain() for child in self._children))
-        return await asyncio.gather(*(self._read(child) for child in self._children))
+            if child.returncode is None and not child.stdin.is_closing():
+                child.stdin.write(line)
+                alive.append(child)
+        answers = await asyncio.gather(*(self._answer(child) for child in alive))
+        return [answer for answer in answers if answer is not None]
+
+    async def _answer(self, child: asyncio.subprocess.Process) -> dict | None:
+        try:
+            await child.stdin.drain()  # type: ignore[union-attr]
+            return await self._read(child)
+        except (RuntimeError, ConnectionError) as err:
+            log.warning("simulator process %d is gone: %s", child.pid, err)
+            return None
 
     async def stats(self) -> dict[str, Any]:
         """Counters summed over every child, with "time" the latest child's clock."""
@@ -1037,7 +1053,8 @@ class AgentProcesses:
         answers = await self.broadcast("stats")
         for answer in answers:
             total.add({k: v for k, v in answer.items() if isinstance(v, int) and k != "pid"})
-        return {**asdict(total), "time": max(a["time"] for a in answers)}
+        return {**asdict(total), "time": max((a["time"] for a in answers), default=time.time()),
+                "processes": len(answers)}
 
     async def silence(self) -> dict[str, float]:
         """Every Agent goes silent (streams stay open); node id → its last status time."""
@@ -1079,10 +1096,7 @@ async def _agents_here(args: argparse.Namespace, behaviour: Behaviour) -> int:
     group = AgentGroup(node_ids(args.count, args.prefix, args.first), parse_address(args.scheduler),
                        rate=args.rate, behaviour=behaviour, old_fraction=args.old, tls=tls,
                        bind_host=args.bind, raw=args.raw)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = _stop_on_signals()
     try:
         up = asyncio.ensure_future(group.start())
         await asyncio.wait((up, asyncio.ensure_future(stop.wait())),
@@ -1111,16 +1125,28 @@ async def _agents_in_processes(args: argparse.Namespace, behaviour: Behaviour, p
                            prefix=args.prefix, first=args.first, pki=args.pki,
                            behaviour=behaviour, old_fraction=args.old, bind_host=args.bind,
                            raw=args.raw)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = _stop_on_signals()
     async with fleet:
         log.warning("%d agents up in %d processes", args.count, processes)
         await _report_until(stop, fleet.stats, args.stats_every)
         answers = await fleet.broadcast("leave")
         log.warning("leaving: %d of %d acknowledged", sum(a["left"] for a in answers), args.count)
     return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM; a second signal exits at once (a clean stop is stuck)."""
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    return stop
 
 
 async def _report_until(stop: asyncio.Event, stats, every: float) -> None:
@@ -1130,6 +1156,9 @@ async def _report_until(stop: asyncio.Event, stats, every: float) -> None:
             await asyncio.wait_for(stop.wait(), every)
         now = stats()
         now = await now if asyncio.iscoroutine(now) else now
+        if now.get("processes") == 0:
+            log.warning("every simulator process is gone")
+            return
         sent = now["sent"] - (previous["sent"] if previous else 0)
         log.warning("streaming %d/%d, %.0f statuses/s, creates %d (accepted %d, refused %d, "
                     "hung %d), rejoins %d", now["streaming"], now["agents"], sent / every,
