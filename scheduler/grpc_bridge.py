@@ -13,6 +13,7 @@ graceful shutdown (every call in flight ends with UNAVAILABLE, then the listener
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import logging
 import socket
 import ssl
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 INBOX_SIZE = 64  # inbound messages buffered per call before the reader waits for trio
 OUTBOX_SIZE = 64  # outbound messages buffered per call before trio waits for the writer
+DRAIN_BEFORE_CHECKPOINT = 32  # waiting messages taken in a row before yielding to other tasks
+LISTEN_BACKLOG = 4096  # pending connections: thousands of Agents reconnect at once after a restart
+TLS_READ_BUFFER = 32 * 1024  # asyncio's default 256 KiB per TLS connection was 3/4 of an Agent's RSS
 FLUSH_TIME = 0.05  # s after the last call ended on shutdown, for grpclib to write its trailers
 
 Authorize = Callable[[Any, str], Any]
@@ -62,6 +66,7 @@ class Inbound:
         self._send, self._receive = trio.open_memory_channel(capacity)
         self._room = asyncio.Event()  # set by trio whenever it takes a message
         self._error: BaseException | None = None
+        self._drained = 0  # messages taken without a checkpoint since the last one
 
     async def put(self, message: Any) -> bool:
         """asyncio side: hand one message over; False once the trio side stopped reading."""
@@ -82,9 +87,21 @@ class Inbound:
         self._send.close()
 
     async def receive(self) -> Any:
-        """trio side: the next message; EndOfChannel at a clean end, else the source's error."""
+        """trio side: the next message; EndOfChannel at a clean end, else the source's error.
+
+        Messages already waiting are taken without a trip through trio's scheduler (measured:
+        one wake-up per message was most of trio's 31 % of ingest CPU); every
+        `DRAIN_BEFORE_CHECKPOINT` such messages it still yields, so no stream starves others.
+        """
         try:
-            message = await self._receive.receive()
+            try:
+                if self._drained >= DRAIN_BEFORE_CHECKPOINT:
+                    raise trio.WouldBlock
+                message = self._receive.receive_nowait()
+                self._drained += 1
+            except trio.WouldBlock:
+                self._drained = 0
+                message = await self._receive.receive()
         except trio.EndOfChannel:
             if self._error is not None:
                 raise self._error from None
@@ -323,6 +340,7 @@ class Bridge:
         # V6ONLY, so a literal "::" would not accept IPv4 clients.
         await trio_asyncio.aio_as_trio(server.start)(
             None if host in ("", "::") else host, port, ssl=ssl_context, reuse_address=True,
+            backlog=LISTEN_BACKLOG,
         )
         bound = server._server.sockets[0].getsockname()[1]
         task_status.started(bound)
@@ -448,6 +466,7 @@ class ServerStream:
 
 def open_loop():
     """The asyncio loop (inside trio) that grpclib servers and channels need; enter it first."""
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER  # measured: 367 -> 142 KiB per Agent
     return trio_asyncio.open_loop()
 
 

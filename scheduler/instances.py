@@ -331,7 +331,8 @@ class Instances:
         for instance_id, code in reported.items():
             instance = self._instances.get(instance_id)
             if instance is None or instance.node is not node:
-                self._announce_unknown(node, instance_id, code)
+                if code is not TERMINATED:  # a finished one we forgot (Destroy raced) is no news
+                    self._announce_unknown(node, instance_id, code)
             elif not instance.relayed and instance.latest.code is not code \
                     and instance.latest.code is not TERMINATED:
                 self._update(instance, InstanceStatus(instance_id, code, "reported by the Agent",

@@ -178,16 +178,17 @@ async def test_grpcio_agent_and_controller_see_join_status_and_leave():
         nodes = await unary(channel, LIST, controller_pb2.Empty(), controller_pb2.NodeList)
         assert [(n.id, n.state) for n in nodes.nodes] == [("node-1", controller_pb2.Node.LEFT)]
 
-        # A grpcio watcher resuming after JOINED gets exactly what followed it: two STATUS,
-        # the announcement of the two instances the Agent reports but nobody placed, LEFT.
+        # A grpcio watcher resuming after JOINED gets exactly what followed it: the announcement
+        # of the running instance the Agent reports but nobody placed (a TERMINATED one is no
+        # news), two STATUS, LEFT.
         async with watch(channel, joined.epoch, joined.revision) as events:
-            replayed = [await events.receive() for _ in range(5)]
+            replayed = [await events.receive() for _ in range(4)]
         kinds = [(e.revision, controller_pb2.NodeEvent.Kind.Name(e.node.kind)
                   if e.WhichOneof("event") == "node" else e.instance.instance_id)
                  for e in replayed]
         first = joined.revision
-        assert kinds == [(first + 1, "run-1"), (first + 2, "done-1"), (first + 3, "STATUS"),
-                         (first + 4, "STATUS"), (first + 5, "LEFT")]
+        assert kinds == [(first + 1, "run-1"), (first + 2, "STATUS"), (first + 3, "STATUS"),
+                         (first + 4, "LEFT")]
 
 
 async def test_grpcio_controller_sees_a_silent_grpcio_agent_lost():

@@ -7,7 +7,10 @@ it does after every stream failure) is a new session of the same generation: the
 it runs and the scheduler's channel to it carry over. Each
 session runs one trio task in the cluster's nursery whose cancel scope is the liveness deadline:
 every valid status moves the deadline; when it passes, the node is LOST. No polling: the
-deadline *is* the liveness state. Everything here is synchronous except that task, so a status
+deadline *is* the liveness state. A status only writes the new deadline into the session (a
+float); the scope picks it up when its old deadline fires, so the per-message hot path pays no
+trio deadline-heap push (measured: 7 % of ingest CPU), and a node that keeps reporting re-arms
+its scope once per `node_timeout`. Everything here is synchronous except that task, so a status
 message costs a few attribute writes and one event.
 """
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Session:
     number: int
     host: str  # the peer IP of the JoinCluster call
     port: int  # the Agent's own gRPC server (node_agent.WorkloadService)
-    watchdog: trio.CancelScope
+    deadline: float  # trio time by which a valid status must arrive, else the node is LOST
     limiter: TokenBucket
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     stream: StatusStream | None = None
@@ -171,7 +174,7 @@ class Cluster:
             number=self._sessions,
             host=node.host,
             port=node.port,
-            watchdog=trio.CancelScope(deadline=deadline),
+            deadline=deadline,
             limiter=TokenBucket(self._status_rate, self._status_burst, trio.current_time()),
         )
         node.session = session
@@ -243,8 +246,9 @@ class Cluster:
     async def _watch(self, node: Node, session: Session) -> None:
         """The session's task: lives until the session ends; declares the node LOST on timeout."""
         with session.scope:
-            with session.watchdog:
-                await trio.sleep_forever()
+            while trio.current_time() < session.deadline:
+                with trio.move_on_at(session.deadline):
+                    await trio.sleep_forever()
             self._lose(node, session)
 
     # -- status ----------------------------------------------------------------------------
@@ -286,7 +290,7 @@ class Cluster:
         previous = node.metrics
         node.metrics = metrics
         node.last_seen_unix = self._clock()
-        session.watchdog.deadline = trio.current_time() + self.node_timeout
+        session.deadline = trio.current_time() + self.node_timeout
         self.table.update_metrics(node.id, metrics)
         if previous is None or previous.instances != metrics.instances:
             self.count_instances(node)
