@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 PLACEMENT_OUTCOMES = ("placed", "no_nodes", "exhausted", "refused", "cancelled")
 RESERVATION_REPORTS = 2
 UNKNOWN_ANNOUNCED = 1_000  # unplaced instances announced per node generation (flood guard)
-TERMINATED_RETAINED = 10_000  # terminated instances remembered until destroyed; older are forgotten  # reports after acceptance before an instance-less report is trusted
+FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed; older are forgotten  # reports after acceptance before an instance-less report is trusted
 TERMINATED = InstanceCode.TERMINATED
 ENDED_OK = ("terminated", "destroyed")  # relay endings after which Schedule ends with OK
 
@@ -108,7 +108,7 @@ class Instances:
         self._instances: dict[str, Instance] = {}
         self._unknown_reported: dict[str, set[str]] = {}  # node id -> instance ids announced
         self._placing: set[str] = set()  # instance ids with an attempt in flight
-        self._terminated: dict[str, None] = {}  # terminated instance ids, oldest first
+        self._finished: dict[str, None] = {}  # finished instance ids, oldest first
         self._reserved_on: dict[str, set[Instance]] = {}  # node id -> instances holding a reservation
         self._nursery: trio.Nursery | None = None
         self.placements: dict[str, int] = dict.fromkeys(PLACEMENT_OUTCOMES, 0)  # for /metrics
@@ -258,7 +258,7 @@ class Instances:
         self._release(instance)
         if instance.latest.code is TERMINATED:
             self._unplace(instance)
-            self._retain_terminated(instance)
+            self._retain_finished(instance)
         if instance.follower is not None:
             instance.follower.close()
 
@@ -316,7 +316,7 @@ class Instances:
         instance = Instance(workload, node, generation, latest, reserved=False, relayed=False)
         self._instances[instance.id] = instance
         if latest.code is TERMINATED:
-            self._terminated[instance.id] = None
+            self._finished[instance.id] = None
         elif generation == node.generation:
             node.placed.add(instance.id)
             self.cluster.count_instances(node)
@@ -339,7 +339,7 @@ class Instances:
                                                       node_id=node.id))
                 if code is TERMINATED:
                     self._unplace(instance)
-                    self._retain_terminated(instance)
+                    self._retain_finished(instance)
         for instance_id in list(node.placed):
             instance = self._instances.get(instance_id)
             if instance is not None and not instance.relayed and instance_id not in reported \
@@ -350,7 +350,7 @@ class Instances:
                     instance_id, TERMINATED, "vanished: the Agent no longer reports it",
                     node_id=node.id))
                 self._unplace(instance)
-                self._retain_terminated(instance)
+                self._retain_finished(instance)
 
     def _announce_unknown(self, node: Node, instance_id: str, code: InstanceCode) -> None:
         """Tell the Controller once about an instance an Agent runs that nobody placed there;
@@ -378,6 +378,7 @@ class Instances:
             if instance is not None and instance.generation == generation:
                 self._end_relay(instance, f"node {node.id} {why}")
                 self._release(instance)
+                self._retain_finished(instance)  # remembered (UNAVAILABLE), but not forever
 
     # -- stop / destroy --------------------------------------------------------------------
 
@@ -415,7 +416,7 @@ class Instances:
     def _forget(self, instance: Instance, why: str) -> None:
         if self._instances.get(instance.id) is instance:
             del self._instances[instance.id]
-            self._terminated.pop(instance.id, None)
+            self._finished.pop(instance.id, None)
             if self.store is not None:  # durable before Destroy is acknowledged
                 self.store.delete_placement(instance.id)
         self._unplace(instance)
@@ -429,15 +430,17 @@ class Instances:
             instance.node.placed.discard(instance.id)
             self.cluster.count_instances(instance.node)
 
-    def _retain_terminated(self, instance: Instance) -> None:
-        """Keep the last TERMINATED_RETAINED terminated instances (Destroy, snapshots); forget older."""
-        self._terminated.pop(instance.id, None)
-        self._terminated[instance.id] = None
-        while len(self._terminated) > TERMINATED_RETAINED:
-            old_id = next(iter(self._terminated))
-            del self._terminated[old_id]
+    def _retain_finished(self, instance: Instance) -> None:
+        """Remember the last FINISHED_RETAINED finished instances (terminated, or on a node that
+        left or was lost) for Stop/Destroy answers and snapshots; forget older ones, so a
+        Controller that never destroys them cannot grow the scheduler without bound."""
+        self._finished.pop(instance.id, None)
+        self._finished[instance.id] = None
+        while len(self._finished) > FINISHED_RETAINED:
+            old_id = next(iter(self._finished))
+            del self._finished[old_id]
             old = self._instances.get(old_id)
-            if old is not None and old.latest.code is TERMINATED:
+            if old is not None and not old.running_on_ready_node:
                 del self._instances[old_id]
                 if self.store is not None:
                     self.store.delete_placement(old_id)

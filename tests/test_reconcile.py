@@ -40,3 +40,28 @@ async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number
         cluster.report(node, node.session, reported("x-1"))
         assert announcements(events)[-1] == "x-1"
         nursery.cancel_scope.cancel()
+
+
+async def test_finished_instances_are_remembered_only_up_to_a_bound(autojump_clock, monkeypatch):
+    # Instances on a node that left are finished: remembered for Stop/Destroy answers, but a
+    # Controller that never destroys them must not grow the scheduler without bound.
+    import scheduler.instances as instances_module
+    from scheduler.model import InstanceStatus, Workload
+
+    monkeypatch.setattr(instances_module, "FINISHED_RETAINED", 2)
+    events = EventLog(1000, lambda: Snapshot((), ()))
+    cluster = Cluster(events, node_timeout=30.0, status_rate=10.0, status_burst=20)
+    instances = Instances(cluster, events, Agents(cluster), strategy="spread",
+                          attempt_timeout=1.0, max_attempts=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cluster.run)
+        node = cluster.join("node-1", "10.0.0.1", 7000)
+        for name in ("a", "b", "c"):
+            instances.restore(Workload(name, "img"), node, node.generation,
+                              InstanceStatus(name, InstanceCode.RUNNING, node_id="node-1"))
+        assert sorted(s.instance_id for s in instances.statuses()) == ["a", "b", "c"]
+        cluster.leave("node-1")
+        left = [s.instance_id for s in instances.statuses()]
+        assert len(left) == 2 and set(left) < {"a", "b", "c"}, \
+            f"one finished instance is forgotten once more than the bound are kept: {left}"
+        nursery.cancel_scope.cancel()
