@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import ssl
+from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -27,8 +29,26 @@ class Refused(Exception):
     """An Agent did not accept an instance: the reason, for the Controller's message."""
 
 
+STREAMS_PER_CONNECTION = 90  # instance streams per connection: HTTP/2 peers often allow 100
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One channel to an Agent and how many instance streams it carries."""
+
+    channel: ClientChannel
+    workloads: Any
+    streams: int = 0
+
+
 class AgentLink:
-    """The scheduler's channel to the Agent of one node generation."""
+    """The scheduler's channels to the Agent of one node generation.
+
+    Every running instance keeps its Create stream open, and an HTTP/2 peer limits concurrent
+    streams per connection (grpclib: 100; beyond that a new call silently waits). So Creates
+    spread over as many connections as needed, `STREAMS_PER_CONNECTION` each, and Signals have
+    a connection of their own: Stop and Destroy never queue behind instance streams.
+    """
 
     def __init__(self, node_id: str, session: Session, ssl_context: ssl.SSLContext | None,
                  trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
@@ -40,18 +60,34 @@ class AgentLink:
             except IdentityError as err:
                 raise PeerRefused(str(err)) from None
 
-        self.channel = ClientChannel(session.host, session.port, ssl_context, verify)
-        self.workloads = self.channel.stub(node_agent_grpc.WorkloadServiceStub)
+        def connect() -> _Connection:
+            channel = ClientChannel(session.host, session.port, ssl_context, verify)
+            return _Connection(channel, channel.stub(node_agent_grpc.WorkloadServiceStub))
+
+        self._connect = connect
+        self._signals = connect()
+        self._creates: list[_Connection] = []
 
     def create(self, workload: Workload) -> ServerStream:
-        return self.channel.server_stream(self.workloads.Create, workload_to_agent(workload))
+        connection = next((c for c in self._creates if c.streams < STREAMS_PER_CONNECTION), None)
+        if connection is None:
+            connection = self._connect()
+            self._creates.append(connection)
+        connection.streams += 1
+
+        def ended() -> None:
+            connection.streams -= 1
+
+        return connection.channel.server_stream(connection.workloads.Create,
+                                                workload_to_agent(workload), ended)
 
     async def signal(self, instance_id: str, signal: Signal, timeout: float) -> None:
         request = node_agent_pb2.WorkloadSignal(instance_id=instance_id, signal=signal.value)
-        await self.channel.unary(self.workloads.Signal, request, timeout=timeout)
+        await self._signals.channel.unary(self._signals.workloads.Signal, request, timeout=timeout)
 
     def close(self) -> None:
-        self.channel.close()
+        for connection in [self._signals, *self._creates]:
+            connection.channel.close()
 
 
 class Agents:

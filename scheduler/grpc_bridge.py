@@ -404,9 +404,12 @@ class ClientChannel:
         if self._verify_peer is not None:
             self._verify_peer(stream.peer.cert())
 
-    def server_stream(self, method: Any, request: Any) -> ServerStream:
-        """Start a server-streaming call (e.g. `stub.Create`); read it with `receive()`."""
-        return ServerStream(self, method, request)
+    def server_stream(self, method: Any, request: Any,
+                      on_end: Callable[[], None] | None = None) -> ServerStream:
+        """Start a server-streaming call (e.g. `stub.Create`); read it with `receive()`.
+
+        `on_end()` is called once the call is over, however it ended."""
+        return ServerStream(self, method, request, on_end)
 
     def close(self) -> None:
         self._channel.close()
@@ -431,11 +434,14 @@ class ClientChannel:
 class ServerStream:
     """One server-streaming call being read by an asyncio task; `cancel()` ends it at once."""
 
-    def __init__(self, channel: ClientChannel, method: Any, request: Any) -> None:
+    def __init__(self, channel: ClientChannel, method: Any, request: Any,
+                 on_end: Callable[[], None] | None = None) -> None:
         self._channel = channel
         self._inbound = Inbound()
         loop = trio_asyncio.current_loop.get()
         self._task = loop.create_task(self._read(method, request))
+        if on_end is not None:
+            self._task.add_done_callback(lambda _: on_end())
 
     async def _read(self, method: Any, request: Any) -> None:
         error = None

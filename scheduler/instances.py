@@ -331,7 +331,9 @@ class Instances:
         for instance_id, code in reported.items():
             instance = self._instances.get(instance_id)
             if instance is None or instance.node is not node:
-                if code is not TERMINATED:  # a finished one we forgot (Destroy raced) is no news
+                # A finished one we forgot (Destroy raced) is no news, and one whose Create is
+                # in flight is ours: the report overtook the Agent's first status.
+                if code is not TERMINATED and instance_id not in self._placing:
                     self._announce_unknown(node, instance_id, code)
             elif not instance.relayed and instance.latest.code is not code \
                     and instance.latest.code is not TERMINATED:

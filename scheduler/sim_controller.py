@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from grpclib.client import Channel
+from h2.exceptions import StreamClosedError
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ._proto import controller_grpc, controller_pb2
@@ -117,7 +118,7 @@ class SimController:
                 placement.ended_ok = True
         except GRPCError as err:
             placement.error = f"{err.status.name}: {err.message}"
-        except (asyncio.TimeoutError, StreamTerminatedError, OSError) as err:
+        except (asyncio.TimeoutError, StreamTerminatedError, StreamClosedError, OSError) as err:
             placement.error = f"{type(err).__name__}: {err}"
         return placement
 

@@ -890,6 +890,12 @@ class AgentGroup:
     def stats(self) -> dict[str, Any]:
         return asdict(self.counters)
 
+    def held(self) -> dict[str, list[str]]:
+        """Node id → the instances its Agent runs now (accepted, not TERMINATED)."""
+        return {agent.node_id: sorted(i.instance_id for i in agent.instances.values()
+                                      if i.code != TERMINATED)
+                for agent in self.agents}
+
     async def close(self) -> None:
         if self._pacer is not None:
             self._pacer.close()
@@ -904,8 +910,9 @@ class AgentGroup:
 # A child runs `python -m scheduler.simulator agents ... --control`: it prints
 # {"event": "ready", ...} once its Agents are up, then answers one JSON line per command read
 # on stdin: {"cmd": "stats"}, {"cmd": "rate", "value": R}, {"cmd": "silent"},
-# {"cmd": "speak"}, {"cmd": "leave"}, {"cmd": "quit"}. Every answer is one JSON line whose
-# "event" is the command's name.
+# {"cmd": "speak"}, {"cmd": "leave"}, {"cmd": "lost"}, {"cmd": "instances"} (node id → the
+# instances each Agent holds now, not TERMINATED), {"cmd": "quit"}. Every answer is one JSON
+# line whose "event" is the command's name.
 
 async def _serve_control(group: AgentGroup, up_seconds: float) -> None:
     loop = asyncio.get_running_loop()
@@ -942,6 +949,8 @@ async def _serve_control(group: AgentGroup, up_seconds: float) -> None:
             answer("leave", left=await group.leave(), time=time.time())
         elif name == "lost":
             answer("lost", lost_at={a.node_id: a.lost_at for a in group.agents if a.lost_at})
+        elif name == "instances":
+            answer("instances", time=time.time(), held=group.held())
         elif name == "quit":
             answer("quit")
             return
@@ -1055,6 +1064,13 @@ class AgentProcesses:
             total.add({k: v for k, v in answer.items() if isinstance(v, int) and k != "pid"})
         return {**asdict(total), "time": max((a["time"] for a in answers), default=time.time()),
                 "processes": len(answers)}
+
+    async def held(self) -> dict[str, list[str]]:
+        """Node id → the instances its Agent holds now (not TERMINATED), over every child."""
+        held: dict[str, list[str]] = {}
+        for answer in await self.broadcast("instances"):
+            held.update(answer["held"])
+        return held
 
     async def silence(self) -> dict[str, float]:
         """Every Agent goes silent (streams stay open); node id → its last status time."""

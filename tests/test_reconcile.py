@@ -65,3 +65,19 @@ async def test_finished_instances_are_remembered_only_up_to_a_bound(autojump_clo
         assert len(left) == 2 and set(left) < {"a", "b", "c"}, \
             f"one finished instance is forgotten once more than the bound are kept: {left}"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_report_that_overtakes_the_first_status_of_a_placement_is_not_news(autojump_clock):
+    # Status reports and Create replies travel on different connections: the Agent may list
+    # an instance before the scheduler has read its first status. That instance is ours.
+    events = EventLog(1000, lambda: Snapshot((), ()))
+    cluster = Cluster(events, node_timeout=30.0, status_rate=10.0, status_burst=20)
+    instances = Instances(cluster, events, Agents(cluster), strategy="spread",
+                          attempt_timeout=1.0, max_attempts=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cluster.run)
+        node = cluster.join("node-1", "10.0.0.1", 7000)
+        instances._placing.add("p-1")  # its attempt is in flight
+        cluster.report(node, node.session, reported("p-1"))
+        assert announcements(events) == []
+        nursery.cancel_scope.cancel()

@@ -615,3 +615,22 @@ async def test_report_listing_the_instance_releases_its_reservation():
         assert "r-1" in reservations(scheduler), "a report that lists other instances only"
         await n1.report(scheduler, mem_free=3 * GIB, instances=[("r-1", RUNNING)])
         assert "r-1" not in reservations(scheduler)
+
+
+async def test_instance_streams_spread_over_connections_and_signals_have_their_own(monkeypatch):
+    # Every running instance holds a Create stream open; an HTTP/2 peer allows ~100 streams per
+    # connection, so Creates spread over connections and Stop/Destroy never queue behind them.
+    import scheduler.agents as agents_module
+
+    monkeypatch.setattr(agents_module, "STREAMS_PER_CONNECTION", 3)
+    async with open_cluster(node("n1")) as (scheduler, channel, [n1]):
+        for index in range(7):
+            statuses, error = await schedule(channel, scheduling_request(f"c-{index}"),
+                                             until_code=RUNNING)
+            assert error is None and statuses[-1].node_id == "n1", error
+        link = scheduler.agents.link(scheduler.cluster.nodes["n1"])
+        assert [c.streams for c in link._creates] == [3, 3, 1]
+        assert await stop_instance(channel, "c-6") is None
+        assert await destroy_instance(channel, "c-0") is None
+        assert ("c-6", STOP) in n1.workloads.signals and ("c-0", KILL) in n1.workloads.signals
+        await wait_until(lambda: sum(c.streams for c in link._creates) == 5)
