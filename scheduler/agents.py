@@ -1,8 +1,8 @@
-"""Calls to Agents: one channel per node generation, Create attempts and Signals.
+"""Calls to Agents: channels per node generation, Create attempts and Signals.
 
-The Agent's address is the peer IP of its JoinCluster call and the port it declared. A channel
-is opened on first use and closed when the node's generation ends (LEFT, LOST, or a rejoin from
-another address); a rejoin from the same address keeps it, and the instance streams on it.
+The Agent's address is the peer IP of its JoinCluster call and the port it declared. Channels
+are opened on first use and closed when the node's generation ends (LEFT, LOST, or a rejoin
+from another address); a rejoin from the same address keeps them, and the instance streams.
 """
 from __future__ import annotations
 
