@@ -450,12 +450,18 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             f"node {n}: view {view.nodes.get(n)}, snapshot {fresh.nodes.get(n)}"
             for n in sorted(set(view.nodes) | set(fresh.nodes))
             if view.nodes.get(n) != fresh.nodes.get(n)]
-        # Destroy forgets an instance: a snapshot omits it, the view keeps it TERMINATED.
+        # The scheduler forgets finished instances (docs/DECISIONS.md): destroyed ones at once,
+        # terminated ones and those of nodes that left or were lost beyond the newest 10,000.
+        # A snapshot may omit those; the view keeps them TERMINATED or on a LEFT/LOST node.
+        def finished(instance_id: str) -> bool:
+            code, node_id = view.instances[instance_id]
+            return code == "TERMINATED" or view.nodes.get(node_id) in ("LEFT", "LOST")
+
         snapshot_diff += [
             f"instance {i}: view {view.instances.get(i)}, snapshot {fresh.instances.get(i)}"
             for i in sorted(set(view.instances) | set(fresh.instances))
             if view.instances.get(i) != fresh.instances.get(i)
-            and not (i not in fresh.instances and view.instances[i][0] == "TERMINATED")]
+            and not (i not in fresh.instances and finished(i))]
         say(f"fresh snapshot: {len(fresh.nodes)} nodes, {len(fresh.instances)} instances "
             f"({sum(c == 'TERMINATED' for c, _n in fresh.instances.values())} TERMINATED)")
         if snapshot_diff:
