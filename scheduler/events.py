@@ -122,10 +122,6 @@ class EventLog:
                 self._changed = trio.Event()
             await self._changed.wait()
 
-    def forget_node(self, node_id: str) -> None:
-        """Drop coalescing state of a node the registry no longer keeps."""
-        self._latest_status.pop(node_id, None)
-
 
 class Watcher:
     """One Controller's position in the log; `next()` yields its events in revision order."""
