@@ -1,6 +1,8 @@
 """Agents' instance reports about instances nobody placed: announced once, and bounded."""
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import trio
 
 from scheduler.agents import Agents
@@ -15,18 +17,26 @@ def reported(*ids: str) -> NodeMetrics:
                        tuple(InstanceReport(i, InstanceCode.RUNNING) for i in ids))
 
 
+@asynccontextmanager
+async def open_core():
+    """An event log, a running cluster (no rate limit) and the instances service: no sockets."""
+    events = EventLog(100_000, lambda: Snapshot((), ()))
+    cluster = Cluster(events, node_timeout=30.0, status_rate=1e6, status_burst=10**6)
+    instances = Instances(cluster, events, Agents(cluster), strategy="spread",
+                          attempt_timeout=1.0, max_attempts=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cluster.run)
+        yield events, cluster, instances
+        nursery.cancel_scope.cancel()
+
+
 def announcements(events: EventLog) -> list[str]:
     return [e.body.status.instance_id for e in events._events[events._start:]
             if isinstance(e.body, InstanceEvent)]
 
 
 async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number(autojump_clock):
-    events = EventLog(100_000, lambda: Snapshot((), ()))
-    cluster = Cluster(events, node_timeout=30.0, status_rate=1e6, status_burst=10**6)
-    Instances(cluster, events, Agents(cluster), strategy="spread", attempt_timeout=1.0,
-              max_attempts=0)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(cluster.run)
+    async with open_core() as (events, cluster, _):
         node = cluster.join("node-1", "10.0.0.1", 7000)
         cluster.report(node, node.session, reported("x-1", "x-2"))
         cluster.report(node, node.session, reported("x-1", "x-2", "x-3"))
@@ -39,7 +49,6 @@ async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number
         node = cluster.join("node-1", "10.0.0.1", 7000)
         cluster.report(node, node.session, reported("x-1"))
         assert announcements(events)[-1] == "x-1"
-        nursery.cancel_scope.cancel()
 
 
 async def test_finished_instances_are_remembered_only_up_to_a_bound(autojump_clock, monkeypatch):
@@ -49,12 +58,7 @@ async def test_finished_instances_are_remembered_only_up_to_a_bound(autojump_clo
     from scheduler.model import InstanceStatus, Workload
 
     monkeypatch.setattr(instances_module, "FINISHED_RETAINED", 2)
-    events = EventLog(1000, lambda: Snapshot((), ()))
-    cluster = Cluster(events, node_timeout=30.0, status_rate=10.0, status_burst=20)
-    instances = Instances(cluster, events, Agents(cluster), strategy="spread",
-                          attempt_timeout=1.0, max_attempts=0)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(cluster.run)
+    async with open_core() as (events, cluster, instances):
         node = cluster.join("node-1", "10.0.0.1", 7000)
         for name in ("a", "b", "c"):
             instances.restore(Workload(name, "img"), node, node.generation,
@@ -64,20 +68,13 @@ async def test_finished_instances_are_remembered_only_up_to_a_bound(autojump_clo
         left = [s.instance_id for s in instances.statuses()]
         assert len(left) == 2 and set(left) < {"a", "b", "c"}, \
             f"one finished instance is forgotten once more than the bound are kept: {left}"
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_report_that_overtakes_the_first_status_of_a_placement_is_not_news(autojump_clock):
     # Status reports and Create replies travel on different connections: the Agent may list
     # an instance before the scheduler has read its first status. That instance is ours.
-    events = EventLog(1000, lambda: Snapshot((), ()))
-    cluster = Cluster(events, node_timeout=30.0, status_rate=10.0, status_burst=20)
-    instances = Instances(cluster, events, Agents(cluster), strategy="spread",
-                          attempt_timeout=1.0, max_attempts=0)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(cluster.run)
+    async with open_core() as (events, cluster, instances):
         node = cluster.join("node-1", "10.0.0.1", 7000)
         instances._placing.add("p-1")  # its attempt is in flight
         cluster.report(node, node.session, reported("p-1"))
         assert announcements(events) == []
-        nursery.cancel_scope.cancel()
