@@ -161,7 +161,23 @@ async def wait_port(port: int, proc: asyncio.subprocess.Process, what: str, time
             await asyncio.sleep(0.05)
 
 
-class SchedulerProcess:
+class ServerProcess:
+    """A server the bench runs in its own process, on 127.0.0.1:`port`."""
+
+    port: int
+    proc: asyncio.subprocess.Process | None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+class SchedulerProcess(ServerProcess):
     """`python -m scheduler serve` with a generated config, in its own process."""
 
     wrapper: str | None = None  # --wrap: run `python WRAPPER serve ...` instead (experiments)
@@ -190,15 +206,6 @@ class SchedulerProcess:
                 lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     async def start(self) -> SchedulerProcess:
         command = [self.wrapper] if self.wrapper else ["-m", "scheduler"]
@@ -229,7 +236,7 @@ class SchedulerProcess:
         await self.stop()
 
 
-class BaselineProcess:
+class BaselineProcess(ServerProcess):
     """`bench/baselines.py KIND` in its own process; `stats()` reads its counters."""
 
     def __init__(self, workdir: Path, kind: str, *extra: str) -> None:
@@ -241,15 +248,6 @@ class BaselineProcess:
         self.lost: list[dict] = []
         self._replies: asyncio.Queue = asyncio.Queue()
         self._reader: asyncio.Task | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     async def __aenter__(self) -> BaselineProcess:
         with open(self.log, "wb") as log:
