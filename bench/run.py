@@ -74,6 +74,7 @@ class Sizes:
     lost_timeout: float = 15.0  # node_timeout: above the report interval
     cpu_window: float = 15.0  # figure 6 (twice: without, then with a watcher), `lost` fleet
     baselines_for_absolute: bool = True  # measure baselines of figures 4-6 too
+    ingest_stack: bool = True  # figure 1 also on the scheduler's stack (trio-asyncio), no work
     retries: int = 2  # windows measured again when other processes disturbed them
 
 
@@ -83,7 +84,7 @@ QUICK = Sizes(
     placement_nodes=1000, placement_warmup=0.5, placement_window=2.5,
     memory_steps=(200, 400, 600), memory_rate=0.1,
     lost_nodes=2000, lost_rate=0.5, lost_timeout=3.0, cpu_window=0.0,
-    baselines_for_absolute=False, retries=0,
+    baselines_for_absolute=False, ingest_stack=False, retries=0,
 )
 
 
@@ -239,10 +240,11 @@ class SchedulerProcess(ServerProcess):
 class BaselineProcess(ServerProcess):
     """`bench/baselines.py KIND` in its own process; `stats()` reads its counters."""
 
-    def __init__(self, workdir: Path, kind: str, *extra: str) -> None:
-        self.kind = kind
-        self.extra = extra
-        self.log = workdir / f"baseline-{kind}.log"
+    def __init__(self, workdir: Path, kind: str | None, *extra: str,
+                 script: str = "baselines.py", name: str = "") -> None:
+        self.extra = (kind, *extra) if kind else extra
+        self.script = script
+        self.log = workdir / f"baseline-{name or kind}.log"
         self.port = 0
         self.proc: asyncio.subprocess.Process | None = None
         self.lost: list[dict] = []
@@ -252,7 +254,7 @@ class BaselineProcess(ServerProcess):
     async def __aenter__(self) -> BaselineProcess:
         with open(self.log, "wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(ROOT / "bench" / "baselines.py"), self.kind, *self.extra,
+                sys.executable, str(ROOT / "bench" / self.script), *self.extra,
                 cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=log, preexec_fn=_raise_nofile, limit=16 << 20)
         self._reader = asyncio.ensure_future(self._read())
@@ -443,15 +445,27 @@ async def figure_ingest(sizes: Sizes, workdir: Path, profiler: Profiler) -> dict
         finally:
             controller.close()
         ours["rss_kib"] = rss_kib(scheduler.pid)
-    async with BaselineProcess(workdir, "ingest") as baseline:
+    base = await ingest_baseline(BaselineProcess(workdir, "ingest"), "baseline", sizes, workdir,
+                                 profiler)
+    result = {"scheduler": ours, "baseline": base,
+              "ratio": round(ours["msgs_per_s"] / base["msgs_per_s"], 3)}
+    if sizes.ingest_stack:  # the same bare server on the scheduler's loop: the stack's own cost
+        for name, extra in (("stack", ()), ("stack-stock", ("--stock",))):
+            process = BaselineProcess(workdir, None, *extra, script="stack_baseline.py", name=name)
+            result[name] = await ingest_baseline(process, name, sizes, workdir, profiler)
+            result[f"{name}_ratio"] = round(result[name]["msgs_per_s"] / base["msgs_per_s"], 3)
+    return result
+
+
+async def ingest_baseline(process: BaselineProcess, name: str, sizes: Sizes, workdir: Path,
+                          profiler: Profiler) -> dict:
+    async with process as baseline:
         async def counted() -> tuple[int, float]:
             stats = await baseline.stats()
             return stats["messages"], stats["time"]
 
-        base = await ingest_capacity("baseline", baseline.address, counted,
-                                     {"server": baseline.pid}, sizes, workdir, profiler)
-    return {"scheduler": ours, "baseline": base,
-            "ratio": round(ours["msgs_per_s"] / base["msgs_per_s"], 3)}
+        return await ingest_capacity(name, baseline.address, counted, {"server": baseline.pid},
+                                     sizes, workdir, profiler)
 
 
 # --- figure 2: placements ----------------------------------------------------------------------
@@ -771,6 +785,8 @@ async def main(args: argparse.Namespace) -> dict:
     sizes = QUICK if args.quick else FULL
     if args.skip_baselines:
         sizes = dataclasses.replace(sizes, baselines_for_absolute=False)
+    if args.stack:
+        sizes = dataclasses.replace(sizes, ingest_stack=True)
     only = set(args.only.split(",")) if args.only else set(FIGURES)
     unknown = only - set(FIGURES)
     if unknown:
@@ -799,6 +815,11 @@ async def main(args: argparse.Namespace) -> dict:
         say(f"[1] ingest: scheduler {d['scheduler']['msgs_per_s']} msgs/s "
             f"(cpu {d['scheduler']['cpu']}), bare grpclib {d['baseline']['msgs_per_s']} msgs/s "
             f"(cpu {d['baseline']['cpu']}): ratio {d['ratio']}")
+        for name in ("stack", "stack-stock"):
+            if name in d:
+                summary[f"ingest_{name.replace('-', '_')}_ratio"] = d[f"{name}_ratio"]
+                say(f"[1] ingest, bare grpclib on trio-asyncio ({name}): "
+                    f"{d[name]['msgs_per_s']} msgs/s, {d[f'{name}_ratio']}x plain asyncio")
     if "placement" in only:
         details["placement"] = d = await figure_placement(sizes, workdir, profiler)
         summary["placements_per_s"] = d["scheduler"]["placements_per_s"]
@@ -856,6 +877,8 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", metavar="FIGURES", help=f"comma-separated subset of {FIGURES}")
     parser.add_argument("--profile", metavar="DIR",
                         help="record py-spy stacks of the scheduler in each window (needs py-spy)")
+    parser.add_argument("--stack", action="store_true",
+                        help="figure 1 on the scheduler's stack too (always in a full run)")
     parser.add_argument("--skip-baselines", action="store_true",
                         help="no baselines for figures 4-6 (what-if experiments)")
     parser.add_argument("--wrap", metavar="SCRIPT",

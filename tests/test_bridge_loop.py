@@ -1,0 +1,58 @@
+"""The bridge's asyncio loop: trio-asyncio hosting, with ready callbacks run in batches."""
+from __future__ import annotations
+
+import trio
+
+from scheduler.grpc_bridge import CALLBACKS_PER_CHECKPOINT, open_loop
+
+
+async def _record_turns(order: list, stop: trio.Event) -> None:
+    """A trio task that notes every turn it gets until `stop`."""
+    while not stop.is_set():
+        order.append("trio")
+        await trio.lowlevel.checkpoint()
+
+
+async def test_ready_callbacks_run_back_to_back():
+    # Stock trio-asyncio runs one asyncio callback per trio checkpoint, so a busy trio task
+    # would get a turn between any two of these.
+    order: list = []
+    stop = trio.Event()
+    async with open_loop() as loop, trio.open_nursery() as nursery:
+        nursery.start_soon(_record_turns, order, stop)
+        await trio.sleep(0.01)
+        for i in range(10):
+            loop.call_soon(order.append, i)
+        await trio.sleep(0.01)
+        stop.set()
+    first = order.index(0)
+    assert order[first:first + 10] == list(range(10)), order
+
+
+async def test_a_long_queue_still_lets_trio_tasks_run():
+    order: list = []
+    stop = trio.Event()
+    count = 3 * CALLBACKS_PER_CHECKPOINT
+    async with open_loop() as loop, trio.open_nursery() as nursery:
+        nursery.start_soon(_record_turns, order, stop)
+        await trio.sleep(0.01)
+        for i in range(count):
+            loop.call_soon(order.append, i)
+        await trio.sleep(0.05)
+        stop.set()
+    callbacks = [item for item in order if item != "trio"]
+    assert callbacks == list(range(count)), "every callback runs, in order"
+    span = order[order.index(0):order.index(count - 1)]
+    assert span.count("trio") >= 2, "the trio task had turns while the queue drained"
+
+
+async def test_timers_and_tasks_still_run():
+    import asyncio
+
+    fired = trio.Event()
+    async with open_loop() as loop:
+        loop.call_later(0.02, fired.set)
+        with trio.fail_after(2):
+            await fired.wait()
+        result = await loop.run_aio_coroutine(asyncio.sleep(0.01, result="slept"))
+    assert result == "slept"
