@@ -156,6 +156,37 @@ async def test_loss_cancels_the_status_stream_with_a_reason(autojump_clock):
         assert session.stream is None
 
 
+async def test_a_wave_of_losses_publishes_every_lost_event_before_ending_the_streams(
+        autojump_clock):
+    # Ending a stream costs grpclib real work; the LOST events go first, the streams follow
+    # paced (SWEEP_STEP, STREAMS_PER_SWEEP_STEP), and every one of them does end.
+    from scheduler.cluster.registry import STREAMS_PER_SWEEP_STEP, SWEEP_STEP
+
+    count = 100
+    ended: dict[str, float] = {}
+
+    async def stream_until_ended(node_id, *, task_status=trio.TASK_STATUS_IGNORED):
+        try:
+            await stream_task(cluster, node_id, task_status=task_status)
+        finally:
+            ended[node_id] = trio.current_time()
+
+    async with open_cluster() as cluster:
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                cluster.join(f"node-{i}", "10.0.0.1", 7000)
+                await nursery.start(stream_until_ended, f"node-{i}")
+            deadline = trio.current_time() + TIMEOUT
+            await trio.sleep(TIMEOUT + 1)
+        lost = cluster.events.node_events(NodeEventKind.LOST)
+        assert len(lost) == count and all(at == pytest.approx(deadline) for at, _ in lost)
+        assert sorted(ended) == sorted(cluster.nodes), "every lost node's stream ended"
+        assert min(ended.values()) > deadline, "no stream ended before the LOST events went out"
+        steps = -(-count // STREAMS_PER_SWEEP_STEP)
+        assert max(ended.values()) == pytest.approx(deadline + steps * SWEEP_STEP), \
+            "paced: STREAMS_PER_SWEEP_STEP streams every SWEEP_STEP"
+
+
 # -- leave -----------------------------------------------------------------------------------
 
 async def test_leave_publishes_left_with_instances_and_is_idempotent(autojump_clock):

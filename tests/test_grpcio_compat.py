@@ -208,6 +208,21 @@ async def test_grpcio_controller_sees_a_silent_grpcio_agent_lost():
             assert "lost" in error.details(), error.details()
 
 
+async def test_grpcio_controller_reads_a_replay_sent_several_events_per_write():
+    # grpc_bridge.send_messages puts many events in one DATA write; grpcio must split them.
+    async with running_scheduler() as scheduler, grpcio_channel(scheduler.port) as channel:
+        async with watch(channel) as events:
+            snapshot = await events.receive()
+        names = [f"node-{i:03d}" for i in range(200)]
+        for port, name in enumerate(names, 7001):
+            await unary(channel, JOIN, agent_pb2.ConnectionRequest(id=name, port=port),
+                        agent_pb2.Empty)
+        async with watch(channel, snapshot.epoch, snapshot.revision) as events:
+            replayed = [await events.receive() for _ in names]
+        assert [(e.revision, e.node.node.id) for e in replayed] == [
+            (snapshot.revision + 1 + i, name) for i, name in enumerate(names)]
+
+
 async def test_grpcio_clients_get_invalid_argument_with_the_field_named():
     async with running_scheduler() as scheduler, grpcio_channel(scheduler.port) as channel:
         error = await refused(channel, JOIN, agent_pb2.ConnectionRequest(id="Not Valid!", port=1),

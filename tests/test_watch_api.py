@@ -237,3 +237,20 @@ async def test_list_nodes_reports_every_node_with_its_status():
         assert (c_quiet.state, c_quiet.address, c_quiet.memory_total) == (LEFT, "127.0.0.1:7003", 0)
         await drop_stream(new_stream)
         await drop_stream(old_stream)
+
+
+async def test_a_replayed_burst_arrives_whole_and_in_order():
+    # Events waiting for a watcher leave several to an HTTP/2 write (grpc_bridge.send_messages):
+    # a replay of 300 events must still arrive as 300 messages, in revision order.
+    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
+        controller = FakeController(channel)
+        async with controller.watch() as events:
+            snapshot = await events.receive()
+        epoch, seen = snapshot.epoch, snapshot.revision
+        names = [f"node-{i:03d}" for i in range(300)]
+        for name in names:
+            await FakeAgent(channel, name).join()
+        async with controller.watch(epoch, seen) as events:
+            replayed = [await events.receive() for _ in names]
+        assert [summary(e) for e in replayed] == [
+            (seen + 1 + i, "JOINED", name) for i, name in enumerate(names)]
