@@ -187,6 +187,13 @@ async def test_sigkill_mid_traffic_then_restart_loses_no_acknowledged_placement(
             async with agent_with_workloads(channel, "node-1") as (agent, workloads):
                 await agent.join()
                 stream = await agent.report()
+
+                async def reported():  # the status is applied before the first Schedule
+                    nodes = await FakeController(channel).list_nodes()
+                    return bool(nodes) and nodes[0].memory_total > 0
+                with trio.fail_after(5):
+                    while not await reported():
+                        await trio.sleep(0.01)
                 placed = []
                 for index in range(5):
                     async with open_schedule(channel, scheduling_request(f"k-{index}")) as call:
