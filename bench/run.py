@@ -74,7 +74,7 @@ class Sizes:
     lost_timeout: float = 15.0  # node_timeout: above the report interval
     cpu_window: float = 15.0  # figure 6 (twice: without, then with a watcher), `lost` fleet
     baselines_for_absolute: bool = True  # measure baselines of figures 4-6 too
-    ingest_stack: bool = True  # figure 1 also on the scheduler's stack (trio-asyncio), no work
+    ingest_stack: bool = True  # figures 1, 2 also as baselines on the scheduler's stack
     retries: int = 2  # windows measured again when other processes disturbed them
 
 
@@ -240,9 +240,9 @@ class SchedulerProcess(ServerProcess):
 class BaselineProcess(ServerProcess):
     """`bench/baselines.py KIND` in its own process; `stats()` reads its counters."""
 
-    def __init__(self, workdir: Path, kind: str | None, *extra: str,
+    def __init__(self, workdir: Path, kind: str, *extra: str,
                  script: str = "baselines.py", name: str = "") -> None:
-        self.extra = (kind, *extra) if kind else extra
+        self.extra = (kind, *extra)
         self.script = script
         self.log = workdir / f"baseline-{name or kind}.log"
         self.port = 0
@@ -451,7 +451,8 @@ async def figure_ingest(sizes: Sizes, workdir: Path, profiler: Profiler) -> dict
               "ratio": round(ours["msgs_per_s"] / base["msgs_per_s"], 3)}
     if sizes.ingest_stack:  # the same bare server on the scheduler's loop: the stack's own cost
         for name, extra in (("stack", ()), ("stack-stock", ("--stock",))):
-            process = BaselineProcess(workdir, None, *extra, script="stack_baseline.py", name=name)
+            process = BaselineProcess(workdir, "ingest", *extra, script="stack_baseline.py",
+                                      name=f"ingest-{name}")
             result[name] = await ingest_baseline(process, name, sizes, workdir, profiler)
             result[f"{name}_ratio"] = round(result[name]["msgs_per_s"] / base["msgs_per_s"], 3)
     return result
@@ -519,9 +520,18 @@ async def figure_placement(sizes: Sizes, workdir: Path, profiler: Profiler) -> d
     async with BaselineProcess(workdir, "relay") as relay:
         base = await placement_run("baseline", relay.address, relay.pid, 1, sizes, workdir,
                                    profiler)
-    return {"nodes": nodes, "concurrency": sizes.placement_concurrency, "scheduler": ours,
-            "baseline": base,
-            "ratio": round(ours["placements_per_s"] / max(base["placements_per_s"], 1e-9), 3)}
+    result = {"nodes": nodes, "concurrency": sizes.placement_concurrency, "scheduler": ours,
+              "baseline": base,
+              "ratio": round(ours["placements_per_s"] / max(base["placements_per_s"], 1e-9), 3)}
+    if sizes.ingest_stack:  # the same relay on the scheduler's loop: the stack's own cost
+        process = BaselineProcess(workdir, "relay", script="stack_baseline.py",
+                                  name="relay-stack")
+        async with process as relay:
+            stack = await placement_run("stack", relay.address, relay.pid, 1, sizes, workdir,
+                                        profiler)
+        result["stack"] = stack
+        result["stack_ratio"] = round(stack["placements_per_s"] / base["placements_per_s"], 3)
+    return result
 
 
 # --- figure 3: placement decisions ---------------------------------------------------------------
@@ -830,6 +840,10 @@ async def main(args: argparse.Namespace) -> dict:
             f"{d['scheduler']['placements_per_s']}/s (latency {d['scheduler']['latency_ms']}, "
             f"errors {d['scheduler']['errors']}), bare relay {d['baseline']['placements_per_s']}/s"
             f": ratio {d['ratio']}")
+        if "stack" in d:
+            summary["placement_stack_ratio"] = d["stack_ratio"]
+            say(f"[2] bare relay on trio-asyncio (stack): {d['stack']['placements_per_s']}/s, "
+                f"{d['stack_ratio']}x plain asyncio")
     if "memory" in only:
         details["memory"] = d = await figure_memory(sizes, workdir, Path(args.pki_cache))
         summary["kib_per_agent"] = d["kib_per_agent"]
@@ -878,7 +892,8 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", metavar="DIR",
                         help="record py-spy stacks of the scheduler in each window (needs py-spy)")
     parser.add_argument("--stack", action="store_true",
-                        help="figure 1 on the scheduler's stack too (always in a full run)")
+                        help="baselines of figures 1, 2 on the scheduler's stack too (always "
+                             "in a full run)")
     parser.add_argument("--skip-baselines", action="store_true",
                         help="no baselines for figures 4-6 (what-if experiments)")
     parser.add_argument("--wrap", metavar="SCRIPT",

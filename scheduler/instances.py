@@ -139,7 +139,7 @@ class Instances:
         self._check_new(instance_id)
         request = workload.resources or NO_RESOURCES
         decision = plan(self.cluster.table, request, self.strategy, self.max_attempts)
-        if not decision.order:
+        if not decision.feasible_count:
             if not any(node.state is NodeState.READY for node in self.cluster.nodes.values()):
                 self.placements["no_nodes"] += 1
                 raise FailedPrecondition(f"cannot place {instance_id}: no node is ready "
@@ -153,7 +153,7 @@ class Instances:
         refusals: list[str] = []
         outcome = "cancelled"
         try:
-            for node_id in decision.order:
+            for node_id in decision.attempt_order():
                 placed = await self._attempt(node_id, workload, refusals)
                 if placed is not None:
                     outcome = "placed"

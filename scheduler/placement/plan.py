@@ -6,7 +6,7 @@ oracle of the tests and the baseline of the benchmark). Both return a `Plan`.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -14,29 +14,51 @@ from scheduler.model import NO_RESOURCES, Resources
 from scheduler.placement.feasible import (
     FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reason_codes, reject_reason,
 )
-from scheduler.placement.rank import Strategy, priority_order, score, scores
+from scheduler.placement.rank import Strategy, priority_positions, score, scores, sort_key
 from scheduler.placement.table import NodeTable, column_amounts
+
+HEAD = 8  # nodes put in order up front; the rest only once all of these refused (rare)
 
 
 class Plan:
     """The outcome of one decision.
 
-    `order`: node ids to attempt, best first (at most `max_attempts`). `rejected` and `counts`
-    are built on first use: the happy path needs only `order`, and a dict of 10,000 rejections
-    costs more than the decision itself.
+    `order`: node ids to attempt, best first (at most `max_attempts`). Iterate
+    `attempt_order()` to attempt them: it yields the first `HEAD` at once and orders the rest
+    (from the table as it was at the decision) only if they are all tried, since a placement
+    usually needs one node and ordering 10,000 costs more than choosing the first few.
+    `rejected` and `counts` are built on first use too: the happy path needs neither, and a dict
+    of 10,000 rejections costs more than the decision itself.
     """
 
-    __slots__ = ("order", "feasible_count", "_rejected_ids", "_rejected_codes", "_rejected",
-                 "_counts")
+    __slots__ = ("_head", "_order", "_rest", "feasible_count", "_rejected_ids",
+                 "_rejected_codes", "_rejected", "_counts")
 
     def __init__(self, order: list[str], feasible_count: int, rejected_ids: Sequence[str],
-                 rejected_codes: Sequence[int]):
-        self.order = order
+                 rejected_codes: Sequence[int], rest: Callable[[], list[str]] | None = None):
+        """`order` is the whole order, or with `rest` its head and how to get the whole."""
+        self._head = order
+        self._order = order if rest is None else None
+        self._rest = rest
         self.feasible_count = feasible_count  # feasible nodes, including those cut from `order`
         self._rejected_ids = rejected_ids
         self._rejected_codes = rejected_codes
         self._rejected: dict[str, Reason] | None = None
         self._counts: dict[Reason, int] | None = None
+
+    @property
+    def order(self) -> list[str]:
+        """Every node id to attempt, best first."""
+        if self._order is None:
+            assert self._rest is not None
+            self._order = self._rest()
+        return self._order
+
+    def attempt_order(self) -> Iterator[str]:
+        """`order`, computing beyond the head only when the head has been used up."""
+        yield from self._head
+        if self._rest is not None:
+            yield from self.order[len(self._head):]
 
     @property
     def rejected(self) -> dict[str, Reason]:
@@ -84,16 +106,22 @@ def plan(
     wanted = column_amounts(request)
     codes = reason_codes(columns, wanted)
     feasible_rows = np.flatnonzero(codes == FEASIBLE)
-    row_scores = scores(columns, wanted)[feasible_rows]
-    chosen = priority_order(columns, feasible_rows, row_scores, strategy, max_attempts)
-    rejected_rows = np.flatnonzero(codes != FEASIBLE)
+    key = sort_key(scores(columns, wanted)[feasible_rows], strategy)
     # Fancy indexing copies: the plan stays valid when the table changes afterwards.
-    return Plan(
-        order=columns.ids[chosen].tolist(),
-        feasible_count=len(feasible_rows),
-        rejected_ids=columns.ids[rejected_rows],
-        rejected_codes=codes[rejected_rows],
-    )
+    ids = columns.ids[feasible_rows]
+    instances = columns.instances[feasible_rows]
+    id_rank = columns.id_rank[feasible_rows]
+    bound = columns.id_rank_bound
+
+    def ordered(limit: int) -> list[str]:
+        return ids[priority_positions(key, instances, id_rank, bound, limit)].tolist()
+
+    rejected_rows = np.flatnonzero(codes != FEASIBLE)
+    rejected = (columns.ids[rejected_rows], codes[rejected_rows])
+    if max_attempts and max_attempts <= HEAD or len(feasible_rows) <= HEAD:
+        return Plan(ordered(max_attempts), len(feasible_rows), *rejected)
+    return Plan(ordered(HEAD), len(feasible_rows), *rejected,
+                rest=lambda: ordered(max_attempts))
 
 
 def plan_candidates(

@@ -74,15 +74,28 @@ def priority_order(
 
     `row_scores[i]` is the score of `rows[i]`.
     """
-    key = -row_scores if strategy is Strategy.SPREAD else row_scores  # ascending = tried first
-    if 0 < limit < len(rows):
-        # Only rows that can be among the first `limit` are sorted; ties with the last one stay.
+    order = priority_positions(sort_key(row_scores, strategy), columns.instances[rows],
+                               columns.id_rank[rows], columns.id_rank_bound, limit)
+    return rows[order]
+
+
+def sort_key(row_scores: np.ndarray, strategy: Strategy) -> np.ndarray:
+    """Ascending = tried first."""
+    return -row_scores if strategy is Strategy.SPREAD else row_scores
+
+
+def priority_positions(key: np.ndarray, instances: np.ndarray, id_rank: np.ndarray,
+                       id_rank_bound: int, limit: int) -> np.ndarray:
+    """Positions into the given arrays in priority order, the first `limit` of them (0: all)."""
+    if 0 < limit < len(key):
+        # Only positions that can be among the first `limit` are sorted; ties with the last
+        # one stay, so this is exactly the head of the whole order.
         cutoff = np.partition(key, limit - 1)[limit - 1]
-        keep = key <= cutoff
-        rows, key = rows[keep], key[keep]
-    order = _sort_with_ties(key, columns.instances[rows], columns.id_rank[rows],
-                            columns.id_rank_bound)
-    return rows[order[:limit] if limit else order]
+        keep = np.flatnonzero(key <= cutoff)
+        order = _sort_with_ties(key[keep], instances[keep], id_rank[keep], id_rank_bound)
+        return keep[order[:limit]]
+    order = _sort_with_ties(key, instances, id_rank, id_rank_bound)
+    return order[:limit] if limit else order
 
 
 def _sort_with_ties(key: np.ndarray, instances: np.ndarray, id_rank: np.ndarray,

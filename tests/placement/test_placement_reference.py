@@ -77,7 +77,7 @@ def total(resources: list[Resources]) -> Resources:
     dropped=st.dictionaries(node_ids, nodes(), max_size=5),
     request=requests,
     strategy=st.sampled_from(list(Strategy)),
-    max_attempts=st.integers(0, 8),
+    max_attempts=st.integers(0, 12),
     decide_every=st.integers(1, 10),
 )
 def test_plan_matches_the_plain_reference(kept, dropped, request, strategy, max_attempts,
@@ -105,6 +105,7 @@ def test_plan_matches_the_plain_reference(kept, dropped, request, strategy, max_
     ]
     got = plan(table, request, strategy, max_attempts)
     want = plan_candidates(candidates, request, strategy, max_attempts)
+    assert list(got.attempt_order()) == want.order  # the head, then the rest on demand
     assert got.order == want.order
     assert got.rejected == want.rejected
     assert got.counts == want.counts
@@ -113,3 +114,27 @@ def test_plan_matches_the_plain_reference(kept, dropped, request, strategy, max_
                               else got.feasible_count)
     for node_id in kept:  # the one-node re-check agrees with the decision
         assert node_reason(table, node_id, request) == want.rejected.get(node_id)
+
+
+def test_the_order_beyond_the_head_is_the_one_of_the_decision_time():
+    # plan() orders HEAD nodes up front and the rest only when they are used up: by then the
+    # table has changed (reservations, statuses), but the attempts follow the decision.
+    from scheduler.placement.plan import HEAD
+
+    table = NodeTable()
+    count = 3 * HEAD
+    for number in range(count):
+        node_id = f"node-{number:02d}"
+        table.upsert(node_id)
+        table.set_ready(node_id, True)
+        table.update_metrics(node_id, NodeMetrics(memory_total=100 * MIB,
+                                                  memory_free=(1 + number % 7) * MIB))
+    lazy = plan(table, Resources(memory=1))
+    eager = plan(table, Resources(memory=1)).order
+    assert len(eager) == count
+    for number in range(count):  # everything changes after the decision
+        node_id = f"node-{number:02d}"
+        table.update_metrics(node_id, NodeMetrics(memory_total=100 * MIB,
+                                                  memory_free=(count - number) * MIB))
+    table.remove("node-05")
+    assert list(lazy.attempt_order()) == eager
