@@ -133,6 +133,7 @@ async def serve(
     )
     registry = make_registry(scheduler.cluster, scheduler.instances, scheduler.events)
     async with open_loop(), trio.open_nursery() as nursery:
+        await nursery.start(scheduler.store.run)
         await nursery.start(scheduler.cluster.run)
         await nursery.start(scheduler.instances.run)
         restore(scheduler)

@@ -2,8 +2,10 @@
 acknowledged.
 
 Writes that acknowledge something (a placement, a Destroy) are committed before the call
-returns; the others (node changes, events, instance statuses) join one transaction committed at
-the end of the current trio tick, so a wave of 10,000 LOST nodes is one commit, not 20,000.
+returns; the others (node changes, events, instance statuses) are committed together every
+`COMMIT_INTERVAL` while `run()` runs (else at the end of the current trio tick), so a wave of
+10,000 LOST nodes is a few commits, not 20,000. A crash loses at most that interval of them:
+nothing anyone was promised, and what the restarted scheduler re-learns from rejoining Agents.
 
 What is kept:
 - the epoch, and a revision checkpoint: a restart continues the same epoch past every revision
@@ -38,6 +40,7 @@ SCHEMA_VERSION = "1"  # bump when the tables or the pickled dataclasses change i
 REVISION_SLACK = 1_000_000  # revisions a run may hand out (STATUS events) past its checkpoint
 CHECKPOINT_EVERY = 100_000  # revisions between checkpoint writes; must stay below REVISION_SLACK
 FILE_NAME = "state.sqlite3"
+COMMIT_INTERVAL = 0.02  # s between commits of writes that acknowledge nothing (at most 50/s)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -106,17 +109,35 @@ class Store:
         self._db.executescript(SCHEMA)
         self._retained = retained
         self._checkpoint = 0
-        self._pending: list[tuple[str, tuple]] = []  # writes waiting for the end of the tick
+        self._pending: list[tuple[str, tuple]] = []  # writes waiting for the next commit
         self._flush_scheduled = False
+        self._wake: trio.Event | None = None  # set while run() commits periodically
 
     def close(self) -> None:
         self.flush()
         self._db.close()
         self._lock.close()
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit queued writes every COMMIT_INTERVAL while there are any; flush when ended."""
+        self._wake = trio.Event()
+        task_status.started()
+        try:
+            while True:
+                await self._wake.wait()
+                await trio.sleep(COMMIT_INTERVAL)
+                self._wake = trio.Event()  # writes from here on wait for the next commit
+                self.flush()
+        finally:
+            self._wake = None
+            self.flush()
+
     def _write(self, sql: str, params: tuple) -> None:
-        """Queue a write for the transaction committed at the end of this trio tick."""
+        """Queue a write for the next periodic commit (or the end of this trio tick)."""
         self._pending.append((sql, params))
+        if self._wake is not None:
+            self._wake.set()
+            return
         if self._flush_scheduled:
             return
         self._flush_scheduled = True

@@ -226,3 +226,33 @@ async def _watch_head(channel):
     """(epoch, revision) of the scheduler's newest event, as a watcher sees it."""
     async with FakeController(channel).watch() as events:
         return await events.receive()
+
+
+async def test_writes_that_acknowledge_nothing_are_committed_together(tmp_path, autojump_clock):
+    # Node changes and events are committed every COMMIT_INTERVAL while Store.run() runs: a
+    # wave of 100 joins (or 10,000 losses) is one transaction, not one per node.
+    import sqlite3
+
+    from scheduler.store import COMMIT_INTERVAL
+
+    store = Store(tmp_path / "data", retained=100)
+    reader = sqlite3.connect(store.path)
+
+    def committed() -> int:
+        return reader.execute("SELECT COUNT(*) FROM nodes").fetchone()[0]
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            for number in range(100):
+                store.save_node(f"node-{number}", "10.0.0.1", 7000, NodeState.READY, 1, 0.0)
+            await trio.sleep(COMMIT_INTERVAL / 2)
+            assert committed() == 0, "not before the interval"
+            await trio.sleep(COMMIT_INTERVAL)
+            assert committed() == 100, "all of them in the next commit"
+            store.save_node("late", "10.0.0.1", 7000, NodeState.READY, 1, 0.0)
+            nursery.cancel_scope.cancel()
+        assert committed() == 101, "what is queued when run() ends is committed then"
+    finally:
+        reader.close()
+        store.close()

@@ -76,6 +76,7 @@ class Node:
     generation: int = 0  # bumps when the node is LEFT/LOST or rejoins from another address
     placed: set[str] = field(default_factory=set)  # instance ids placed in this generation
     ids: tuple[str, ...] = ()  # instance_ids(), kept by Cluster.count_instances (hot path)
+    running: frozenset[str] = frozenset()  # reported and not TERMINATED in the latest status
 
     @property
     def address(self) -> str:
@@ -83,10 +84,7 @@ class Node:
 
     def instance_ids(self) -> tuple[str, ...]:
         """Instances on this node: placed by us, or reported running/waiting by the Agent."""
-        ids = set(self.placed)
-        if self.metrics is not None:
-            ids.update(r.instance_id for r in self.metrics.instances if r.code is not InstanceCode.TERMINATED)
-        return tuple(sorted(ids))
+        return tuple(sorted(self.placed.union(self.running)))
 
     def view(self) -> NodeView:
         return NodeView(self.id, self.address, self.state, self.metrics, self.ids,
@@ -184,6 +182,7 @@ class Cluster:
         node.session = session
         node.state = NodeState.READY
         node.metrics = None  # a new session is placeable only once it reports
+        node.running = frozenset()
         self.table.upsert(node.id)
         self.count_instances(node)
         self.table.update_metrics(node.id, None)
@@ -324,6 +323,10 @@ class Cluster:
         session.deadline = trio.current_time() + self.node_timeout
         self.table.update_metrics(node.id, metrics)
         if previous is None or previous.instances != metrics.instances:
+            # An Agent may list hundreds of TERMINATED instances for a while: filter them once
+            # per changed list, not on every placement on the node.
+            node.running = frozenset(r.instance_id for r in metrics.instances
+                                     if r.code is not InstanceCode.TERMINATED)
             self.count_instances(node)
             for hook in self.on_instances_reported:
                 hook(node)
