@@ -358,6 +358,21 @@ async def test_agent_and_controller_work_over_mtls(pki):
                 assert [node.id for node in nodes] == ["node-1"]
 
 
+async def test_a_status_far_larger_than_the_tls_read_buffer_is_applied(pki):
+    # grpc_bridge reads TLS through a small buffer (TLS_READ_BUFFER): a message spanning many
+    # TLS records must still arrive whole.
+    from scheduler.grpc_bridge import TLS_READ_BUFFER
+
+    instances = {f"run-{number:05d}": 1 for number in range(3000)}
+    big = status("node-1", instances=list(instances.items()))
+    assert big.ByteSize() > 10 * TLS_READ_BUFFER
+    async with tls_scheduler(pki) as scheduler:
+        async with open_tls_node(scheduler.port, pki, scheduler, "node-1") as (_, _, stream):
+            await stream.send(big)
+            await wait_until(lambda: len(scheduler.cluster.nodes["node-1"].running) == 3000)
+            assert scheduler.cluster.nodes["node-1"].ids == tuple(sorted(instances))
+
+
 @pytest.mark.parametrize("which", ["no certificate", "another CA", "expired"])
 async def test_bad_client_certificate_is_refused_at_the_handshake(pki, which):
     async with tls_scheduler(pki) as scheduler:
