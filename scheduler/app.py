@@ -81,6 +81,7 @@ def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
     )
     cluster.on_node_change.append(lambda node: store.save_node(
         node.id, node.host, node.port, node.state, node.generation, node.last_seen_unix))
+    cluster.on_node_forgotten.append(store.delete_node)
     agents = Agents(cluster, agent_ssl, config.tls.trust_domain)
     instances = parts["instances"] = Instances(
         cluster, events, agents,

@@ -78,6 +78,10 @@ class EventLog:
             self._changed = None
         return event
 
+    def forget_node(self, node_id: str) -> None:
+        """Drop the coalescing state of a node the registry no longer keeps."""
+        self._latest_status.pop(node_id, None)
+
     def snapshot_event(self) -> Event:
         """The whole current picture, stamped with the current revision."""
         return Event(self.revision, self._snapshot())

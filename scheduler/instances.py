@@ -46,6 +46,7 @@ from .model import (
     Workload,
 )
 from .placement import plan, reserve_if_fits
+from .retention import note_recent
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,10 @@ class Instances:
     async def _attempt(self, node_id: str, workload: Workload,
                        refusals: list[str]) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
         """One attempt on one node; None (and a reason in `refusals`) if it did not accept."""
-        node = self.cluster.nodes[node_id]
+        node = self.cluster.nodes.get(node_id)
+        if node is None:  # departed and forgotten since the decision
+            refusals.append(f"{node_id}: left the cluster before its turn")
+            return None
         session = node.session
         generation = node.generation
         request = workload.resources or NO_RESOURCES
@@ -436,11 +440,7 @@ class Instances:
         """Remember the last FINISHED_RETAINED finished instances (terminated, or on a node that
         left or was lost) for Stop/Destroy answers and snapshots; forget older ones, so a
         Controller that never destroys them cannot grow the scheduler without bound."""
-        self._finished.pop(instance.id, None)
-        self._finished[instance.id] = None
-        while len(self._finished) > FINISHED_RETAINED:
-            old_id = next(iter(self._finished))
-            del self._finished[old_id]
+        for old_id in note_recent(self._finished, instance.id, FINISHED_RETAINED):
             old = self._instances.get(old_id)
             if old is not None and not old.running_on_ready_node:
                 del self._instances[old_id]

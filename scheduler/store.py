@@ -229,6 +229,9 @@ class Store:
         self._write("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)",
                     (node_id, host, port, state.value, generation, last_seen))
 
+    def delete_node(self, node_id: str) -> None:
+        self._write("DELETE FROM nodes WHERE id = ?", (node_id,))
+
     def save_placement(self, workload: Workload, node_id: str, generation: int,
                        latest: InstanceStatus) -> None:
         """Durable before returning: the Controller hears of the acceptance right after."""

@@ -187,6 +187,33 @@ async def test_a_wave_of_losses_publishes_every_lost_event_before_ending_the_str
             "paced: STREAMS_PER_SWEEP_STEP streams every SWEEP_STEP"
 
 
+async def test_only_the_most_recently_departed_nodes_are_kept(autojump_clock, monkeypatch):
+    # Churn with fresh node ids (autoscaling) must not grow the registry without bound: beyond
+    # DEPARTED_RETAINED, the node gone longest is forgotten, from the listing and placement too.
+    from scheduler.cluster import registry
+
+    monkeypatch.setattr(registry, "DEPARTED_RETAINED", 2)
+    forgotten: list[str] = []
+    async with open_cluster() as cluster:
+        cluster.on_node_forgotten.append(forgotten.append)
+        for name in ("a", "b", "c", "d"):
+            cluster.join(name, "10.0.0.1", 7000)
+        cluster.leave("a")
+        cluster.leave("b")
+        assert forgotten == [] and set(cluster.nodes) == {"a", "b", "c", "d"}
+        cluster.join("a", "10.0.0.1", 7000)  # back: no longer departed
+        cluster.leave("c")
+        assert forgotten == [], "a came back, so only b and c are departed"
+        await trio.sleep(TIMEOUT + 1)  # a and d are lost: b, then c, are the longest gone
+        assert forgotten == ["b", "c"]
+        assert set(cluster.nodes) == {"a", "d"}
+        assert sorted(cluster.table.node_ids()) == ["a", "d"]
+        assert [view.id for view in cluster.views()] == ["a", "d"]
+        node = cluster.join("b", "10.0.0.1", 7000)  # a forgotten node joins as a new one
+        assert node.state is NodeState.READY and node.placed == set()
+        assert forgotten == ["b", "c"]
+
+
 # -- leave -----------------------------------------------------------------------------------
 
 async def test_leave_publishes_left_with_instances_and_is_idempotent(autojump_clock):

@@ -256,3 +256,20 @@ async def test_writes_that_acknowledge_nothing_are_committed_together(tmp_path, 
     finally:
         reader.close()
         store.close()
+
+
+async def test_a_forgotten_node_is_not_restored(monkeypatch):
+    from scheduler.cluster import registry
+
+    monkeypatch.setattr(registry, "DEPARTED_RETAINED", 1)
+    data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
+    async with open_channel(port) as channel:
+        async with running_scheduler(config_for(data_dir, port)) as scheduler:
+            for node_id in ("node-a", "node-b"):
+                agent = FakeAgent(channel, node_id)
+                await agent.join()
+                await agent.leave()
+            assert set(scheduler.cluster.nodes) == {"node-b"}, "node-a departed first"
+        async with running_scheduler(config_for(data_dir, port)) as second:
+            assert {n: node.state for n, node in second.cluster.nodes.items()} == \
+                {"node-b": NodeState.LEFT}

@@ -25,6 +25,7 @@ import trio
 from ..errors import AlreadyExists, NotFound
 from ..events import EventLog
 from ..placement import NodeTable
+from ..retention import note_recent
 from ..model import (
     InstanceCode,
     NodeEvent,
@@ -37,6 +38,7 @@ from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
+DEPARTED_RETAINED = 10_000  # LEFT/LOST nodes still listed; the longest gone are forgotten
 SWEEP_STEP = 0.005  # s between steps that end the status streams of lost nodes
 STREAMS_PER_SWEEP_STEP = 8  # streams ended per step: ending one costs grpclib ~0.25 ms
 
@@ -120,11 +122,13 @@ class Cluster:
         self.status_messages = 0  # valid statuses applied, for /metrics
         self._nursery: trio.Nursery | None = None
         self._doomed: list[trio.CancelScope] = []  # status streams of lost nodes, to be ended
+        self._departed: dict[str, None] = {}  # LEFT/LOST node ids, the longest gone first
         # (node, ended generation, why: "left the cluster", "was lost ...", "moved to ...")
         self.on_generation_end: list[Callable[[Node, int, str], None]] = []
         self.on_report: list[Callable[[Node], None]] = []  # hot path: keep hooks O(1)
         self.on_instances_reported: list[Callable[[Node], None]] = []  # the list changed
         self.on_node_change: list[Callable[[Node], None]] = []  # joined, left, lost (persistence)
+        self.on_node_forgotten: list[Callable[[str], None]] = []  # gone for good (persistence)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the sessions' tasks until cancelled."""
@@ -149,6 +153,7 @@ class Cluster:
                 f"node {node_id} is already joined with a live status stream; "
                 "leave first or let the old stream end")
         address = format_address(host, port)
+        self._departed.pop(node_id, None)
         if node is None:
             node = self.nodes[node_id] = Node(node_id, host, port)
         elif node.session is not None:
@@ -202,6 +207,7 @@ class Cluster:
             self._start_session(node, trio.current_time() + self.node_timeout + jitter)
         else:
             self.table.upsert(node.id)
+            self._departed_now(node)
 
     def leave(self, node_id: str) -> None:
         """Graceful leave: LEFT with the node's instances. Idempotent for known nodes."""
@@ -217,6 +223,7 @@ class Cluster:
             hook(node)
         self.events.publish(NodeEvent(NodeEventKind.LEFT, node.view()))
         log.info("node %s left (instances: %s)", node_id, ", ".join(node.ids) or "none")
+        self._departed_now(node)
 
     def _lose(self, node: Node, session: Session) -> None:
         if node.session is not session:
@@ -230,6 +237,20 @@ class Cluster:
         self.events.publish(NodeEvent(NodeEventKind.LOST, node.view()))
         log.warning("node %s lost: no valid status for %g s (instances: %s)", node.id,
                     self.node_timeout, ", ".join(node.ids) or "none")
+        self._departed_now(node)
+
+    def _departed_now(self, node: Node) -> None:
+        """Count `node` (LEFT or LOST) among the departed; forget the longest gone beyond
+        DEPARTED_RETAINED, so churn (autoscaled nodes with fresh ids) cannot grow the scheduler
+        without bound. A forgotten node that comes back joins as a new node."""
+        for gone in note_recent(self._departed, node.id, DEPARTED_RETAINED):
+            forgotten = self.nodes.pop(gone)
+            self.table.remove(gone)
+            self.events.forget_node(gone)
+            for hook in self.on_node_forgotten:
+                hook(gone)
+            log.info("node %s forgotten: %s for longer than the %d most recently departed "
+                     "nodes", gone, forgotten.state.name, DEPARTED_RETAINED)
 
     def _end_session(self, node: Node, reason: str, *, stream_later: bool = False) -> None:
         """End the node's session; its status stream at once, or (`stream_later`) by the sweep."""
