@@ -15,7 +15,9 @@ costs — not what Python, HTTP/2 or protobuf cost.
         declared port, as the scheduler dials it); the agent services are served as above.
 
 `--node-timeout T` adds the plainest asyncio liveness check (a timer per node) to `ingest`;
-`--pki DIR` serves mTLS with DIR's scheduler certificate, as the scheduler would.
+`--pki DIR` serves mTLS with DIR's scheduler certificate, as the scheduler would;
+`--tls-read-buffer BYTES` sets asyncio's per-connection TLS read buffer (default 256 KiB), as
+the scheduler does (4 KiB).
 
 Both print one line `{"event": "ready", "port": N}` on stdout once listening, then answer
 each line `stats` on stdin with `{"event": "stats", "messages": N, "placements": N,
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import asyncio.sslproto
 import json
 import signal
 import sys
@@ -153,8 +156,11 @@ class Relay(controller_grpc.SchedulingServiceBase):
 
 
 async def serve(kind: str, listen: str, agent: str | None, node_id: str,
-                node_timeout: float | None = None, pki: str | None = None) -> None:
+                node_timeout: float | None = None, pki: str | None = None,
+                tls_read_buffer: int | None = None) -> None:
     raise_fd_limit()
+    if tls_read_buffer is not None:
+        asyncio.sslproto.SSLProtocol.max_size = tls_read_buffer
     host, _, port = listen.rpartition(":")
     ssl_context = None
     if pki is not None:  # mTLS as the scheduler serves it: the scheduler's certificate
@@ -213,9 +219,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="ingest: report nodes silent this long (liveness baseline)")
     parser.add_argument("--pki", metavar="DIR",
                         help="serve mTLS with the scheduler certificate of this PKI directory")
+    parser.add_argument("--tls-read-buffer", type=int, metavar="BYTES",
+                        help="asyncio's TLS read buffer per connection (default 256 KiB)")
     args = parser.parse_args(argv)
     asyncio.run(serve(args.kind, args.listen, args.agent, args.node_id, args.node_timeout,
-                      args.pki))
+                      args.pki, args.tls_read_buffer))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ DISTURBED = 0.25  # cores used by other processes in a window beyond which it is
 CONTROL_PERIOD = 0.5  # s between adjustments of the offered ingest rate
 BACKLOG_PER_STREAM = 8  # messages sent but not yet taken that the ingest feedback aims for
 STATUS_COUNTER = "orka_scheduler_status_messages_total"  # the scheduler's /metrics counter
+# scheduler.grpc_bridge.TLS_READ_BUFFER; not imported: that would load trio-asyncio in here.
+SCHEDULER_TLS_READ_BUFFER = 4 * 1024
 
 
 @dataclass(frozen=True)
@@ -618,6 +620,13 @@ async def figure_memory(sizes: Sizes, workdir: Path, pki_cache: Path) -> dict:
                                     workdir)
         result["baseline"] = base
         result["ratio"] = round(ours["kib_per_agent"] / base["kib_per_agent"], 2)
+        # The same bare server with the scheduler's TLS read buffer: what the stack itself needs.
+        async with BaselineProcess(workdir, "ingest", "--pki", str(pki), "--tls-read-buffer",
+                                   str(SCHEDULER_TLS_READ_BUFFER),
+                                   name="ingest-small-buffer") as baseline:
+            small = await memory_run("baseline-small-buffer", baseline.address, baseline.pid, pki,
+                                     sizes, workdir)
+        result["baseline_small_buffer"] = small
     return result
 
 
@@ -853,7 +862,13 @@ async def main(args: argparse.Namespace) -> dict:
             summary["memory_baseline_kib_per_agent"] = d["baseline"]["kib_per_agent"]
         say(f"[5] memory over mTLS: {d['kib_per_agent']} KiB per agent "
             f"(RSS points {d['scheduler']['points_kib']})"
-            + (f"; bare grpclib {d['baseline']['kib_per_agent']} KiB" if "baseline" in d else ""))
+            + (f"; bare grpclib {d['baseline']['kib_per_agent']} KiB" if "baseline" in d else "")
+            + (f", with the scheduler's TLS read buffer "
+               f"{d['baseline_small_buffer']['kib_per_agent']} KiB"
+               if "baseline_small_buffer" in d else ""))
+        if "baseline_small_buffer" in d:
+            summary["memory_small_buffer_baseline_kib_per_agent"] = \
+                d["baseline_small_buffer"]["kib_per_agent"]
     if "lost" in only or "cpu" in only:
         details["lost"] = d = await figure_lost(sizes, workdir, profiler)
         ours = d["scheduler"]
