@@ -204,7 +204,8 @@ async def send_messages(stream: Stream, messages: list[Any]) -> None:
 
     grpclib's `send_message` makes one DATA frame and one socket write per message; a watcher
     catching up on a burst of events (10,000 nodes LOST) then costs a syscall per event. gRPC
-    framing lets messages share a frame, so a batch is encoded and written at once.
+    framing lets messages share a frame, so a batch is encoded and written at once. (grpclib's
+    per-message `SendMessage` event hooks do not fire for a batch; the scheduler installs none.)
     """
     if len(messages) == 1:
         await stream.send_message(messages[0])

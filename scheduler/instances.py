@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 PLACEMENT_OUTCOMES = ("placed", "no_nodes", "exhausted", "refused", "cancelled")
 RESERVATION_REPORTS = 2
 UNKNOWN_ANNOUNCED = 1_000  # unplaced instances announced per node generation (flood guard)
+FORGOTTEN_REMEMBERED = 1_000  # per node: forgotten ids (destroyed, placed again) its Agent may
+# still list for a report or two; such a listing is no news
 FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed; older are forgotten  # reports after acceptance before an instance-less report is trusted
 TERMINATED = InstanceCode.TERMINATED
 ENDED_OK = ("terminated", "destroyed")  # relay endings after which Schedule ends with OK
@@ -107,7 +109,10 @@ class Instances:
         self.max_attempts = max_attempts
         self.store = store
         self._instances: dict[str, Instance] = {}
-        self._unknown_reported: dict[str, set[str]] = {}  # node id -> instance ids announced
+        self._unknown_reported: dict[str, set[str]] = {}  # node id -> announced, still listed
+        self._unknown_count: dict[str, int] = {}  # node id -> announcements this generation
+        self._forgotten_on: dict[str, dict[str, None]] = {}  # node id -> ids forgotten there
+        self._lists_instances: set[str] = set()  # nodes whose Agent listed instances (generation)
         self._placing: set[str] = set()  # instance ids with an attempt in flight
         self._finished: dict[str, None] = {}  # finished instance ids, oldest first
         self._reserved_on: dict[str, set[Instance]] = {}  # node id -> instances holding a reservation
@@ -329,15 +334,25 @@ class Instances:
         """The node's Agent reported a changed instance list: update instances nobody relays,
         mark vanished ones TERMINATED, announce instances this scheduler never placed there."""
         metrics = node.metrics
-        if metrics is None or not metrics.instances:
-            return  # an Agent that reports no instances tells nothing (old Agents never do)
+        if metrics is None:
+            return
+        if metrics.instances:
+            self._lists_instances.add(node.id)
+        elif node.id not in self._lists_instances:
+            return  # an Agent that never listed instances tells nothing (old Agents never do)
         reported = {report.instance_id: report.code for report in metrics.instances}
+        forgotten = self._forgotten_on.get(node.id, {})
+        for instance_id in [i for i in forgotten if i not in reported]:
+            del forgotten[instance_id]  # the Agent caught up: a later listing would be news
+        self._unknown_gone(node, reported)
         for instance_id, code in reported.items():
             instance = self._instances.get(instance_id)
             if instance is None or instance.node is not node:
-                # A finished one we forgot (Destroy raced) is no news, and one whose Create is
-                # in flight is ours: the report overtook the Agent's first status.
-                if code is not TERMINATED and instance_id not in self._placing:
+                # One we just forgot here (a report sent before the Agent got the KILL) or a
+                # finished one is no news, and one whose Create is in flight is ours: the
+                # report overtook the Agent's first status.
+                if code is not TERMINATED and instance_id not in self._placing \
+                        and instance_id not in forgotten:
                     self._announce_unknown(node, instance_id, code)
             elif not instance.relayed and instance.latest.code is not code \
                     and instance.latest.code is not TERMINATED:
@@ -362,23 +377,42 @@ class Instances:
         """Tell the Controller once about an instance an Agent runs that nobody placed there;
         at most UNKNOWN_ANNOUNCED per node generation, so an Agent cannot flood the log."""
         announced = self._unknown_reported.setdefault(node.id, set())
-        if instance_id in announced or len(announced) > UNKNOWN_ANNOUNCED:
+        if instance_id in announced:
             return
+        count = self._unknown_count.get(node.id, 0)
+        if count >= UNKNOWN_ANNOUNCED:
+            if count == UNKNOWN_ANNOUNCED:
+                self._unknown_count[node.id] = count + 1
+                log.warning("node %s reports more than %d instances nobody placed there; no "
+                            "longer announcing them", node.id, UNKNOWN_ANNOUNCED)
+            return
+        self._unknown_count[node.id] = count + 1
         announced.add(instance_id)
-        if len(announced) > UNKNOWN_ANNOUNCED:
-            log.warning("node %s reports more than %d instances nobody placed there; no longer "
-                        "announcing them", node.id, UNKNOWN_ANNOUNCED)
-            return
         log.warning("node %s reports instance %s, which this scheduler did not place there (%s)",
                     node.id, instance_id, code.name)
         self.events.publish(InstanceEvent(InstanceStatus(
             instance_id, code, "reported by the Agent; not placed by this scheduler",
             node_id=node.id)))
 
+    def _unknown_gone(self, node: Node, reported: dict[str, InstanceCode]) -> None:
+        """Announced instances the Agent no longer lists end, for the Controller, TERMINATED."""
+        announced = self._unknown_reported.get(node.id)
+        if not announced:
+            return
+        for instance_id in sorted(announced - reported.keys()):
+            announced.discard(instance_id)
+            log.info("node %s no longer reports instance %s (never placed there)", node.id,
+                     instance_id)
+            self.events.publish(InstanceEvent(InstanceStatus(
+                instance_id, TERMINATED, "no longer reported by the Agent", node_id=node.id)))
+
     # -- node generations ending -------------------------------------------------------------
 
     def _generation_ended(self, node: Node, generation: int, why: str) -> None:
         self._unknown_reported.pop(node.id, None)
+        self._unknown_count.pop(node.id, None)
+        self._forgotten_on.pop(node.id, None)
+        self._lists_instances.discard(node.id)
         for instance_id in list(node.placed):
             instance = self._instances.get(instance_id)
             if instance is not None and instance.generation == generation:
@@ -428,6 +462,10 @@ class Instances:
         self._unplace(instance)
         self._release(instance)
         self._end_relay(instance, why)
+        if instance.node_current:  # its Agent may list it in a report or two still
+            recent = self._forgotten_on.setdefault(instance.node.id, {})
+            for _ in note_recent(recent, instance.id, FORGOTTEN_REMEMBERED):
+                pass  # the oldest are simply no longer remembered
 
     def _unplace(self, instance: Instance) -> None:
         """No longer count the instance on its node (unless the id was placed there again)."""

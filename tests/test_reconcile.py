@@ -30,9 +30,10 @@ async def open_core():
         nursery.cancel_scope.cancel()
 
 
-def announcements(events: EventLog) -> list[str]:
+def announcements(events: EventLog, code: InstanceCode | None = InstanceCode.RUNNING) -> list[str]:
+    """Instance ids of the instance events published so far, with `code` (None: any)."""
     return [e.body.status.instance_id for e in events._events[events._start:]
-            if isinstance(e.body, InstanceEvent)]
+            if isinstance(e.body, InstanceEvent) and code in (None, e.body.status.code)]
 
 
 async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number(autojump_clock):
@@ -45,6 +46,8 @@ async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number
             ids = [f"flood-{batch}-{i}" for i in range(UNKNOWN_ANNOUNCED // 2)]
             cluster.report(node, node.session, reported(*ids))
         assert len(announcements(events)) == UNKNOWN_ANNOUNCED, "bounded per node generation"
+        assert len(announcements(events, InstanceCode.TERMINATED)) <= UNKNOWN_ANNOUNCED, \
+            "each announced instance ends at most once"
         cluster.leave("node-1")  # a new generation may announce again
         node = cluster.join("node-1", "10.0.0.1", 7000)
         cluster.report(node, node.session, reported("x-1"))
@@ -78,3 +81,35 @@ async def test_a_report_that_overtakes_the_first_status_of_a_placement_is_not_ne
         instances._placing.add("p-1")  # its attempt is in flight
         cluster.report(node, node.session, reported("p-1"))
         assert announcements(events) == []
+
+
+async def test_an_announced_instance_the_agent_stops_listing_ends_terminated(autojump_clock):
+    # Otherwise the Controller would see it RUNNING forever.
+    async with open_core() as (events, cluster, _):
+        node = cluster.join("node-1", "10.0.0.1", 7000)
+        cluster.report(node, node.session, reported("x-1", "x-2"))
+        cluster.report(node, node.session, reported("x-2"))
+        assert announcements(events, InstanceCode.TERMINATED) == ["x-1"]
+        cluster.report(node, node.session, reported())  # this Agent lists instances: none left
+        assert announcements(events, InstanceCode.TERMINATED) == ["x-1", "x-2"]
+        assert announcements(events) == ["x-1", "x-2"], "nothing announced twice"
+
+
+async def test_a_report_sent_before_the_agent_got_a_destroy_is_not_news(autojump_clock):
+    # Found by the 25-minute soak: Destroy forgot the instance, then the Agent's report, sent
+    # just before it processed the KILL, still listed it RUNNING; the scheduler announced it as
+    # unknown and the Controller saw a destroyed instance running again.
+    from scheduler.model import InstanceStatus, Workload
+
+    async with open_core() as (events, cluster, instances):
+        node = cluster.join("node-1", "10.0.0.1", 7000)
+        cluster.report(node, node.session, reported())
+        instances.restore(Workload("d-1", "img"), node, node.generation,
+                          InstanceStatus("d-1", InstanceCode.RUNNING, node_id="node-1"))
+        cluster.report(node, node.session, reported("d-1"))
+        instances._forget(instances._instances["d-1"], "destroyed")
+        cluster.report(node, node.session, reported("d-1", "other"))  # sent before the KILL
+        assert announcements(events) == ["other"], "the destroyed instance is no news"
+        cluster.report(node, node.session, reported("other"))  # the Agent caught up
+        cluster.report(node, node.session, reported("other", "d-1"))  # now it is news again
+        assert announcements(events) == ["other", "d-1"]
