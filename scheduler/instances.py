@@ -52,11 +52,11 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 PLACEMENT_OUTCOMES = ("placed", "no_nodes", "exhausted", "refused", "cancelled")
-RESERVATION_REPORTS = 2
+RESERVATION_REPORTS = 2  # reports after acceptance before an instance-less report is trusted
 UNKNOWN_ANNOUNCED = 1_000  # unplaced instances announced per node generation (flood guard)
 FORGOTTEN_REMEMBERED = 1_000  # per node: forgotten ids (destroyed, placed again) its Agent may
 # still list for a report or two; such a listing is no news
-FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed; older are forgotten  # reports after acceptance before an instance-less report is trusted
+FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed; older are forgotten
 TERMINATED = InstanceCode.TERMINATED
 ENDED_OK = ("terminated", "destroyed")  # relay endings after which Schedule ends with OK
 

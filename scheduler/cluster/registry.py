@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -121,7 +122,7 @@ class Cluster:
         self._generation = 0
         self.status_messages = 0  # valid statuses applied, for /metrics
         self._nursery: trio.Nursery | None = None
-        self._doomed: list[trio.CancelScope] = []  # status streams of lost nodes, to be ended
+        self._doomed: deque[trio.CancelScope] = deque()  # status streams of lost nodes, to end
         self._departed: dict[str, None] = {}  # LEFT/LOST node ids, the longest gone first
         # (node, ended generation, why: "left the cluster", "was lost ...", "moved to ...")
         self.on_generation_end: list[Callable[[Node, int, str], None]] = []
@@ -284,10 +285,8 @@ class Cluster:
     async def _end_doomed_streams(self) -> None:
         while self._doomed:
             await trio.sleep(SWEEP_STEP)
-            step, self._doomed = self._doomed[:STREAMS_PER_SWEEP_STEP], \
-                self._doomed[STREAMS_PER_SWEEP_STEP:]
-            for scope in step:
-                scope.cancel()
+            for _ in range(min(STREAMS_PER_SWEEP_STEP, len(self._doomed))):
+                self._doomed.popleft().cancel()
 
     def _end_generation(self, node: Node, why: str) -> None:
         """The node's instances and the channel to its Agent are over (LEFT, LOST, moved)."""

@@ -118,7 +118,7 @@ def plan(
 
     rejected_rows = np.flatnonzero(codes != FEASIBLE)
     rejected = (columns.ids[rejected_rows], codes[rejected_rows])
-    if max_attempts and max_attempts <= HEAD or len(feasible_rows) <= HEAD:
+    if (max_attempts and max_attempts <= HEAD) or len(feasible_rows) <= HEAD:
         return Plan(ordered(max_attempts), len(feasible_rows), *rejected)
     return Plan(ordered(HEAD), len(feasible_rows), *rejected,
                 rest=lambda: ordered(max_attempts))

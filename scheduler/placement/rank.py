@@ -5,7 +5,8 @@ placement: (free - reserved - requested) / total. `spread` tries the highest sco
 headroom everywhere), `binpack` the lowest (fills nodes up, keeps others empty). Ties go to the
 node with fewer instances, then to the smaller node id, so a decision is fully deterministic.
 
-As in `feasible`: `score` for one node in plain Python, `scores` / `priority_order` over columns.
+As in `feasible`: `score` for one node in plain Python, `scores` / `priority_positions` over
+columns.
 """
 from __future__ import annotations
 
@@ -65,18 +66,6 @@ def scores(columns: Columns, wanted: tuple[float, float, float]) -> np.ndarray:
         summed /= columns.known
     summed[columns.known == 0] = NEUTRAL_SCORE
     return summed
-
-
-def priority_order(
-    columns: Columns, rows: np.ndarray, row_scores: np.ndarray, strategy: Strategy, limit: int
-) -> np.ndarray:
-    """`rows` (feasible row numbers) in priority order, the first `limit` of them (0: all).
-
-    `row_scores[i]` is the score of `rows[i]`.
-    """
-    order = priority_positions(sort_key(row_scores, strategy), columns.instances[rows],
-                               columns.id_rank[rows], columns.id_rank_bound, limit)
-    return rows[order]
 
 
 def sort_key(row_scores: np.ndarray, strategy: Strategy) -> np.ndarray:
