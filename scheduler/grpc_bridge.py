@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import h2.connection
 import trio
 import trio_asyncio
 from google.protobuf.message import DecodeError
@@ -44,6 +45,10 @@ LISTEN_BACKLOG = 4096  # pending connections: thousands of Agents reconnect at o
 TLS_READ_BUFFER = 4 * 1024  # per TLS connection; asyncio allocates 256 KiB (3/4 of an Agent's RSS)
 FLUSH_TIME = 0.05  # s after the last call ended on shutdown, for grpclib to write its trailers
 CALLBACKS_PER_CHECKPOINT = 64  # ready asyncio callbacks run back to back before trio's tasks run
+# How each of the last N closed streams of a connection ended (h2 keeps 65,536: 7.5 MiB on a
+# long-lived Controller or Agent connection). Needed only for frames still in flight when a
+# stream closed, which arrive within a round trip, not thousands of streams later.
+CLOSED_STREAMS_REMEMBERED = 1024
 
 _MESSAGE_PREFIX = struct.Struct(">?I")  # gRPC framing: compressed flag, message length
 
@@ -526,6 +531,7 @@ async def open_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
     # Measured per mTLS Agent: 367 KiB at 256 KiB, 143 at 32, 115 at 4 (a status is ~100 bytes;
     # a larger TLS record is simply read in more steps).
     asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+    h2.connection.H2Connection.MAX_CLOSED_STREAMS = CLOSED_STREAMS_REMEMBERED
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(_log_asyncio_error)
         _run_callbacks_in_batches(loop)

@@ -66,3 +66,19 @@ async def test_timers_and_tasks_still_run():
             await fired.wait()
         result = await loop.run_aio_coroutine(asyncio.sleep(0.01, result="slept"))
     assert result == "slept"
+
+
+async def test_a_long_lived_connection_remembers_a_bounded_number_of_closed_streams():
+    # h2 remembers how each closed stream ended (65,536 of them, 7.5 MiB per connection); a
+    # Controller's or an Agent's connection lives for months and carries millions of calls.
+    from scheduler.grpc_bridge import CLOSED_STREAMS_REMEMBERED
+    from tests.conftest import running_scheduler
+    from tests.fakes import FakeController, open_channel
+
+    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
+        controller = FakeController(channel)
+        for _ in range(CLOSED_STREAMS_REMEMBERED + 200):
+            await controller.list_nodes()
+        h2_connection = channel._protocol.connection._connection  # this client's side
+        closed = len(h2_connection._closed_streams)
+        assert 0 < closed <= CLOSED_STREAMS_REMEMBERED, closed
