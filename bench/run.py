@@ -19,7 +19,8 @@ Figures (bars for a 2-core machine):
   5 memory     scheduler RSS per connected agent over mTLS, 1,000 -> 5,000 agents (<= 50 KiB)
   6 cpu        scheduler CPU with 10,000 agents reporting every 10 s (<= 50 % of one core)
 
---quick shrinks the fleets (see SIZES) and skips figure 6 and the baselines of 4 and 5.
+--quick shrinks the fleets (see SIZES) and skips figure 6, the baselines of 4 and 5 and the
+baselines on the scheduler's stack (figures 1, 2; `--stack` adds them).
 The last line of output is one JSON object with every figure.
 """
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Sizes:
     lost_timeout: float = 15.0  # node_timeout: above the report interval
     cpu_window: float = 15.0  # figure 6 (twice: without, then with a watcher), `lost` fleet
     baselines_for_absolute: bool = True  # measure baselines of figures 4-6 too
-    ingest_stack: bool = True  # figures 1, 2 also as baselines on the scheduler's stack
+    stack_baselines: bool = True  # figures 1, 2 also as baselines on the scheduler's stack
     retries: int = 2  # windows measured again when other processes disturbed them
 
 
@@ -86,7 +87,7 @@ QUICK = Sizes(
     placement_nodes=1000, placement_warmup=0.5, placement_window=2.5,
     memory_steps=(200, 400, 600), memory_rate=0.1,
     lost_nodes=2000, lost_rate=0.5, lost_timeout=3.0, cpu_window=0.0,
-    baselines_for_absolute=False, ingest_stack=False, retries=0,
+    baselines_for_absolute=False, stack_baselines=False, retries=0,
 )
 
 
@@ -451,7 +452,7 @@ async def figure_ingest(sizes: Sizes, workdir: Path, profiler: Profiler) -> dict
                                  profiler)
     result = {"scheduler": ours, "baseline": base,
               "ratio": round(ours["msgs_per_s"] / base["msgs_per_s"], 3)}
-    if sizes.ingest_stack:  # the same bare server on the scheduler's loop: the stack's own cost
+    if sizes.stack_baselines:  # the same bare server on the scheduler's loop: the stack's cost
         for name, extra in (("stack", ()), ("stack-stock", ("--stock",))):
             process = BaselineProcess(workdir, "ingest", *extra, script="stack_baseline.py",
                                       name=f"ingest-{name}")
@@ -525,7 +526,7 @@ async def figure_placement(sizes: Sizes, workdir: Path, profiler: Profiler) -> d
     result = {"nodes": nodes, "concurrency": sizes.placement_concurrency, "scheduler": ours,
               "baseline": base,
               "ratio": round(ours["placements_per_s"] / max(base["placements_per_s"], 1e-9), 3)}
-    if sizes.ingest_stack:  # the same relay on the scheduler's loop: the stack's own cost
+    if sizes.stack_baselines:  # the same relay on the scheduler's loop: the stack's cost
         process = BaselineProcess(workdir, "relay", script="stack_baseline.py",
                                   name="relay-stack")
         async with process as relay:
@@ -805,7 +806,7 @@ async def main(args: argparse.Namespace) -> dict:
     if args.skip_baselines:
         sizes = dataclasses.replace(sizes, baselines_for_absolute=False)
     if args.stack:
-        sizes = dataclasses.replace(sizes, ingest_stack=True)
+        sizes = dataclasses.replace(sizes, stack_baselines=True)
     only = set(args.only.split(",")) if args.only else set(FIGURES)
     unknown = only - set(FIGURES)
     if unknown:
