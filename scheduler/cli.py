@@ -29,7 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = _load_config(args.config)
     except ConfigError as err:
-        print(f"orka-scheduler: bad configuration: {err}", file=sys.stderr)
+        print(f"orka-scheduler: bad configuration: {err.in_file(args.config)}", file=sys.stderr)
         return 2
     logs.setup(config.observability.log_level, config.observability.log_format)
     from .app import serve
@@ -43,6 +43,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         try:
             ssl_context, authorize, agent_ssl = server_tls(config)
+        except ConfigError as err:  # a [tls] file missing, mismatched or expired
+            print(f"orka-scheduler: bad configuration: {err.in_file(args.config)}",
+                  file=sys.stderr)
+            return 2
         except (security.TlsSetupError, pki.PkiError) as err:
             print(f"orka-scheduler: cannot set up TLS: {err}", file=sys.stderr)
             return 2
@@ -71,10 +75,12 @@ async def _wait_for_signals(shutdown: trio.Event) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .tls_setup import configured_files
+
     try:
-        Config.from_toml(args.file)
+        configured_files(Config.from_toml(args.file))  # the same check `serve` makes
     except ConfigError as err:
-        print(f"{args.file}: {err}", file=sys.stderr)
+        print(err.in_file(args.file), file=sys.stderr)
         return 1
     print(f"{args.file}: ok")
     return 0

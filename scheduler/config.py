@@ -79,6 +79,11 @@ class ConfigError(ValueError):
     def __str__(self) -> str:
         return f"{self.key}: {self.message}" if self.key else self.message
 
+    def in_file(self, path: str | os.PathLike[str]) -> str:
+        """``"<file>: <key>: <message>"``, naming the file once: the key of a problem with the
+        file itself (unreadable, not TOML) is already the file's path."""
+        return str(self) if self.key == os.fspath(path) else f"{os.fspath(path)}: {self}"
+
 
 # --- Helpers ---------------------------------------------------------------------------------
 

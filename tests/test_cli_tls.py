@@ -11,6 +11,7 @@ works when the package is installed), with STATE_DIRECTORY in tmp_path.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import signal
@@ -384,3 +385,55 @@ def test_check_config_accepts_a_good_file(tmp_path):
     result = run_cli(tmp_path, "check-config", str(config))
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+@pytest.mark.parametrize("problem", ["missing certificate", "key of another certificate",
+                                     "expired certificate"])
+def test_check_config_and_serve_name_the_tls_key_and_file(tmp_path, problem):
+    """One check for both: check-config refuses what serve would refuse, with the same words."""
+    from tests.test_tls_files import self_signed
+
+    made = run_cli(tmp_path, "certs", "init", str(tmp_path / "pki"))
+    assert made.returncode == 0, made.stderr
+    pki = tmp_path / "pki"
+    ca, cert, key = pki / "ca.pem", pki / "scheduler.pem", pki / "scheduler.key"
+    if problem == "missing certificate":
+        cert = tmp_path / "nowhere" / "scheduler.pem"
+        expected = f"tls.cert: {cert}: no such file"
+    elif problem == "key of another certificate":
+        key = pki / "controllers" / "controller.key"
+        expected = f"tls.key: {key} is not the private key of tls.cert ({cert})"
+    else:
+        ended = datetime.datetime(2025, 1, 2, 3, 4, tzinfo=datetime.timezone.utc)
+        cert, key = self_signed(tmp_path, ended - datetime.timedelta(days=9), ended)
+        expected = f"tls.cert: {cert} expired on 2025-01-02 03:04 UTC"
+    config = tmp_path / "tls.toml"
+    config.write_text(CONFIG + f'\n[tls]\nca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n')
+
+    checked = run_cli(tmp_path, "check-config", str(config))
+    assert checked.returncode == 1, checked.stdout
+    assert checked.stderr == f"{config}: {expected}\n"
+
+    served = run_cli(tmp_path, "serve", "--config", str(config))
+    assert served.returncode == 2
+    assert served.stderr == f"orka-scheduler: bad configuration: {config}: {expected}\n"
+
+
+def test_a_toml_syntax_error_names_the_file_once(tmp_path):
+    config = tmp_path / "syntax.toml"
+    config.write_text("[server\n")
+    checked = run_cli(tmp_path, "check-config", str(config))
+    served = run_cli(tmp_path, "serve", "--config", str(config))
+    assert (checked.returncode, served.returncode) == (1, 2)
+    assert checked.stderr.startswith(f"{config}: not valid TOML: "), checked.stderr
+    assert served.stderr.startswith(
+        f"orka-scheduler: bad configuration: {config}: not valid TOML: "), served.stderr
+    for stderr in (checked.stderr, served.stderr):
+        assert stderr.count("syntax.toml") == 1 and len(stderr.splitlines()) == 1, stderr
+
+
+def test_a_bad_key_is_named_with_its_file(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[scheduling]\nstrategy = "random"\n')
+    checked = run_cli(tmp_path, "check-config", str(config))
+    assert checked.stderr.startswith(f"{config}: scheduling.strategy: must be "), checked.stderr
