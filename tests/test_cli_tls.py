@@ -354,6 +354,8 @@ def test_certs_init_and_issue(tmp_path):
     result = run_cli(tmp_path, "certs", "issue", "controller", "ops", "--dir", str(directory))
     assert result.returncode == 0, result.stderr
     assert (directory / "controllers" / "ops.pem").is_file()
+    assert result.stdout == (f"issued controller ops:\n  {directory / 'controllers' / 'ops.pem'}"
+                             f"\n  {directory / 'controllers' / 'ops.key'}\n")
 
 
 def test_certs_issue_without_a_pki_fails_with_a_message(tmp_path):
@@ -437,3 +439,52 @@ def test_a_bad_key_is_named_with_its_file(tmp_path):
     config.write_text('[scheduling]\nstrategy = "random"\n')
     checked = run_cli(tmp_path, "check-config", str(config))
     assert checked.stderr.startswith(f"{config}: scheduling.strategy: must be "), checked.stderr
+
+
+# --- the command line itself ---------------------------------------------------------------------
+
+def test_version_is_the_installed_packages():
+    from importlib import metadata
+
+    result = subprocess.run([sys.executable, "-m", "scheduler", "--version"], cwd=REPO,
+                            capture_output=True, text=True, timeout=START_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"orka-scheduler {metadata.version('orka-scheduler')}\n"
+
+
+def subcommands(parser=None, path=()):
+    """(command path, its parser) for every command and subcommand of `orka-scheduler`."""
+    import argparse
+
+    from scheduler.cli import parser as cli_parser
+
+    parser = parser or cli_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from subcommands(sub, (*path, name))
+
+
+def test_every_argument_of_every_command_has_help():
+    import argparse
+
+    missing = [(" ".join(path), action.dest) for path, sub in subcommands()
+               for action in sub._actions
+               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+               and not action.help]
+    assert missing == []
+    commands = [" ".join(path) for path, _ in subcommands()]
+    assert {"serve", "check-config", "nodes", "watch", "demo", "certs init",
+            "certs issue"} <= set(commands), commands
+
+
+def test_serve_help_says_where_data_dir_defaults_to(tmp_path):
+    result = run_cli(tmp_path, "serve", "--help")
+    assert result.returncode == 0, result.stderr
+    example = (REPO / "config.example.toml").read_text()
+    for place in ("$STATE_DIRECTORY", "$XDG_STATE_HOME/orka-scheduler",
+                  "~/.local/state/orka-scheduler"):
+        assert place in result.stdout and place in example, place
+    # and where that is for this run (cli_env sets STATE_DIRECTORY)
+    assert f"here: {tmp_path / 'state'}" in result.stdout, result.stdout
