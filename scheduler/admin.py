@@ -2,55 +2,141 @@
 
 They are Controller-identity clients of ClusterService, in plain asyncio + grpclib (their own
 process: nothing here imports trio_asyncio, which would change asyncio's loop policy).
-Credentials: `--insecure`, or `--ca/--cert/--key` of a Controller certificate; with none given,
-the development PKI in the data directory (what `serve` generated) is used.
+
+Which scheduler and which credentials: `--config FILE` (the scheduler's own configuration)
+gives the address (its listen port on this host), the CA (`tls.ca`) and the development PKI
+(`<data_dir>/pki`, whose Controller certificate is used when no `--cert/--key` are given);
+without it, the defaults of `serve` apply. `--address`, `--ca`, `--cert`, `--key` override;
+`--insecure` talks plaintext. Every failure is one line that says what happened: the
+scheduler speaks TLS (or plaintext), its certificate is not trusted by the CA file used, it
+refused our certificate, or it could not be reached at all.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import socket
 import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from grpclib.client import Channel
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ._proto import controller_grpc, controller_pb2
 from .config import Config, ConfigError, parse_host_port
+from .tls_setup import check_ca, check_pair, development_pki
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"  # the local scheduler's default port
+WILDCARDS = ("", "0.0.0.0", "::")  # a listen host meaning "every interface": dial loopback
+PROBE_TIMEOUT = 3.0  # s for the TLS probe that explains a lost connection
 NODE_STATES = {v: k for k, v in controller_pb2.Node.State.items()}
 EVENT_KINDS = {v: k for k, v in controller_pb2.NodeEvent.Kind.items()}
 STATUS_CODES = {v: k for k, v in controller_pb2.Status.StatusCode.items()}
 GIB = 1 << 30
 
 
-def client_context(args) -> ssl.SSLContext | None:
-    """The TLS context from the arguments, or None for --insecure."""
-    if args.insecure:
-        return None
-    from .security import client_ssl_context
+class Refusal(Exception):
+    """The command cannot run as asked; the message (one line) says why and what to do."""
 
-    if args.ca and args.cert and args.key:
-        return client_ssl_context(args.ca, args.cert, args.key)
-    if args.ca or args.cert or args.key:
-        raise SystemExit("orka-scheduler: give all of --ca, --cert and --key, or none")
+
+class OutputClosed(Exception):
+    """Whoever reads our output has stopped reading (`orka-scheduler watch | head`)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The scheduler to call and how: its address, and the TLS context (None: plaintext) with
+    the CA and certificate files it was made from (named in error messages)."""
+
+    address: str
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+
+
+def target(args) -> Target:
+    """The scheduler and credentials the arguments (and `--config`) name."""
     try:
         config = Config.from_toml(args.config) if args.config else Config()
     except ConfigError as err:
-        raise SystemExit(f"orka-scheduler: bad configuration: {err}") from None
-    pki = Path(config.server.data_dir) / "pki"
-    cert, key = pki / "controllers" / "controller.pem", pki / "controllers" / "controller.key"
-    if not cert.exists():
-        raise SystemExit(f"orka-scheduler: no controller certificate at {cert}; pass --ca/--cert/"
-                         "--key, or --insecure for a plaintext scheduler")
-    return client_ssl_context(pki / "ca.pem", cert, key)
+        raise Refusal(f"bad configuration: {err.in_file(args.config)}") from None
+    address = args.address or _local_address(config, args.config)
+    host, port = parse_host_port(address, "--address")
+    if args.insecure:
+        return Target(address, host, port)
+    ca, cert, key = _credentials(args, config)
+    from .security import TlsSetupError, client_ssl_context
+
+    try:
+        context = client_ssl_context(ca, cert, key)
+    except TlsSetupError as err:
+        raise Refusal(str(err)) from None
+    return Target(address, host, port, context, ca, cert)
 
 
-def _channel(args) -> Channel:
-    host, port = parse_host_port(args.address, "--address")
-    return Channel(host, port, ssl=client_context(args))
+def _local_address(config: Config, path: str | None) -> str:
+    """The scheduler of `config` on this host: its listen port on loopback (for a wildcard
+    listen address) or on the address it listens on."""
+    if path is None:
+        return DEFAULT_ADDRESS
+    server = config.server
+    if server.port == 0:
+        raise Refusal(f"{path}: server.listen has port 0 (a new port at every start): give "
+                      "--address HOST:PORT")
+    host = "127.0.0.1" if server.host in WILDCARDS else server.host
+    return f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
+
+
+def _credentials(args, config: Config) -> tuple[Path, Path, Path]:
+    """(CA, certificate, key), checked: from --ca/--cert/--key, else the configuration."""
+    tls, pki = config.tls, development_pki(config)
+    if bool(args.cert) != bool(args.key):
+        raise Refusal("give --cert and --key together")
+    if args.ca and not args.cert:
+        raise Refusal("--ca needs --cert and --key too (a Controller certificate from that CA)")
+    if args.cert:
+        cert, key = Path(args.cert), Path(args.key)
+        names = ("--cert", "--key")
+    elif tls.configured:
+        raise Refusal(f"{args.config} names the scheduler's own certificate ([tls]), which may "
+                      "not call in: give --cert and --key of a Controller certificate from the "
+                      f"CA {tls.ca}")
+    else:
+        cert, key = pki / "controllers" / "controller.pem", pki / "controllers" / "controller.key"
+        names = ("development PKI", "development PKI")
+        if not cert.exists():
+            raise Refusal(f"no controller certificate at {cert}: pass --config with the "
+                          "scheduler's configuration, or --ca/--cert/--key, or --insecure for "
+                          "a plaintext scheduler")
+    if args.ca:
+        ca, ca_name = Path(args.ca), "--ca"
+    elif tls.configured:
+        ca, ca_name = Path(tls.ca), "tls.ca"
+    else:
+        ca, ca_name = pki / "ca.pem", "development PKI"
+    try:
+        check_ca(ca, ca_name)
+        check_pair(cert, key, *names)
+    except ConfigError as err:
+        raise Refusal(str(err)) from None
+    return ca, cert, key
+
+
+def _channel(scheduler: Target) -> Channel:
+    return Channel(scheduler.host, scheduler.port, ssl=scheduler.tls)
+
+
+def emit(text: str) -> None:
+    """Print one line (or table) now; a closed output raises OutputClosed."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise OutputClosed from None
 
 
 def format_nodes(nodes) -> str:
@@ -87,44 +173,89 @@ def format_event(event) -> str:
             f"{STATUS_CODES.get(status.status.code, status.status.code)}{message}")
 
 
-async def _nodes(args) -> int:
-    channel = _channel(args)
+async def _nodes(args, scheduler: Target) -> int:
+    channel = _channel(scheduler)
     try:
         reply = await controller_grpc.ClusterServiceStub(channel).ListNodes(
             controller_pb2.Empty(), timeout=args.timeout)
     finally:
         channel.close()
-    print(format_nodes(reply.nodes))
+    emit(format_nodes(reply.nodes))
     return 0
 
 
-async def _watch(args) -> int:
-    channel = _channel(args)
+async def _watch(args, scheduler: Target) -> int:
+    channel = _channel(scheduler)
     try:
         async with controller_grpc.ClusterServiceStub(channel).WatchEvents.open() as stream:
             await stream.send_message(controller_pb2.WatchRequest(
                 epoch=args.epoch, after_revision=args.after), end=True)
             async for event in stream:
-                print(format_event(event), flush=True)
+                emit(format_event(event))
     finally:
         channel.close()
     return 0
 
 
 def run(command, args) -> int:
-    """Run an admin command; connection problems become one readable line and exit code 1."""
+    """Run an admin command; every failure becomes one readable line and exit code 1.
+
+    A reader that stops reading (`watch | head`) ends the command quietly with 0: for a stream
+    that never ends by itself, the reader leaving is a normal end, like Ctrl-C.
+    """
     try:
-        return asyncio.run(command(args))
-    except GRPCError as err:
-        print(f"orka-scheduler: {args.address}: {err.status.name}: {err.message}", file=sys.stderr)
-    except (OSError, asyncio.TimeoutError, ssl.SSLError) as err:
-        print(f"orka-scheduler: cannot reach the scheduler at {args.address}: {err}",
-              file=sys.stderr)
-    except ConfigError as err:
-        print(f"orka-scheduler: {err}", file=sys.stderr)
+        scheduler = target(args)
+    except (Refusal, ConfigError) as err:
+        return fail(str(err))
+    try:
+        return asyncio.run(command(args, scheduler))
+    except OutputClosed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except KeyboardInterrupt:
         return 0
+    except GRPCError as err:
+        return fail(f"{scheduler.address}: {err.status.name}: {err.message}")
+    except (StreamTerminatedError, OSError, asyncio.TimeoutError) as err:  # SSLError: an OSError
+        return fail(explain(err, scheduler))
+
+
+def fail(problem: str) -> int:
+    print(f"orka-scheduler: {problem}", file=sys.stderr)
     return 1
+
+
+def explain(err: Exception, scheduler: Target) -> str:
+    """One line for a failure to talk to the scheduler: what happened, and what to do."""
+    address = scheduler.address
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return (f"the scheduler at {address} answered, but its certificate is not signed by the "
+                f"CA in {scheduler.ca} ({err.verify_message}): use the scheduler's CA (--config "
+                "with the scheduler's configuration, or --ca)")
+    if isinstance(err, ssl.SSLError) and err.reason == "WRONG_VERSION_NUMBER":
+        return (f"{address} answered in plaintext, not TLS: the scheduler runs with --insecure; "
+                "add --insecure")
+    if isinstance(err, StreamTerminatedError):
+        if scheduler.tls is None:
+            if speaks_tls(scheduler.host, scheduler.port):
+                return f"the scheduler at {address} speaks TLS: drop --insecure"
+            return f"the scheduler at {address} closed the connection: {err}"
+        return (f"the scheduler at {address} closed the connection after the TLS handshake: "
+                f"it does not accept the certificate {scheduler.cert} (from another CA?)")
+    return f"cannot reach the scheduler at {address}: {err}"
+
+
+def speaks_tls(host: str, port: int) -> bool:
+    """Whether (host, port) completes a TLS handshake (its certificate is not checked)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT) as raw, \
+                context.wrap_socket(raw):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def cmd_nodes(args) -> int:
@@ -139,19 +270,27 @@ def add_commands(commands) -> None:
     """Register `nodes` and `watch` on the CLI's subparsers."""
     for name, func, text in (("nodes", cmd_nodes, "list the nodes (ListNodes)"),
                              ("watch", cmd_watch, "print cluster events as they come")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--address", default=DEFAULT_ADDRESS, metavar="HOST:PORT",
-                         help=f"the scheduler (default {DEFAULT_ADDRESS})")
-        sub.add_argument("--insecure", action="store_true", help="plaintext scheduler")
-        sub.add_argument("--ca", help="cluster CA (PEM)")
-        sub.add_argument("--cert", help="a Controller certificate (PEM)")
-        sub.add_argument("--key", help="its private key (PEM)")
+        sub = commands.add_parser(
+            name, help=text, description=f"{text[0].upper()}{text[1:]}, as a Controller. "
+            "With no options: the scheduler of `serve` with no config, on this host, with the "
+            "development PKI's Controller certificate.")
         sub.add_argument("--config", metavar="FILE",
-                         help="scheduler config, to find its development PKI")
+                         help="the scheduler's configuration: its listen port, [tls] CA and "
+                              "data_dir (whose development PKI holds a Controller certificate)")
+        sub.add_argument("--address", metavar="HOST:PORT",
+                         help=f"the scheduler (default: the listen port of --config on this "
+                              f"host, else {DEFAULT_ADDRESS})")
+        sub.add_argument("--insecure", action="store_true",
+                         help="plaintext, for a scheduler run with --insecure")
+        sub.add_argument("--ca", metavar="FILE",
+                         help="cluster CA (PEM; default: tls.ca or the development PKI's)")
+        sub.add_argument("--cert", metavar="FILE", help="a Controller certificate (PEM)")
+        sub.add_argument("--key", metavar="FILE", help="its private key (PEM)")
         if name == "nodes":
-            sub.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+            sub.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                             help="for the answer (default 10)")
         else:
             sub.add_argument("--epoch", default="", help="resume in this epoch ...")
             sub.add_argument("--after", type=int, default=0, metavar="REVISION",
-                             help="... after this revision (default: snapshot first)")
+                             help="... after this revision (default: a snapshot first)")
         sub.set_defaults(func=func)

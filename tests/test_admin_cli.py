@@ -12,13 +12,16 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from scheduler import admin
 from scheduler._proto import controller_pb2 as pb
-from tests.conftest import IO_GUARD, running_scheduler
+from scheduler.pki import init_pki
+from scheduler.tls_setup import server_tls
+from tests.conftest import IO_GUARD, make_config, running_scheduler
 from tests.fakes import FakeAgent, drop_stream, open_channel, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,14 +33,15 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "scheduler", *args]
 
 
-def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+def environment(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
 
 
-async def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """Run `orka-scheduler ARGS` to its end; stdout and stderr captured as text."""
+async def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `orka-scheduler ARGS` to its end (with `env` added to the environment); stdout and
+    stderr captured as text."""
     result = await trio.run_process(command(*args), capture_stdout=True, capture_stderr=True,
-                                    check=False, env=environment(), cwd=REPO)
+                                    check=False, env=environment(**env), cwd=REPO)
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     return result
 
@@ -128,14 +132,17 @@ async def test_nodes_with_nothing_listening_exits_1_with_one_line():
     assert lines[0].startswith(f"orka-scheduler: cannot reach the scheduler at 127.0.0.1:{port}")
 
 
-async def test_nodes_with_only_ca_says_to_give_all_three(tmp_path):
+async def test_nodes_with_only_ca_asks_for_the_certificate_and_key(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("not used")
     with trio.fail_after(IO_GUARD):
         result = await run_cli("nodes", "--ca", str(ca), "--address", "127.0.0.1:1")
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip() == "orka-scheduler: give all of --ca, --cert and --key, or none"
+        half = await run_cli("nodes", "--cert", str(ca), "--address", "127.0.0.1:1")
+    assert result.returncode != 0 and half.returncode != 0
+    assert "Traceback" not in result.stderr + half.stderr, result.stderr + half.stderr
+    assert result.stderr.strip() == (
+        "orka-scheduler: --ca needs --cert and --key too (a Controller certificate from that CA)")
+    assert half.stderr.strip() == "orka-scheduler: give --cert and --key together"
 
 
 async def test_nodes_with_a_malformed_address_exits_with_one_line():
@@ -193,6 +200,147 @@ async def test_watch_exits_1_with_one_line_when_the_scheduler_stops():
             lines = stderr.decode().splitlines()
             assert len(lines) == 1 and lines[0].startswith("orka-scheduler: "), stderr.decode()
             assert "UNAVAILABLE" in lines[0], lines
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+# -- TLS, --config and what the errors say -----------------------------------------------------
+
+@asynccontextmanager
+async def tls_scheduler(data_dir: Path):
+    """A scheduler with mutual TLS and its development PKI in `data_dir`/pki, as `serve` makes."""
+    config = make_config(server={"data_dir": str(data_dir)})
+    ssl_context, authorize, _ = server_tls(config)
+    async with running_scheduler(config, ssl_context=ssl_context, authorize=authorize) as scheduler:
+        yield scheduler
+
+
+def config_file(tmp_path: Path, scheduler, tls: str = "") -> Path:
+    """The running scheduler's configuration as its operator would have written it."""
+    path = tmp_path / "scheduler.toml"
+    path.write_text(f'[server]\nlisten = "127.0.0.1:{scheduler.port}"\n'
+                    f'data_dir = "{scheduler.config.server.data_dir}"\n{tls}')
+    return path
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    """The single line of a failed command's stderr (exit 1, nothing on stdout, no traceback)."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1 and result.stdout == "", (result.returncode, result.stdout)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+async def test_insecure_against_a_tls_scheduler_says_drop_insecure(tmp_path):
+    async with tls_scheduler(tmp_path / "data") as scheduler:
+        address = f"127.0.0.1:{scheduler.port}"
+        for name in ("nodes", "watch"):
+            result = await run_cli(name, "--insecure", "--address", address)
+            assert one_line(result) == (
+                f"orka-scheduler: the scheduler at {address} speaks TLS: drop --insecure")
+
+
+async def test_tls_against_a_plaintext_scheduler_says_add_insecure(tmp_path):
+    async with running_scheduler() as scheduler:
+        init_pki(scheduler.config.server.data_dir / "pki")  # credentials for the client
+        address = f"127.0.0.1:{scheduler.port}"
+        result = await run_cli("nodes", "--config", str(config_file(tmp_path, scheduler)))
+    assert one_line(result) == (f"orka-scheduler: {address} answered in plaintext, not TLS: the "
+                                "scheduler runs with --insecure; add --insecure")
+
+
+async def test_config_gives_the_address_and_pki_of_a_scheduler_with_another_data_dir(tmp_path):
+    """A scheduler run with --config: the admin commands find it and its PKI with the same
+    --config, while the default data_dir holds another PKI (another scheduler's)."""
+    default_pki = tmp_path / "default-state" / "pki"
+    init_pki(default_pki)
+    async with tls_scheduler(tmp_path / "data") as scheduler:
+        address = f"127.0.0.1:{scheduler.port}"
+        config = config_file(tmp_path, scheduler)
+        listed = await run_cli("nodes", "--config", str(config),
+                               STATE_DIRECTORY=str(tmp_path / "default-state"))
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.split() == " ".join(COLUMNS).split()  # reached, no nodes yet
+
+        wrong = await run_cli("nodes", "--address", address,
+                              STATE_DIRECTORY=str(tmp_path / "default-state"))
+    line = one_line(wrong)
+    assert line.startswith(f"orka-scheduler: the scheduler at {address} answered, but its "
+                           f"certificate is not signed by the CA in {default_pki / 'ca.pem'} ("), line
+    assert "cannot reach" not in line and "--config" in line, line
+
+
+async def test_config_with_tls_files_takes_its_ca_and_asks_for_a_controller_certificate(tmp_path):
+    async with tls_scheduler(tmp_path / "data") as scheduler:
+        pki = tmp_path / "data" / "pki"
+        config = config_file(tmp_path, scheduler, tls=(
+            f'[tls]\nca = "{pki / "ca.pem"}"\ncert = "{pki / "scheduler.pem"}"\n'
+            f'key = "{pki / "scheduler.key"}"\n'))
+        refused = await run_cli("nodes", "--config", str(config))
+        controller = pki / "controllers"
+        listed = await run_cli("nodes", "--config", str(config),
+                               "--cert", str(controller / "controller.pem"),
+                               "--key", str(controller / "controller.key"))
+    assert one_line(refused) == (
+        f"orka-scheduler: {config} names the scheduler's own certificate ([tls]), which may not "
+        "call in: give --cert and --key of a Controller certificate from the CA "
+        f"{pki / 'ca.pem'}")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == " ".join(COLUMNS).split()
+
+
+async def test_a_certificate_the_scheduler_does_not_trust_is_named(tmp_path):
+    stranger = init_pki(tmp_path / "stranger").controller("controller")
+    async with tls_scheduler(tmp_path / "data") as scheduler:
+        address = f"127.0.0.1:{scheduler.port}"
+        result = await run_cli("nodes", "--address", address,
+                               "--ca", str(tmp_path / "data" / "pki" / "ca.pem"),
+                               "--cert", str(stranger.cert), "--key", str(stranger.key))
+    assert one_line(result) == (
+        f"orka-scheduler: the scheduler at {address} closed the connection after the TLS "
+        f"handshake: it does not accept the certificate {stranger.cert} (from another CA?)")
+
+
+async def test_unusable_client_files_are_named_before_connecting(tmp_path):
+    pki = init_pki(tmp_path / "pki")
+    controller = pki.controller("controller")
+    with trio.fail_after(IO_GUARD):
+        missing = await run_cli("nodes", "--address", "127.0.0.1:1", "--ca", str(pki.ca),
+                                "--cert", str(tmp_path / "absent.pem"), "--key", str(controller.key))
+        mismatched = await run_cli("nodes", "--address", "127.0.0.1:1", "--ca", str(pki.ca),
+                                   "--cert", str(controller.cert), "--key", str(pki.ca_key))
+    assert one_line(missing) == f"orka-scheduler: --cert: {tmp_path / 'absent.pem'}: no such file"
+    assert one_line(mismatched) == (f"orka-scheduler: --key: {pki.ca_key} is not the private key "
+                                    f"of --cert ({controller.cert})")
+
+
+async def test_a_config_listening_on_port_0_needs_an_address(tmp_path):
+    config = tmp_path / "any-port.toml"
+    config.write_text('[server]\nlisten = "127.0.0.1:0"\n')
+    with trio.fail_after(IO_GUARD):
+        result = await run_cli("nodes", "--config", str(config))
+    assert one_line(result) == (f"orka-scheduler: {config}: server.listen has port 0 (a new port "
+                                "at every start): give --address HOST:PORT")
+
+
+async def test_watch_ends_quietly_when_its_reader_stops_reading():
+    """`orka-scheduler watch | head -1`: head exits, the next event finds the pipe closed."""
+    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
+        process = await trio.lowlevel.open_process(
+            command("watch", "--insecure", "--address", f"127.0.0.1:{scheduler.port}"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=REPO)
+        try:
+            await LineReader(process.stdout).line_with("SNAPSHOT")
+            await process.stdout.aclose()  # the reader is gone
+            await FakeAgent(channel, "node-a", 7001).join()  # an event to write
+            assert await process.wait() == 0
+            stderr = b""
+            while chunk := await process.stderr.receive_some(65536):
+                stderr += chunk
+            assert stderr == b"", stderr.decode()
         finally:
             if process.returncode is None:
                 process.kill()
