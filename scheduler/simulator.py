@@ -1127,10 +1127,10 @@ async def _agents_here(args: argparse.Namespace, behaviour: Behaviour) -> int:
                                return_when=asyncio.FIRST_COMPLETED)
             control.cancel()
         else:
-            log.warning("%d agents up in %.1f s (%d joined); Ctrl-C leaves the cluster",
+            log.info("%d agents up in %.1f s (%d joined); Ctrl-C leaves the cluster",
                         args.count, seconds, group.counters.joined)
             await _report_until(stop, group.stats, args.stats_every)
-            log.warning("leaving: %d of %d acknowledged", await group.leave(), args.count)
+            log.info("leaving: %d of %d acknowledged", await group.leave(), args.count)
     finally:
         await group.close()
     return 0
@@ -1143,10 +1143,10 @@ async def _agents_in_processes(args: argparse.Namespace, behaviour: Behaviour, p
                            raw=args.raw)
     stop = _stop_on_signals()
     async with fleet:
-        log.warning("%d agents up in %d processes", args.count, processes)
+        log.info("%d agents up in %d processes", args.count, processes)
         await _report_until(stop, fleet.stats, args.stats_every)
         answers = await fleet.broadcast("leave")
-        log.warning("leaving: %d of %d acknowledged", sum(a["left"] for a in answers), args.count)
+        log.info("leaving: %d of %d acknowledged", sum(a["left"] for a in answers), args.count)
     return 0
 
 
@@ -1176,7 +1176,7 @@ async def _report_until(stop: asyncio.Event, stats, every: float) -> None:
             log.warning("every simulator process is gone")
             return
         sent = now["sent"] - (previous["sent"] if previous else 0)
-        log.warning("streaming %d/%d, %.0f statuses/s, creates %d (accepted %d, refused %d, "
+        log.info("streaming %d/%d, %.0f statuses/s, creates %d (accepted %d, refused %d, "
                     "hung %d), rejoins %d", now["streaming"], now["agents"], sent / every,
                     now["creates"], now["accepted"], now["refused"], now["hung"], now["rejoins"])
         previous = now
@@ -1186,14 +1186,21 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m scheduler.simulator",
                                   description="Simulated Orka Agents and Controller.")
     commands = top.add_subparsers(dest="command", required=True)
+    from .config import Config
+    from .tls_setup import development_pki
+
+    pki_default = development_pki(Config())  # where `orka-scheduler serve` (no config) makes it
 
     def connection(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--scheduler", default="127.0.0.1:50051", metavar="HOST:PORT")
+        sub.add_argument("--scheduler", default="127.0.0.1:50051", metavar="HOST:PORT",
+                         help="the scheduler to connect to (default 127.0.0.1:50051)")
         mode = sub.add_mutually_exclusive_group(required=True)
         mode.add_argument("--insecure", action="store_true", help="plaintext gRPC")
-        mode.add_argument("--pki", metavar="DIR",
-                          help="mTLS with certificates from this PKI directory "
-                               "(orka-scheduler certs init DIR); missing ones are issued")
+        mode.add_argument("--pki", metavar="DIR", nargs="?", const=str(pki_default),
+                          help="mTLS with certificates from this PKI directory (default: the "
+                               "one `orka-scheduler serve` generates in its data_dir, here "
+                               f"{pki_default}; or `orka-scheduler certs init DIR`); missing "
+                               "certificates are issued from its CA")
 
     agents = commands.add_parser("agents", help="run simulated Agents until Ctrl-C")
     connection(agents)
@@ -1228,7 +1235,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
+    logging.getLogger("grpclib").setLevel(logging.WARNING)  # per-connection chatter
+    if args.pki is not None:
+        from .pki import PkiError, PkiPaths
+
+        try:
+            PkiPaths.load(args.pki)
+        except PkiError as err:
+            print(f"simulator: {err} (`orka-scheduler serve` makes one in its data_dir on its "
+                  "first start)", file=sys.stderr)
+            return 2
     return args.func(args)
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +116,84 @@ def test_agents_over_mtls_present_their_own_certificates(tmp_path):
     assert seen["nodes_ready"] == 3, seen
     assert seen["placed"] == 4 and seen["failed"] == 0, seen
     assert len(seen["nodes_used"]) >= 1 and all(n.startswith("tls-") for n in seen["nodes_used"])
+
+
+def test_cli_with_pki_finds_the_pki_of_a_scheduler_served_with_defaults(tmp_path):
+    """The README's commands: `serve` makes its development PKI in the default data_dir;
+    `simulator agents --pki` and `simulator controller --pki` (no DIR) find it, join over
+    mTLS and place instances; progress is logged at INFO and shown by default."""
+    port = free_port()
+    config = tmp_path / "scheduler.toml"  # only the port: data_dir stays the default
+    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\nshutdown_grace = 0.5\n'
+                      '[observability]\nhttp_listen = ""\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STATE_DIRECTORY": str(tmp_path / "state")}
+    scheduler = subprocess.Popen([sys.executable, "-m", "scheduler", "serve", "--config",
+                                  str(config)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    agents = None
+    try:
+        deadline = time.monotonic() + GUARD
+        while not (tmp_path / "state" / "pki" / "controllers" / "controller.pem").exists():
+            assert scheduler.poll() is None and time.monotonic() < deadline, "no PKI made"
+            time.sleep(0.05)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the scheduler did not listen"
+                time.sleep(0.05)
+        address = f"127.0.0.1:{port}"
+        agents = subprocess.Popen(
+            [sys.executable, "-m", "scheduler.simulator", "agents", "--scheduler", address,
+             "--count", "3", "--pki", "--stats-every", "0.3"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        arriving: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [arriving.put(line) for line in agents.stderr],
+                                  daemon=True)
+        reader.start()
+        lines: list[str] = []
+        while not any("streaming 3/3" in line for line in lines):
+            try:
+                lines.append(arriving.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError("no 'streaming 3/3' line:\n" + "".join(lines)) from None
+        placed = subprocess.run(
+            [sys.executable, "-m", "scheduler.simulator", "controller", "--scheduler", address,
+             "--pki", "--count", "5"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=GUARD)
+        agents.send_signal(signal.SIGINT)
+        agents.wait(GUARD)
+        reader.join(GUARD)  # it ends at the end of the output
+        while not arriving.empty():
+            lines.append(arriving.get())
+    finally:
+        for process in (agents, scheduler):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    assert placed.returncode == 0, placed.stderr
+    report = json.loads(placed.stdout.splitlines()[-1])["schedule"]
+    assert (report["placed"], report["failed"]) == (5, 0), report
+    assert agents.returncode == 0, "".join(lines)
+    assert " INFO    3 agents up in " in lines[0], lines[0]
+    assert any(" INFO    streaming 3/3, " in line for line in lines), "".join(lines)
+    assert " INFO    leaving: 3 of 3 acknowledged" in lines[-1], "".join(lines)
+    assert not any("WARNING" in line for line in lines), "".join(lines)
+
+
+def test_cli_with_pki_and_no_pki_there_says_so_in_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STATE_DIRECTORY": str(tmp_path / "none")}
+    result = subprocess.run([sys.executable, "-m", "scheduler.simulator", "agents", "--pki"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=GUARD)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"simulator: {tmp_path / 'none' / 'pki' / 'trust_domain'} "
+                                    "is missing"), result.stderr
 
 
 # --- the driver (runs in its own process, plain asyncio) ---------------------------------------
