@@ -280,6 +280,30 @@ def test_sighup_with_broken_certificates_keeps_serving(tmp_path, served):
     assert server.stop() == 0, server.log
 
 
+def test_sighup_with_a_configured_key_that_no_longer_matches_keeps_serving(tmp_path, served):
+    """The check of configured files runs on SIGHUP too: refused, logged by key, still serving."""
+    made = run_cli(tmp_path, "certs", "init", str(tmp_path / "pki"))
+    assert made.returncode == 0, made.stderr
+    pki = tmp_path / "pki"
+    key = tmp_path / "scheduler.key"
+    key.write_bytes((pki / "scheduler.key").read_bytes())
+    (tmp_path / "scheduler.toml").write_text(
+        CONFIG + f'\n[tls]\nca = "{pki / "ca.pem"}"\ncert = "{pki / "scheduler.pem"}"\n'
+                 f'key = "{key}"\n')
+    server = served()
+    serial = served_serial(server.port, pki)
+    key.write_bytes((pki / "ca.key").read_bytes())  # a botched rotation: another key
+    mark = len(server.lines)
+    server.signal(signal.SIGHUP)
+    refused = server.wait_for("SIGHUP|Traceback", after=mark).string
+    assert "certificates NOT reloaded" in refused, server.log
+    assert f"tls.key: {key} is not the private key of tls.cert" in refused, refused
+    time.sleep(0.3)  # a crash ends the process right after its last line
+    assert server.process.poll() is None, server.log
+    assert served_serial(server.port, pki) == serial
+    assert server.stop() == 0, server.log
+
+
 def test_serve_insecure_warns_loudly(tmp_path, served):
     server = served("--insecure")
     assert LISTENING.search(server.log).group(2) == "PLAINTEXT", server.log
