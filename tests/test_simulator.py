@@ -33,11 +33,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def scheduler_process(tmp_path: Path, *, node_timeout: float, pki: Path | None = None):
-    """A scheduler on 127.0.0.1:PORT (plaintext unless `pki`); yields the port."""
+def scheduler_process(tmp_path: Path, *, node_timeout: float, pki: Path | None = None,
+                      state_directory: Path | None = None):
+    """A scheduler on 127.0.0.1:PORT; yields the port. Plaintext, unless `pki` (its [tls]
+    files) or `state_directory` (the default data_dir, $STATE_DIRECTORY, where `serve` makes
+    its development PKI for mutual TLS)."""
     port = free_port()
     config = tmp_path / "scheduler.toml"
-    lines = ["[server]", f'listen = "127.0.0.1:{port}"', f'data_dir = "{tmp_path / "data"}"',
+    data_dir = [] if state_directory else [f'data_dir = "{tmp_path / "data"}"']
+    lines = ["[server]", f'listen = "127.0.0.1:{port}"', *data_dir,
              "shutdown_grace = 0.5", "[observability]", 'http_listen = ""',
              "[liveness]", f"node_timeout = {node_timeout}",
              "[scheduling]", "attempt_timeout = 2.0"]
@@ -46,10 +50,11 @@ def scheduler_process(tmp_path: Path, *, node_timeout: float, pki: Path | None =
                   f'key = "{pki / "scheduler.key"}"']
     config.write_text("\n".join(lines) + "\n")
     args = [sys.executable, "-m", "scheduler", "serve", "--config", str(config)]
-    if pki is None:
+    if pki is None and state_directory is None:
         args.append("--insecure")
+    env = {**os.environ, "STATE_DIRECTORY": str(state_directory or tmp_path / "state")}
     log = open(tmp_path / "scheduler.log", "wb")
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + GUARD
         while True:
@@ -122,60 +127,39 @@ def test_cli_with_pki_finds_the_pki_of_a_scheduler_served_with_defaults(tmp_path
     """The README's commands: `serve` makes its development PKI in the default data_dir;
     `simulator agents --pki` and `simulator controller --pki` (no DIR) find it, join over
     mTLS and place instances; progress is logged at INFO and shown by default."""
-    port = free_port()
-    config = tmp_path / "scheduler.toml"  # only the port: data_dir stays the default
-    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\nshutdown_grace = 0.5\n'
-                      '[observability]\nhttp_listen = ""\n')
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "STATE_DIRECTORY": str(tmp_path / "state")}
-    scheduler = subprocess.Popen([sys.executable, "-m", "scheduler", "serve", "--config",
-                                  str(config)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-    agents = None
-    try:
-        deadline = time.monotonic() + GUARD
-        while not (tmp_path / "state" / "pki" / "controllers" / "controller.pem").exists():
-            assert scheduler.poll() is None and time.monotonic() < deadline, "no PKI made"
-            time.sleep(0.05)
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the scheduler did not listen"
-                time.sleep(0.05)
+    state = tmp_path / "state"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STATE_DIRECTORY": str(state)}
+    with scheduler_process(tmp_path, node_timeout=5.0, state_directory=state) as port:
         address = f"127.0.0.1:{port}"
         agents = subprocess.Popen(
             [sys.executable, "-m", "scheduler.simulator", "agents", "--scheduler", address,
              "--count", "3", "--pki", "--stats-every", "0.3"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        arriving: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=lambda: [arriving.put(line) for line in agents.stderr],
-                                  daemon=True)
-        reader.start()
-        lines: list[str] = []
-        while not any("streaming 3/3" in line for line in lines):
-            try:
-                lines.append(arriving.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                raise AssertionError("no 'streaming 3/3' line:\n" + "".join(lines)) from None
-        placed = subprocess.run(
-            [sys.executable, "-m", "scheduler.simulator", "controller", "--scheduler", address,
-             "--pki", "--count", "5"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=GUARD)
-        agents.send_signal(signal.SIGINT)
-        agents.wait(GUARD)
-        reader.join(GUARD)  # it ends at the end of the output
-        while not arriving.empty():
-            lines.append(arriving.get())
-    finally:
-        for process in (agents, scheduler):
-            if process is not None and process.poll() is None:
-                process.terminate()
+        try:
+            arriving: queue.Queue[str] = queue.Queue()
+            reader = threading.Thread(
+                target=lambda: [arriving.put(line) for line in agents.stderr], daemon=True)
+            reader.start()
+            lines: list[str] = []
+            deadline = time.monotonic() + GUARD
+            while not any("streaming 3/3" in line for line in lines):
                 try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                    lines.append(arriving.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    raise AssertionError("no 'streaming 3/3' line:\n" + "".join(lines)) from None
+            placed = subprocess.run(
+                [sys.executable, "-m", "scheduler.simulator", "controller", "--scheduler",
+                 address, "--pki", "--count", "5"],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=GUARD)
+            agents.send_signal(signal.SIGINT)
+            agents.wait(GUARD)
+            reader.join(GUARD)  # it ends at the end of the output
+            while not arriving.empty():
+                lines.append(arriving.get())
+        finally:
+            if agents.poll() is None:
+                agents.kill()
+                agents.wait()
     assert placed.returncode == 0, placed.stderr
     report = json.loads(placed.stdout.splitlines()[-1])["schedule"]
     assert (report["placed"], report["failed"]) == (5, 0), report
