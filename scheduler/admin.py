@@ -27,6 +27,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ._proto import controller_grpc, controller_pb2
 from .config import Config, ConfigError, parse_host_port
+from .security import TlsSetupError, client_ssl_context
 from .tls_setup import check_ca, check_pair, development_pki
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"  # the local scheduler's default port
@@ -70,8 +71,6 @@ def target(args) -> Target:
     if args.insecure:
         return Target(address, host, port)
     ca, cert, key = _credentials(args, config)
-    from .security import TlsSetupError, client_ssl_context
-
     try:
         context = client_ssl_context(ca, cert, key)
     except TlsSetupError as err:
@@ -216,7 +215,9 @@ def run(command, args) -> int:
         return 0
     except GRPCError as err:
         return fail(f"{scheduler.address}: {err.status.name}: {err.message}")
-    except (StreamTerminatedError, OSError, asyncio.TimeoutError) as err:  # SSLError: an OSError
+    except asyncio.TimeoutError:  # only `nodes` sets a deadline
+        return fail(f"no answer from {scheduler.address} within {args.timeout:g} s (--timeout)")
+    except (StreamTerminatedError, OSError) as err:  # ssl.SSLError is an OSError
         return fail(explain(err, scheduler))
 
 

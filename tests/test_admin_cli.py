@@ -132,6 +132,17 @@ async def test_nodes_with_nothing_listening_exits_1_with_one_line():
     assert lines[0].startswith(f"orka-scheduler: cannot reach the scheduler at 127.0.0.1:{port}")
 
 
+async def test_nodes_from_a_server_that_never_answers_says_so_within_its_timeout():
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        with trio.fail_after(IO_GUARD):
+            result = await run_cli("nodes", "--insecure", "--address", address, "--timeout", "0.5")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == f"orka-scheduler: no answer from {address} within 0.5 s (--timeout)\n"
+
+
 async def test_nodes_with_only_ca_asks_for_the_certificate_and_key(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("not used")
