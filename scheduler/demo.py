@@ -175,10 +175,17 @@ def cmd_demo(args) -> int:
 
 
 def add_command(commands) -> None:
-    demo = commands.add_parser("demo", help="run a scheduler with simulated Agents and Controller")
-    demo.add_argument("--agents", type=int, default=20, help="simulated Agents (default 20)")
-    demo.add_argument("--instances", type=int, default=200, help="instances to place (default 200)")
-    demo.add_argument("--kill", type=int, default=3, help="Agents to kill to show LOST (default 3)")
+    demo = commands.add_parser(
+        "demo", help="run a scheduler with simulated Agents and Controller",
+        description="A scheduler (mutual TLS, its development PKI), simulated Agents and a "
+                    "simulated Controller on 127.0.0.1, in a temporary directory: place "
+                    "instances, kill a few Agents to show LOST, print the nodes and a summary.")
+    demo.add_argument("--agents", type=int, default=20, metavar="N",
+                      help="simulated Agents (default 20)")
+    demo.add_argument("--instances", type=int, default=200, metavar="N",
+                      help="instances to place (default 200)")
+    demo.add_argument("--kill", type=int, default=3, metavar="N",
+                      help="Agents to kill to show LOST (default 3)")
     demo.add_argument("--keep", action="store_true",
                       help="keep the temporary directory (the scheduler's log, data and PKI)")
     demo.set_defaults(func=cmd_demo)

@@ -229,7 +229,8 @@ def add_controller_command(commands: Any, connection: Callable[[argparse.Argumen
     sub = commands.add_parser("controller", help="schedule instances and/or watch events")
     connection(sub)
     sub.add_argument("--count", type=int, default=0, help="instances to schedule (0: none)")
-    sub.add_argument("--concurrency", type=int, default=10)
+    sub.add_argument("--concurrency", type=int, default=10,
+                     help="Schedule calls in flight (default 10)")
     sub.add_argument("--memory", type=int, default=64, help="MiB requested per instance")
     sub.add_argument("--cpu", type=int, default=100, help="millicores requested per instance")
     sub.add_argument("--prefix", default="inst", help="instance ids are PREFIX-<run>-<n>")
