@@ -263,7 +263,10 @@ class Instances:
             self._publish(instance, InstanceStatus(instance.id, TERMINATED, "destroyed",
                                                    node_id=instance.node.id))
         if instance.ended not in ENDED_OK:
-            log.warning("instance %s: relay ended: %s", instance.id, instance.ended)
+            # Ended with its node's generation (left, lost, rejoined elsewhere): the node's
+            # own line said so and named its instances; a leave is planned, not a fault.
+            level = logging.WARNING if instance.node_current else logging.INFO
+            log.log(level, "instance %s: relay ended: %s", instance.id, instance.ended)
         self._release(instance)
         if instance.latest.code is TERMINATED:
             self._unplace(instance)
