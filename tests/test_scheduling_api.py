@@ -86,10 +86,11 @@ INVALID = [
     pytest.param(dict(memory=-512), "workload.resource_limits.memory is -512; must be >= 0",
                  id="memory<0"),
     pytest.param(dict(disk=-3), "workload.resource_limits.disk is -3; must be >= 0", id="disk<0"),
-    pytest.param(dict(environment=["A=1", "NOEQUALS"]),
-                 "workload.environment[1] must be KEY=VALUE with a non-empty KEY", id="env-no-equals"),
-    pytest.param(dict(environment=["=value"]),
-                 "workload.environment[0] must be KEY=VALUE with a non-empty KEY", id="env-empty-key"),
+    pytest.param(dict(instance_id="web/1"), "workload.instance_id 'web/1' is not a valid id: "
+                 "1-253 characters of A-Z, a-z, 0-9, '.', '_' and '-'", id="instance-id-slash"),
+    pytest.param(dict(instance_id="w\u212a"), "workload.instance_id", id="instance-id-kelvin"),
+    pytest.param(dict(environment=["A=1", ""]), "workload.environment[1] is empty",
+                 id="env-empty-entry"),
     pytest.param(dict(environment=["K=v"] * 1025),
                  "workload.environment has 1025 entries; at most 1024", id="env-too-many"),
     pytest.param(dict(environment=["K=" + "v" * 40_000]),
@@ -116,14 +117,19 @@ async def test_validation_comes_before_looking_for_nodes():
 
 
 async def test_edge_values_that_are_valid_are_placed():
+    # Ids and environment as the Orka Controller makes them (SPEC §2.2 step 1): `_` in names,
+    # upper case, entries that are not KEY=VALUE, all passed to the Agent as given.
+    instance_id = "instance-My_db.1-" + "a" * (253 - 17)
+    environment = ["EMPTY=", "EQ=a=b", "DEBUG", "=value", " spaced out ", "ünï=cødé"]
     async with open_cluster(node("n1")) as (scheduler, channel, [n1]):
-        request = scheduling_request("a.b-1", environment=["EMPTY=", "EQ=a=b"], cpu=0, memory=0,
+        request = scheduling_request(instance_id, environment=environment, cpu=0, memory=0,
                                      disk=0)
         statuses, _ = await schedule(channel, request, until_code=RUNNING)
         assert [s.status.code for s in statuses] == [WAITING, RUNNING]
         [sent] = n1.workloads.workloads
+        assert len(instance_id) == 253
         assert (sent.instance_id, sent.image, list(sent.environment)) == \
-            ("a.b-1", "nginx:1.27", ["EMPTY=", "EQ=a=b"])
+            (instance_id, "nginx:1.27", environment)
         assert sent.HasField("resource_limits") and sent.resource_limits.HasField("memory"), \
             "explicit zero limits must reach the Agent as set, not as absent"
 
