@@ -171,7 +171,9 @@ class FakeWorkloadAgent:
 
     `mode`: "accept" (WAITING then RUNNING, TERMINATED on a signal), "refuse" (GRPCError with
     `refuse_status`), "hang" (never answers), "empty" (ends the stream at once), "die" (one
-    status, then the stream breaks). Records what it received, including cancelled Creates.
+    status, then the stream breaks), "cleanup" (as "accept", but a signal ends the stream OK
+    with no TERMINATED status, as the Orka node agent does once it has cleaned an instance up).
+    Records what it received, including cancelled Creates.
     """
 
     def __init__(self, mode: str = "accept", refuse_status=None) -> None:
@@ -229,6 +231,8 @@ class FakeWorkloadAgent:
                 return
             await stream.send_message(status(pb.Status.RUNNING))
             await done.wait()
+            if self.mode == "cleanup":
+                return
             await stream.send_message(status(pb.Status.TERMINATED, "signalled"))
         except asyncio.CancelledError:
             self.cancelled.append(workload.instance_id)

@@ -371,6 +371,37 @@ async def test_accepted_instance_streams_statuses_and_stop_ends_the_call_ok():
         assert n2.workloads.created == []
 
 
+async def test_an_agent_ending_the_stream_ok_without_terminated_has_terminated_the_instance():
+    # The Orka node agent, once it has cleaned an instance up, ends its Create stream OK with
+    # no TERMINATED status (SPEC §2.2 step 5): TERMINATED "ended by the Agent", resources back.
+    async with open_cluster(node("n1", "cleanup", mem_free=GIB)) as (scheduler, channel, [n1]):
+        async with FakeController(channel).watch() as events:
+            async with open_schedule(channel, scheduling_request("c-1", memory=768)) as call:
+                await call.until(RUNNING)
+                _, error = await schedule(channel, scheduling_request("c-2", memory=768))
+                assert error.status is Status.RESOURCE_EXHAUSTED, "c-1 holds the memory"
+                assert await stop_instance(channel, "c-1") is None
+                statuses, error = await call.result()
+            assert error is None, f"the Schedule call must end OK: {error!r}"
+            assert [(s.status.code, s.status.message, s.node_id) for s in statuses][-1] == \
+                (TERMINATED, "ended by the Agent", "n1")
+            seen = []
+            while len(seen) < 3:
+                event = await events.receive()
+                assert not isinstance(event, Exception), event
+                if event.WhichOneof("event") == "instance":
+                    seen.append((event.instance.status.code, event.instance.status.message))
+        assert seen == [(WAITING, ""), (RUNNING, ""), (TERMINATED, "ended by the Agent")]
+        assert "c-1" not in reservations(scheduler)
+        assert "c-1" not in scheduler.cluster.nodes["n1"].placed
+        [latest] = [s for s in scheduler.instances.statuses() if s.instance_id == "c-1"]
+        assert (latest.code.name, latest.message) == ("TERMINATED", "ended by the Agent")
+        n1.mode = "accept"
+        statuses, _ = await schedule(channel, scheduling_request("c-2", memory=768),
+                                     until_code=RUNNING)
+        assert statuses[-1].node_id == "n1", "the memory c-1 held is free again"
+
+
 async def test_destroy_sends_kill_and_forgets_the_placement():
     async with open_cluster(node("n1")) as (scheduler, channel, [n1]):
         async with open_schedule(channel, scheduling_request("web-1", memory=64)) as call:
