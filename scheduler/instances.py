@@ -237,6 +237,8 @@ class Instances:
             self.store.save_placement(workload, node.id, node.generation, first)
         self._instances[instance.id] = instance
         self._reserved_on.setdefault(node.id, set()).add(instance)
+        if _listed(node, instance.id):  # a report overtook the Agent's first status
+            self._release(instance)
         node.placed.add(instance.id)
         self.cluster.count_instances(node)
         self._publish(instance, first)
@@ -496,6 +498,13 @@ class Instances:
                 del self._instances[old_id]
                 if self.store is not None:
                     self.store.delete_placement(old_id)
+
+
+def _listed(node: Node, instance_id: str) -> bool:
+    """The node's last report lists the instance, so its free amounts account for it."""
+    metrics = node.metrics
+    return metrics is not None and any(report.instance_id == instance_id
+                                       for report in metrics.instances)
 
 
 def _describe(request) -> str:

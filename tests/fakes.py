@@ -188,6 +188,7 @@ class FakeWorkloadAgent:
         self.port = 0
         self._server = None
         self._running: dict[str, object] = {}  # instance id -> asyncio.Event ending it
+        self.running: dict[str, None] = {}  # started, stream still open: what an Agent reports
 
     def __mapping__(self):
         from grpclib.const import Cardinality, Handler
@@ -217,6 +218,7 @@ class FakeWorkloadAgent:
             if self.mode == "empty":
                 return
             done = self._running[workload.instance_id] = asyncio.Event()
+            self.running[workload.instance_id] = None
 
             def status(code, message=None):
                 reply = pb.WorkloadStatus(instance_id=workload.instance_id)
@@ -237,6 +239,8 @@ class FakeWorkloadAgent:
         except asyncio.CancelledError:
             self.cancelled.append(workload.instance_id)
             raise
+        finally:
+            self.running.pop(workload.instance_id, None)
 
     async def _signal(self, stream) -> None:
         from grpclib.exceptions import GRPCError

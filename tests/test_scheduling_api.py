@@ -20,9 +20,11 @@ from tests.conftest import make_config, running_scheduler
 from tests.fakes import (
     FakeController,
     RecordingWorkloadAgent,
+    aio,
     destroy_instance,
     drop_stream,
     open_channel,
+    open_node,
     open_nodes,
     open_schedule,
     schedule,
@@ -652,6 +654,49 @@ async def test_report_listing_the_instance_releases_its_reservation():
         assert "r-1" in reservations(scheduler), "a report that lists other instances only"
         await n1.report(scheduler, mem_free=3 * GIB, instances=[("r-1", RUNNING)])
         assert "r-1" not in reservations(scheduler)
+
+
+class GatedWorkloadAgent(RecordingWorkloadAgent):
+    """Accepts like "accept", but answers a Create only once the test opens the gate."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.waiting = 0  # Creates received and not answered yet
+        self._gate = None
+
+    async def _create(self, stream) -> None:
+        import asyncio
+
+        if self._gate is None:
+            self._gate = asyncio.Event()
+        self.waiting += 1
+        await self._gate.wait()
+        self.waiting -= 1
+        await super()._create(stream)
+
+    async def open_gate(self) -> None:
+        async def open_gate():
+            self._gate.set()
+        await aio(open_gate)()
+
+
+async def test_a_report_that_lists_the_instance_before_the_agent_answers_releases_at_once():
+    # The Agent started the instance and reported it before its first status reached us: that
+    # report already accounts for the instance, so holding its reservation would count it twice.
+    async with running_scheduler(make_config()) as scheduler, open_channel(scheduler.port) as channel:
+        workloads = GatedWorkloadAgent("n1")
+        n1 = await open_node(channel, scheduler, "n1", workloads)
+        try:
+            async with open_schedule(channel, scheduling_request("r-1", memory=512)) as call:
+                await wait_until(lambda: workloads.waiting == 1)
+                assert reservations(scheduler).node_of("r-1") == "n1"
+                await n1.report(scheduler, mem_free=3 * GIB, instances=[("r-1", RUNNING)])
+                assert "r-1" in reservations(scheduler), "not accepted yet: still held"
+                await workloads.open_gate()
+                await call.until(RUNNING)
+                assert "r-1" not in reservations(scheduler)
+        finally:
+            await n1.close()
 
 
 async def test_instance_streams_spread_over_connections_and_signals_have_their_own(monkeypatch):
