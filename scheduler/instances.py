@@ -278,7 +278,10 @@ class Instances:
     def _ended_by_agent(self, instance: Instance) -> None:
         """The Agent ended the instance's stream OK without a TERMINATED status: the Orka node
         agent does so once it has cleaned the instance up, so it is TERMINATED (SPEC §2.2
-        step 5). A stream that ends with an error is not this: its instance's fate is unknown."""
+        step 5). A stream that ends with an error is not this: its instance's fate is unknown.
+        A relay already being ended (Destroy, the node's generation ending) keeps its reason."""
+        if instance.ended:
+            return
         log.info("instance %s terminated: the Agent on %s ended its stream", instance.id,
                  instance.node.id)
         self._update(instance, InstanceStatus(instance.id, TERMINATED, ENDED_BY_AGENT,
