@@ -12,7 +12,8 @@ Controller's Schedule stream while that is still listening.
 Reservations (what concurrent decisions must not promise twice) are held from the attempt
 until the node's reports can be trusted to include the instance: a report that lists the
 instance (also one that overtook the Agent's first status), or — for Agents that do not report
-instances — `RESERVATION_REPORTS` status reports after acceptance. They are also released on refusal, termination, Destroy and node loss.
+instances — `RESERVATION_REPORTS` status reports after acceptance. They are also released on
+refusal, termination, Destroy and node loss.
 """
 from __future__ import annotations
 

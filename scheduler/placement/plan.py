@@ -14,9 +14,7 @@ from scheduler.model import NO_RESOURCES, Resources
 from scheduler.placement.feasible import (
     FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reason_codes, reject_reason,
 )
-from scheduler.placement.rank import (
-    Strategy, priority_positions, score, scores, sort_key,
-)
+from scheduler.placement.rank import Strategy, priority_positions, score, scores, sort_key
 from scheduler.placement.requests import ranking_request
 from scheduler.placement.table import Columns, NodeTable, column_amounts
 
