@@ -5,13 +5,15 @@ A placement asks `placement.plan` for the feasible nodes in priority order, then
 at a time: re-check the node still fits, reserve, call the Agent's Create, wait for its first
 status. A refusal releases the reservation and moves on. Once an Agent accepts, a relay task
 owned by this service (not by the Controller's call) reads the Agent's stream until the
-instance terminates, is destroyed, or its node's generation ends; it publishes every status to the
-event log and forwards it to the Controller's Schedule stream while that is still listening.
+instance terminates (a TERMINATED status, or the Agent ends the stream OK), is destroyed, or its
+node's generation ends; it publishes every status to the event log and forwards it to the
+Controller's Schedule stream while that is still listening.
 
 Reservations (what concurrent decisions must not promise twice) are held from the attempt
 until the node's reports can be trusted to include the instance: a report that lists the
-instance, or — for Agents that do not report instances — `RESERVATION_REPORTS` status reports
-after acceptance. They are also released on refusal, termination, Destroy and node loss.
+instance (also one that overtook the Agent's first status), or — for Agents that do not report
+instances — `RESERVATION_REPORTS` status reports after acceptance. They are also released on
+refusal, termination, Destroy and node loss.
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ FORGOTTEN_REMEMBERED = 1_000  # per node: forgotten ids (destroyed, placed again
 FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed; older are forgotten
 TERMINATED = InstanceCode.TERMINATED
 ENDED_OK = ("terminated", "destroyed")  # relay endings after which Schedule ends with OK
+ENDED_BY_AGENT = "ended by the Agent"  # message of the TERMINATED status the scheduler records
+# when an Agent ends an instance's stream OK without sending one
 
 
 @dataclass(eq=False)
@@ -234,6 +238,8 @@ class Instances:
             self.store.save_placement(workload, node.id, node.generation, first)
         self._instances[instance.id] = instance
         self._reserved_on.setdefault(node.id, set()).add(instance)
+        if _listed(node, instance.id):  # a report overtook the Agent's first status
+            self._release(instance)
         node.placed.add(instance.id)
         self.cluster.count_instances(node)
         self._publish(instance, first)
@@ -243,7 +249,7 @@ class Instances:
     # -- relaying --------------------------------------------------------------------------
 
     async def _relay(self, instance: Instance, stream: ServerStream) -> None:
-        """Read the Agent's stream until TERMINATED; publish and forward every status."""
+        """Read the Agent's stream until TERMINATED or its end; publish and forward every status."""
         try:
             with instance.scope:
                 try:
@@ -253,8 +259,7 @@ class Instances:
                         self._update(instance, status)
                     instance.ended = "terminated"
                 except trio.EndOfChannel:
-                    instance.ended = (f"the Agent on {instance.node.id} ended the instance's "
-                                      "stream before it terminated")
+                    self._ended_by_agent(instance)
                 except (RemoteError, InvalidArgument) as err:
                     instance.ended = f"the instance's stream from {instance.node.id} failed: {err}"
         finally:
@@ -273,6 +278,19 @@ class Instances:
             self._retain_finished(instance)
         if instance.follower is not None:
             instance.follower.close()
+
+    def _ended_by_agent(self, instance: Instance) -> None:
+        """The Agent ended the instance's stream OK without a TERMINATED status: the Orka node
+        agent does so once it has cleaned the instance up, so it is TERMINATED (SPEC §2.2
+        step 5). A stream that ends with an error is not this: its instance's fate is unknown.
+        A relay already being ended (Destroy, the node's generation ending) keeps its reason."""
+        if instance.ended:
+            return
+        log.info("instance %s terminated: the Agent on %s ended its stream", instance.id,
+                 instance.node.id)
+        self._update(instance, InstanceStatus(instance.id, TERMINATED, ENDED_BY_AGENT,
+                                              node_id=instance.node.id))
+        instance.ended = "terminated"
 
     def _update(self, instance: Instance, status: InstanceStatus) -> None:
         """A new status of a live instance: remember it durably, then tell everyone."""
@@ -487,6 +505,13 @@ class Instances:
                 del self._instances[old_id]
                 if self.store is not None:
                     self.store.delete_placement(old_id)
+
+
+def _listed(node: Node, instance_id: str) -> bool:
+    """The node's last report lists the instance, so its free amounts account for it."""
+    metrics = node.metrics
+    return metrics is not None and any(report.instance_id == instance_id
+                                       for report in metrics.instances)
 
 
 def _describe(request) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .._proto import controller_grpc, controller_pb2
-from ..convert import instance_status_to_wire, node_id_from_wire, workload_from_wire
+from ..convert import instance_id_from_wire, instance_status_to_wire, workload_from_wire
 from ..errors import Unavailable
 from ..grpc_bridge import Bridge, Call
 from ..instances import ENDED_OK, Instances
@@ -36,9 +36,9 @@ class SchedulingApi:
             raise Unavailable(f"instance {instance.id} on node {instance.node.id}: {instance.ended}")
 
     async def stop(self, call: Call) -> controller_pb2.Empty:
-        await self.instances.stop(node_id_from_wire(call.request.instance_id, "instance_id"))
+        await self.instances.stop(instance_id_from_wire(call.request.instance_id))
         return EMPTY
 
     async def destroy(self, call: Call) -> controller_pb2.Empty:
-        await self.instances.destroy(node_id_from_wire(call.request.instance_id, "instance_id"))
+        await self.instances.destroy(instance_id_from_wire(call.request.instance_id))
         return EMPTY
