@@ -26,7 +26,7 @@ from .instances import Instances
 from .api.standard import health_service, with_reflection
 from .model import NodeState, Snapshot
 from .observability import make_registry, serve_http
-from .store import Restored, Store
+from .store import Restored, SqliteBackend, Store
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ RESTORE_JITTER = 0.1  # fraction of node_timeout spreading the deadlines of rest
 
 def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
     """The scheduler's parts, with the previous run's state loaded from the data directory."""
-    store = Store(config.server.data_dir, config.events.retained)
+    store = Store(SqliteBackend(config.server.data_dir), config.events.retained)
     restored = store.load()
     parts: dict = {}
 
@@ -71,7 +71,6 @@ def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
 
     events = EventLog(config.events.retained, snapshot, restored.epoch,
                       revision=restored.revision, history=restored.events)
-    store.begin(events.epoch, events.revision)
     events.on_publish.append(store.event_published)
     cluster = parts["cluster"] = Cluster(
         events,
@@ -135,6 +134,7 @@ async def serve(
     registry = make_registry(scheduler.cluster, scheduler.instances, scheduler.events)
     async with open_loop(), trio.open_nursery() as nursery:
         await nursery.start(scheduler.store.run)
+        await scheduler.store.begin(scheduler.events.epoch, scheduler.events.revision)
         await nursery.start(scheduler.cluster.run)
         await nursery.start(scheduler.instances.run)
         restore(scheduler)
@@ -167,5 +167,5 @@ async def serve(
         # The listener has drained and closed: end the sessions' and relays' tasks.
         nursery.cancel_scope.cancel()
         scheduler.agents.close()
-    scheduler.store.close()
+    scheduler.store.backend.close()
     log.info("stopped")

@@ -219,19 +219,32 @@ class Instances:
             table.release(instance_id)
             refusals.append(f"{node_id}: left or was lost during the attempt")
             return None
-        return self._accept(workload, node, stream, first)
+        return await self._accept(workload, node, stream, first, refusals)
 
-    def _accept(self, workload: Workload, node: Node, stream: ServerStream,
-                first: InstanceStatus) -> tuple[Instance, trio.MemoryReceiveChannel]:
+    async def _accept(self, workload: Workload, node: Node, stream: ServerStream,
+                      first: InstanceStatus, refusals: list[str],
+                      ) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
+        """Record an acceptance, durably before the Controller hears of it; None (and a reason
+        in `refusals`) if the node went away meanwhile. A placement the store cannot record is
+        abandoned (the Agent's Create is cancelled) and the Controller gets UNAVAILABLE."""
         assert self._nursery is not None, "Instances.run() is not running"
+        generation = node.generation
+        if self.store is not None:
+            try:
+                await self.store.save_placement(workload, node.id, generation, first)
+            except BaseException:
+                self._abandon(workload.instance_id, stream)
+                raise
+            if node.generation != generation or node.state is not NodeState.READY:
+                self._abandon(workload.instance_id, stream)
+                refusals.append(f"{node.id}: left or was lost while the placement was recorded")
+                return None
         previous = self._instances.pop(workload.instance_id, None)
         if previous is not None:
             self._forget(previous, "placed again")
-        instance = Instance(workload, node, node.generation, first)
+        instance = Instance(workload, node, generation, first)
         send, receive = trio.open_memory_channel(math.inf)  # a few statuses per instance
         instance.follower = send
-        if self.store is not None:  # durable before the Controller hears of the acceptance
-            self.store.save_placement(workload, node.id, node.generation, first)
         self._instances[instance.id] = instance
         self._reserved_on.setdefault(node.id, set()).add(instance)
         node.placed.add(instance.id)
@@ -239,6 +252,18 @@ class Instances:
         self._publish(instance, first)
         self._nursery.start_soon(self._relay, instance, stream, name=f"relay:{instance.id}")
         return instance, receive
+
+    def _abandon(self, instance_id: str, stream: ServerStream) -> None:
+        """An accepted placement that is not recorded after all: cancel the Agent's Create,
+        release the reservation, and put back in the store what was there before."""
+        stream.cancel()
+        self.cluster.table.release(instance_id)
+        previous = self._instances.get(instance_id)
+        if previous is None:
+            self.store.forget_placement(instance_id)
+        else:
+            self.store.update_placement(previous.workload, previous.node.id, previous.generation,
+                                        previous.latest)
 
     # -- relaying --------------------------------------------------------------------------
 
@@ -275,7 +300,8 @@ class Instances:
         """A new status of a live instance: remember it durably, then tell everyone."""
         instance.latest = status
         if self.store is not None and self._instances.get(instance.id) is instance:
-            self.store.update_placement(status)
+            self.store.update_placement(instance.workload, instance.node.id, instance.generation,
+                                        status)
         self._publish(instance, status)
 
     def _publish(self, instance: Instance, status: InstanceStatus) -> None:
@@ -438,6 +464,8 @@ class Instances:
             log.info("instance %s: the Agent on %s does not know it (%s); forgetting it",
                      instance_id, instance.node.id, err.message)
         self._forget(instance, "destroyed")
+        if self.store is not None:  # durable before Destroy is acknowledged
+            await self.store.commit_durably()
         log.info("instance %s destroyed on node %s", instance_id, instance.node.id)
 
     async def _signal(self, instance_id: str, signal: Signal) -> Instance:
@@ -457,8 +485,8 @@ class Instances:
         if self._instances.get(instance.id) is instance:
             del self._instances[instance.id]
             self._finished.pop(instance.id, None)
-            if self.store is not None:  # durable before Destroy is acknowledged
-                self.store.delete_placement(instance.id)
+            if self.store is not None:
+                self.store.forget_placement(instance.id)
         self._unplace(instance)
         self._release(instance)
         self._end_relay(instance, why)
@@ -483,7 +511,7 @@ class Instances:
             if old is not None and not old.running_on_ready_node:
                 del self._instances[old_id]
                 if self.store is not None:
-                    self.store.delete_placement(old_id)
+                    self.store.forget_placement(old_id)
 
 
 def _describe(request) -> str:
