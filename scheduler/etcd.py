@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._proto.etcd import rpc_grpc, rpc_pb2, v3election_grpc, v3election_pb2
+from ._proto.etcd import kv_pb2, rpc_grpc, rpc_pb2, v3election_grpc, v3election_pb2
 from .errors import RemoteError
 from .grpc_bridge import ClientChannel, ServerStream
 from .store import StoreUnavailable
@@ -88,15 +88,15 @@ class EtcdClient:
     async def txn(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         return await self._unary(rpc_grpc.KVStub, "Txn", request)
 
-    async def load(self, prefix: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
-        """Every (key, value) under `prefix` at one revision, page by page; and that revision."""
-        items: list[tuple[bytes, bytes]] = []
+    async def load(self, prefix: bytes) -> tuple[list[kv_pb2.KeyValue], int]:
+        """Every key under `prefix` at one revision, page by page; and that revision."""
+        items: list[kv_pb2.KeyValue] = []
         key, end, revision = prefix, range_end(prefix), 0
         while True:
             response = await self._unary(rpc_grpc.KVStub, "Range", rpc_pb2.RangeRequest(
                 key=key, range_end=end, limit=RANGE_PAGE, revision=revision))
             revision = revision or response.header.revision
-            items.extend((kv.key, kv.value) for kv in response.kvs)
+            items.extend(response.kvs)
             if not response.more or not response.kvs:
                 return items, revision
             key = response.kvs[-1].key + b"\0"
@@ -150,3 +150,13 @@ class EtcdClient:
     async def resign(self, leader: v3election_pb2.LeaderKey) -> None:
         await self._unary(v3election_grpc.ElectionStub, "Resign",
                           v3election_pb2.ResignRequest(leader=leader))
+
+
+def ssl_context(ca: str, cert: str = "", key: str = "") -> ssl.SSLContext:
+    """TLS to etcd: its server certificates checked against `ca` (and their host names), our
+    client certificate if given; ALPN h2, which etcd's gRPC server expects."""
+    context = ssl.create_default_context(cafile=ca)
+    if cert:
+        context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["h2"])
+    return context

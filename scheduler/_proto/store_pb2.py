@@ -24,41 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cscheduler/_proto/store.proto\x12\x0fscheduler.store\"=\n\nStoredMeta\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\"\x8b\x01\n\nStoredNode\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.scheduler.store.NodeState\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x16\n\x0elast_seen_unix\x18\x06 \x01(\x01\"\x94\x01\n\x0fStoredPlacement\x12+\n\x08workload\x18\x01 \x01(\x0b\x32\x19.scheduler.store.Workload\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12/\n\x06latest\x18\x04 \x01(\x0b\x32\x1f.scheduler.store.InstanceStatus\"\x93\x01\n\x08Workload\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\r\x12\x13\n\x0b\x65nvironment\x18\x04 \x03(\t\x12\x32\n\tresources\x18\x05 \x01(\x0b\x32\x1a.scheduler.store.ResourcesH\x00\x88\x01\x01\x42\x0c\n\n_resources\"a\n\tResources\x12\x10\n\x03\x63pu\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x06memory\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x11\n\x04\x64isk\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x06\n\x04_cpuB\t\n\x07_memoryB\x07\n\x05_disk\"\xac\x01\n\x0eInstanceStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12+\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1d.scheduler.store.InstanceCode\x12\x14\n\x07message\x18\x03 \x01(\tH\x00\x88\x01\x01\x12%\n\x05usage\x18\x04 \x01(\x0b\x32\x16.scheduler.store.Usage\x12\x0f\n\x07node_id\x18\x05 \x01(\tB\n\n\x08_message\"2\n\x05Usage\x12\x0b\n\x03\x63pu\x18\x01 \x01(\x03\x12\x0e\n\x06memory\x18\x02 \x01(\x03\x12\x0c\n\x04\x64isk\x18\x03 \x01(\x03\"\x88\x01\n\x0bStoredEvent\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12*\n\x04node\x18\x02 \x01(\x0b\x32\x1a.scheduler.store.NodeEventH\x00\x12\x33\n\x08instance\x18\x03 \x01(\x0b\x32\x1f.scheduler.store.InstanceStatusH\x00\x42\x06\n\x04\x62ody\"\x97\x01\n\tNodeEvent\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.scheduler.store.NodeEvent.Kind\x12\'\n\x04node\x18\x02 \x01(\x0b\x32\x19.scheduler.store.NodeView\"2\n\x04Kind\x12\n\n\x06JOINED\x10\x00\x12\n\n\x06STATUS\x10\x01\x12\x08\n\x04LEFT\x10\x02\x12\x08\n\x04LOST\x10\x03\"\xc0\x01\n\x08NodeView\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.scheduler.store.NodeState\x12\x32\n\x07metrics\x18\x04 \x01(\x0b\x32\x1c.scheduler.store.NodeMetricsH\x00\x88\x01\x01\x12\x14\n\x0cinstance_ids\x18\x05 \x03(\t\x12\x16\n\x0elast_seen_unix\x18\x06 \x01(\x01\x42\n\n\x08_metrics\"\xaf\x02\n\x0bNodeMetrics\x12\x19\n\x0cmemory_total\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0bmemory_free\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x15\n\x08\x63pu_load\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\tcpu_cores\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x17\n\ndisk_total\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x16\n\tdisk_free\x18\x06 \x01(\x04H\x05\x88\x01\x01\x12\x32\n\tinstances\x18\x07 \x03(\x0b\x32\x1f.scheduler.store.InstanceReportB\x0f\n\r_memory_totalB\x0e\n\x0c_memory_freeB\x0b\n\t_cpu_loadB\x0c\n\n_cpu_coresB\r\n\x0b_disk_totalB\x0c\n\n_disk_free\"R\n\x0eInstanceReport\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12+\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1d.scheduler.store.InstanceCode**\n\tNodeState\x12\t\n\x05READY\x10\x00\x12\x08\n\x04LEFT\x10\x01\x12\x08\n\x04LOST\x10\x02*8\n\x0cInstanceCode\x12\x0b\n\x07WAITING\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\x0e\n\nTERMINATED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cscheduler/_proto/store.proto\x12\x0fscheduler.store\"=\n\nStoredMeta\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\"0\n\nStoredTerm\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x12\n\nsince_unix\x18\x02 \x01(\x01\"\x8b\x01\n\nStoredNode\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.scheduler.store.NodeState\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x16\n\x0elast_seen_unix\x18\x06 \x01(\x01\"\x94\x01\n\x0fStoredPlacement\x12+\n\x08workload\x18\x01 \x01(\x0b\x32\x19.scheduler.store.Workload\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12/\n\x06latest\x18\x04 \x01(\x0b\x32\x1f.scheduler.store.InstanceStatus\"\x93\x01\n\x08Workload\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\r\x12\x13\n\x0b\x65nvironment\x18\x04 \x03(\t\x12\x32\n\tresources\x18\x05 \x01(\x0b\x32\x1a.scheduler.store.ResourcesH\x00\x88\x01\x01\x42\x0c\n\n_resources\"a\n\tResources\x12\x10\n\x03\x63pu\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x06memory\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x11\n\x04\x64isk\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x06\n\x04_cpuB\t\n\x07_memoryB\x07\n\x05_disk\"\xac\x01\n\x0eInstanceStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12+\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1d.scheduler.store.InstanceCode\x12\x14\n\x07message\x18\x03 \x01(\tH\x00\x88\x01\x01\x12%\n\x05usage\x18\x04 \x01(\x0b\x32\x16.scheduler.store.Usage\x12\x0f\n\x07node_id\x18\x05 \x01(\tB\n\n\x08_message\"2\n\x05Usage\x12\x0b\n\x03\x63pu\x18\x01 \x01(\x03\x12\x0e\n\x06memory\x18\x02 \x01(\x03\x12\x0c\n\x04\x64isk\x18\x03 \x01(\x03\"\x88\x01\n\x0bStoredEvent\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12*\n\x04node\x18\x02 \x01(\x0b\x32\x1a.scheduler.store.NodeEventH\x00\x12\x33\n\x08instance\x18\x03 \x01(\x0b\x32\x1f.scheduler.store.InstanceStatusH\x00\x42\x06\n\x04\x62ody\"\x97\x01\n\tNodeEvent\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.scheduler.store.NodeEvent.Kind\x12\'\n\x04node\x18\x02 \x01(\x0b\x32\x19.scheduler.store.NodeView\"2\n\x04Kind\x12\n\n\x06JOINED\x10\x00\x12\n\n\x06STATUS\x10\x01\x12\x08\n\x04LEFT\x10\x02\x12\x08\n\x04LOST\x10\x03\"\xc0\x01\n\x08NodeView\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.scheduler.store.NodeState\x12\x32\n\x07metrics\x18\x04 \x01(\x0b\x32\x1c.scheduler.store.NodeMetricsH\x00\x88\x01\x01\x12\x14\n\x0cinstance_ids\x18\x05 \x03(\t\x12\x16\n\x0elast_seen_unix\x18\x06 \x01(\x01\x42\n\n\x08_metrics\"\xaf\x02\n\x0bNodeMetrics\x12\x19\n\x0cmemory_total\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0bmemory_free\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x15\n\x08\x63pu_load\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\tcpu_cores\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x17\n\ndisk_total\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x16\n\tdisk_free\x18\x06 \x01(\x04H\x05\x88\x01\x01\x12\x32\n\tinstances\x18\x07 \x03(\x0b\x32\x1f.scheduler.store.InstanceReportB\x0f\n\r_memory_totalB\x0e\n\x0c_memory_freeB\x0b\n\t_cpu_loadB\x0c\n\n_cpu_coresB\r\n\x0b_disk_totalB\x0c\n\n_disk_free\"R\n\x0eInstanceReport\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12+\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1d.scheduler.store.InstanceCode**\n\tNodeState\x12\t\n\x05READY\x10\x00\x12\x08\n\x04LEFT\x10\x01\x12\x08\n\x04LOST\x10\x02*8\n\x0cInstanceCode\x12\x0b\n\x07WAITING\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\x0e\n\nTERMINATED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'scheduler._proto.store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODESTATE']._serialized_start=1759
-  _globals['_NODESTATE']._serialized_end=1801
-  _globals['_INSTANCECODE']._serialized_start=1803
-  _globals['_INSTANCECODE']._serialized_end=1859
+  _globals['_NODESTATE']._serialized_start=1809
+  _globals['_NODESTATE']._serialized_end=1851
+  _globals['_INSTANCECODE']._serialized_start=1853
+  _globals['_INSTANCECODE']._serialized_end=1909
   _globals['_STOREDMETA']._serialized_start=49
   _globals['_STOREDMETA']._serialized_end=110
-  _globals['_STOREDNODE']._serialized_start=113
-  _globals['_STOREDNODE']._serialized_end=252
-  _globals['_STOREDPLACEMENT']._serialized_start=255
-  _globals['_STOREDPLACEMENT']._serialized_end=403
-  _globals['_WORKLOAD']._serialized_start=406
-  _globals['_WORKLOAD']._serialized_end=553
-  _globals['_RESOURCES']._serialized_start=555
-  _globals['_RESOURCES']._serialized_end=652
-  _globals['_INSTANCESTATUS']._serialized_start=655
-  _globals['_INSTANCESTATUS']._serialized_end=827
-  _globals['_USAGE']._serialized_start=829
-  _globals['_USAGE']._serialized_end=879
-  _globals['_STOREDEVENT']._serialized_start=882
-  _globals['_STOREDEVENT']._serialized_end=1018
-  _globals['_NODEEVENT']._serialized_start=1021
-  _globals['_NODEEVENT']._serialized_end=1172
-  _globals['_NODEEVENT_KIND']._serialized_start=1122
-  _globals['_NODEEVENT_KIND']._serialized_end=1172
-  _globals['_NODEVIEW']._serialized_start=1175
-  _globals['_NODEVIEW']._serialized_end=1367
-  _globals['_NODEMETRICS']._serialized_start=1370
-  _globals['_NODEMETRICS']._serialized_end=1673
-  _globals['_INSTANCEREPORT']._serialized_start=1675
-  _globals['_INSTANCEREPORT']._serialized_end=1757
+  _globals['_STOREDTERM']._serialized_start=112
+  _globals['_STOREDTERM']._serialized_end=160
+  _globals['_STOREDNODE']._serialized_start=163
+  _globals['_STOREDNODE']._serialized_end=302
+  _globals['_STOREDPLACEMENT']._serialized_start=305
+  _globals['_STOREDPLACEMENT']._serialized_end=453
+  _globals['_WORKLOAD']._serialized_start=456
+  _globals['_WORKLOAD']._serialized_end=603
+  _globals['_RESOURCES']._serialized_start=605
+  _globals['_RESOURCES']._serialized_end=702
+  _globals['_INSTANCESTATUS']._serialized_start=705
+  _globals['_INSTANCESTATUS']._serialized_end=877
+  _globals['_USAGE']._serialized_start=879
+  _globals['_USAGE']._serialized_end=929
+  _globals['_STOREDEVENT']._serialized_start=932
+  _globals['_STOREDEVENT']._serialized_end=1068
+  _globals['_NODEEVENT']._serialized_start=1071
+  _globals['_NODEEVENT']._serialized_end=1222
+  _globals['_NODEEVENT_KIND']._serialized_start=1172
+  _globals['_NODEEVENT_KIND']._serialized_end=1222
+  _globals['_NODEVIEW']._serialized_start=1225
+  _globals['_NODEVIEW']._serialized_end=1417
+  _globals['_NODEMETRICS']._serialized_start=1420
+  _globals['_NODEMETRICS']._serialized_end=1723
+  _globals['_INSTANCEREPORT']._serialized_start=1725
+  _globals['_INSTANCEREPORT']._serialized_end=1807
 # @@protoc_insertion_point(module_scope)

