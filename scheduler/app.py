@@ -120,8 +120,10 @@ class Scheduler:
         return True, "ok"
 
 
-def build_core(config: Config, store: Store, agent_ssl: ssl.SSLContext | None) -> Core:
-    """A leadership's parts, continuing the state `store` holds."""
+def build_core(config: Config, store: Store, agent_ssl: ssl.SSLContext | None,
+               leading: Callable[[], bool] = lambda: True) -> Core:
+    """A leadership's parts, continuing the state `store` holds; `leading()` False once the
+    leadership is over (no Agent is called then)."""
     restored = store.load()
     parts: dict = {}
 
@@ -140,7 +142,7 @@ def build_core(config: Config, store: Store, agent_ssl: ssl.SSLContext | None) -
     cluster.on_node_change.append(lambda node: store.save_node(
         node.id, node.host, node.port, node.state, node.generation, node.last_seen_unix))
     cluster.on_node_forgotten.append(store.delete_node)
-    agents = Agents(cluster, agent_ssl, config.tls.trust_domain)
+    agents = Agents(cluster, agent_ssl, config.tls.trust_domain, leading)
     instances = parts["instances"] = Instances(
         cluster, events, agents,
         strategy=config.scheduling.strategy,
@@ -204,7 +206,8 @@ class Leader:
                     store.on_fence_lost.append(term.end)
                     # Everything every earlier leader wrote comes before our term record.
                     await mirror.wait_for(await backend.open_term(scheduler.advertise))
-                core = build_core(config, store, self._agent_ssl)
+                leading = term.valid if term is not None else (lambda: True)
+                core = build_core(config, store, self._agent_ssl, leading)
                 await nursery.start(core.cluster.run)
                 await nursery.start(core.instances.run)
                 await store.begin(core.events.epoch, core.events.revision)
@@ -212,10 +215,14 @@ class Leader:
                 self._hooks.term_started(core)
                 scheduler.core = core
                 scheduler.leadership_changes += 1
-                self._bridge.route(core.routes())
+                self._bridge.route(core.routes(), leading)
                 self._serving.set(True)
-                log.info("became leader (epoch %s, revision %d), advertised as %s",
-                         core.events.epoch, core.events.revision, scheduler.advertise)
+                if term is None:
+                    log.info("state in %s: epoch %s, revision %d", config.server.data_dir,
+                             core.events.epoch, core.events.revision)
+                else:
+                    log.info("became leader (epoch %s, revision %d), advertised as %s",
+                             core.events.epoch, core.events.revision, scheduler.advertise)
                 self.started.set()
                 await self._stop.wait()
                 with trio.move_on_after(FINAL_COMMIT_TIMEOUT):
@@ -275,6 +282,9 @@ async def serve(
                     serve_http, observability.http_host, observability.http_port, registry,
                     scheduler.health)
             async with trio.open_nursery() as leading:
+                if sqlite:  # leads before it listens: no call finds it without a core
+                    leading.start_soon(leader.lead, backend)
+                    await leader.started.wait()
                 async with trio.open_nursery() as grpc:
                     scheduler.port = await grpc.start(
                         lambda task_status: bridge.serve(
@@ -286,10 +296,7 @@ async def serve(
                     log.info("listening on %s port %d (%s)", config.server.host or "*",
                              scheduler.port,
                              "TLS, client certificates required" if ssl_context else "PLAINTEXT")
-                    if sqlite:
-                        leading.start_soon(leader.lead, backend)
-                        await leader.started.wait()
-                    else:
+                    if not sqlite:
                         _follow(scheduler, bridge, mirror)
                         election = Election(client, mirror.election, config.etcd.lease_ttl,
                                             scheduler.advertise)

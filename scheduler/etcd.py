@@ -132,11 +132,12 @@ class EtcdClient:
         return response.TTL
 
     async def revoke(self, lease: int) -> None:
+        """Best effort: a lease that cannot be revoked expires by itself."""
         try:
             await self._unary(rpc_grpc.LeaseStub, "LeaseRevoke",
                               rpc_pb2.LeaseRevokeRequest(ID=lease))
-        except EtcdError as err:  # NOT_FOUND: it expired already
-            log.debug("revoking lease %x: %s", lease, err)
+        except (EtcdError, StoreUnavailable) as err:  # NOT_FOUND: it expired already
+            log.info("lease %x not revoked (%s); it expires by itself", lease, err)
 
     # -- Election ------------------------------------------------------------------------------
 
@@ -147,9 +148,15 @@ class EtcdClient:
             v3election_pb2.CampaignRequest(name=name, lease=lease, value=value), timeout=None)
         return response.leader
 
-    async def resign(self, leader: v3election_pb2.LeaderKey) -> None:
-        await self._unary(v3election_grpc.ElectionStub, "Resign",
-                          v3election_pb2.ResignRequest(leader=leader))
+    async def resign(self, leader: v3election_pb2.LeaderKey) -> bool:
+        """Best effort: False if etcd did not answer (the lease then expires by itself)."""
+        try:
+            await self._unary(v3election_grpc.ElectionStub, "Resign",
+                              v3election_pb2.ResignRequest(leader=leader))
+            return True
+        except (EtcdError, StoreUnavailable) as err:
+            log.warning("resigning failed (%s); the leadership ends with its lease", err)
+            return False
 
 
 def ssl_context(ca: str, cert: str = "", key: str = "") -> ssl.SSLContext:

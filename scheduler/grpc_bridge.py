@@ -67,7 +67,8 @@ class NotLeading(GRPCError):
 
     def __init__(self, message: str, leader: str) -> None:
         super().__init__(Status.UNAVAILABLE, message)
-        self.trailers = {LEADER_METADATA: leader}
+        # No leader: no entry (HTTP/2 metadata values cannot be empty; absent reads as "").
+        self.trailers = {LEADER_METADATA: leader} if leader else {}
 
 
 class _End:
@@ -266,6 +267,7 @@ class Bridge:
         self._draining = False
         self._idle = trio.Event()  # set once draining and no call is left
         self._routes: dict[str, TrioHandler] = {}  # method path -> handler of the leadership
+        self._leading: Callable[[], bool] = lambda: True  # False once its renew deadline passed
         self._not_leading = "standby: not the leader"  # why nothing is routed
         self.leader: Callable[[], str] = lambda: ""  # the leader's address, for NotLeading
 
@@ -290,9 +292,13 @@ class Bridge:
                    for path, spec in base.__mapping__(_AnyName()).items()}
         return _Servable(mapping)
 
-    def route(self, handlers: Mapping[str, TrioHandler]) -> None:
-        """Serve routed calls with `handlers` (method path -> trio handler): this leads now."""
+    def route(self, handlers: Mapping[str, TrioHandler],
+              leading: Callable[[], bool] = lambda: True) -> None:
+        """Serve routed calls with `handlers` (method path -> trio handler) while `leading()`:
+        checked as each call starts, so a leader whose renew deadline has passed serves
+        nothing more even before its term has unwound."""
         self._routes = dict(handlers)
+        self._leading = leading
 
     def unroute(self, why: str) -> None:
         """Stop serving routed calls: new ones, and every one in flight, end `NotLeading`."""
@@ -396,7 +402,7 @@ class Bridge:
         routed call, the end of the leadership) can cancel."""
         routed = handler is None
         if routed:
-            handler = self._routes.get(call.method)
+            handler = self._routes.get(call.method) if self._leading() else None
         if self._draining or handler is None:
             call._finish()
             raise self._refusal()
@@ -480,12 +486,15 @@ class ClientChannel:
     """
 
     def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None,
-                 verify_peer: Callable[[Any], None] | None = None) -> None:
-        """`verify_peer(peercert)` raises to refuse a peer before any request is sent to it."""
+                 verify_peer: Callable[[Any], None] | None = None,
+                 may_send: Callable[[], bool] = lambda: True) -> None:
+        """`verify_peer(peercert)` raises to refuse a peer before any request is sent to it;
+        `may_send()` False refuses to send any request (a leader past its renew deadline)."""
         self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._channel = Channel(host, port, ssl=ssl_context, codec=Codec())
         self._closed = False
         self._verify_peer = verify_peer if ssl_context is not None else None
+        self._may_send = may_send
 
     async def unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         """Call a unary method of a generated stub (e.g. `stub.Signal`) bound to this channel."""
@@ -506,7 +515,11 @@ class ClientChannel:
         """Open the call (connecting if needed) and check the peer before sending anything."""
         if self._closed:
             raise PeerRefused("the channel was closed (the node left or was lost)")
+        if not self._may_send():
+            raise PeerRefused("this scheduler no longer leads")
         await stream.send_request()
+        if not self._may_send():  # connecting took a while
+            raise PeerRefused("this scheduler no longer leads")
         if self._verify_peer is not None:
             self._verify_peer(stream.peer.cert())
 

@@ -111,6 +111,7 @@ class Instances:
         self._instances: dict[str, Instance] = {}
         self._unknown_reported: dict[str, set[str]] = {}  # node id -> announced, still listed
         self._unknown_count: dict[str, int] = {}  # node id -> announcements this generation
+        self._unknown_where: dict[str, Node] = {}  # announced instance id -> the node listing it
         self._forgotten_on: dict[str, dict[str, None]] = {}  # node id -> ids forgotten there
         self._lists_instances: set[str] = set()  # nodes whose Agent listed instances (generation)
         self._placing: set[str] = set()  # instance ids with an attempt in flight
@@ -178,6 +179,12 @@ class Instances:
     def _check_new(self, instance_id: str) -> None:
         if instance_id in self._placing:
             raise AlreadyExists(f"instance {instance_id} is being placed right now")
+        reported_on = self._unknown_where.get(instance_id)
+        if reported_on is not None:
+            raise AlreadyExists(
+                f"instance {instance_id} runs on node {reported_on.id}: its Agent reports it, but "
+                "no placement of it is recorded (its Create reached the Agent just before a "
+                "failover or restart); Destroy it first")
         existing = self._instances.get(instance_id)
         if existing is not None and existing.running_on_ready_node:
             raise AlreadyExists(f"instance {instance_id} already runs on node {existing.node.id} "
@@ -414,6 +421,7 @@ class Instances:
             return
         self._unknown_count[node.id] = count + 1
         announced.add(instance_id)
+        self._unknown_where[instance_id] = node
         log.warning("node %s reports instance %s, which this scheduler did not place there (%s)",
                     node.id, instance_id, code.name)
         self.events.publish(InstanceEvent(InstanceStatus(
@@ -427,6 +435,8 @@ class Instances:
             return
         for instance_id in sorted(announced - reported.keys()):
             announced.discard(instance_id)
+            if self._unknown_where.get(instance_id) is node:
+                del self._unknown_where[instance_id]
             log.info("node %s no longer reports instance %s (never placed there)", node.id,
                      instance_id)
             self.events.publish(InstanceEvent(InstanceStatus(
@@ -435,7 +445,9 @@ class Instances:
     # -- node generations ending -------------------------------------------------------------
 
     def _generation_ended(self, node: Node, generation: int, why: str) -> None:
-        self._unknown_reported.pop(node.id, None)
+        for instance_id in self._unknown_reported.pop(node.id, ()):
+            if self._unknown_where.get(instance_id) is node:
+                del self._unknown_where[instance_id]
         self._unknown_count.pop(node.id, None)
         self._forgotten_on.pop(node.id, None)
         self._lists_instances.discard(node.id)
@@ -449,12 +461,17 @@ class Instances:
     # -- stop / destroy --------------------------------------------------------------------
 
     async def stop(self, instance_id: str) -> None:
-        await self._signal(instance_id, Signal.STOP)
+        if not await self._signal_reported(instance_id, Signal.STOP):
+            await self._signal(instance_id, Signal.STOP)
         log.info("instance %s: STOP sent", instance_id)
 
     async def destroy(self, instance_id: str) -> None:
         """KILL the instance and forget it. An Agent that answers NOT_FOUND no longer runs it,
         which is what Destroy wants: the placement is forgotten all the same."""
+        if await self._signal_reported(instance_id, Signal.KILL):
+            log.info("instance %s: KILL sent to node %s, whose Agent reports it (no placement "
+                     "of it was recorded)", instance_id, self._unknown_where[instance_id].id)
+            return
         try:
             instance = await self._signal(instance_id, Signal.KILL)
         except RemoteError as err:
@@ -467,6 +484,19 @@ class Instances:
         if self.store is not None:  # durable before Destroy is acknowledged
             await self.store.commit_durably()
         log.info("instance %s destroyed on node %s", instance_id, instance.node.id)
+
+    async def _signal_reported(self, instance_id: str, signal: Signal) -> bool:
+        """Signal an instance that an Agent reports but no placement records (announced);
+        False if there is none. Its Agent's next reports tell the Controller how it ends."""
+        node = self._unknown_where.get(instance_id)
+        if node is None or instance_id in self._instances:
+            return False
+        try:
+            await self.agents.link(node).signal(instance_id, signal, self.attempt_timeout)
+        except RemoteError as err:
+            if signal is not Signal.KILL or err.status != "NOT_FOUND":
+                raise  # for a KILL, an Agent that does not know it no longer runs it
+        return True
 
     async def _signal(self, instance_id: str, signal: Signal) -> Instance:
         instance = self._instances.get(instance_id)

@@ -42,6 +42,11 @@ class Term:
     ended: str = ""  # why it ended; "" while it lasts
     started: float = field(default_factory=trio.current_time)
 
+    def valid(self) -> bool:
+        """Still leading: not ended, renew deadline not passed (checked before every effect)."""
+        scope = self.scope
+        return not scope.cancel_called and trio.current_time() < scope.deadline
+
     def end(self, why: str) -> None:
         """End the term now (from anywhere in the process)."""
         if not self.ended:
@@ -92,8 +97,8 @@ class Election:
                 self.changes += 1
                 await lead(term)
                 with trio.CancelScope(shield=True), trio.move_on_after(RESIGN_TIMEOUT):
-                    await self._client.resign(leader)
-                log.info("resigned the leadership")
+                    if await self._client.resign(leader):
+                        log.info("resigned the leadership")
                 nursery.cancel_scope.cancel()
                 return True
             nursery.cancel_scope.cancel()

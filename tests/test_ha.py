@@ -206,3 +206,50 @@ async def _resign_and_resume(configs, workloads, agent_port):
                 await agent.join()  # the Agent rejoins the new leader from the same address
                 assert await stop_instance(channel, "web-1") is None
                 assert ("web-1", 0) in workloads.signals
+
+
+async def test_etcd_unavailable_loses_nothing_acknowledged_and_says_so():
+    private = EtcdCluster(1).start()
+    try:
+        async with trio_asyncio.open_loop():
+            workloads = RecordingWorkloadAgent("node-1")
+            agent_port = await workloads.start()
+            try:
+                await _etcd_goes_away(private, workloads, agent_port)
+            finally:
+                await workloads.stop()
+    finally:
+        private.close()
+
+
+async def _etcd_goes_away(private, workloads, agent_port):
+    async with schedulers([ha_config(private, new_prefix())]) as (scheduler,):
+        await the_leader([scheduler])
+        async with open_channel(scheduler.port) as channel:
+            agent = FakeAgent(channel, "node-1", agent_port)
+            await agent.join()
+            stream = await agent.report()
+            await wait_until(lambda: scheduler.cluster.nodes["node-1"].metrics is not None)
+            async with open_schedule(channel, scheduling_request("web-1")) as call:
+                await call.until(RUNNING)  # acknowledged: durable in etcd
+                await call.cancel()
+
+            private.stop()  # etcd is gone
+            async with open_schedule(channel, scheduling_request("web-2")) as call:
+                _, error = await call.result()
+            assert error is not None and error.status is Status.UNAVAILABLE, error
+            assert "state store unavailable" in error.message, error.message
+            assert "web-2" in workloads.cancelled, "the unrecorded Create was cancelled"
+            with trio.fail_after(LEASE + 1):  # it steps down at its renew deadline
+                await wait_until(lambda: not scheduler.leading)
+            with pytest.raises(GRPCError) as refused:
+                await FakeController(channel).list_nodes()
+            assert refused.value.status is Status.UNAVAILABLE
+            await drop_stream(stream)
+
+            private.start()  # etcd is back: a leader again, with what it acknowledged
+            for member in private.members:
+                member.wait_ready()
+            await the_leader([scheduler], timeout=10)
+            nodes = await FakeController(channel).list_nodes()
+            assert [(n.id, list(n.instance_ids)) for n in nodes] == [("node-1", ["web-1"])]
