@@ -275,7 +275,9 @@ async def serve(
                 client = etcd.EtcdClient(etcd_config.addresses, etcd.ssl_context(
                     etcd_config.ca, etcd_config.cert, etcd_config.key) if etcd_config.ca else None)
                 mirror = Mirror(client, etcd_config.prefix)
-                await nursery.start(mirror.run)
+                # Not awaited: while etcd cannot be reached the process listens and answers as
+                # a standby; a term waits for the copy to hold its own term record anyway.
+                nursery.start_soon(mirror.run)
             observability = config.observability
             if observability.http_host is not None:
                 scheduler.http_port = await nursery.start(

@@ -5,8 +5,6 @@ etcd unavailable. Process-level tests (SIGKILL, SIGSTOP fencing, SIGTERM) are in
 test_ha_process.py."""
 from __future__ import annotations
 
-import socket
-import tempfile
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -19,8 +17,9 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1 import health_pb2, health_grpc
 
-from scheduler._proto import agent_pb2, agent_grpc, controller_pb2
+from scheduler._proto import agent_pb2, controller_pb2
 from scheduler.app import serve
+from scheduler.model import NodeState
 from tests.conftest import make_config
 from tests.etcd_server import EtcdCluster
 from tests.fakes import (
@@ -89,15 +88,20 @@ async def the_leader(schedulers_, timeout: float = LEASE + 3):
             await trio.sleep(0.01)
 
 
-async def healthz(port: int) -> tuple[int, str]:
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of GET `path` on the scheduler's HTTP endpoint at 127.0.0.1:port."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         data = b""
-        while chunk := await stream.receive_some(4096):
+        while chunk := await stream.receive_some(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body.decode().strip()
+
+
+async def healthz(port: int) -> tuple[int, str]:
+    return await http_get(port, "/healthz")
 
 
 async def test_one_leads_and_the_standby_names_it_to_every_client(etcd):
@@ -253,3 +257,43 @@ async def _etcd_goes_away(private, workloads, agent_port):
             await the_leader([scheduler], timeout=10)
             nodes = await FakeController(channel).list_nodes()
             assert [(n.id, list(n.instance_ids)) for n in nodes] == [("node-1", ["web-1"])]
+
+
+async def test_three_members_a_dead_endpoint_is_skipped_and_big_commits_are_chunked():
+    # The member the scheduler talks to dies: keep-alives, Txns and the Watch move on to the
+    # next endpoint, and the leader keeps leading. A commit larger than etcd's 128 operations
+    # per Txn is split, in order.
+    cluster = EtcdCluster(3).start()
+    try:
+        async with schedulers([ha_config(cluster, new_prefix())]) as (scheduler,):
+            await the_leader([scheduler], timeout=10)
+            store = scheduler.store
+            for number in range(300):
+                store.save_node(f"n-{number}", "10.0.0.1", 7000, NodeState.LEFT, 1, 0.0)
+            await store.commit_durably()
+            assert await _mirrored(scheduler, 300)
+
+            cluster.members[0].stop()  # the first endpoint, the one in use
+            async with open_channel(scheduler.port) as channel:
+                await FakeAgent(channel, "node-1", 7000).join()
+                with trio.fail_after(3 * LEASE):
+                    await wait_until(lambda: scheduler.store.commits > 0)
+                    before = scheduler.store.commits
+                    store.save_node("late", "10.0.0.1", 7000, NodeState.LEFT, 1, 0.0)
+                    await scheduler.store.commit_durably()
+                assert scheduler.store.commits > before
+                await trio.sleep(LEASE)  # several renewals later it still leads
+                assert scheduler.leading and scheduler.leadership_changes == 1
+                _, metrics = await http_get(scheduler.http_port, "/metrics")
+                assert "orka_scheduler_leader 1.0" in metrics
+                assert "orka_scheduler_leadership_changes_total 1.0" in metrics
+                assert "orka_scheduler_store_commit_seconds_count" in metrics
+    finally:
+        cluster.close()
+
+
+async def _mirrored(scheduler, count: int) -> bool:
+    with trio.fail_after(5):
+        while sum(key.startswith("nodes/") for key, _ in scheduler.store.backend.items()) < count:
+            await trio.sleep(0.01)
+    return True

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from scheduler._proto import controller_pb2
 from scheduler._proto.etcd import rpc_pb2
 from scheduler.etcd import EtcdClient
 from tests.etcd_server import EtcdCluster, free_port, pause, resume
+from tests.test_ha import healthz
 from tests.fakes import (
     FakeAgent,
     FakeController,
@@ -32,7 +31,6 @@ from tests.fakes import (
     drop_stream,
     event_kind,
     make_channel,
-    open_channel,
     open_schedule,
     scheduling_request,
     status,
@@ -86,20 +84,10 @@ class SchedulerProcess:
     async def health(self) -> tuple[int, str] | None:
         """(HTTP status, body) of /healthz; None while it does not answer."""
         try:
-            stream = await trio.open_tcp_stream("127.0.0.1", self.http_port)
-        except OSError:
+            with trio.fail_after(2):
+                return await healthz(self.http_port)
+        except (trio.BrokenResourceError, OSError, trio.TooSlowError, IndexError, ValueError):
             return None
-        async with stream:
-            try:
-                await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                data = b""
-                with trio.fail_after(2):
-                    while chunk := await stream.receive_some(4096):
-                        data += chunk
-            except (trio.BrokenResourceError, OSError, trio.TooSlowError):
-                return None
-        head, _, body = data.partition(b"\r\n\r\n")
-        return (int(head.split()[1]), body.decode().strip()) if head else None
 
     async def leads(self) -> bool:
         return (await self.health() or (0, ""))[0] == 200
@@ -142,6 +130,16 @@ async def start_pair(pair) -> tuple[SchedulerProcess, SchedulerProcess]:
     return leader, next(p for p in pair if p is not leader)
 
 
+async def join_and_report(leader: SchedulerProcess, agent_port: int):
+    """Node node-1 joins `leader` and reports once; (the channel, the open status stream)."""
+    channel = await make_channel(leader.port)
+    agent = FakeAgent(channel, "node-1", agent_port)
+    await agent.join()
+    stream = await agent.report()
+    await trio.sleep(0.2)  # the status is applied before anything is scheduled
+    return channel, stream
+
+
 async def test_kill_9_a_standby_serves_within_the_lease_and_the_old_leader_stays_standby(pair):
     with trio.fail_after(IO_GUARD):
         leader, standby = await start_pair(pair)
@@ -149,11 +147,7 @@ async def test_kill_9_a_standby_serves_within_the_lease_and_the_old_leader_stays
             workloads = RecordingWorkloadAgent("node-1")
             agent_port = await workloads.start()
             try:
-                channel = await make_channel(leader.port)
-                agent = FakeAgent(channel, "node-1", agent_port)
-                await agent.join()
-                stream = await agent.report()
-                await trio.sleep(0.2)  # the status is applied
+                channel, stream = await join_and_report(leader, agent_port)
                 async with FakeController(channel).watch() as events:
                     head = await events.receive()
                     async with open_schedule(channel, scheduling_request("web-1")) as call:
@@ -250,11 +244,7 @@ async def test_a_create_that_reached_an_agent_as_the_leader_died_never_runs_twic
             workloads = RecordingWorkloadAgent("node-1", mode="hang")  # Create never answered
             agent_port = await workloads.start()
             try:
-                channel = await make_channel(leader.port)
-                agent = FakeAgent(channel, "node-1", agent_port)
-                await agent.join()
-                stream = await agent.report()
-                await trio.sleep(0.2)
+                channel, stream = await join_and_report(leader, agent_port)
                 async with open_schedule(channel, scheduling_request("job-1")) as call:
                     with trio.fail_after(5):
                         while "job-1" not in workloads.created:
