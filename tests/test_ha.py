@@ -142,14 +142,20 @@ async def test_one_leads_and_the_standby_names_it_to_every_client(etcd):
                     "/scheduler.agent.LifecycleService/JoinCluster",
                     request_serializer=agent_pb2.ConnectionRequest.SerializeToString,
                     response_deserializer=agent_pb2.Empty.FromString)
+                check = channel.unary_unary(
+                    "/grpc.health.v1.Health/Check",
+                    request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                    response_deserializer=health_pb2.HealthCheckResponse.FromString)
+                health = check(health_pb2.HealthCheckRequest(), timeout=5).status
                 try:
                     join(agent_pb2.ConnectionRequest(id="node-2", port=7000), timeout=5)
                 except grpc.RpcError as err:
-                    return err.code(), dict(err.trailing_metadata())
-            return None, {}
-        code, trailers = await trio.to_thread.run_sync(with_grpcio)
+                    return err.code(), dict(err.trailing_metadata()), health
+            return None, {}, health
+        code, trailers, health = await trio.to_thread.run_sync(with_grpcio)
         assert code == grpc.StatusCode.UNAVAILABLE
         assert trailers.get("orka-leader") == leader.advertise
+        assert health == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_resign_hands_over_within_a_second_and_nothing_acknowledged_is_lost(etcd):
@@ -297,3 +303,24 @@ async def _mirrored(scheduler, count: int) -> bool:
         while sum(key.startswith("nodes/") for key, _ in scheduler.store.backend.items()) < count:
             await trio.sleep(0.01)
     return True
+
+
+async def test_loading_reads_every_key_page_by_page_at_one_revision(etcd):
+    from scheduler._proto.etcd import rpc_pb2
+    from scheduler.etcd import RANGE_PAGE, EtcdClient
+
+    prefix = new_prefix().encode() + b"/"
+    count = 2 * RANGE_PAGE + 500
+    async with trio_asyncio.open_loop():
+        client = EtcdClient(tuple(("127.0.0.1", m.client_port) for m in etcd.members))
+        try:
+            for start in range(0, count, 100):
+                await client.txn(rpc_pb2.TxnRequest(success=[
+                    rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(
+                        key=prefix + f"k{number:05d}".encode(), value=b"v"))
+                    for number in range(start, min(start + 100, count))]))
+            items, revision = await client.load(prefix)
+        finally:
+            client.close()
+    assert len(items) == count and len({kv.key for kv in items}) == count
+    assert all(kv.mod_revision <= revision for kv in items)
