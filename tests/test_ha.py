@@ -49,11 +49,10 @@ def etcd():
     cluster.close()
 
 
-def ha_config(etcd: EtcdCluster, prefix: str, **sections):
+def ha_config(etcd: EtcdCluster, prefix: str, lease_ttl: float = LEASE):
     return make_config(store={"backend": "etcd"},
-                       etcd={"endpoints": etcd.endpoints, "prefix": prefix, "lease_ttl": LEASE},
-                       liveness={"node_timeout": 5.0}, scheduling={"attempt_timeout": 1.0},
-                       **sections)
+                       etcd={"endpoints": etcd.endpoints, "prefix": prefix, "lease_ttl": lease_ttl},
+                       liveness={"node_timeout": 5.0}, scheduling={"attempt_timeout": 1.0})
 
 
 def new_prefix() -> str:
@@ -249,7 +248,8 @@ async def _etcd_goes_away(private, workloads, agent_port):
                 _, error = await call.result()
             assert error is not None and error.status is Status.UNAVAILABLE, error
             assert "state store unavailable" in error.message, error.message
-            assert "web-2" in workloads.cancelled, "the unrecorded Create was cancelled"
+            with trio.fail_after(2):  # the unrecorded Create is cancelled
+                await wait_until(lambda: "web-2" in workloads.cancelled)
             with trio.fail_after(LEASE + 1):  # it steps down at its renew deadline
                 await wait_until(lambda: not scheduler.leading)
             with pytest.raises(GRPCError) as refused:
@@ -327,3 +327,34 @@ async def test_loading_reads_every_key_page_by_page_at_one_revision(etcd):
             client.close()
     assert len(items) == count and len({kv.key for kv in items}) == count
     assert all(kv.mod_revision <= revision for kv in items)
+
+
+async def test_a_refused_fenced_write_ends_the_leadership_at_once(etcd):
+    # The leader key vanishes behind the leader's back (as when its lease expired): the very
+    # next write is refused, the leader steps down without waiting for its renew deadline, and
+    # the call that needed the write gets UNAVAILABLE saying why.
+    async with trio_asyncio.open_loop():
+        workloads = RecordingWorkloadAgent("node-1")
+        agent_port = await workloads.start()
+        try:
+            async with schedulers([ha_config(etcd, new_prefix(), lease_ttl=30.0)]) as (scheduler,):
+                await the_leader([scheduler])
+                async with open_channel(scheduler.port) as channel:
+                    agent = FakeAgent(channel, "node-1", agent_port)
+                    await agent.join()
+                    stream = await agent.report()
+                    await wait_until(lambda: scheduler.cluster.nodes["node-1"].metrics is not None)
+                    key = scheduler.core.store.backend._fence.key
+                    await trio.to_thread.run_sync(etcd.delete, key)
+                    started = time.monotonic()
+                    async with open_schedule(channel, scheduling_request("web-1")) as call:
+                        _, error = await call.result()
+                    assert error is not None and error.status is Status.UNAVAILABLE, error
+                    assert "stepped down" in error.message and "fenced" in error.message
+                    with trio.fail_after(2):  # the unrecorded Create is cancelled
+                        await wait_until(lambda: "web-1" in workloads.cancelled)
+                    await wait_until(lambda: not scheduler.leading)
+                    assert time.monotonic() - started < 5, "at once, not at a renew deadline"
+                    await drop_stream(stream)
+        finally:
+            await workloads.stop()
