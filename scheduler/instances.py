@@ -115,6 +115,7 @@ class Instances:
         self._instances: dict[str, Instance] = {}
         self._unknown_reported: dict[str, set[str]] = {}  # node id -> announced, still listed
         self._unknown_count: dict[str, int] = {}  # node id -> announcements this generation
+        self._unknown_where: dict[str, Node] = {}  # announced instance id -> the node listing it
         self._forgotten_on: dict[str, dict[str, None]] = {}  # node id -> ids forgotten there
         self._lists_instances: set[str] = set()  # nodes whose Agent listed instances (generation)
         self._placing: set[str] = set()  # instance ids with an attempt in flight
@@ -182,6 +183,12 @@ class Instances:
     def _check_new(self, instance_id: str) -> None:
         if instance_id in self._placing:
             raise AlreadyExists(f"instance {instance_id} is being placed right now")
+        reported_on = self._unknown_where.get(instance_id)
+        if reported_on is not None:
+            raise AlreadyExists(
+                f"instance {instance_id} runs on node {reported_on.id}: its Agent reports it, but "
+                "no placement of it is recorded (its Create reached the Agent just before a "
+                "failover or restart); Destroy it first")
         existing = self._instances.get(instance_id)
         if existing is not None and existing.running_on_ready_node:
             raise AlreadyExists(f"instance {instance_id} already runs on node {existing.node.id} "
@@ -223,19 +230,32 @@ class Instances:
             table.release(instance_id)
             refusals.append(f"{node_id}: left or was lost during the attempt")
             return None
-        return self._accept(workload, node, stream, first)
+        return await self._accept(workload, node, stream, first, refusals)
 
-    def _accept(self, workload: Workload, node: Node, stream: ServerStream,
-                first: InstanceStatus) -> tuple[Instance, trio.MemoryReceiveChannel]:
+    async def _accept(self, workload: Workload, node: Node, stream: ServerStream,
+                      first: InstanceStatus, refusals: list[str],
+                      ) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
+        """Record an acceptance, durably before the Controller hears of it; None (and a reason
+        in `refusals`) if the node went away meanwhile. A placement the store cannot record is
+        abandoned (the Agent's Create is cancelled) and the Controller gets UNAVAILABLE."""
         assert self._nursery is not None, "Instances.run() is not running"
+        generation = node.generation
+        if self.store is not None:
+            try:
+                await self.store.save_placement(workload, node.id, generation, first)
+            except BaseException:
+                self._abandon(workload.instance_id, stream)
+                raise
+            if node.generation != generation or node.state is not NodeState.READY:
+                self._abandon(workload.instance_id, stream)
+                refusals.append(f"{node.id}: left or was lost while the placement was recorded")
+                return None
         previous = self._instances.pop(workload.instance_id, None)
         if previous is not None:
             self._forget(previous, "placed again")
-        instance = Instance(workload, node, node.generation, first)
+        instance = Instance(workload, node, generation, first)
         send, receive = trio.open_memory_channel(math.inf)  # a few statuses per instance
         instance.follower = send
-        if self.store is not None:  # durable before the Controller hears of the acceptance
-            self.store.save_placement(workload, node.id, node.generation, first)
         self._instances[instance.id] = instance
         self._reserved_on.setdefault(node.id, set()).add(instance)
         if _listed(node, instance.id):  # a report overtook the Agent's first status
@@ -245,6 +265,18 @@ class Instances:
         self._publish(instance, first)
         self._nursery.start_soon(self._relay, instance, stream, name=f"relay:{instance.id}")
         return instance, receive
+
+    def _abandon(self, instance_id: str, stream: ServerStream) -> None:
+        """An accepted placement that is not recorded after all: cancel the Agent's Create,
+        release the reservation, and put back in the store what was there before."""
+        stream.cancel()
+        self.cluster.table.release(instance_id)
+        previous = self._instances.get(instance_id)
+        if previous is None:
+            self.store.forget_placement(instance_id)
+        else:
+            self.store.update_placement(previous.workload, previous.node.id, previous.generation,
+                                        previous.latest)
 
     # -- relaying --------------------------------------------------------------------------
 
@@ -296,7 +328,8 @@ class Instances:
         """A new status of a live instance: remember it durably, then tell everyone."""
         instance.latest = status
         if self.store is not None and self._instances.get(instance.id) is instance:
-            self.store.update_placement(status)
+            self.store.update_placement(instance.workload, instance.node.id, instance.generation,
+                                        status)
         self._publish(instance, status)
 
     def _publish(self, instance: Instance, status: InstanceStatus) -> None:
@@ -409,6 +442,7 @@ class Instances:
             return
         self._unknown_count[node.id] = count + 1
         announced.add(instance_id)
+        self._unknown_where[instance_id] = node
         log.warning("node %s reports instance %s, which this scheduler did not place there (%s)",
                     node.id, instance_id, code.name)
         self.events.publish(InstanceEvent(InstanceStatus(
@@ -422,6 +456,8 @@ class Instances:
             return
         for instance_id in sorted(announced - reported.keys()):
             announced.discard(instance_id)
+            if self._unknown_where.get(instance_id) is node:
+                del self._unknown_where[instance_id]
             log.info("node %s no longer reports instance %s (never placed there)", node.id,
                      instance_id)
             self.events.publish(InstanceEvent(InstanceStatus(
@@ -430,7 +466,9 @@ class Instances:
     # -- node generations ending -------------------------------------------------------------
 
     def _generation_ended(self, node: Node, generation: int, why: str) -> None:
-        self._unknown_reported.pop(node.id, None)
+        for instance_id in self._unknown_reported.pop(node.id, ()):
+            if self._unknown_where.get(instance_id) is node:
+                del self._unknown_where[instance_id]
         self._unknown_count.pop(node.id, None)
         self._forgotten_on.pop(node.id, None)
         self._lists_instances.discard(node.id)
@@ -444,12 +482,17 @@ class Instances:
     # -- stop / destroy --------------------------------------------------------------------
 
     async def stop(self, instance_id: str) -> None:
-        await self._signal(instance_id, Signal.STOP)
+        if not await self._signal_reported(instance_id, Signal.STOP):
+            await self._signal(instance_id, Signal.STOP)
         log.info("instance %s: STOP sent", instance_id)
 
     async def destroy(self, instance_id: str) -> None:
         """KILL the instance and forget it. An Agent that answers NOT_FOUND no longer runs it,
         which is what Destroy wants: the placement is forgotten all the same."""
+        if await self._signal_reported(instance_id, Signal.KILL):
+            log.info("instance %s: KILL sent to node %s, whose Agent reports it (no placement "
+                     "of it was recorded)", instance_id, self._unknown_where[instance_id].id)
+            return
         try:
             instance = await self._signal(instance_id, Signal.KILL)
         except RemoteError as err:
@@ -459,7 +502,22 @@ class Instances:
             log.info("instance %s: the Agent on %s does not know it (%s); forgetting it",
                      instance_id, instance.node.id, err.message)
         self._forget(instance, "destroyed")
+        if self.store is not None:  # durable before Destroy is acknowledged
+            await self.store.commit_durably()
         log.info("instance %s destroyed on node %s", instance_id, instance.node.id)
+
+    async def _signal_reported(self, instance_id: str, signal: Signal) -> bool:
+        """Signal an instance that an Agent reports but no placement records (announced);
+        False if there is none. Its Agent's next reports tell the Controller how it ends."""
+        node = self._unknown_where.get(instance_id)
+        if node is None or instance_id in self._instances:
+            return False
+        try:
+            await self.agents.link(node).signal(instance_id, signal, self.attempt_timeout)
+        except RemoteError as err:
+            if signal is not Signal.KILL or err.status != "NOT_FOUND":
+                raise  # for a KILL, an Agent that does not know it no longer runs it
+        return True
 
     async def _signal(self, instance_id: str, signal: Signal) -> Instance:
         instance = self._instances.get(instance_id)
@@ -478,8 +536,8 @@ class Instances:
         if self._instances.get(instance.id) is instance:
             del self._instances[instance.id]
             self._finished.pop(instance.id, None)
-            if self.store is not None:  # durable before Destroy is acknowledged
-                self.store.delete_placement(instance.id)
+            if self.store is not None:
+                self.store.forget_placement(instance.id)
         self._unplace(instance)
         self._release(instance)
         self._end_relay(instance, why)
@@ -504,7 +562,7 @@ class Instances:
             if old is not None and not old.running_on_ready_node:
                 del self._instances[old_id]
                 if self.store is not None:
-                    self.store.delete_placement(old_id)
+                    self.store.forget_placement(old_id)
 
 
 def _listed(node: Node, instance_id: str) -> bool:
