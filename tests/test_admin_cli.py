@@ -16,6 +16,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 import trio_asyncio
 
@@ -402,8 +403,9 @@ async def test_nodes_follows_the_leader_a_standby_names():
     assert standby.calls == {"ListNodes": 1}
 
 
-async def test_nodes_tries_the_next_address_when_a_standby_names_no_leader():
-    async with running_scheduler() as scheduler, fake_standby("") as standby:
+@pytest.mark.parametrize("named", ["", "not an address"], ids=["none", "malformed"])
+async def test_nodes_tries_the_next_address_when_a_standby_names_no_leader(named):
+    async with running_scheduler() as scheduler, fake_standby(named) as standby:
         leader = f"127.0.0.1:{scheduler.port}"
         result = await run_cli("nodes", "--insecure", "--address", f"{standby.address},{leader}")
     assert result.returncode == 0, result.stderr

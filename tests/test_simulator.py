@@ -201,7 +201,8 @@ def test_cli_with_pki_finds_the_pki_of_a_scheduler_served_with_defaults(tmp_path
 def test_agents_and_controller_follow_the_leader_across_a_failover(tmp_path):
     """Agents and a Controller given a dead address and a standby follow the standby to FIRST;
     a fresh Controller's Schedule and Stop go to the standby first, then to the leader it
-    names. FIRST stops; while the standby names no leader everyone keeps asking; SECOND (the
+    names. FIRST stops; while the standby names no leader everyone keeps asking (but a
+    Schedule it refuses is not sent again: it may be a leader's own answer); SECOND (the
     same data directory, another port) starts and the standby names it: the Agents rejoin it
     keeping their instances, the watch resumes there losing nothing, and a Stop reaches an
     instance placed by FIRST."""
@@ -212,8 +213,11 @@ def test_agents_and_controller_follow_the_leader_across_a_failover(tmp_path):
     assert any(line.startswith(f"following leader at {first}") for line in lines), lines
     assert any(line.startswith(f"following leader at {second}") for line in lines), lines
     assert seen["nodes_before"] == 3 and seen["placed"] == 3, seen
-    # The fresh Controller asked the standby once for each: then it knew the leader.
-    assert (seen["standby_calls"]["Schedule"], seen["standby_calls"]["Stop"]) == (1, 1), seen
+    # The fresh Controllers asked the standby once each (then they knew the leader), and a
+    # lone one during the election once: a standby naming no leader is not asked again.
+    assert (seen["standby_calls"]["Schedule"], seen["standby_calls"]["Stop"]) == (2, 1), seen
+    assert seen["unanswered"] == [
+        "UNAVAILABLE: standby: not the leader; leader at (none yet)", 1], seen["unanswered"]
     assert seen["standby_calls"]["JoinCluster"] >= 1 and seen["standby_calls"]["ListNodes"] >= 1
 
     events = seen["events"]
@@ -410,6 +414,14 @@ async def _failover(tmp: Path) -> dict:
         await asyncio.to_thread(running.__exit__, None, None, None)  # FIRST stops
         standby.leader = ""  # the election is under way
         await asyncio.sleep(0.5)  # everyone keeps asking meanwhile
+        # A Schedule refused naming no leader is an answer, not retried: it could be the
+        # leader's own UNAVAILABLE (every node refused), and the Controller decides.
+        asked = standby.calls["Schedule"]
+        lone = SimController(standby.address)
+        unplaced = await lone.schedule(controller_pb2.Workload(instance_id="ha-x", image="x"),
+                                       timeout=10)
+        lone.close()
+        unanswered = (unplaced.error, standby.calls["Schedule"] - asked)
         running = scheduler_process(tmp, node_timeout=10.0, port=second_port)
         await asyncio.to_thread(running.__enter__)
         standby.leader = second
@@ -422,7 +434,7 @@ async def _failover(tmp: Path) -> dict:
         nodes_after = await controller.list_nodes()
         return {
             "first": first, "second": second, "dead": dead, "standby": standby.address,
-            "lines": lines, "standby_calls": dict(standby.calls),
+            "lines": lines, "standby_calls": dict(standby.calls), "unanswered": unanswered,
             "nodes_before": sum(1 for n in nodes_before if n.state == 0),
             "placed": sum(1 for p in placements if p.first_status_s is not None),
             "events": [describe(e) for e in events if describe(e)["kind"] != "STATUS"],
