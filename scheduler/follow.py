@@ -21,7 +21,6 @@ imports trio or trio_asyncio (see STYLE.md).
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -33,8 +32,6 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ._proto import controller_grpc, controller_pb2
 from .config import ConfigError, parse_host_port
-
-log = logging.getLogger("scheduler.follow")
 
 LEADER_METADATA = "orka-leader"  # a standby's trailing metadata: the leader's HOST:PORT
 FIRST_RETRY = 0.05  # s: a standby's hint is usually right, so the next try comes at once
@@ -191,12 +188,26 @@ def unreachable(err: BaseException) -> bool:
             and not isinstance(err, (ssl.SSLError, TimeoutError)))
 
 
+def forget_wakeup(err: BaseException) -> None:
+    """Undo the cancel request grpclib leaves on a task whose call lost its connection.
+
+    grpclib wakes such a call by cancelling the task waiting on it, then raises
+    StreamTerminatedError in its place without `Task.uncancel()`: the task would stay
+    "cancelling", and a later Ctrl-C (asyncio.run) or asyncio.timeout in it would be taken
+    for that old request (seen: `watch` ending in a CancelledError traceback on Ctrl-C after
+    its leader was killed)."""
+    task = asyncio.current_task()
+    if isinstance(err, StreamTerminatedError) and task is not None and task.cancelling():
+        task.uncancel()
+
+
 async def send_request(stream: Any, address: str) -> None:
     """Open a call: connect and send its headers. Unreachable → NotServing (nothing was sent,
     so even a non-idempotent call may go elsewhere)."""
     try:
         await stream.send_request()
     except Exception as err:
+        forget_wakeup(err)
         if unreachable(err):
             raise NotServing(address, None, err) from err
         raise
@@ -209,7 +220,9 @@ def refusal(err: BaseException, stream: Any, address: str, *, idempotent: bool) 
     call (reads, joins) any UNAVAILABLE or a lost connection does too; for Schedule, Stop and
     Destroy an UNAVAILABLE naming no leader is the leader's own answer (every node refused,
     the node is lost), and a connection lost after the request left may have done its work.
+    Call it in the task that made the call: it settles grpclib's wakeup (`forget_wakeup`).
     """
+    forget_wakeup(err)
     if isinstance(err, GRPCError):
         if err.status is not Status.UNAVAILABLE:
             return None

@@ -143,9 +143,8 @@ class SimController:
                 placement.ended_ok = True
             except (GRPCError, asyncio.TimeoutError, StreamTerminatedError, StreamClosedError,
                     OSError) as err:
-                failure = (refusal(err, stream, address, idempotent=False)
-                           if placement.first_status_s is None else None)
-                if failure is not None:
+                failure = refusal(err, stream, address, idempotent=False)
+                if failure is not None and placement.first_status_s is None:
                     raise failure from err
                 placement.error = error_text(err)
 

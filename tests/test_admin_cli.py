@@ -523,6 +523,53 @@ async def test_watch_follows_the_leader_across_a_failover_and_loses_no_event():
     assert f"orka-scheduler: 127.0.0.1:{first} unavailable, trying {standby.address}" in switches
 
 
+async def test_watch_still_ends_quietly_on_ctrl_c_after_its_scheduler_was_killed(tmp_path):
+    """A scheduler killed (-9) mid-watch: grpclib wakes the call by cancelling its task and
+    reports a lost connection. The watch moves on to the next address (another epoch: a
+    snapshot), and a Ctrl-C afterwards still ends it with 0 and no traceback."""
+    port = free_port()
+    config = tmp_path / "killed.toml"
+    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\n'
+                      '[observability]\nhttp_listen = ""\n')
+    doomed = await trio.lowlevel.open_process(
+        command("serve", "--insecure", "--config", str(config)), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env=environment(), cwd=REPO)
+    try:
+        with trio.fail_after(IO_GUARD):
+            while True:
+                try:
+                    await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    await trio.sleep(0.05)
+        async with running_scheduler() as other:
+            addresses = f"127.0.0.1:{port},127.0.0.1:{other.port}"
+            process = await trio.lowlevel.open_process(
+                command("watch", "--insecure", "--address", addresses),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=REPO)
+            try:
+                out = LineReader(process.stdout)
+                await out.line_with("SNAPSHOT")
+                doomed.kill()
+                await doomed.wait()
+                assert f"(epoch {other.events.epoch})" in await out.line_with("SNAPSHOT")
+                process.send_signal(signal.SIGINT)
+                assert await process.wait() == 0
+                stderr = b""
+                while chunk := await process.stderr.receive_some(65536):
+                    stderr += chunk
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+    finally:
+        if doomed.returncode is None:
+            doomed.kill()
+            await doomed.wait()
+    assert stderr.decode().splitlines() == [
+        f"orka-scheduler: 127.0.0.1:{port} unavailable, trying 127.0.0.1:{other.port}"], stderr
+
+
 # -- the formatters ------------------------------------------------------------------------------
 
 def node(node_id="node-a", **fields) -> pb.Node:
