@@ -385,6 +385,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+async def ctrl_c(process: trio.Process) -> str:
+    """Interrupt a running command as an operator's Ctrl-C does; it must exit 0. Its stderr."""
+    process.send_signal(signal.SIGINT)
+    assert await process.wait() == 0
+    stderr = b""
+    while chunk := await process.stderr.receive_some(65536):
+        stderr += chunk
+    return stderr.decode()
+
+
 def stderr_lines(result: subprocess.CompletedProcess) -> list[str]:
     assert "Traceback" not in result.stderr, result.stderr
     return result.stderr.splitlines()
@@ -501,11 +511,7 @@ async def test_watch_follows_the_leader_across_a_failover_and_loses_no_event():
                 resumed = [await out.line_with("JOINED"), await out.line_with("JOINED")]
                 await FakeAgent(second_channel, "node-d", 7004).join()
                 live = await out.line_with("JOINED")
-                process.send_signal(signal.SIGINT)
-                assert await process.wait() == 0
-            stderr = b""
-            while chunk := await process.stderr.receive_some(65536):
-                stderr += chunk
+                stderr = await ctrl_c(process)
         finally:
             first_channel.close()
             second_channel.close()
@@ -516,8 +522,8 @@ async def test_watch_follows_the_leader_across_a_failover_and_loses_no_event():
     assert sum("SNAPSHOT" in line for line in out.lines) == 1, out.lines
     revisions = [int(line.split()[0]) for line in out.lines]
     assert revisions == sorted(set(revisions)), out.lines
-    switches = stderr.decode().splitlines()
-    assert "Traceback" not in stderr.decode()
+    switches = stderr.splitlines()
+    assert "Traceback" not in stderr
     assert switches[0] == f"orka-scheduler: following leader at 127.0.0.1:{first}", switches
     assert switches[-1] == f"orka-scheduler: following leader at 127.0.0.1:{second}", switches
     assert f"orka-scheduler: 127.0.0.1:{first} unavailable, trying {standby.address}" in switches
@@ -553,11 +559,7 @@ async def test_watch_still_ends_quietly_on_ctrl_c_after_its_scheduler_was_killed
                 doomed.kill()
                 await doomed.wait()
                 assert f"(epoch {other.events.epoch})" in await out.line_with("SNAPSHOT")
-                process.send_signal(signal.SIGINT)
-                assert await process.wait() == 0
-                stderr = b""
-                while chunk := await process.stderr.receive_some(65536):
-                    stderr += chunk
+                stderr = await ctrl_c(process)
             finally:
                 if process.returncode is None:
                     process.kill()
@@ -566,7 +568,7 @@ async def test_watch_still_ends_quietly_on_ctrl_c_after_its_scheduler_was_killed
         if doomed.returncode is None:
             doomed.kill()
             await doomed.wait()
-    assert stderr.decode().splitlines() == [
+    assert stderr.splitlines() == [
         f"orka-scheduler: 127.0.0.1:{port} unavailable, trying 127.0.0.1:{other.port}"], stderr
 
 
