@@ -10,6 +10,10 @@ without it, the defaults of `serve` apply. `--address`, `--ca`, `--cert`, `--key
 `--insecure` talks plaintext. Every failure is one line that says what happened: the
 scheduler speaks TLS (or plaintext), its certificate is not trusted by the CA file used, it
 refused our certificate, or it could not be reached at all.
+
+`--address a,b,c` names several schedulers of one cluster (SPEC §4.1): the commands follow the
+leader (`scheduler.follow`), one stderr line per switch, for up to `--timeout` seconds; they
+give up at once when no scheduler answers at any address (nothing runs there).
 """
 from __future__ import annotations
 
@@ -22,17 +26,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from ._proto import controller_grpc, controller_pb2
-from .config import Config, ConfigError, parse_host_port
+from ._proto import controller_pb2
+from .config import Config, ConfigError
+from .follow import Channels, GaveUp, call, host_port, split_addresses, watch_events
 from .security import TlsSetupError, client_ssl_context
 from .tls_setup import check_ca, check_pair, development_pki
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"  # the local scheduler's default port
 WILDCARDS = ("", "0.0.0.0", "::")  # a listen host meaning "every interface": dial loopback
 PROBE_TIMEOUT = 3.0  # s for the TLS probe that explains a lost connection
+WATCH_TIMEOUT = 30.0  # s `watch` looks for a leader: a failover takes up to lease_ttl + 2 s
 NODE_STATES = {v: k for k, v in controller_pb2.Node.State.items()}
 EVENT_KINDS = {v: k for k, v in controller_pb2.NodeEvent.Kind.items()}
 STATUS_CODES = {v: k for k, v in controller_pb2.Status.StatusCode.items()}
@@ -49,12 +54,11 @@ class OutputClosed(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """The scheduler to call and how: its address, and the TLS context (None: plaintext) with
-    the CA and certificate files it was made from (named in error messages)."""
+    """The schedulers to call (one, or several of which the leader is followed) and how: the
+    TLS context (None: plaintext) with the CA and certificate files it was made from (named
+    in error messages)."""
 
-    address: str
-    host: str
-    port: int
+    addresses: tuple[str, ...]
     tls: ssl.SSLContext | None = None
     ca: Path | None = None
     cert: Path | None = None
@@ -66,16 +70,15 @@ def target(args) -> Target:
         config = Config.from_toml(args.config) if args.config else Config()
     except ConfigError as err:
         raise Refusal(f"bad configuration: {err.in_file(args.config)}") from None
-    address = args.address or _local_address(config, args.config)
-    host, port = parse_host_port(address, "--address")
+    addresses = tuple(split_addresses(args.address or _local_address(config, args.config)))
     if args.insecure:
-        return Target(address, host, port)
+        return Target(addresses)
     ca, cert, key = _credentials(args, config)
     try:
         context = client_ssl_context(ca, cert, key)
     except TlsSetupError as err:
         raise Refusal(str(err)) from None
-    return Target(address, host, port, context, ca, cert)
+    return Target(addresses, context, ca, cert)
 
 
 def _local_address(config: Config, path: str | None) -> str:
@@ -126,10 +129,6 @@ def _credentials(args, config: Config) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
-def _channel(scheduler: Target) -> Channel:
-    return Channel(scheduler.host, scheduler.port, ssl=scheduler.tls)
-
-
 def emit(text: str) -> None:
     """Print one line (or table) now; a closed output raises OutputClosed."""
     try:
@@ -172,27 +171,19 @@ def format_event(event) -> str:
             f"{STATUS_CODES.get(status.status.code, status.status.code)}{message}")
 
 
-async def _nodes(args, scheduler: Target) -> int:
-    channel = _channel(scheduler)
-    try:
-        reply = await controller_grpc.ClusterServiceStub(channel).ListNodes(
-            controller_pb2.Empty(), timeout=args.timeout)
-    finally:
-        channel.close()
+async def _nodes(args, schedulers: Channels) -> int:
+    deadline = asyncio.get_running_loop().time() + args.timeout
+    reply = await call(schedulers.leader, lambda address: schedulers.cluster(address).ListNodes,
+                       controller_pb2.Empty(), idempotent=True, deadline=deadline, give_up=True,
+                       report=note)
     emit(format_nodes(reply.nodes))
     return 0
 
 
-async def _watch(args, scheduler: Target) -> int:
-    channel = _channel(scheduler)
-    try:
-        async with controller_grpc.ClusterServiceStub(channel).WatchEvents.open() as stream:
-            await stream.send_message(controller_pb2.WatchRequest(
-                epoch=args.epoch, after_revision=args.after), end=True)
-            async for event in stream:
-                emit(format_event(event))
-    finally:
-        channel.close()
+async def _watch(args, schedulers: Channels) -> int:
+    async for event in watch_events(schedulers, args.epoch, args.after, patience=args.timeout,
+                                    give_up=True, report=note):
+        emit(format_event(event))
     return 0
 
 
@@ -206,19 +197,33 @@ def run(command, args) -> int:
         scheduler = target(args)
     except (Refusal, ConfigError) as err:
         return fail(str(err))
+    schedulers: Channels | None = None
+
+    async def main() -> int:
+        nonlocal schedulers
+        schedulers = Channels(scheduler.addresses, scheduler.tls)
+        try:
+            return await command(args, schedulers)
+        finally:
+            schedulers.close()
+
+    def failed_at() -> str:
+        """The address of a call that failed: errors other than NotServing do not move on."""
+        return schedulers.leader.current if schedulers else scheduler.addresses[0]
+
     try:
-        return asyncio.run(command(args, scheduler))
+        return asyncio.run(main())
     except OutputClosed:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0
     except KeyboardInterrupt:
         return 0
-    except GRPCError as err:
-        return fail(f"{scheduler.address}: {err.status.name}: {err.message}")
-    except asyncio.TimeoutError:  # only `nodes` sets a deadline
-        return fail(f"no answer from {scheduler.address} within {args.timeout:g} s (--timeout)")
-    except (StreamTerminatedError, OSError) as err:  # ssl.SSLError is an OSError
-        return fail(explain(err, scheduler))
+    except GaveUp as err:
+        return fail(gave_up(err, scheduler, args.timeout))
+    except asyncio.TimeoutError:  # only `nodes` sets a deadline per call
+        return fail(f"no answer from {failed_at()} within {args.timeout:g} s (--timeout)")
+    except (GRPCError, StreamTerminatedError, OSError) as err:  # ssl.SSLError is an OSError
+        return fail(describe(err, scheduler, failed_at()))
 
 
 def fail(problem: str) -> int:
@@ -226,9 +231,34 @@ def fail(problem: str) -> int:
     return 1
 
 
-def explain(err: Exception, scheduler: Target) -> str:
-    """One line for a failure to talk to the scheduler: what happened, and what to do."""
-    address = scheduler.address
+def note(line: str) -> None:
+    """A switch to another scheduler ("following leader at X"), on stderr: stdout is data."""
+    print(f"orka-scheduler: {line}", file=sys.stderr, flush=True)
+
+
+def gave_up(err: GaveUp, scheduler: Target, timeout: float) -> str:
+    """One line for a search for the leader that ended with none."""
+    last = describe(err.last.cause, scheduler, err.last.address)
+    if err.timed_out:
+        return f"no leader found within {timeout:g} s (--timeout); last: {last}"
+    if len(scheduler.addresses) > 1:
+        return f"no leader found at {', '.join(scheduler.addresses)}; last: {last}"
+    if err.first is err.last:
+        return last
+    # One scheduler: why it stopped serving (shutting down), then why it is given up.
+    return f"{describe(err.first.cause, scheduler, err.first.address)}; then {last}"
+
+
+def describe(err: BaseException, scheduler: Target, address: str) -> str:
+    """One line for how a call at `address` failed."""
+    if isinstance(err, GRPCError):
+        return f"{address}: {err.status.name}: {err.message}"
+    return explain(err, scheduler, address)
+
+
+def explain(err: BaseException, scheduler: Target, address: str) -> str:
+    """One line for a failure to talk to the scheduler at `address`: what happened, and what
+    to do."""
     if isinstance(err, ssl.SSLCertVerificationError):
         return (f"the scheduler at {address} answered, but its certificate is not signed by the "
                 f"CA in {scheduler.ca} ({err.verify_message}): use the scheduler's CA (--config "
@@ -238,7 +268,7 @@ def explain(err: Exception, scheduler: Target) -> str:
                 "add --insecure")
     if isinstance(err, StreamTerminatedError):
         if scheduler.tls is None:
-            if speaks_tls(scheduler.host, scheduler.port):
+            if speaks_tls(*host_port(address)):
                 return f"the scheduler at {address} speaks TLS: drop --insecure"
             return f"the scheduler at {address} closed the connection: {err}"
         return (f"the scheduler at {address} closed the connection after the TLS handshake: "
@@ -278,9 +308,10 @@ def add_commands(commands) -> None:
         sub.add_argument("--config", metavar="FILE",
                          help="the scheduler's configuration: its listen port, [tls] CA and "
                               "data_dir (whose development PKI holds a Controller certificate)")
-        sub.add_argument("--address", metavar="HOST:PORT",
+        sub.add_argument("--address", metavar="HOST:PORT[,HOST:PORT...]",
                          help=f"the scheduler (default: the listen port of --config on this "
-                              f"host, else {DEFAULT_ADDRESS})")
+                              f"host, else {DEFAULT_ADDRESS}); several, comma-separated: the "
+                              "schedulers of one cluster, whose leader is followed")
         sub.add_argument("--insecure", action="store_true",
                          help="plaintext, for a scheduler run with --insecure")
         sub.add_argument("--ca", metavar="FILE",
@@ -289,8 +320,11 @@ def add_commands(commands) -> None:
         sub.add_argument("--key", metavar="FILE", help="its private key (PEM)")
         if name == "nodes":
             sub.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                             help="for the answer (default 10)")
+                             help="for the answer, following the leader (default 10)")
         else:
+            sub.add_argument("--timeout", type=float, default=WATCH_TIMEOUT, metavar="SECONDS",
+                             help="to find the leader, at the start and after losing it "
+                                  f"(default {WATCH_TIMEOUT:g})")
             sub.add_argument("--epoch", default="", help="resume in this epoch ...")
             sub.add_argument("--after", type=int, default=0, metavar="REVISION",
                              help="... after this revision (default: a snapshot first)")

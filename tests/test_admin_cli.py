@@ -11,18 +11,22 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
+import trio_asyncio
 
 from scheduler import admin
 from scheduler._proto import controller_pb2 as pb
 from scheduler.pki import init_pki
 from scheduler.tls_setup import server_tls
 from tests.conftest import IO_GUARD, make_config, running_scheduler
-from tests.fakes import FakeAgent, drop_stream, open_channel, wait_until
+from tests.fakes import FakeAgent, aio, drop_stream, make_channel, open_channel, wait_until
+from tests.standby import FakeStandby
 
 REPO = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
@@ -356,6 +360,216 @@ async def test_watch_ends_quietly_when_its_reader_stops_reading():
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+# -- several schedulers: following the leader ----------------------------------------------------
+#
+# Fake standbys (real grpclib servers answering UNAVAILABLE with `orka-leader`) in front of a real
+# scheduler; a restart of a SQLite scheduler on the same data directory, on another port, stands
+# in for a failover (the epoch continues, as SPEC §4.1 promises across leaders).
+
+@asynccontextmanager
+async def fake_standby(leader: str = ""):
+    """A FakeStandby on 127.0.0.1 naming `leader` ("": none), served in this test's trio run."""
+    async with trio_asyncio.open_loop():
+        standby = FakeStandby(leader)
+        await aio(standby.start)()
+        try:
+            yield standby
+        finally:
+            await aio(standby.stop)()
+
+
+def free_port() -> int:
+    with unused_port() as sock:
+        return sock.getsockname()[1]
+
+
+async def ctrl_c(process: trio.Process) -> str:
+    """Interrupt a running command as an operator's Ctrl-C does; it must exit 0. Its stderr."""
+    process.send_signal(signal.SIGINT)
+    assert await process.wait() == 0
+    stderr = b""
+    while chunk := await process.stderr.receive_some(65536):
+        stderr += chunk
+    return stderr.decode()
+
+
+def stderr_lines(result: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr.splitlines()
+
+
+async def test_nodes_follows_the_leader_a_standby_names():
+    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
+        leader = f"127.0.0.1:{scheduler.port}"
+        stream = await join_with_status(channel, scheduler, "node-a", 7001)
+        async with fake_standby(leader) as standby:
+            result = await run_cli("nodes", "--insecure", "--address", standby.address)
+        await drop_stream(stream)
+    assert result.returncode == 0, result.stderr
+    assert [row["NODE"] for row in table(result.stdout)] == ["node-a"]
+    assert stderr_lines(result) == [f"orka-scheduler: following leader at {leader}"]
+    assert standby.calls == {"ListNodes": 1}
+
+
+@pytest.mark.parametrize("named", ["", "not an address"], ids=["none", "malformed"])
+async def test_nodes_tries_the_next_address_when_a_standby_names_no_leader(named):
+    async with running_scheduler() as scheduler, fake_standby(named) as standby:
+        leader = f"127.0.0.1:{scheduler.port}"
+        result = await run_cli("nodes", "--insecure", "--address", f"{standby.address},{leader}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == " ".join(COLUMNS).split()
+    assert stderr_lines(result) == [
+        f"orka-scheduler: {standby.address} unavailable, trying {leader}"]
+    assert standby.calls == {"ListNodes": 1}
+
+
+async def test_nodes_tries_the_next_address_after_a_dead_one():
+    async with running_scheduler() as scheduler:
+        dead, leader = f"127.0.0.1:{free_port()}", f"127.0.0.1:{scheduler.port}"
+        result = await run_cli("nodes", "--insecure", "--address", f"{dead},{leader}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == " ".join(COLUMNS).split()
+    assert stderr_lines(result) == [f"orka-scheduler: {dead} unavailable, trying {leader}"]
+
+
+async def test_nodes_gives_up_at_once_when_no_scheduler_answers_at_any_address():
+    """Nothing runs there: the --timeout of a minute is not spent (the IO guard is 20 s)."""
+    dead, also_dead = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    with trio.fail_after(IO_GUARD):
+        result = await run_cli("nodes", "--insecure", "--timeout", "60",
+                               "--address", f"{dead},{also_dead}")
+    assert result.returncode == 1 and result.stdout == ""
+    switch, last = stderr_lines(result)
+    assert switch == f"orka-scheduler: {dead} unavailable, trying {also_dead}"
+    assert last.startswith(f"orka-scheduler: no leader found at {dead}, {also_dead}; last: "
+                           f"cannot reach the scheduler at {also_dead}: "), last
+
+
+async def test_nodes_waits_for_a_standby_that_knows_no_leader_until_its_timeout():
+    """An election under way: the standby answers, naming no leader; the command asks again
+    (with backoff) until --timeout, then says so."""
+    async with fake_standby("") as standby:
+        with trio.fail_after(IO_GUARD):
+            result = await run_cli("nodes", "--insecure", "--timeout", "1",
+                                   "--address", standby.address)
+    assert result.returncode == 1 and result.stdout == ""
+    assert stderr_lines(result) == [
+        f"orka-scheduler: no leader found within 1 s (--timeout); last: {standby.address}: "
+        "UNAVAILABLE: standby: not the leader; leader at (none yet)"]
+    # 1 s of waits of 25-50, 50-100, 100-200, 200-400, 400-800 ms: at most 6 calls.
+    assert 3 <= standby.calls["ListNodes"] <= 6, standby.calls
+
+
+async def test_nodes_waits_for_a_named_leader_until_its_timeout_asking_with_backoff():
+    """A standby names a leader that is down (its lease has not expired yet): the command
+    keeps looking until --timeout, with a backoff that bounds how often it asks."""
+    dead = f"127.0.0.1:{free_port()}"
+    async with fake_standby(dead) as standby:
+        with trio.fail_after(IO_GUARD):
+            result = await run_cli("nodes", "--insecure", "--timeout", "1",
+                                   "--address", standby.address)
+    assert result.returncode == 1 and result.stdout == ""
+    *switches, last = stderr_lines(result)
+    assert last.startswith("orka-scheduler: no leader found within 1 s (--timeout); last: "), last
+    assert set(switches) == {f"orka-scheduler: following leader at {dead}",
+                             f"orka-scheduler: {dead} unavailable, trying {standby.address}"}
+    # 1 s of waits of 25-50, 50-100, 100-200, 200-400, 400-800 ms: at most 7 attempts in all.
+    assert 2 <= standby.calls["ListNodes"] <= 4, standby.calls
+
+
+async def test_watch_follows_the_leader_across_a_failover_and_loses_no_event():
+    """watch --address STANDBY,FIRST: the standby names FIRST. FIRST stops; while no scheduler
+    leads, the watch keeps asking; SECOND (the same data directory, another port) starts and
+    events happen there before the standby names it. The watch resumes there after its last
+    event: those events replayed, no second snapshot, one epoch, revisions increasing."""
+    data_dir = tempfile.mkdtemp(prefix="orka-failover-")
+    first, second = free_port(), free_port()
+    config = lambda port: make_config(server={"listen": f"127.0.0.1:{port}", "data_dir": data_dir})
+    async with fake_standby(f"127.0.0.1:{first}") as standby:
+        first_channel, second_channel = await make_channel(first), await make_channel(second)
+        process = await trio.lowlevel.open_process(
+            command("watch", "--insecure", "--timeout", "15",
+                    "--address", f"{standby.address},127.0.0.1:{first}"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=REPO)
+        try:
+            out = LineReader(process.stdout)
+            async with running_scheduler(config(first)) as scheduler:
+                epoch = scheduler.events.epoch
+                assert (await out.line_with("SNAPSHOT")).split()[1:3] == ["SNAPSHOT", "0"]
+                await FakeAgent(first_channel, "node-a", 7001).join()
+                await out.line_with("JOINED")
+            standby.leader = ""  # the election is under way
+            asked = standby.calls["WatchEvents"]
+            async with running_scheduler(config(second)) as scheduler:
+                assert scheduler.events.epoch == epoch
+                await FakeAgent(second_channel, "node-b", 7002).join()
+                await FakeAgent(second_channel, "node-c", 7003).join()
+                await wait_until(lambda: standby.calls["WatchEvents"] > asked)  # still asking
+                standby.leader = f"127.0.0.1:{second}"
+                resumed = [await out.line_with("JOINED"), await out.line_with("JOINED")]
+                await FakeAgent(second_channel, "node-d", 7004).join()
+                live = await out.line_with("JOINED")
+                stderr = await ctrl_c(process)
+        finally:
+            first_channel.close()
+            second_channel.close()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert [line.split()[3] for line in resumed + [live]] == ["node-b", "node-c", "node-d"]
+    assert sum("SNAPSHOT" in line for line in out.lines) == 1, out.lines
+    revisions = [int(line.split()[0]) for line in out.lines]
+    assert revisions == sorted(set(revisions)), out.lines
+    switches = stderr.splitlines()
+    assert "Traceback" not in stderr
+    assert switches[0] == f"orka-scheduler: following leader at 127.0.0.1:{first}", switches
+    assert switches[-1] == f"orka-scheduler: following leader at 127.0.0.1:{second}", switches
+    assert f"orka-scheduler: 127.0.0.1:{first} unavailable, trying {standby.address}" in switches
+
+
+async def test_watch_still_ends_quietly_on_ctrl_c_after_its_scheduler_was_killed(tmp_path):
+    """A scheduler killed (-9) mid-watch: grpclib wakes the call by cancelling its task and
+    reports a lost connection. The watch moves on to the next address (another epoch: a
+    snapshot), and a Ctrl-C afterwards still ends it with 0 and no traceback."""
+    port = free_port()
+    config = tmp_path / "killed.toml"
+    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\n'
+                      '[observability]\nhttp_listen = ""\n')
+    doomed = await trio.lowlevel.open_process(
+        command("serve", "--insecure", "--config", str(config)), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env=environment(), cwd=REPO)
+    try:
+        with trio.fail_after(IO_GUARD):
+            while True:
+                try:
+                    await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    await trio.sleep(0.05)
+        async with running_scheduler() as other:
+            addresses = f"127.0.0.1:{port},127.0.0.1:{other.port}"
+            process = await trio.lowlevel.open_process(
+                command("watch", "--insecure", "--address", addresses),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=REPO)
+            try:
+                out = LineReader(process.stdout)
+                await out.line_with("SNAPSHOT")
+                doomed.kill()
+                await doomed.wait()
+                assert f"(epoch {other.events.epoch})" in await out.line_with("SNAPSHOT")
+                stderr = await ctrl_c(process)
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+    finally:
+        if doomed.returncode is None:
+            doomed.kill()
+            await doomed.wait()
+    assert stderr.splitlines() == [
+        f"orka-scheduler: 127.0.0.1:{port} unavailable, trying 127.0.0.1:{other.port}"], stderr
 
 
 # -- the formatters ------------------------------------------------------------------------------
