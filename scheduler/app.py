@@ -343,7 +343,9 @@ def _follow(scheduler: Scheduler, bridge: Bridge, mirror: Mirror) -> None:
         return "" if address == scheduler.advertise and not scheduler.leading else address
 
     def changed(address: str) -> None:
-        if not scheduler.leading and address != scheduler.advertise:
+        # Not while shutting down: our own resignation is no news for a standby to report.
+        if not scheduler.leading and not scheduler.shutdown.is_set() \
+                and address != scheduler.advertise:
             log.info("standby, leader at %s", address or "(none yet)")
 
     scheduler.leader = leader

