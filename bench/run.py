@@ -18,8 +18,12 @@ Figures (bars for a 2-core machine):
   4 lost       LOST detection lateness beyond the deadline, 10,000 nodes (p99 <= 100 ms)
   5 memory     scheduler RSS per connected agent over mTLS, 1,000 -> 5,000 agents (<= 50 KiB)
   6 cpu        scheduler CPU with 10,000 agents reporting every 10 s (<= 50 % of one core)
+  7 ha         two schedulers on one etcd (2 s lease): failover time after kill -9 of the
+               leader, p50 and max over 10 kills under placement load (<= lease + 1 s);
+               acknowledged placements the new leader does not know (0); placements/s on
+               the etcd backend vs SQLite at 1,000 nodes, same run (>= 0.7x)
 
---quick shrinks the fleets (see SIZES) and skips figure 6, the baselines of 4 and 5 and the
+--quick shrinks the fleets (see SIZES; 4 kills in figure 7) and skips figure 6, the baselines of 4 and 5 and the
 baselines on the scheduler's stack (figures 1, 2; `--stack` adds them).
 The last line of output is one JSON object with every figure.
 """
@@ -46,12 +50,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
+from scheduler import local_etcd  # noqa: E402
 from scheduler.sim_controller import SimController  # noqa: E402
 from scheduler.simulator import AgentProcesses, Behaviour, node_ids, raise_fd_limit  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-FIGURES = ("decision", "ingest", "placement", "memory", "lost", "cpu")
+FIGURES = ("decision", "ingest", "placement", "memory", "lost", "cpu", "ha")
 DISTURBED = 0.25  # cores used by other processes in a window beyond which it is measured again
 CONTROL_PERIOD = 0.5  # s between adjustments of the offered ingest rate
 BACKLOG_PER_STREAM = 8  # messages sent but not yet taken that the ingest feedback aims for
@@ -79,6 +84,10 @@ class Sizes:
     baselines_for_absolute: bool = True  # measure baselines of figures 4-6 too
     stack_baselines: bool = True  # figures 1, 2 also as baselines on the scheduler's stack
     retries: int = 2  # windows measured again when other processes disturbed them
+    ha_nodes: int = 1000  # figure 7: placements/s on etcd vs SQLite with this many nodes
+    ha_kills: int = 10  # figure 7: leaders killed (kill -9) under placement load
+    ha_agents: int = 100  # figure 7: the fleet of the failover runs
+    ha_load_before_kill: float = 1.5  # s of placements on each leader before it is killed
 
 
 FULL = Sizes()
@@ -88,6 +97,7 @@ QUICK = Sizes(
     memory_steps=(200, 400, 600), memory_rate=0.1,
     lost_nodes=2000, lost_rate=0.5, lost_timeout=3.0, cpu_window=0.0,
     baselines_for_absolute=False, stack_baselines=False, retries=0,
+    ha_kills=4, ha_agents=50, ha_load_before_kill=1.0,
 )
 
 
@@ -188,7 +198,9 @@ class SchedulerProcess(ServerProcess):
 
     def __init__(self, workdir: Path, name: str, *, pki: Path | None = None,
                  liveness: dict | None = None, scheduling: dict | None = None,
+                 sections: dict[str, dict] | None = None,
                  log_level: str = "info", metrics: bool = False) -> None:
+        """`sections`: more configuration sections ({"store": {...}, "etcd": {...}})."""
         self.workdir = workdir
         self.name = name
         self.pki = pki
@@ -204,7 +216,8 @@ class SchedulerProcess(ServerProcess):
         if pki is not None:
             lines += ["[tls]", f'ca = "{pki / "ca.pem"}"', f'cert = "{pki / "scheduler.pem"}"',
                       f'key = "{pki / "scheduler.key"}"']
-        for section, values in (("liveness", liveness), ("scheduling", scheduling)):
+        for section, values in (("liveness", liveness), ("scheduling", scheduling),
+                                *(sections or {}).items()):
             if values:
                 lines.append(f"[{section}]")
                 lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
@@ -216,12 +229,35 @@ class SchedulerProcess(ServerProcess):
         args = [sys.executable, *command, "serve", "--config", str(self.config)]
         if self.pki is None:
             args.append("--insecure")
-        with open(self.log, "wb") as log:
+        with open(self.log, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=_raise_nofile)
         await wait_port(self.port, self.proc, f"scheduler ({self.log})")
         return self
+
+    async def health(self) -> int | None:
+        """The HTTP status of /healthz (200: it leads; 503: standby); None if no answer.
+        Needs `metrics=True` (the HTTP endpoint)."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.metrics_port), 1)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            head = await asyncio.wait_for(reader.readline(), 1)
+            writer.close()
+            return int(head.split()[1])
+        except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+            return None
+
+    async def wait_health(self, status: int, timeout: float = 30, poll: float = 0.01) -> float:
+        """Until /healthz answers `status`; the seconds it took."""
+        started = time.monotonic()
+        while await self.health() != status:
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"{self.name}: /healthz did not answer {status} within "
+                                   f"{timeout} s ({self.log})")
+            await asyncio.sleep(poll)
+        return time.monotonic() - started
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
@@ -413,8 +449,9 @@ async def ingest_capacity(name: str, address: str, count_now, pids: dict[str, in
     return best
 
 
-async def scrape_counter(port: int, metric: str) -> tuple[int, float] | None:
-    """A counter's value from the scheduler's /metrics (None if it does not expose it)."""
+async def scrape_value(port: int, metric: str) -> tuple[float, float] | None:
+    """A metric's value from the scheduler's /metrics, and the time.time() it was read (None
+    if it does not expose it)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
     body = await reader.read()
@@ -422,8 +459,14 @@ async def scrape_counter(port: int, metric: str) -> tuple[int, float] | None:
     writer.close()
     for line in body.decode(errors="replace").splitlines():
         if line.startswith(metric + " ") or line.startswith(metric + "{"):
-            return int(float(line.rsplit(" ", 1)[1])), at
+            return float(line.rsplit(" ", 1)[1]), at
     return None
+
+
+async def scrape_counter(port: int, metric: str) -> tuple[int, float] | None:
+    """A counter's value from the scheduler's /metrics (None if it does not expose it)."""
+    scraped = await scrape_value(port, metric)
+    return None if scraped is None else (int(scraped[0]), scraped[1])
 
 
 async def figure_ingest(sizes: Sizes, workdir: Path, profiler: Profiler) -> dict:
@@ -475,7 +518,9 @@ async def ingest_baseline(process: BaselineProcess, name: str, sizes: Sizes, wor
 # --- figure 2: placements ----------------------------------------------------------------------
 
 async def placement_run(name: str, address: str, server_pid: int, nodes: int, sizes: Sizes,
-                        workdir: Path, profiler: Profiler) -> dict:
+                        workdir: Path, profiler: Profiler,
+                        helpers: dict[str, int] | None = None) -> dict:
+    """`helpers`: processes the server relies on (etcd), measured with it, not as others."""
     behaviour = Behaviour(lifetime=0.0)  # RUNNING, then TERMINATED at once: every call ends
     async with AgentProcesses(nodes, address, rate=0.1, behaviour=behaviour, prefix="place",
                               log_file=workdir / f"placement-{name}-agents.log") as fleet:
@@ -488,8 +533,8 @@ async def placement_run(name: str, address: str, server_pid: int, nodes: int, si
                                            duration=sizes.placement_warmup, prefix=f"warm-{name}")
             best = None
             for attempt in range(1 + sizes.retries):
-                cpu = CpuWindow({"server": server_pid, **{f"agents{i}": p for i, p in
-                                                         enumerate(fleet.pids)}})
+                cpu = CpuWindow({"server": server_pid, **(helpers or {}),
+                                 **{f"agents{i}": p for i, p in enumerate(fleet.pids)}})
                 async with profiler.window(f"placement-{name}", server_pid,
                                            sizes.placement_window):
                     report = await controller.schedule_many(
@@ -757,6 +802,176 @@ async def figure_lost(sizes: Sizes, workdir: Path, profiler: Profiler) -> dict:
     return result
 
 
+# --- figure 7: high availability (two schedulers on etcd) ---------------------------------------
+
+HA_LEASE_TTL = 2.0  # s: the shortest lease (the HA tests' too); failover bar = lease + 1 s
+HA_PLACEMENT_PAUSE = 0.1  # s a placing worker waits after a refusal (no leader for a moment)
+COMMIT_METRIC = "orka_scheduler_store_commit_seconds"  # histogram: _count, _sum
+
+
+def etcd_sections(endpoint: str, prefix: str) -> dict[str, dict]:
+    return {"store": {"backend": "etcd"},
+            "etcd": {"endpoints": [endpoint], "prefix": prefix, "lease_ttl": HA_LEASE_TTL}}
+
+
+async def commits(scheduler: SchedulerProcess) -> dict:
+    """Store commits so far and their mean duration (from /metrics)."""
+    count = await scrape_value(scheduler.metrics_port, COMMIT_METRIC + "_count")
+    total = await scrape_value(scheduler.metrics_port, COMMIT_METRIC + "_sum")
+    if count is None or total is None or not count[0]:
+        return {"commits": 0}
+    return {"commits": int(count[0]), "commit_mean_ms": round(total[0] / count[0] * 1000, 3)}
+
+
+async def ha_placement(sizes: Sizes, workdir: Path, profiler: Profiler,
+                       etcd: local_etcd.EtcdMember) -> dict:
+    """Figure 2's run at `ha_nodes` nodes on SQLite, then on etcd, back to back."""
+    result: dict[str, Any] = {"nodes": sizes.ha_nodes}
+    for backend, sections, helpers in (
+            ("sqlite", None, {}),
+            ("etcd", etcd_sections(etcd.endpoint, "/bench-placement"), {"etcd": etcd.pid})):
+        async with SchedulerProcess(workdir, f"placement-{backend}-scheduler",
+                                    liveness={"node_timeout": 120.0},
+                                    scheduling={"attempt_timeout": 5.0}, sections=sections,
+                                    metrics=True) as scheduler:
+            await scheduler.wait_health(200)  # on etcd: elected
+            run = await placement_run(f"ha-{backend}", scheduler.address, scheduler.pid,
+                                      sizes.ha_nodes, sizes, workdir, profiler, helpers)
+            run.update(await commits(scheduler))
+        run["placements_per_commit"] = round(run["agents_accepted"] / max(run["commits"], 1), 2)
+        result[backend] = run
+    result["ratio"] = round(result["etcd"]["placements_per_s"]
+                            / max(result["sqlite"]["placements_per_s"], 1e-9), 3)
+    return result
+
+
+class PlacementLoad:
+    """A Controller that keeps placing new instances, `concurrency` calls in flight, and
+    records which were acknowledged (a first status came back: the scheduler accepted them).
+    After a refusal a worker waits HA_PLACEMENT_PAUSE, as a Controller would during an
+    election rather than hammer a standby."""
+
+    def __init__(self, controller: SimController, concurrency: int) -> None:
+        self.controller = controller
+        self.concurrency = concurrency
+        self.acked: list[str] = []
+        self.refused: dict[str, int] = {}
+
+    async def run(self) -> None:
+        from scheduler._proto import controller_pb2
+
+        run = f"{time.time_ns() % 10**9:09d}"
+
+        async def worker(number: int) -> None:
+            for serial in range(10**9):
+                workload = controller_pb2.Workload(instance_id=f"ha-{run}-{number}-{serial}",
+                                                   image="sim/workload:1")
+                workload.resource_limits.memory = 16
+                workload.resource_limits.cpu = 10
+                placement = await self.controller.schedule(workload, follow=False, timeout=10)
+                if placement.first_status_s is not None:
+                    self.acked.append(workload.instance_id)
+                else:
+                    reason = placement.error.split(":", 1)[0]
+                    self.refused[reason] = self.refused.get(reason, 0) + 1
+                    await asyncio.sleep(HA_PLACEMENT_PAUSE)
+
+        await asyncio.gather(*(worker(number) for number in range(self.concurrency)))
+
+
+async def known_instances(controller: SimController) -> tuple[set[str], set[str]]:
+    """The instances the leader knows: (in ListNodes, in a fresh watch's Snapshot)."""
+    listed = {instance for node in await controller.list_nodes() for instance in node.instance_ids}
+    async for _arrived, event in controller.watch():
+        return listed, {status.instance_id for status in event.snapshot.instances}
+    return listed, set()
+
+
+async def first_leader(schedulers: list[SchedulerProcess], timeout: float = 30) -> SchedulerProcess:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for scheduler in schedulers:
+            if await scheduler.health() == 200:
+                return scheduler
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"no scheduler was elected within {timeout} s")
+
+
+async def ha_failover(sizes: Sizes, workdir: Path, endpoint: str) -> dict:
+    """Kill the leader `ha_kills` times under placement load: how long until the standby
+    answers /healthz 200, and whether every acknowledged placement is known to it."""
+    sections = etcd_sections(endpoint, "/bench-failover")
+    pair = [SchedulerProcess(workdir, f"ha-{name}", liveness={"node_timeout": 30.0},
+                             scheduling={"attempt_timeout": 2.0}, sections=sections, metrics=True)
+            for name in ("a", "b")]
+    kills: list[dict] = []
+    try:
+        for scheduler in pair:
+            await scheduler.start()
+        leader = await first_leader(pair)
+        addresses = [scheduler.address for scheduler in pair]
+        async with AgentProcesses(sizes.ha_agents, addresses, rate=1.0, prefix="ha",
+                                  log_file=workdir / "ha-agents.log") as fleet:
+            await wait_streaming(fleet, sizes.ha_agents, 60)
+            controller = SimController(addresses)
+            load = PlacementLoad(controller, sizes.placement_concurrency // 5)
+            placing = asyncio.ensure_future(load.run())
+            try:
+                for _ in range(sizes.ha_kills):
+                    standby = pair[1] if leader is pair[0] else pair[0]
+                    await standby.wait_health(503)
+                    await asyncio.sleep(sizes.ha_load_before_kill)
+                    acked_before = len(load.acked)
+                    leader.proc.send_signal(signal.SIGKILL)
+                    killed = time.monotonic()
+                    await leader.proc.wait()
+                    await standby.wait_health(200, timeout=HA_LEASE_TTL + 10)
+                    seconds = time.monotonic() - killed
+                    acked = set(load.acked)  # every acknowledgement up to the takeover
+                    listed, snapshot = await known_instances(controller)
+                    kills.append({"failover_s": round(seconds, 3), "acked": len(acked),
+                                  "acked_by_old_leader": acked_before,
+                                  "missing_from_listnodes": len(acked - listed),
+                                  "missing_from_snapshot": len(acked - snapshot)})
+                    say(f"  failover {len(kills)}: {standby.name} leads {seconds:.3f} s after "
+                        f"kill -9 of {leader.name}; {len(acked)} acknowledged placements, "
+                        f"{len(acked - (listed & snapshot))} unknown to the new leader")
+                    await leader.start()  # back as a standby
+                    leader = standby
+            finally:
+                placing.cancel()
+                with contextlib.suppress(BaseException):
+                    await placing
+                controller.close()
+    finally:
+        for scheduler in pair:
+            await scheduler.stop()
+    failovers = sorted(kill["failover_s"] for kill in kills)
+    return {"lease_ttl_s": HA_LEASE_TTL, "kills": len(kills), "agents": sizes.ha_agents,
+            "failover_p50_s": round(statistics.median(failovers), 3),
+            "failover_max_s": failovers[-1], "failover_s": failovers,
+            "acked": len(load.acked),
+            "acked_lost": sum(max(kill["missing_from_listnodes"], kill["missing_from_snapshot"])
+                              for kill in kills),
+            "refused_during_run": load.refused, "per_kill": kills}
+
+
+async def figure_ha(sizes: Sizes, workdir: Path, profiler: Profiler) -> dict:
+    binary = local_etcd.etcd_binary()
+    if binary is None:
+        raise RuntimeError(f"figure 7 needs etcd: {local_etcd.MISSING}")
+    etcd = local_etcd.EtcdMember(workdir / "etcd").start()
+    try:
+        await asyncio.to_thread(etcd.wait_ready)
+        result = {"etcd": {"version": local_etcd.version(binary), "members": 1,
+                           "unsafe_no_fsync": True}}
+        result["placement"] = await ha_placement(sizes, workdir, profiler, etcd)
+        result["failover"] = await ha_failover(sizes, workdir, etcd.endpoint)
+    finally:
+        etcd.stop()
+    return result
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 BARS = {
@@ -764,6 +979,8 @@ BARS = {
     "placement_ratio": (">=", 0.5), "placements_per_s": (">=", 500),
     "decision_p99_ms_10k": ("<=", 2.0), "lost_lateness_p99_ms": ("<=", 100.0),
     "kib_per_agent": ("<=", 50.0), "cpu_share_10k": ("<=", 0.5),
+    "ha_failover_max_s": ("<=", HA_LEASE_TTL + 1.0), "ha_etcd_placement_ratio": (">=", 0.7),
+    "ha_acked_lost": ("<=", 0),
 }
 
 
@@ -786,13 +1003,20 @@ def markdown(summary: dict, details: dict) -> str:
             ("4 LOST lateness p99, ms", "lost_lateness_p99_ms", "lost_baseline_p99_ms",
              "≤ 100 ms"),
             ("5 RSS per agent over mTLS, KiB", "kib_per_agent", "memory_ratio", "≤ 50 KiB"),
-            ("6 CPU share, 10k agents / 10 s", "cpu_share_10k", "cpu_ratio", "≤ 0.5 core")]
+            ("6 CPU share, 10k agents / 10 s", "cpu_share_10k", "cpu_ratio", "≤ 0.5 core"),
+            ("7 failover after kill -9, max s (p50 next)", "ha_failover_max_s",
+             "ha_failover_p50_s", f"≤ lease_ttl + 1 s = {HA_LEASE_TTL + 1:g} s"),
+            ("7 placements/s on etcd (SQLite next)", "ha_etcd_placements_per_s",
+             "ha_sqlite_placements_per_s", "≥ 0.7× SQLite"),
+            ("7 acknowledged placements lost over the failovers", "ha_acked_lost",
+             "ha_acked", "0")]
     verdict = verdicts(summary)
     lines = ["| figure | value | baseline / ratio | bar | verdict |", "|---|---|---|---|---|"]
     for title, key, ratio_key, bar in rows:
         value = summary.get(key)
         keys = [key] + {"ingest_msgs_per_s": ["ingest_ratio"],
-                        "placements_per_s": ["placement_ratio"]}.get(key, [])
+                        "placements_per_s": ["placement_ratio"],
+                        "ha_etcd_placements_per_s": ["ha_etcd_placement_ratio"]}.get(key, [])
         text = "; ".join(verdict.get(k, "") for k in keys if verdict.get(k))
         lines.append(f"| {title} | {value if value is not None else 'n/a'} | "
                      f"{summary.get(ratio_key, 'n/a')} | {bar} | {text or 'n/a'} |")
@@ -891,6 +1115,27 @@ async def main(args: argparse.Namespace) -> dict:
                 f": {ours['cpu_share']} of a core ({ours['statuses_per_s']} statuses/s; "
                 f"cpu {ours['cpu']}); with a Controller watching "
                 f"{ours['with_watcher']['cpu_share']}")
+
+    if "ha" in only:
+        details["ha"] = d = await figure_ha(sizes, workdir, profiler)
+        place, failover = d["placement"], d["failover"]
+        summary.update(
+            ha_nodes=place["nodes"],
+            ha_etcd_placements_per_s=place["etcd"]["placements_per_s"],
+            ha_sqlite_placements_per_s=place["sqlite"]["placements_per_s"],
+            ha_etcd_placement_ratio=place["ratio"],
+            ha_lease_ttl_s=failover["lease_ttl_s"], ha_kills=failover["kills"],
+            ha_failover_p50_s=failover["failover_p50_s"],
+            ha_failover_max_s=failover["failover_max_s"],
+            ha_acked=failover["acked"], ha_acked_lost=failover["acked_lost"])
+        say(f"[7] placements with {place['nodes']} nodes: etcd {place['etcd']['placements_per_s']}"
+            f"/s ({place['etcd']['placements_per_commit']} per commit, commit mean "
+            f"{place['etcd'].get('commit_mean_ms')} ms), SQLite "
+            f"{place['sqlite']['placements_per_s']}/s: ratio {place['ratio']}")
+        say(f"[7] failover after kill -9 (lease {failover['lease_ttl_s']:g} s, "
+            f"{failover['kills']} kills under load): p50 {failover['failover_p50_s']} s, max "
+            f"{failover['failover_max_s']} s; {failover['acked']} acknowledged placements, "
+            f"{failover['acked_lost']} lost")
 
     summary["seconds"] = round(time.monotonic() - started, 1)
     summary["verdicts"] = verdicts(summary)

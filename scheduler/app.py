@@ -43,6 +43,7 @@ from .observability import Hooks, make_registry, serve_http
 from .store import Restored, SqliteBackend, Store
 from .store.etcd import EtcdBackend, Mirror
 from .systemd import Notifier
+from .tls_setup import etcd_tls
 
 log = logging.getLogger(__name__)
 
@@ -249,12 +250,14 @@ async def serve(
     ssl_context: ssl.SSLContext | None,
     authorize=None,
     agent_ssl: ssl.SSLContext | None = None,
+    etcd_ssl: ssl.SSLContext | None = None,
     shutdown: trio.Event,
     notifier: Notifier | None = None,
     task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a scheduler until `shutdown` is set; `task_status.started(scheduler)` once listening
-    (with SQLite: once leading)."""
+    (with SQLite: once leading). `etcd_ssl`: TLS to etcd (`tls_setup.etcd_tls`, kept to be
+    reloaded on SIGHUP); None: made from the [etcd] files, if set."""
     scheduler = Scheduler(config, shutdown=shutdown)
     notifier = notifier or Notifier()
     bridge = Bridge(authorize, config.server.max_message_bytes)
@@ -271,10 +274,8 @@ async def serve(
         async with open_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(_close_at_exit, lambda: client)
             if not sqlite:
-                etcd_config = config.etcd
-                client = etcd.EtcdClient(etcd_config.addresses, etcd.ssl_context(
-                    etcd_config.ca, etcd_config.cert, etcd_config.key) if etcd_config.ca else None)
-                mirror = Mirror(client, etcd_config.prefix)
+                client = etcd.EtcdClient(config.etcd.addresses, etcd_ssl or etcd_tls(config))
+                mirror = Mirror(client, config.etcd.prefix)
                 # Not awaited: while etcd cannot be reached the process listens and answers as
                 # a standby; a term waits for the copy to hold its own term record anyway.
                 nursery.start_soon(mirror.run)

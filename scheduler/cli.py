@@ -34,7 +34,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     logs.setup(config.observability.log_level, config.observability.log_format)
     from .app import serve
-    from .tls_setup import reload_on_sighup, server_tls
+    from .tls_setup import etcd_tls, reload_on_sighup, server_tls
+
+    try:
+        etcd_ssl = etcd_tls(config)  # TLS to etcd does not depend on --insecure (gRPC's)
+    except ConfigError as err:
+        print(f"orka-scheduler: bad configuration: {err.in_file(args.config)}", file=sys.stderr)
+        return 2
 
     if args.insecure:
         log.warning(INSECURE_WARNING)
@@ -57,9 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_wait_for_signals, shutdown)
             # SIGHUP (systemctl reload) rotates certificates; without TLS it is logged and ignored.
-            nursery.start_soon(reload_on_sighup, config, ssl_context, agent_ssl)
+            nursery.start_soon(reload_on_sighup, config, ssl_context, agent_ssl, etcd_ssl)
             await serve(config, ssl_context=ssl_context, authorize=authorize,
-                        agent_ssl=agent_ssl, shutdown=shutdown)
+                        agent_ssl=agent_ssl, etcd_ssl=etcd_ssl, shutdown=shutdown)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -76,10 +82,12 @@ async def _wait_for_signals(shutdown: trio.Event) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from .tls_setup import configured_files
+    from .tls_setup import configured_files, etcd_files
 
     try:
-        configured_files(Config.from_toml(args.file))  # the same check `serve` makes
+        config = Config.from_toml(args.file)
+        configured_files(config)  # the same checks `serve` makes
+        etcd_files(config)
     except ConfigError as err:
         print(err.in_file(args.file), file=sys.stderr)
         return 1
@@ -135,7 +143,7 @@ data_dir defaults to $STATE_DIRECTORY (systemd StateDirectory=), else
 $XDG_STATE_HOME/orka-scheduler, else ~/.local/state/orka-scheduler;
 here: {data_dir}
 
-SIGTERM or SIGINT drains and stops; SIGHUP reloads the certificates."""
+SIGTERM or SIGINT drains and stops; SIGHUP reloads the certificates ([tls], [etcd])."""
 
 
 def parser() -> argparse.ArgumentParser:

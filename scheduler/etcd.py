@@ -158,12 +158,3 @@ class EtcdClient:
             log.warning("resigning failed (%s); the leadership ends with its lease", err)
             return False
 
-
-def ssl_context(ca: str, cert: str = "", key: str = "") -> ssl.SSLContext:
-    """TLS to etcd: its server certificates checked against `ca` (and their host names), our
-    client certificate if given; ALPN h2, which etcd's gRPC server expects."""
-    context = ssl.create_default_context(cafile=ca)
-    if cert:
-        context.load_cert_chain(cert, key)
-    context.set_alpn_protocols(["h2"])
-    return context

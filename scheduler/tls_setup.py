@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PKI_SUBDIR = "pki"  # inside data_dir: the generated development PKI
 TLS_KEYS = ("tls.ca", "tls.cert", "tls.key")  # how the configuration names the three files
+ETCD_KEYS = ("etcd.ca", "etcd.cert", "etcd.key")  # TLS to etcd (store.backend = "etcd")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,48 @@ def configured_files(config: Config) -> TlsFiles | None:
     check_ca(files.ca, TLS_KEYS[0])
     check_pair(files.cert, files.key, TLS_KEYS[1], TLS_KEYS[2])
     return files
+
+
+def etcd_files(config: Config) -> tuple[Path, TlsFiles | None] | None:
+    """The [etcd] TLS files, checked like [tls]'s: (CA of etcd's certificates, our client
+    certificate and key if set); None when etcd is spoken to in plaintext."""
+    etcd = config.etcd
+    if config.store.backend != "etcd" or not etcd.ca:
+        return None
+    check_ca(Path(etcd.ca), ETCD_KEYS[0])
+    if not etcd.cert:
+        return Path(etcd.ca), None
+    check_pair(Path(etcd.cert), Path(etcd.key), ETCD_KEYS[1], ETCD_KEYS[2])
+    return Path(etcd.ca), TlsFiles(Path(etcd.ca), Path(etcd.cert), Path(etcd.key))
+
+
+def etcd_tls(config: Config) -> ssl.SSLContext | None:
+    """The context for TLS to etcd (None: plaintext): etcd's certificates checked against
+    `etcd.ca` (and their host names), our client certificate if set, ALPN h2 (etcd's gRPC
+    server expects it). Raises ConfigError naming the key and path at fault."""
+    files = etcd_files(config)
+    if files is None:
+        return None
+    ca, pair = files
+    context = ssl.create_default_context(cafile=ca)
+    if pair is not None:
+        context.load_cert_chain(pair.cert, pair.key)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def reload_etcd_tls(config: Config, context: ssl.SSLContext) -> Path:
+    """Load the [etcd] files again into `context` (SIGHUP); the path of what was loaded.
+    New connections to etcd use them; a connection already open keeps its handshake. Files
+    that do not check out raise ConfigError and leave `context` as it was."""
+    files = etcd_files(config)
+    assert files is not None, "an etcd TLS context exists only when etcd.ca is set"
+    ca, pair = files
+    for target in (ssl.create_default_context(), context):  # a scratch context first
+        target.load_verify_locations(cafile=ca)
+        if pair is not None:
+            target.load_cert_chain(pair.cert, pair.key)
+    return pair.cert if pair is not None else ca
 
 
 def check_ca(path: Path, name: str) -> None:
@@ -130,25 +173,39 @@ def server_tls(config: Config) -> tuple[ssl.SSLContext, security.Authorizer, ssl
 
 
 async def reload_on_sighup(config: Config, server: ssl.SSLContext | None,
-                           agent: ssl.SSLContext | None) -> None:
-    """SIGHUP: load the certificate files again (rotation). Established connections and
-    streams are untouched; new handshakes use the new certificate. A bad file is logged and the
-    running material kept."""
+                           agent: ssl.SSLContext | None,
+                           etcd: ssl.SSLContext | None = None) -> None:
+    """SIGHUP: load the certificate files again (rotation): [tls]'s for gRPC, [etcd]'s for
+    etcd. Established connections and streams are untouched; new handshakes use the new
+    certificates. A bad file is logged and the running material kept."""
     import signal
 
     import trio
 
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
-            if server is None:
+            if server is None and etcd is None:
                 log.info("SIGHUP: running without TLS (--insecure): nothing to reload")
-                continue
-            try:
-                files = tls_files(config)
-                security.reload(server, files.ca, files.cert, files.key)
-                if agent is not None:
-                    security.reload(agent, files.ca, files.cert, files.key)
-            except (ConfigError, security.TlsSetupError, pki.PkiError) as err:
-                log.error("SIGHUP: certificates NOT reloaded, keeping the current ones: %s", err)
-                continue
-            log.info("SIGHUP: reloaded TLS certificates from %s", files.cert)
+            if server is not None:
+                _reload_grpc(config, server, agent)
+            if etcd is not None:
+                try:
+                    loaded = reload_etcd_tls(config, etcd)
+                except (ConfigError, ssl.SSLError, OSError) as err:
+                    log.error("SIGHUP: etcd certificates NOT reloaded, keeping the current "
+                              "ones: %s", err)
+                else:
+                    log.info("SIGHUP: reloaded etcd TLS certificates from %s (used by new "
+                             "connections to etcd)", loaded)
+
+
+def _reload_grpc(config: Config, server: ssl.SSLContext, agent: ssl.SSLContext | None) -> None:
+    try:
+        files = tls_files(config)
+        security.reload(server, files.ca, files.cert, files.key)
+        if agent is not None:
+            security.reload(agent, files.ca, files.cert, files.key)
+    except (ConfigError, security.TlsSetupError, pki.PkiError) as err:
+        log.error("SIGHUP: certificates NOT reloaded, keeping the current ones: %s", err)
+        return
+    log.info("SIGHUP: reloaded TLS certificates from %s", files.cert)

@@ -445,6 +445,33 @@ def test_check_config_and_serve_name_the_tls_key_and_file(tmp_path, problem):
     assert served.stderr == f"orka-scheduler: bad configuration: {config}: {expected}\n"
 
 
+@pytest.mark.parametrize("problem", ["missing CA", "key of another certificate"])
+def test_check_config_and_serve_name_the_etcd_tls_key_and_file(tmp_path, problem):
+    made = run_cli(tmp_path, "certs", "init", str(tmp_path / "pki"))
+    assert made.returncode == 0, made.stderr
+    pki = tmp_path / "pki"
+    ca, cert, key = pki / "ca.pem", pki / "controllers" / "controller.pem", \
+        pki / "controllers" / "controller.key"
+    if problem == "missing CA":
+        ca = tmp_path / "nowhere" / "etcd-ca.pem"
+        expected = f"etcd.ca: {ca}: no such file"
+    else:
+        key = pki / "scheduler.key"
+        expected = f"etcd.key: {key} is not the private key of etcd.cert ({cert})"
+    config = tmp_path / "etcd.toml"
+    config.write_text(CONFIG + '\n[store]\nbackend = "etcd"\n[etcd]\n'
+                      f'endpoints = ["https://127.0.0.1:2379"]\nca = "{ca}"\ncert = "{cert}"\n'
+                      f'key = "{key}"\n')
+
+    checked = run_cli(tmp_path, "check-config", str(config))
+    assert checked.returncode == 1, checked.stdout
+    assert checked.stderr == f"{config}: {expected}\n"
+
+    served = run_cli(tmp_path, "serve", "--insecure", "--config", str(config))
+    assert served.returncode == 2
+    assert served.stderr == f"orka-scheduler: bad configuration: {config}: {expected}\n"
+
+
 def test_a_toml_syntax_error_names_the_file_once(tmp_path):
     config = tmp_path / "syntax.toml"
     config.write_text("[server\n")

@@ -1,11 +1,14 @@
 """High availability against a real etcd (SPEC §4.1), in process: two schedulers on one etcd
 elect one leader; the standby's answers; resign on shutdown and the Controller's watch resumed
 on the new leader without a snapshot; every acknowledged placement known after the failover;
-etcd unavailable. Process-level tests (SIGKILL, SIGSTOP fencing, SIGTERM) are in
-test_ha_process.py."""
+etcd unavailable; TLS to etcd with client certificates. Process-level tests (SIGKILL, SIGSTOP
+fencing, SIGTERM, SIGHUP) are in test_ha_process.py."""
 from __future__ import annotations
 
+import json
+import ssl
 import time
+import urllib.request
 import uuid
 from contextlib import asynccontextmanager
 
@@ -17,8 +20,10 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1 import health_pb2, health_grpc
 
+from scheduler import pki
 from scheduler._proto import agent_pb2, controller_pb2
 from scheduler.app import serve
+from scheduler.local_etcd import MemberTls
 from scheduler.model import NodeState
 from tests.conftest import make_config
 from tests.etcd_server import EtcdCluster
@@ -358,3 +363,58 @@ async def test_a_refused_fenced_write_ends_the_leadership_at_once(etcd):
                     await drop_stream(stream)
         finally:
             await workloads.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd_pki(tmp_path_factory):
+    """A PKI from scheduler.pki: etcd serves with its scheduler certificate (SAN 127.0.0.1)
+    and requires client certificates from its CA; the Controller certificate is one."""
+    return pki.init_pki(tmp_path_factory.mktemp("etcd-tls") / "pki")
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(etcd_pki):
+    cluster = EtcdCluster(1, tls=MemberTls(etcd_pki.ca, etcd_pki.scheduler.cert,
+                                           etcd_pki.scheduler.key)).start()
+    yield cluster
+    cluster.close()
+
+
+def tls_ha_config(etcd: EtcdCluster, prefix: str, paths: pki.PkiPaths):
+    client = paths.controller("controller")
+    return make_config(store={"backend": "etcd"},
+                       etcd={"endpoints": etcd.endpoints, "prefix": prefix, "lease_ttl": LEASE,
+                             "ca": str(paths.ca), "cert": str(client.cert),
+                             "key": str(client.key)},
+                       liveness={"node_timeout": 5.0})
+
+
+def etcd_version(etcd: EtcdCluster, context: ssl.SSLContext) -> dict:
+    with urllib.request.urlopen(f"{etcd.endpoints[0]}/version", context=context,
+                                timeout=5) as reply:
+        return json.load(reply)
+
+
+async def test_over_tls_to_etcd_with_client_certificates_a_leader_commits_and_a_standby_follows(
+        tls_etcd, etcd_pki):
+    # etcd requires a client certificate: without one nothing gets through.
+    client = etcd_pki.controller("controller")
+    anonymous = ssl.create_default_context(cafile=etcd_pki.ca)
+    with pytest.raises(OSError):  # ssl.SSLError or a reset: the handshake is refused
+        await trio.to_thread.run_sync(etcd_version, tls_etcd, anonymous)
+    authenticated = ssl.create_default_context(cafile=etcd_pki.ca)
+    authenticated.load_cert_chain(client.cert, client.key)
+    assert "etcdserver" in await trio.to_thread.run_sync(etcd_version, tls_etcd, authenticated)
+
+    prefix = new_prefix()
+    configs = [tls_ha_config(tls_etcd, prefix, etcd_pki) for _ in range(2)]
+    assert all(endpoint.startswith("https://") for endpoint in configs[0].etcd.endpoints)
+    async with schedulers(configs) as (a, b):
+        leader = await the_leader([a, b])  # Campaign and LeaseKeepAlive over TLS
+        standby = b if leader is a else a
+        for number in range(3):
+            leader.store.save_node(f"n-{number}", "10.0.0.1", 7000, NodeState.LEFT, 1, 0.0)
+        await leader.store.commit_durably()  # a fenced Txn over TLS
+        assert await _mirrored(leader, 3)  # the Watch over TLS
+        await wait_until(lambda: standby.leader() == leader.advertise)  # the standby's too
+        assert await healthz(standby.http_port) == (503, f"standby; leader at {leader.advertise}")

@@ -2,10 +2,11 @@
 kill -9 failover and a restarted old leader staying standby; a leader frozen (SIGSTOP) past
 its lease is fenced and never serves beside the new one; SIGTERM resigns within a second; a
 Create that reached an Agent just before the leader died is reconciled, never running twice
-unnoticed."""
+unnoticed; SIGHUP reloads the etcd client certificate."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +19,11 @@ import trio_asyncio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from scheduler import pki
 from scheduler._proto import controller_pb2
 from scheduler._proto.etcd import rpc_pb2
 from scheduler.etcd import EtcdClient
+from scheduler.local_etcd import MemberTls
 from tests.etcd_server import EtcdCluster, free_port, pause, resume
 from tests.test_ha import healthz
 from tests.fakes import (
@@ -52,7 +55,9 @@ def etcd():
 class SchedulerProcess:
     """`python -m scheduler serve` with the etcd backend, on free loopback ports."""
 
-    def __init__(self, etcd: EtcdCluster, prefix: str, directory: Path, name: str) -> None:
+    def __init__(self, etcd: EtcdCluster, prefix: str, directory: Path, name: str,
+                 etcd_tls: str = "") -> None:
+        """`etcd_tls`: more lines of [etcd] (ca, cert, key)."""
         self.port, self.http_port = free_port(), free_port()
         self.name = name
         self.config = directory / f"{name}.toml"
@@ -63,7 +68,8 @@ class SchedulerProcess:
             f'shutdown_grace = 1.0\n[observability]\nhttp_listen = "127.0.0.1:{self.http_port}"\n'
             f'[liveness]\nnode_timeout = 5.0\n[scheduling]\nattempt_timeout = 1.0\n'
             f'[store]\nbackend = "etcd"\n'
-            f'[etcd]\nendpoints = [{endpoints}]\nprefix = "{prefix}"\nlease_ttl = {LEASE}\n')
+            f'[etcd]\nendpoints = [{endpoints}]\nprefix = "{prefix}"\nlease_ttl = {LEASE}\n'
+            + etcd_tls)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -289,3 +295,45 @@ async def test_a_create_that_reached_an_agent_as_the_leader_died_never_runs_twic
                 channel.close()
             finally:
                 await workloads.stop()
+
+
+async def test_sighup_reloads_the_etcd_client_certificate(tmp_path):
+    # The scheduler's client certificate for etcd is not one etcd accepts (another CA, as
+    # after an expiry or a CA change): it cannot campaign and stands by. The operator puts a
+    # good certificate in place and sends SIGHUP (systemctl reload): no restart, it leads.
+    trusted, other = pki.init_pki(tmp_path / "trusted"), pki.init_pki(tmp_path / "other")
+    cluster = EtcdCluster(1, tls=MemberTls(trusted.ca, trusted.scheduler.cert,
+                                           trusted.scheduler.key)).start()
+    cert, key = tmp_path / "etcd-client.pem", tmp_path / "etcd-client.key"
+
+    def install(pair: pki.CertPair) -> None:
+        for source, target in ((pair.cert, cert), (pair.key, key)):
+            shutil.copyfile(source, target.with_suffix(".new"))
+            target.with_suffix(".new").replace(target)
+
+    install(other.controller("controller"))
+    process = SchedulerProcess(cluster, "/sighup", tmp_path, "a", etcd_tls=(
+        f'ca = "{trusted.ca}"\ncert = "{cert}"\nkey = "{key}"\n'))
+    try:
+        with trio.fail_after(IO_GUARD):
+            await process.start()
+            while "cannot campaign" not in process.log.read_text():
+                await trio.sleep(0.05)
+            assert await process.health() == (503, "standby; leader at (none yet)")
+
+            install(trusted.controller("controller"))
+            process.signal(signal.SIGHUP)
+            await wait_for_leader([process], LEASE + 5)
+            assert "SIGHUP: reloaded etcd TLS certificates from " + str(cert) \
+                in process.log.read_text()
+
+            cert.write_text("not a certificate\n")  # a botched rotation: logged, nothing lost
+            process.signal(signal.SIGHUP)
+            while "etcd certificates NOT reloaded" not in process.log.read_text():
+                await trio.sleep(0.05)
+            assert f"etcd.cert: {cert} holds no PEM certificate" in process.log.read_text()
+            await trio.sleep(LEASE)  # renewals go on with the loaded certificate
+            assert await process.leads()
+    finally:
+        process.stop()
+        cluster.close()
