@@ -66,13 +66,15 @@ class EtcdClient:
         """`call()` on the current endpoint, then on each other one until one answers."""
         errors = []
         for _ in range(len(self._channels)):
+            used = self._current
             try:
                 return await call()
             except RemoteError as err:
                 if err.status not in RETRYABLE:
                     raise EtcdError(f"{what}: {err.status}: {err.message}") from None
-                errors.append(f"{self.endpoint}: {err.message}")
-                self._current = (self._current + 1) % len(self._channels)
+                errors.append(f"{self._channels[used].target}: {err.message}")
+                if self._current == used:  # not moved on already by a concurrent call
+                    self._current = (used + 1) % len(self._channels)
         raise StoreUnavailable(f"etcd did not answer {what} ({'; '.join(errors)})")
 
     async def _unary(self, stub_class: type, method: str, request: Any,

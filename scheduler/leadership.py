@@ -23,6 +23,7 @@ import trio
 
 from ._proto.etcd import v3election_pb2
 from .etcd import EtcdClient, EtcdError
+from .logs import Repeating
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,17 @@ class Election:
         self._lease_ttl = lease_ttl
         self._advertise = advertise.encode()
         self.changes = 0  # terms won, for /metrics
+        self._unreachable = Repeating(log)
 
     async def run(self, lead: Lead) -> None:
         while True:
             try:
                 lease = await self._client.grant(math.ceil(self._lease_ttl))
             except (StoreUnavailable, EtcdError) as err:
-                log.warning("cannot campaign: %s; retrying", err)
+                self._unreachable.occurred("cannot campaign: %s; retrying", err)
                 await trio.sleep(RETRY_INTERVAL)
                 continue
+            self._unreachable.over("etcd answers again: campaigning")
             try:
                 if await self._campaign_and_lead(lease, lead):
                     return

@@ -33,3 +33,44 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("grpclib").setLevel(logging.WARNING)
+
+
+REPEAT_EVERY = 60.0  # s between the lines of a problem that goes on (with its count)
+
+
+class Repeating:
+    """A problem retried every fraction of a second (etcd unreachable), logged as an operator
+    needs it: its first occurrence; while it goes on, one line per `every` seconds saying how
+    many attempts failed since; and, if it had repeated, one line when it is over. Not one
+    line per attempt: etcd down for an hour would otherwise write tens of thousands."""
+
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING,
+                 every: float = REPEAT_EVERY, clock=time.monotonic) -> None:
+        self._logger = logger
+        self._level = level
+        self._every = every
+        self._clock = clock
+        self._since: float | None = None  # when the problem began; None while there is none
+        self._logged = 0.0  # when it was last logged
+        self._unlogged = 0  # occurrences since
+        self._count = 0  # occurrences since it began
+
+    def occurred(self, message: str, *args: object) -> None:
+        now = self._clock()
+        self._count += 1
+        if self._since is None:
+            self._since = self._logged = now
+            self._logger.log(self._level, message, *args)
+            return
+        self._unlogged += 1
+        if now - self._logged >= self._every:
+            self._logger.log(self._level, message + " (%d more times in %.0f s)", *args,
+                             self._unlogged, now - self._logged)
+            self._logged, self._unlogged = now, 0
+
+    def over(self, message: str, *args: object) -> None:
+        """The problem is over: say so (INFO) if it had repeated; nothing otherwise."""
+        if self._since is not None and self._count > 1:
+            self._logger.info(message + " (after %d failed attempts in %.0f s)", *args,
+                              self._count, self._clock() - self._since)
+        self._since, self._unlogged, self._count = None, 0, 0

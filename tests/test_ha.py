@@ -1,11 +1,12 @@
 """High availability against a real etcd (SPEC §4.1), in process: two schedulers on one etcd
 elect one leader; the standby's answers; resign on shutdown and the Controller's watch resumed
 on the new leader without a snapshot; every acknowledged placement known after the failover;
-etcd unavailable; TLS to etcd with client certificates. Process-level tests (SIGKILL, SIGSTOP
-fencing, SIGTERM, SIGHUP) are in test_ha_process.py."""
+etcd unavailable (logged once, not per retry); TLS to etcd with client certificates.
+Process-level tests (SIGKILL, SIGSTOP fencing, SIGTERM, SIGHUP) are in test_ha_process.py."""
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 import time
 import urllib.request
@@ -26,7 +27,7 @@ from scheduler.app import serve
 from scheduler.local_etcd import MemberTls
 from scheduler.model import NodeState
 from tests.conftest import make_config
-from tests.etcd_server import EtcdCluster
+from tests.etcd_server import EtcdCluster, free_port
 from tests.fakes import (
     FakeAgent,
     FakeController,
@@ -418,3 +419,19 @@ async def test_over_tls_to_etcd_with_client_certificates_a_leader_commits_and_a_
         assert await _mirrored(leader, 3)  # the Watch over TLS
         await wait_until(lambda: standby.leader() == leader.advertise)  # the standby's too
         assert await healthz(standby.http_port) == (503, f"standby; leader at {leader.advertise}")
+
+
+async def test_etcd_unreachable_at_start_is_logged_once_not_per_attempt(caplog):
+    # Schedulers started before etcd (a boot, an outage) retry several times a second; the
+    # journal gets one line per problem, not one per attempt.
+    config = make_config(store={"backend": "etcd"},
+                         etcd={"endpoints": [f"http://127.0.0.1:{free_port()}"],
+                               "lease_ttl": LEASE})
+    with caplog.at_level(logging.INFO):
+        async with schedulers([config]) as (scheduler,):
+            await trio.sleep(1.5)  # ~3 campaigns, ~7 loads retried
+            assert not scheduler.leading
+            assert await healthz(scheduler.http_port) == (503, "standby; leader at (none yet)")
+    lines = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert sum(line.startswith("cannot campaign: etcd did not answer") for line in lines) == 1, lines
+    assert sum(line.startswith("cannot load the state from etcd") for line in lines) == 1, lines

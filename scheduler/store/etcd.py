@@ -25,6 +25,7 @@ import trio
 from .._proto import store_pb2
 from .._proto.etcd import kv_pb2, rpc_pb2, v3election_pb2
 from ..errors import RemoteError
+from ..logs import Repeating
 from . import codec
 from .state import Batch, FenceLost, StoreUnavailable
 
@@ -102,6 +103,8 @@ class Mirror:
         self._changed = trio.Event()
         self.on_leader_change: list[Callable[[str], None]] = []
         self._leader = ""
+        self._load_failing = Repeating(log)
+        self._watch_failing = Repeating(log, logging.INFO)
 
     @property
     def leader(self) -> str:
@@ -124,9 +127,11 @@ class Mirror:
                             await self._load()
                         break
                     self._apply(response.events)
+                    self._watch_failing.over("etcd watch open again on %s",
+                                             self._client.endpoint)
             except (RemoteError, trio.EndOfChannel) as err:
-                log.info("etcd watch on %s ended (%s); opening it again",
-                         self._client.endpoint, err)
+                self._watch_failing.occurred("etcd watch on %s ended (%s); opening it again",
+                                             self._client.endpoint, err)
                 self._client.next_endpoint()
             finally:
                 stream.cancel()
@@ -138,8 +143,9 @@ class Mirror:
                 items, revision = await self._client.load(self._root)
                 break
             except StoreUnavailable as err:
-                log.warning("cannot load the state from etcd: %s; retrying", err)
+                self._load_failing.occurred("cannot load the state from etcd: %s; retrying", err)
                 await trio.sleep(WATCH_RETRY)
+        self._load_failing.over("loaded the state from etcd")
         self.values.clear()
         self._candidates.clear()
         for kv in items:
