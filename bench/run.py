@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from scheduler import local_etcd  # noqa: E402
+from scheduler.follow import health  # noqa: E402
 from scheduler.sim_controller import SimController  # noqa: E402
 from scheduler.simulator import AgentProcesses, Behaviour, node_ids, raise_fd_limit  # noqa: E402
 
@@ -241,15 +242,7 @@ class SchedulerProcess(ServerProcess):
     async def health(self) -> int | None:
         """The HTTP status of /healthz (200: it leads; 503: standby); None if no answer.
         Needs `metrics=True` (the HTTP endpoint)."""
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.metrics_port), 1)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            head = await asyncio.wait_for(reader.readline(), 1)
-            writer.close()
-            return int(head.split()[1])
-        except (OSError, asyncio.TimeoutError, IndexError, ValueError):
-            return None
+        return await health(self.metrics_port)
 
     async def wait_health(self, status: int, timeout: float = 30, poll: float = 0.01) -> float:
         """Until /healthz answers `status`; the seconds it took."""

@@ -26,6 +26,7 @@ from . import local_etcd, pki
 from ._proto import controller_pb2
 from .admin import format_nodes
 from .demo import demo_config, progress, start_scheduler, stop
+from .follow import health
 from .sim_controller import Placement, SimController
 from .simulator import AgentProcesses
 
@@ -56,15 +57,7 @@ class Member:
 
     async def health(self) -> int | None:
         """The HTTP status of its /healthz (200 leader, 503 standby); None if no answer."""
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.http_port), 1)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
-            head = await asyncio.wait_for(reader.readline(), 1)
-            writer.close()
-            return int(head.split()[1])
-        except (OSError, asyncio.TimeoutError, IndexError, ValueError):
-            return None
+        return await health(self.http_port)
 
 
 @dataclass

@@ -358,6 +358,19 @@ async def watch_events(schedulers: Channels, epoch: str = "", after: int = 0, *,
                             give_up=give_up, report=report)
 
 
+async def health(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> int | None:
+    """The HTTP status of a scheduler's `/healthz` (observability.http_listen): 200 while it
+    leads, 503 on a standby or while draining; None when nothing answers."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: orka\r\nConnection: close\r\n\r\n")
+        head = await asyncio.wait_for(reader.readline(), timeout)
+        writer.close()
+        return int(head.split()[1])
+    except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+        return None
+
+
 class Channels:
     """One grpclib channel per scheduler address, opened on first use, and the Leader among
     them: what a Controller-like client (admin commands, simulated Controller) holds."""

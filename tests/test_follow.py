@@ -20,6 +20,7 @@ from scheduler.follow import (
     GaveUp,
     Leader,
     NotServing,
+    health,
     retry,
     split_addresses,
 )
@@ -229,3 +230,26 @@ def test_retry_without_give_up_or_deadline_keeps_going():
     attempt, called = attempts_answering({A: [refused(A)] * 3 + ["served"]})
     assert asyncio.run(retry(leader, attempt, backoff=Backoff(0.001, 0.002))) == "served"
     assert called == [A] * 4
+
+
+# -- /healthz -------------------------------------------------------------------------------------
+
+def test_health_is_the_http_status_of_healthz_or_none_when_nothing_answers():
+    async def main() -> tuple[int | None, int | None, list[bytes]]:
+        asked: list[bytes] = []
+
+        async def standby(reader, writer) -> None:
+            asked.append(await reader.readline())
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(standby, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            answered = await health(port)
+        return answered, await health(port), asked  # closed: nothing answers
+
+    answered, closed, asked = asyncio.run(main())
+    assert (answered, closed) == (503, None)
+    assert asked == [b"GET /healthz HTTP/1.1\r\n"]
