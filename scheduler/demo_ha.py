@@ -37,7 +37,7 @@ ELECT_TIMEOUT = LEASE_TTL + 10.0  # s for a leader to be elected (at start, afte
 REJOIN_TIMEOUT = 15.0  # s for every Agent to rejoin the new leader
 SIGNAL_TIMEOUT = 10.0  # s for a Stop/Destroy to reach the Agent
 PREFIX = "/orka-demo"  # etcd key prefix of the demo's cluster
-JOINED = controller_pb2.NodeEvent.JOINED
+JOINED, STATUS = controller_pb2.NodeEvent.JOINED, controller_pb2.NodeEvent.STATUS
 TERMINATED = controller_pb2.Status.TERMINATED
 
 
@@ -206,7 +206,12 @@ async def run(agents: int, instances: int, keep: bool) -> int:
                     for _, event in watch.since(killed)
                     if event.WhichOneof("event") == "node" and event.node.kind == JOINED}
 
-        await watch.wait_for(lambda: len(rejoined()) >= agents, REJOIN_TIMEOUT)
+        def reported() -> set[str]:  # a rejoined node is placeable once it reports again
+            return {event.node.node.id for _, event in watch.since(killed)
+                    if event.WhichOneof("event") == "node" and event.node.kind == STATUS}
+
+        await watch.wait_for(lambda: len(rejoined()) >= agents and len(reported()) >= agents,
+                             REJOIN_TIMEOUT)
         joins = rejoined()
         kept = {instance for ids in joins.values() for instance in ids}
         held = {instance for ids in (await fleet.held()).values() for instance in ids}
