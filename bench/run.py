@@ -547,10 +547,15 @@ async def placement_run(name: str, address: str, server_pid: int, nodes: int, si
         finally:
             controller.close()
         agents = await fleet.stats()
+    # CPU of the server and its helpers per placement: steadier than placements/s on a
+    # shared machine, where other processes take cores away from the window.
+    serving = shares["server"] + sum(shares[name] for name in helpers or {})
     return {"placements_per_s": report.placements_per_s, "placed": report.placed,
             "failed": report.failed, "errors": report.errors, "latency_ms": report.latency_ms,
             "nodes_used": report.nodes_used, "agents_accepted": agents["accepted"],
-            "cpu": shares, "windows": windows}
+            "cpu": shares, "windows": windows,
+            "cpu_ms_per_placement": round(serving / max(report.placements_per_s, 1e-9) * 1000,
+                                          3)}
 
 
 async def figure_placement(sizes: Sizes, workdir: Path, profiler: Profiler) -> dict:
@@ -1136,6 +1141,8 @@ async def main(args: argparse.Namespace) -> dict:
             ha_sqlite_placements_per_s=place["sqlite"]["placements_per_s"],
             ha_etcd_placement_ratio=place["ratio"],
             ha_etcd_placements_per_txn=place["etcd"]["placements_per_txn"],
+            ha_etcd_cpu_ms_per_placement=place["etcd"]["cpu_ms_per_placement"],
+            ha_sqlite_cpu_ms_per_placement=place["sqlite"]["cpu_ms_per_placement"],
             ha_lease_ttl_s=failover["lease_ttl_s"], ha_kills=failover["kills"],
             ha_failover_p50_s=failover["failover_p50_s"],
             ha_failover_max_s=failover["failover_max_s"],
@@ -1143,8 +1150,9 @@ async def main(args: argparse.Namespace) -> dict:
             ha_acked=failover["acked"], ha_acked_lost=failover["acked_lost"])
         say(f"[7] placements with {place['nodes']} nodes: etcd {place['etcd']['placements_per_s']}"
             f"/s ({place['etcd']['placements_per_txn']} per Txn, Txn mean "
-            f"{place['etcd'].get('txn_mean_ms')} ms), SQLite "
-            f"{place['sqlite']['placements_per_s']}/s: ratio {place['ratio']}")
+            f"{place['etcd'].get('txn_mean_ms')} ms; CPU {place['etcd']['cpu_ms_per_placement']}"
+            f" ms per placement with etcd's), SQLite {place['sqlite']['placements_per_s']}/s "
+            f"(CPU {place['sqlite']['cpu_ms_per_placement']} ms): ratio {place['ratio']}")
         say(f"[7] failover after kill -9 (lease {failover['lease_ttl_s']:g} s, "
             f"{failover['kills']} kills under load): p50 {failover['failover_p50_s']} s, max "
             f"{failover['failover_max_s']} s; {failover['acked']} acknowledged placements, "
