@@ -24,7 +24,8 @@ Figures (bars for a 2-core machine):
                acknowledged placements the new leader does not know (0); placements/s on
                the etcd backend vs SQLite at 1,000 nodes, same run (>= 0.7x)
 
---quick shrinks the fleets (see SIZES; 4 kills in figure 7) and skips figure 6, the baselines of 4 and 5 and the
+--quick shrinks the fleets (see SIZES; 4 kills in figure 7, whose SQLite run is figure 2's,
+also at 1,000 nodes) and skips figure 6, the baselines of 4 and 5 and the
 baselines on the scheduler's stack (figures 1, 2; `--stack` adds them).
 The last line of output is one JSON object with every figure.
 """
@@ -825,13 +826,18 @@ async def etcd_txns(scheduler: SchedulerProcess) -> dict:
 
 
 async def ha_placement(sizes: Sizes, workdir: Path, profiler: Profiler,
-                       etcd: local_etcd.EtcdMember) -> dict:
-    """Figure 2's run at `ha_nodes` nodes on SQLite, then on etcd, back to back."""
+                       etcd: local_etcd.EtcdMember, sqlite: dict | None) -> dict:
+    """Figure 2's run at `ha_nodes` nodes on SQLite, then on etcd, back to back. `sqlite`:
+    figure 2's own run of this run, when it had as many nodes (--quick: saves a run)."""
     result: dict[str, Any] = {"nodes": sizes.ha_nodes}
+    if sqlite is not None:
+        result["sqlite"] = {**sqlite, "from": "figure 2"}
     for backend, sections, helpers in (
             ("sqlite", None, {}),
             ("etcd", etcd_sections(etcd.endpoint, "/bench-placement", sizes.ha_lease_ttl),
              {"etcd": etcd.pid})):
+        if backend in result:
+            continue
         async with SchedulerProcess(workdir, f"placement-{backend}-scheduler",
                                     liveness={"node_timeout": 120.0},
                                     scheduling={"attempt_timeout": 5.0}, sections=sections,
@@ -965,8 +971,10 @@ async def ha_failover(sizes: Sizes, workdir: Path, endpoint: str) -> dict:
             "refused_during_run": load.refused, "per_kill": kills}
 
 
-async def figure_ha(sizes: Sizes, workdir: Path, profiler: Profiler, fsync: bool) -> dict:
-    """`fsync`: etcd syncs each write to disk, as in production; by default it does not
+async def figure_ha(sizes: Sizes, workdir: Path, profiler: Profiler, fsync: bool,
+                    sqlite: dict | None = None) -> dict:
+    """`sqlite`: figure 2's run, if at `ha_nodes` nodes (see `ha_placement`).
+    `fsync`: etcd syncs each write to disk, as in production; by default it does not
     (`--unsafe-no-fsync`), like the scheduler's SQLite (WAL, synchronous=NORMAL): the same
     durability (a process crash loses nothing, a power loss may), so the ratio compares the
     backends, not the disk."""
@@ -975,7 +983,7 @@ async def figure_ha(sizes: Sizes, workdir: Path, profiler: Profiler, fsync: bool
         await asyncio.to_thread(etcd.wait_ready)
         result = {"etcd": {"version": local_etcd.version(etcd.binary), "members": 1,
                            "fsync": fsync}}
-        result["placement"] = await ha_placement(sizes, workdir, profiler, etcd)
+        result["placement"] = await ha_placement(sizes, workdir, profiler, etcd, sqlite)
         result["failover"] = await ha_failover(sizes, workdir, etcd.endpoint)
     finally:
         etcd.stop()
@@ -1133,7 +1141,9 @@ async def main(args: argparse.Namespace) -> dict:
         summary["ha_skipped"] = local_etcd.MISSING
         say(f"[7] skipped: {local_etcd.MISSING}")
     elif "ha" in only:
-        details["ha"] = d = await figure_ha(sizes, workdir, profiler, args.etcd_fsync)
+        same_run = details["placement"]["scheduler"] if "placement" in details \
+            and details["placement"]["nodes"] == sizes.ha_nodes else None
+        details["ha"] = d = await figure_ha(sizes, workdir, profiler, args.etcd_fsync, same_run)
         place, failover = d["placement"], d["failover"]
         summary.update(
             ha_nodes=place["nodes"], ha_etcd_fsync=args.etcd_fsync,
