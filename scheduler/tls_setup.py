@@ -52,7 +52,7 @@ def configured_files(config: Config) -> TlsFiles | None:
     return files
 
 
-def etcd_files(config: Config) -> tuple[Path, TlsFiles | None] | None:
+def etcd_files(config: Config) -> tuple[Path, pki.CertPair | None] | None:
     """The [etcd] TLS files, checked like [tls]'s: (CA of etcd's certificates, our client
     certificate and key if set); None when etcd is spoken to in plaintext."""
     etcd = config.etcd
@@ -62,7 +62,7 @@ def etcd_files(config: Config) -> tuple[Path, TlsFiles | None] | None:
     if not etcd.cert:
         return Path(etcd.ca), None
     check_pair(Path(etcd.cert), Path(etcd.key), ETCD_KEYS[1], ETCD_KEYS[2])
-    return Path(etcd.ca), TlsFiles(Path(etcd.ca), Path(etcd.cert), Path(etcd.key))
+    return Path(etcd.ca), pki.CertPair(Path(etcd.cert), Path(etcd.key))
 
 
 def etcd_tls(config: Config) -> ssl.SSLContext | None:
