@@ -45,6 +45,7 @@ class Scheduler:
     restored: Restored
     port: int = 0
     http_port: int | None = None
+    bridge: Bridge | None = None  # while serving
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=: what an operator glancing at `systemctl status` wants."""
@@ -124,7 +125,11 @@ async def serve(
     """Run a scheduler until `shutdown` is set; `task_status.started(scheduler)` once listening."""
     scheduler = build(config, agent_ssl)
     notifier = notifier or Notifier()
-    bridge = Bridge(authorize, config.server.max_message_bytes)
+    server = config.server
+    bridge = Bridge(authorize, server.max_message_bytes, max_connections=server.max_connections,
+                    handshake_timeout=server.handshake_timeout,
+                    message_timeout=server.message_timeout)
+    scheduler.bridge = bridge
     health, serving = health_service()
     servables = with_reflection(
         AgentApi(scheduler.cluster).servables(bridge)

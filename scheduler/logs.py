@@ -33,3 +33,43 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("grpclib").setLevel(logging.WARNING)
+
+
+class RateLimited:
+    """One kind of log line, at most one per `interval` seconds per key (a peer, a node).
+
+    A flood of the same event (a peer refused a thousand times a second) must not flood the
+    log: the first line is written, the next ones within the interval only counted, and the
+    next line written says how many were left out. Keys are bounded: the least recently
+    logged are forgotten beyond `keys`.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, keys: int = 1024,
+                 clock=time.monotonic) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._keys = keys
+        self._clock = clock
+        self._state: dict[object, list] = {}  # key -> [time of the last line, lines left out]
+
+    def log(self, level: int, key: object, message: str, *args: object) -> bool:
+        """Log `message % args` unless a line with `key` was logged within the interval;
+        True if written."""
+        now = self._clock()
+        state = self._state.get(key)
+        if state is not None and now - state[0] < self._interval:
+            state[1] += 1
+            return False
+        left_out = state[1] if state is not None else 0
+        self._state.pop(key, None)
+        self._state[key] = [now, 0]
+        if len(self._state) > self._keys:
+            del self._state[next(iter(self._state))]
+        if left_out:
+            message += " (and %d more like it since the previous such line)"
+            args = (*args, left_out)
+        self._logger.log(level, message, *args)
+        return True
+
+    def warning(self, key: object, message: str, *args: object) -> bool:
+        return self.log(logging.WARNING, key, message, *args)

@@ -289,6 +289,14 @@ class Authorizer:
         authorize(identity, method_path)
         return identity
 
+    def identify(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> Identity | None:
+        """The identity of a connection's peer, or None if its certificate names none (the
+        listener counts each Agent's connections with it)."""
+        try:
+            return self._identities.identity_for(ssl_object, self.trust_domain)
+        except IdentityError:
+            return None
+
 
 def check_node(identity: Identity | None, node_id: str) -> None:
     """Allow a message about node `node_id` from `identity`, or raise PERMISSION_DENIED.
