@@ -53,8 +53,9 @@ class SchedulerCollector:
                                 value=len(self.instances.statuses()))
         yield GaugeMetricFamily("orka_scheduler_watchers", "Connected WatchEvents streams",
                                 value=self.events.watchers)
+        # Counted, not revision - first + 1: revisions jump after a restart (see events.py).
         yield GaugeMetricFamily("orka_scheduler_event_log_size", "Events retained for replay",
-                                value=self.events.revision - self.events.first_retained + 1)
+                                value=len(self.events))
         yield GaugeMetricFamily("orka_scheduler_event_revision", "Revision of the newest event",
                                 value=self.events.revision)
 

@@ -398,6 +398,19 @@ async def test_certificate_without_uri_san_is_unauthenticated(pki):
         assert not scheduler.cluster.nodes
 
 
+async def test_an_upper_case_spiffe_id_is_unauthenticated(pki, tmp_path):
+    # SPIFFE IDs are lower case in scheme and trust domain (the SPIFFE ID specification and its
+    # reference libraries): "SPIFFE://ORKA.LOCAL/agent/node-1" names no identity here.
+    shouting = make_leaf(pki.paths, tmp_path / "shouting", uri="SPIFFE://ORKA.LOCAL/agent/node-1")
+    async with tls_scheduler(pki) as scheduler, \
+            connect(scheduler.port, client_ctx(pki, shouting)) as channel:
+        with pytest.raises(GRPCError) as caught:
+            await FakeAgent(channel, "node-1").join()
+        assert caught.value.status is Status.UNAUTHENTICATED
+        assert "lower case" in caught.value.message, caught.value.message
+        assert not scheduler.cluster.nodes
+
+
 async def test_plaintext_client_fails_cleanly(pki):
     async with tls_scheduler(pki) as scheduler:
         await expect_refused_connection(scheduler.port, None)
