@@ -24,6 +24,7 @@ import trio
 
 from .agents import Agents, Refused, attempt
 from .cluster import Cluster, Node
+from .cluster.throttle import TokenBucket
 from .convert import instance_status_from_agent
 from .errors import (
     AlreadyExists,
@@ -36,6 +37,7 @@ from .errors import (
 )
 from .events import EventLog
 from .grpc_bridge import ServerStream
+from .logs import RateLimited
 from .model import (
     NO_RESOURCES,
     InstanceCode,
@@ -53,7 +55,12 @@ log = logging.getLogger(__name__)
 
 PLACEMENT_OUTCOMES = ("placed", "no_nodes", "exhausted", "refused", "cancelled")
 RESERVATION_REPORTS = 2  # reports after acceptance before an instance-less report is trusted
-UNKNOWN_ANNOUNCED = 1_000  # unplaced instances announced per node generation (flood guard)
+# Flood guard: instances nobody placed that one node (its id, across generations) may announce,
+# each an event the store keeps. A restart's worth at once, then what churn outside the
+# scheduler could plausibly produce; an Agent inventing ids gets no further.
+UNKNOWN_ANNOUNCED = 1_000  # announcements at once
+UNKNOWN_RATE = 1.0  # announcements per second regained
+LOG_INTERVAL = 10.0  # s between two WARNING lines of the same kind about the same node
 FORGOTTEN_REMEMBERED = 1_000  # per node: forgotten ids (destroyed, placed again) its Agent may
 # still list for a report or two; such a listing is no news
 FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed; older are forgotten
@@ -110,7 +117,8 @@ class Instances:
         self.store = store
         self._instances: dict[str, Instance] = {}
         self._unknown_reported: dict[str, set[str]] = {}  # node id -> announced, still listed
-        self._unknown_count: dict[str, int] = {}  # node id -> announcements this generation
+        self._unknown_budget: dict[str, TokenBucket] = {}  # node id -> announcements left
+        self._node_log = RateLimited(log, LOG_INTERVAL)  # lines an Agent can provoke at will
         self._forgotten_on: dict[str, dict[str, None]] = {}  # node id -> ids forgotten there
         self._lists_instances: set[str] = set()  # nodes whose Agent listed instances (generation)
         self._placing: set[str] = set()  # instance ids with an attempt in flight
@@ -121,6 +129,7 @@ class Instances:
         self.attempts: dict[str, int] = {"accepted": 0, "refused": 0}
         self.on_placed: list[Callable[[float], None]] = []  # seconds from request to acceptance
         cluster.on_generation_end.append(self._generation_ended)
+        cluster.on_node_forgotten.append(self._node_forgotten)
         cluster.on_report.append(self._node_reported)
         cluster.on_instances_reported.append(self._reconcile)
 
@@ -345,9 +354,13 @@ class Instances:
         for instance_id in [i for i in forgotten if i not in reported]:
             del forgotten[instance_id]  # the Agent caught up: a later listing would be news
         self._unknown_gone(node, reported)
+        claimed = []
         for instance_id, code in reported.items():
             instance = self._instances.get(instance_id)
-            if instance is None or instance.node is not node:
+            if instance is not None and instance.node is not node and instance.node_current \
+                    and instance.latest.code is not TERMINATED:
+                claimed.append(instance_id)  # another live node's: not this Agent's to tell
+            elif instance is None or instance.node is not node:
                 # One we just forgot here (a report sent before the Agent got the KILL) or a
                 # finished one is no news, and one whose Create is in flight is ours: the
                 # report overtook the Agent's first status.
@@ -361,6 +374,8 @@ class Instances:
                 if code is TERMINATED:
                     self._unplace(instance)
                     self._retain_finished(instance)
+        if claimed:
+            self._ignore_claims(node, claimed)
         for instance_id in list(node.placed):
             instance = self._instances.get(instance_id)
             if instance is not None and not instance.relayed and instance_id not in reported \
@@ -373,23 +388,38 @@ class Instances:
                 self._unplace(instance)
                 self._retain_finished(instance)
 
+    def _ignore_claims(self, node: Node, claimed: list[str]) -> None:
+        """A report may speak only for its own node's instances (or unknown ones): instances
+        placed on another live node are not counted on this one, nor announced from it."""
+        node.running = node.running.difference(claimed)
+        self.cluster.count_instances(node)
+        first = self._instances[claimed[0]]
+        self._node_log.warning(("claims", node.id), "node %s reports instance %s, which runs on "
+                               "node %s: ignored (%d such instances in this report)", node.id,
+                               first.id, first.node.id, len(claimed))
+
     def _announce_unknown(self, node: Node, instance_id: str, code: InstanceCode) -> None:
         """Tell the Controller once about an instance an Agent runs that nobody placed there;
-        at most UNKNOWN_ANNOUNCED per node generation, so an Agent cannot flood the log."""
+        at most UNKNOWN_ANNOUNCED at once per node id, then UNKNOWN_RATE a second, however
+        often it rejoins, so an Agent cannot flood the event log, the store or the log."""
         announced = self._unknown_reported.setdefault(node.id, set())
         if instance_id in announced:
             return
-        count = self._unknown_count.get(node.id, 0)
-        if count >= UNKNOWN_ANNOUNCED:
-            if count == UNKNOWN_ANNOUNCED:
-                self._unknown_count[node.id] = count + 1
-                log.warning("node %s reports more than %d instances nobody placed there; no "
-                            "longer announcing them", node.id, UNKNOWN_ANNOUNCED)
+        budget = self._unknown_budget.get(node.id)
+        now = trio.current_time()
+        if budget is None:
+            budget = self._unknown_budget[node.id] = TokenBucket(UNKNOWN_RATE,
+                                                                 UNKNOWN_ANNOUNCED, now)
+        if not budget.take(now):
+            self._node_log.warning(("flood", node.id), "node %s reports more instances nobody "
+                                   "placed there than are announced (%d at once, then %g a "
+                                   "second): not announcing %s", node.id, UNKNOWN_ANNOUNCED,
+                                   UNKNOWN_RATE, instance_id)
             return
-        self._unknown_count[node.id] = count + 1
         announced.add(instance_id)
-        log.warning("node %s reports instance %s, which this scheduler did not place there (%s)",
-                    node.id, instance_id, code.name)
+        self._node_log.warning(("unknown", node.id), "node %s reports instance %s, which this "
+                               "scheduler did not place there (%s)", node.id, instance_id,
+                               code.name)
         self.events.publish(InstanceEvent(InstanceStatus(
             instance_id, code, "reported by the Agent; not placed by this scheduler",
             node_id=node.id)))
@@ -410,7 +440,6 @@ class Instances:
 
     def _generation_ended(self, node: Node, generation: int, why: str) -> None:
         self._unknown_reported.pop(node.id, None)
-        self._unknown_count.pop(node.id, None)
         self._forgotten_on.pop(node.id, None)
         self._lists_instances.discard(node.id)
         for instance_id in list(node.placed):
@@ -419,6 +448,9 @@ class Instances:
                 self._end_relay(instance, f"node {node.id} {why}")
                 self._release(instance)
                 self._retain_finished(instance)  # remembered (UNAVAILABLE), but not forever
+
+    def _node_forgotten(self, node_id: str) -> None:
+        self._unknown_budget.pop(node_id, None)
 
     # -- stop / destroy --------------------------------------------------------------------
 
