@@ -128,7 +128,8 @@ async def serve(
     server = config.server
     bridge = Bridge(authorize, server.max_message_bytes, max_connections=server.max_connections,
                     handshake_timeout=server.handshake_timeout,
-                    message_timeout=server.message_timeout)
+                    message_timeout=server.message_timeout,
+                    connection_rate_per_ip=server.connection_rate_per_ip)
     scheduler.bridge = bridge
     health, serving = health_service()
     servables = with_reflection(

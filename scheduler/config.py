@@ -53,6 +53,7 @@ DEFAULT_MAX_CONNECTIONS = 20_000  # 10,000 nodes, each briefly twice while it re
 MIN_CONNECTIONS = 16  # fewer cannot serve a Controller and a handful of Agents
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # s; a TLS handshake takes milliseconds, even across regions
 DEFAULT_MESSAGE_TIMEOUT = 10.0  # s for a started request message (or header block) to complete
+DEFAULT_CONNECTION_RATE_PER_IP = 16.0  # new connections/s from one address: TLS costs ~2 ms each
 STATE_DIR_NAME = "orka-scheduler"  # directory under $XDG_STATE_HOME / ~/.local/state
 DEFAULT_TRUST_DOMAIN = "orka.local"  # SPIFFE trust domain of the development PKI
 DEFAULT_NODE_TIMEOUT = 30.0  # s; several missed status reports before a node is declared LOST
@@ -231,6 +232,7 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # at most half the process's descriptors
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT  # s
     message_timeout: float = DEFAULT_MESSAGE_TIMEOUT  # s
+    connection_rate_per_ip: float = DEFAULT_CONNECTION_RATE_PER_IP  # 0 = unlimited
     host: str = field(init=False)  # from `listen`; IPv6 without brackets
     port: int = field(init=False)  # from `listen`; 0 = chosen by the OS
 
@@ -254,6 +256,9 @@ class ServerConfig:
                  f"must be an integer >= {MIN_CONNECTIONS}")
         _seconds(self, "handshake_timeout")
         _seconds(self, "message_timeout")
+        _require(self, "connection_rate_per_ip",
+                 math.isfinite(self.connection_rate_per_ip) and self.connection_rate_per_ip >= 0,
+                 "must be a number of connections per second >= 0 (0: no limit)")
 
 
 @dataclass(frozen=True, slots=True)

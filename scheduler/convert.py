@@ -61,8 +61,10 @@ def _pair(message, name: str) -> tuple[int | None, int | None]:
     return part.total, part.free
 
 
-def node_status_from_wire(message: agent_pb2.NodeStatus) -> tuple[str, NodeMetrics]:
-    """Validate one NodeStatus; return (node id, metrics). Unreported dimensions stay None."""
+def node_status_from_wire(
+        message: agent_pb2.NodeStatus) -> tuple[str, NodeMetrics, tuple[InstanceReport, ...]]:
+    """Validate one NodeStatus; return (node id, metrics, instance reports). Unreported
+    dimensions stay None; the metrics hold no reports (see `Cluster.report`)."""
     node_id = node_id_from_wire(message.id)
     memory_total, memory_free = _pair(message, "memory")
     disk_total, disk_free = _pair(message, "disk")
@@ -82,7 +84,7 @@ def node_status_from_wire(message: agent_pb2.NodeStatus) -> tuple[str, NodeMetri
         for r in reports
     )
     return node_id, NodeMetrics(memory_total, memory_free, cpu_load, cpu_cores,
-                                disk_total, disk_free, instances)
+                                disk_total, disk_free), instances
 
 
 def _code(value: int) -> InstanceCode:

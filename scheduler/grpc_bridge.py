@@ -20,6 +20,7 @@ import logging
 import socket
 import ssl
 import struct
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,12 +37,13 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.server import Server, Stream
 
 from .errors import Refusal, RemoteError
-from .grpc_listener import Limits, Listener, guard_accept, read_body
+from .grpc_listener import Limits, Listener, read_body
 from .logs import RateLimited
 
 log = logging.getLogger(__name__)
 
 INBOX_SIZE = 64  # inbound messages buffered per call before the reader waits for trio
+INBOX_BYTES = 1 << 20  # and their wire bytes (one message always fits): 64 of 4 MiB were 256 MiB
 OUTBOX_SIZE = 64  # outbound messages buffered per call before trio waits for the writer
 DRAIN_BEFORE_CHECKPOINT = 32  # waiting messages taken in a row before yielding to other tasks
 LISTEN_BACKLOG = 4096  # pending connections: thousands of Agents reconnect at once after a restart
@@ -73,22 +75,31 @@ _END = _End()
 class Inbound:
     """Messages produced on asyncio and consumed by trio, without crossing loops per message.
 
-    The asyncio side `put`s (waiting only while the buffer is full) and finally `close`s,
-    optionally with the error that ended the source; the trio side `receive`s, and gets
-    `trio.EndOfChannel` or that error at the end.
+    The asyncio side `put`s (waiting only while the buffer is full: `capacity` messages, or
+    `max_bytes` of their sizes) and finally `close`s, optionally with the error that ended the
+    source; the trio side `receive`s, and gets `trio.EndOfChannel` or that error at the end.
     """
 
-    def __init__(self, capacity: int = INBOX_SIZE) -> None:
+    def __init__(self, capacity: int = INBOX_SIZE, max_bytes: int = INBOX_BYTES) -> None:
         self._send, self._receive = trio.open_memory_channel(capacity)
         self._room = asyncio.Event()  # set by trio whenever it takes a message
         self._error: BaseException | None = None
         self._drained = 0  # messages taken without a checkpoint since the last one
+        self._max_bytes = max_bytes
+        self._bytes = 0  # sizes of the messages waiting
+        self._sizes: deque[int] = deque()  # of each message waiting, oldest first
 
-    async def put(self, message: Any) -> bool:
-        """asyncio side: hand one message over; False once the trio side stopped reading."""
+    async def put(self, message: Any, size: int = 0) -> bool:
+        """asyncio side: hand one message (of `size` bytes on the wire) over; False once the
+        trio side stopped reading."""
+        while self._bytes and self._bytes + size > self._max_bytes:
+            self._room.clear()
+            await self._room.wait()
         while True:
             try:
                 self._send.send_nowait(message)
+                self._bytes += size
+                self._sizes.append(size)
                 return True
             except trio.WouldBlock:
                 self._room.clear()
@@ -122,6 +133,7 @@ class Inbound:
             if self._error is not None:
                 raise self._error from None
             raise
+        self._bytes -= self._sizes.popleft()
         if not self._room.is_set():
             self._room.set()
         return message
@@ -129,6 +141,8 @@ class Inbound:
     def abandon(self) -> None:
         """trio side: stop reading; the producer's next `put` returns False."""
         self._receive.close()
+        self._bytes = 0  # what waits is dropped: a producer waiting for room tries (and fails)
+        self._room.set()
 
 
 class Call:
@@ -175,14 +189,16 @@ class Call:
 
     # -- asyncio side ----------------------------------------------------------------------
 
-    async def _pump_requests(self, stream: Stream, receive: Callable[[Stream], Awaitable[Any]]) -> None:
+    async def _pump_requests(self, stream: Stream,
+                             receive: Callable[[Stream], Awaitable[tuple[Any, int]]]) -> None:
         """Read request messages (asyncio) and hand them to trio without crossing loops."""
         inbox = self._inbox
         assert inbox is not None
         error: GRPCError | None = None
         try:
-            while (message := await receive(stream)) is not None:
-                if not await inbox.put(message):
+            while True:
+                message, size = await receive(stream)
+                if message is None or not await inbox.put(message, size):
                     return
         except GRPCError as err:  # e.g. an undecodable or oversized message
             error = err
@@ -254,12 +270,13 @@ class Bridge:
     def __init__(self, authorize: Authorize | None = None, max_message_bytes: int = 4 << 20,
                  *, max_connections: int = Limits.max_connections,
                  handshake_timeout: float = Limits.handshake_timeout,
-                 message_timeout: float = Limits.message_timeout) -> None:
+                 message_timeout: float = Limits.message_timeout,
+                 connection_rate_per_ip: float = Limits.connection_rate_per_ip) -> None:
         self._authorize = authorize
         self._max_message_bytes = max_message_bytes
         self._message_timeout = message_timeout
         self._limits = Limits(max_connections, handshake_timeout, message_timeout,
-                              max_message_bytes)
+                              max_message_bytes, connection_rate_per_ip)
         self._codec = Codec()
         self._calls: set[trio.CancelScope] = set()
         self._draining = False
@@ -323,7 +340,7 @@ class Bridge:
         start: a client that never sends it (or never finishes it) gets an answer all the same."""
         try:
             async with asyncio.timeout(self._message_timeout):
-                request = await self._receive(stream)
+                request, _ = await self._receive(stream)
         except TimeoutError:
             raise GRPCError(Status.DEADLINE_EXCEEDED, f"{path}: the request message did not "
                             f"arrive within {self._message_timeout:g} s "
@@ -346,8 +363,9 @@ class Bridge:
         self._refusals.warning((host, who, path), "refused %s from %s (%s): %s: %s", path, host,
                                who, error.status.name, error.message)
 
-    async def _receive(self, stream: Stream) -> Any:
-        """One request message, refusing an oversized one *before* buffering it.
+    async def _receive(self, stream: Stream) -> tuple[Any, int]:
+        """One request message and its size, refusing an oversized one *before* buffering it;
+        (None, 0) at the end of the request stream.
 
         grpclib's own `recv_message` reads whatever length the 5-byte prefix announces (up to
         4 GiB) into memory; here the prefix is checked first, and the body must then arrive
@@ -361,7 +379,7 @@ class Bridge:
             raise GRPCError(Status.INVALID_ARGUMENT,
                             "the request stream ended inside a message prefix") from None
         if not prefix:
-            return None
+            return None, 0
         compressed, length = _MESSAGE_PREFIX.unpack(prefix)
         if compressed:
             raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
@@ -378,7 +396,7 @@ class Bridge:
             raise GRPCError(Status.DEADLINE_EXCEEDED, f"a request message of {length} bytes "
                             f"was not complete within {self._message_timeout:g} s "
                             "(server.message_timeout)") from None
-        return self._codec.decode(data, stream._recv_type)
+        return self._codec.decode(data, stream._recv_type), length
 
     def _peer(self, stream: Stream, path: str) -> tuple[str, Any]:
         transport = stream._stream._transport  # grpclib exposes only addr()/cert() on Peer
@@ -591,7 +609,6 @@ async def open_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(_log_asyncio_error)
         _run_callbacks_in_batches(loop)
-        guard_accept(loop)
         yield loop
 
 
@@ -653,7 +670,9 @@ class _Server(Server):
         if self._server is not None:
             raise RuntimeError("Server is already started")
         self._server = await self._loop.create_server(
-            listener.protocol_factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
+            listener.protocol_factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG,
+            start_serving=False)
+        listener.serve(self._server, LISTEN_BACKLOG)
         self._server_closed_fut = self._loop.create_future()
 
 

@@ -22,6 +22,8 @@ docs/DECISIONS.md). Only the bridge (`grpc_bridge`) imports it.
   its whole length against its connection's buffer of `max_message_bytes` (the credit for more
   of it waits meanwhile) and must complete within `message_timeout`; a header block must
   complete within `message_timeout` and HEADER_BLOCK_BYTES.
+- New connections from one address (not the scheduler's own host): `connection_rate_per_ip`
+  a second, in bursts of CONNECTION_BURST_SECONDS' worth; beyond, closed before TLS starts.
 - accept() out of descriptors: one rate-limited log line, accepting again ACCEPT_RETRY later.
 
 It relies on internals of grpclib 0.4.9 and h2 4.x (both pinned in pyproject.toml);
@@ -34,6 +36,7 @@ import asyncio.sslproto
 import errno
 import logging
 import resource
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -50,6 +53,7 @@ from h2.settings import SettingCodes
 from h2.stream import StreamClosedBy
 from hyperframe.frame import RstStreamFrame
 
+from .cluster.throttle import TokenBucket
 from .logs import RateLimited
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,12 @@ CONNECTION_WINDOW = 1 << 20  # bytes a connection may send ahead of being read, 
 HEADER_BLOCK_BYTES = h2.connection.H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE
 DESCRIPTOR_SHARE = 2  # connections may use 1/2 of the descriptors; the rest dial Agents, files
 ACCEPT_RETRY = 1.0  # s before accepting again once the process is out of descriptors
+ACCEPTS_PER_WAKEUP = 128  # a connection storm must not stall the established connections
+CONNECTION_BURST_SECONDS = 4.0  # an address may open this many seconds' worth at once
+# The scheduler's own host: local tools, tests and benchmarks (hundreds of simulated Agents)
+# connect from there, and a local process has easier ways to hurt the scheduler.
+LOCAL_PEERS = frozenset({"127.0.0.1", "::1"})
+PEERS_REMEMBERED = 65_536  # addresses whose connection rate is tracked; the idlest forgotten
 LOG_INTERVAL = 10.0  # s between two log lines about the same peer and the same limit
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -77,13 +87,15 @@ class Limits:
     handshake_timeout: float = 10.0  # s
     message_timeout: float = 10.0  # s
     max_message_bytes: int = 4 << 20  # also the buffer of incomplete messages per connection
+    connection_rate_per_ip: float = 16.0  # new connections a second from one address; 0: any
 
 
 class Listener:
     """Every connection the gRPC listener accepted, oldest first, and the limits they live by.
 
-    `protocol_factory` is what asyncio's `create_server` calls for each accepted socket (with
-    `ssl=None`: TLS is layered here, so that handshakes can be counted and bounded).
+    `serve(server)` accepts the connections of an asyncio server created with `ssl=None` and
+    `start_serving=False`: TLS is layered here, so that handshakes can be counted and bounded,
+    and a connection can be refused before any of that is spent on it.
     `identify(ssl_object)` names a TLS peer (an object with `kind` and `name`) or returns None.
     """
 
@@ -99,14 +111,73 @@ class Listener:
         self._pending: dict[_Tls, None] = {}  # handshakes in progress, oldest first
         self._open: dict[_Http2, None] = {}  # established connections, oldest first
         self._agents: dict[str, dict[_Http2, None]] = {}  # node id -> its Agent's connections
-        self.counts = {"refused": 0, "closed_idle": 0, "closed_handshakes": 0,
-                       "closed_agent_excess": 0, "rapid_reset_goaways": 0,
-                       "header_block_goaways": 0, "protocol_errors": 0}
+        self._peers: dict[str, TokenBucket] = {}  # address -> its new connections, idlest first
+        self.counts = {"refused": 0, "refused_rate": 0, "closed_idle": 0,
+                       "closed_handshakes": 0, "closed_agent_excess": 0,
+                       "rapid_reset_goaways": 0, "header_block_goaways": 0,
+                       "protocol_errors": 0}
         self._log = RateLimited(log, LOG_INTERVAL)
 
     def protocol_factory(self) -> asyncio.BaseProtocol:
         http2 = _Http2(self)
         return http2 if self.ssl_context is None else _Tls(self, http2)
+
+    # -- accepting ---------------------------------------------------------------------------------
+
+    def serve(self, server: asyncio.AbstractServer, backlog: int) -> None:
+        """Start accepting on the sockets of `server` (made with start_serving=False)."""
+        loop = asyncio.get_event_loop()
+        for sock in server.sockets:
+            sock._sock.listen(backlog)
+            loop.add_reader(sock.fileno(), self._accept, loop, sock._sock, server)
+
+    def _accept(self, loop: Any, sock: socket.socket, server: asyncio.AbstractServer) -> None:
+        """asyncio's accept loop (`_accept_connection`), refusing by address before anything
+        is spent on a connection. Out of descriptors, asyncio's went on calling accept() up to
+        its backlog (4,096) times per wake-up, each failure a logged traceback: thousands of
+        lines a second. This one stops at the first, with one line every LOG_INTERVAL."""
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as error:
+                if error.errno not in _OUT_OF_RESOURCES:
+                    raise
+                self._log.warning("accept", "cannot accept connections: %s; accepting again "
+                                  "in %g s", error.strerror, ACCEPT_RETRY)
+                loop.remove_reader(sock.fileno())
+                loop.call_later(ACCEPT_RETRY, self._resume, loop, sock, server)
+                return
+            if not self._admit(addr[0]):
+                conn.close()
+                continue
+            conn.setblocking(False)
+            loop.create_task(loop._accept_connection2(
+                self.protocol_factory, conn, {"peername": addr}, None, server))
+
+    def _resume(self, loop: Any, sock: socket.socket, server: asyncio.AbstractServer) -> None:
+        if server.sockets:  # not closed meanwhile
+            loop.add_reader(sock.fileno(), self._accept, loop, sock, server)
+
+    def _admit(self, host: str) -> bool:
+        """True unless `host` opened more than its share of connections lately."""
+        rate = self.limits.connection_rate_per_ip
+        if rate <= 0 or host in LOCAL_PEERS:
+            return True
+        now = time.monotonic()
+        bucket = self._peers.pop(host, None)
+        if bucket is None:
+            bucket = TokenBucket(rate, max(1, round(rate * CONNECTION_BURST_SECONDS)), now)
+            if len(self._peers) >= PEERS_REMEMBERED:
+                del self._peers[next(iter(self._peers))]
+        self._peers[host] = bucket
+        if bucket.take(now):
+            return True
+        self.counts["refused_rate"] += 1
+        self._log.warning(("rate", host), "refused a new connection from %s: more than %g a "
+                          "second from that address (server.connection_rate_per_ip)", host, rate)
+        return False
 
     def statistics(self) -> dict[str, int]:
         return {"connections": len(self._open), "pending_handshakes": len(self._pending),
@@ -269,7 +340,7 @@ class _Tls(asyncio.sslproto.SSLProtocol):
             super()._on_handshake_complete(handshake_exc)
         finally:
             self.listener.handshake_ended(self)
-            if handshake_exc is not None:
+            if isinstance(handshake_exc, BaseException):  # (an EOF passes the class)
                 # asyncio re-raises it inside the frame that holds it: a cycle (exception ->
                 # traceback -> frame -> exception) keeping this protocol, its SSL object and
                 # buffers until a full collection.
@@ -543,40 +614,6 @@ async def read_body(stream: Stream, length: int, timeout: float) -> bytes:
             return await stream.recv_data(length)
         finally:
             protocol.release(length)
-
-
-def guard_accept(loop: asyncio.AbstractEventLoop) -> None:
-    """Make `loop` stop accepting for ACCEPT_RETRY when out of descriptors, with one log line.
-
-    asyncio's `_accept_connection` (CPython 3.11) goes on calling accept() after EMFILE, up to
-    its backlog (4,096 here) times per wake-up, logging a traceback and scheduling a retry each
-    time: thousands of lines a second. This is the same loop, stopping at the first failure.
-    """
-    throttled = RateLimited(log, LOG_INTERVAL)
-
-    def accept_connection(protocol_factory, sock, sslcontext=None, server=None, backlog=100,
-                          ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
-        for _ in range(backlog):
-            try:
-                conn, addr = sock.accept()
-                conn.setblocking(False)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as error:
-                if error.errno not in _OUT_OF_RESOURCES:
-                    raise
-                throttled.warning("accept", "cannot accept connections: %s; accepting again "
-                                  "in %g s", error.strerror, ACCEPT_RETRY)
-                loop._remove_reader(sock.fileno())
-                loop.call_later(ACCEPT_RETRY, loop._start_serving, protocol_factory, sock,
-                                sslcontext, server, backlog, ssl_handshake_timeout,
-                                ssl_shutdown_timeout)
-                return
-            loop.create_task(loop._accept_connection2(
-                protocol_factory, conn, {"peername": addr}, sslcontext, server,
-                ssl_handshake_timeout, ssl_shutdown_timeout))
-
-    loop._accept_connection = accept_connection
 
 
 def _forget(transport: asyncio.BaseTransport | None) -> None:

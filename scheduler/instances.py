@@ -318,7 +318,7 @@ class Instances:
         held = self._reserved_on.get(node.id)
         if not held:
             return
-        reported = node.metrics.instances if node.metrics is not None else ()
+        reported = node.reported or ()
         listed = {report.instance_id for report in reported}
         for instance in list(held):
             instance.reports_after += 1
@@ -341,15 +341,16 @@ class Instances:
 
     def _reconcile(self, node: Node) -> None:
         """The node's Agent reported a changed instance list: update instances nobody relays,
-        mark vanished ones TERMINATED, announce instances this scheduler never placed there."""
-        metrics = node.metrics
-        if metrics is None:
-            return
-        if metrics.instances:
+        mark vanished ones TERMINATED, announce instances this scheduler never placed there.
+        The node counts (`running`) only the instances it may speak for: its own, and the
+        unknown ones announced; not another live node's, nor those the flood guard held back."""
+        reports = node.reported
+        if not reports:
+            if node.id not in self._lists_instances:
+                return  # an Agent that never listed instances tells nothing (old Agents never do)
+        else:
             self._lists_instances.add(node.id)
-        elif node.id not in self._lists_instances:
-            return  # an Agent that never listed instances tells nothing (old Agents never do)
-        reported = {report.instance_id: report.code for report in metrics.instances}
+        reported = {report.instance_id: report.code for report in reports}
         forgotten = self._forgotten_on.get(node.id, {})
         for instance_id in [i for i in forgotten if i not in reported]:
             del forgotten[instance_id]  # the Agent caught up: a later listing would be news
@@ -375,7 +376,10 @@ class Instances:
                     self._unplace(instance)
                     self._retain_finished(instance)
         if claimed:
-            self._ignore_claims(node, claimed)
+            self._log_claims(node, claimed)
+        announced = self._unknown_reported.get(node.id, ())
+        node.running = frozenset(instance_id for instance_id in node.running
+                                 if instance_id in announced or self._placed_on(instance_id, node))
         for instance_id in list(node.placed):
             instance = self._instances.get(instance_id)
             if instance is not None and not instance.relayed and instance_id not in reported \
@@ -388,11 +392,13 @@ class Instances:
                 self._unplace(instance)
                 self._retain_finished(instance)
 
-    def _ignore_claims(self, node: Node, claimed: list[str]) -> None:
+    def _placed_on(self, instance_id: str, node: Node) -> bool:
+        instance = self._instances.get(instance_id)
+        return instance is not None and instance.node is node
+
+    def _log_claims(self, node: Node, claimed: list[str]) -> None:
         """A report may speak only for its own node's instances (or unknown ones): instances
-        placed on another live node are not counted on this one, nor announced from it."""
-        node.running = node.running.difference(claimed)
-        self.cluster.count_instances(node)
+        placed on another live node are neither announced from it nor counted on it."""
         first = self._instances[claimed[0]]
         self._node_log.warning(("claims", node.id), "node %s reports instance %s, which runs on "
                                "node %s: ignored (%d such instances in this report)", node.id,

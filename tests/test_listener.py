@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio.selector_events
 import asyncio.sslproto
 import gc
+import logging
 import os
 import resource
 import subprocess
@@ -273,7 +274,7 @@ async def test_a_client_that_never_completes_its_handshake_is_closed_after_the_t
         assert stats["pending_handshakes"] == 0
 
 
-async def test_nothing_is_kept_after_a_failed_handshake(pki):
+async def test_nothing_is_kept_after_a_failed_handshake(pki, caplog):
     # asyncio keeps a failed handshake's protocol, SSL object and buffers in reference cycles
     # (~70 KB) until a full collection, and grpclib made a Handler per accepted socket that it
     # forgot only once the connection was made and lost: never, after a failed handshake.
@@ -291,12 +292,16 @@ async def test_nothing_is_kept_after_a_failed_handshake(pki):
                 await plain.send_all(b"GET / HTTP/1.1\r\n\r\n")  # not TLS at all
                 assert await plain.receive_some(1024) == b""
                 await plain.aclose()
+                gone = await trio.open_tcp_stream("127.0.0.1", scheduler.port)
+                await gone.aclose()  # hangs up before its ClientHello (asyncio: an EOF)
             await trio.sleep(0.3)
             assert tls_objects() == [], "a failed handshake left its protocol behind"
             transports = [o for o in gc.get_objects()
                           if isinstance(o, asyncio.selector_events._SelectorSocketTransport)]
             assert transports == [], "a closed connection left its socket transport behind"
             assert len(server._handlers) == handlers, "a failed handshake left a grpclib Handler"
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert errors == [], errors[:3]
         finally:
             gc.enable()
 
@@ -387,6 +392,28 @@ async def test_at_the_limit_with_every_connection_busy_a_new_one_is_refused(capl
             await client.aclose()
 
 
+async def test_an_address_opening_connections_too_fast_is_refused_before_tls(caplog):
+    # A reconnect flood is a handshake flood: ~2 ms of the scheduler's CPU each. Refused at
+    # accept() it costs next to nothing; the scheduler's own host is not limited.
+    config = make_config(server={"connection_rate_per_ip": 2.0})  # bursts of 8
+    async with running_scheduler(config) as scheduler:
+        async def served(local: str) -> bool:
+            stream = await trio.open_tcp_stream("127.0.0.1", scheduler.port, local_address=local)
+            try:
+                with trio.move_on_after(2):
+                    return await stream.receive_some(1024) != b""  # the server's SETTINGS
+                return False
+            finally:
+                await stream.aclose()
+
+        remote = [await served("127.0.0.2") for _ in range(20)]
+        assert remote[:8] == [True] * 8 and remote.count(True) <= 9, remote
+        assert all([await served("127.0.0.1") for _ in range(20)]), "local peers: no limit"
+        lines = [r for r in caplog.records if "connection_rate_per_ip" in r.getMessage()]
+        assert len(lines) == 1 and "127.0.0.2" in lines[0].getMessage()
+        assert scheduler.bridge.listener.statistics()["refused_rate"] >= 11
+
+
 async def test_out_of_descriptors_accept_logs_one_line_and_recovers(caplog):
     # asyncio's accept loop went on after EMFILE up to its backlog (4,096) times per wake-up,
     # each with a traceback: thousands of lines a second, and every new client locked out.
@@ -434,3 +461,32 @@ async def test_refusals_are_logged_rate_limited_with_peer_and_identity(pki, capl
         unauthenticated = [line for line in lines if "UNAUTHENTICATED" in line]
         assert unauthenticated and "no URI SAN" in unauthenticated[0]
         assert not scheduler.cluster.nodes
+
+
+async def test_messages_waiting_for_a_throttled_handler_are_bounded_in_bytes():
+    # The pump reads a request stream ahead of its handler into a buffer of 64 messages: with
+    # messages of up to 4 MiB, a throttled status stream could hold 256 MiB decoded.
+    from scheduler.grpc_bridge import INBOX_BYTES, Inbound
+    from tests.fakes import FakeAgent, status
+
+    config = make_config(liveness={"status_rate": 0.5, "status_burst": 1})
+    big = status("node-1", instances=[(f"run-{i:05d}", 1) for i in range(6000)])
+    size = big.ByteSize()
+    assert 50_000 < size < INBOX_BYTES / 4
+    async with running_scheduler(config) as scheduler, open_channel(scheduler.port) as channel:
+        agent = FakeAgent(channel, "node-1")
+        await agent.join()
+        stream = await agent.report()
+
+        async def flood() -> None:
+            for _ in range(60):
+                await stream.send(big)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood)
+            await trio.sleep(2)
+            waiting = [inbox._receive.statistics().current_buffer_used
+                       for inbox in gc.get_objects() if isinstance(inbox, Inbound)]
+            assert waiting and max(waiting) * size <= INBOX_BYTES + size, (waiting, size)
+            nursery.cancel_scope.cancel()
+        channel.close()  # the stream is stalled by flow control: hang up the connection

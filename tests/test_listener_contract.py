@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.selector_events
 import asyncio.sslproto
+import asyncio.trsock
 import inspect
 
 import grpclib
@@ -162,15 +163,15 @@ async def test_grpclib_releases_streams_only_in_the_handler_tasks_finally():
 
 # -- asyncio, trio-asyncio ---------------------------------------------------------------------------
 
-def test_asyncio_accept_loop_has_the_signature_guard_accept_replaces():
-    original = inspect.signature(asyncio.selector_events.BaseSelectorEventLoop._accept_connection)
-    assert list(original.parameters) == [
-        "self", "protocol_factory", "sock", "sslcontext", "server", "backlog",
-        "ssl_handshake_timeout", "ssl_shutdown_timeout"], (
-        f"asyncio's _accept_connection changed ({original}): grpc_listener.guard_accept "
-        f"replaces it; {REVISIT}")
-    serving = inspect.signature(asyncio.selector_events.BaseSelectorEventLoop._start_serving)
-    assert list(serving.parameters)[1:] == list(original.parameters)[1:]
+def test_asyncio_accept_internals_the_listener_uses():
+    # Listener._accept replaces asyncio's accept loop and hands sockets to _accept_connection2.
+    handover = inspect.signature(asyncio.selector_events.BaseSelectorEventLoop._accept_connection2)
+    assert list(handover.parameters)[:6] == [
+        "self", "protocol_factory", "conn", "extra", "sslcontext", "server"], (
+        f"asyncio's _accept_connection2 changed ({handover}): Listener._accept calls it; "
+        f"{REVISIT}")
+    assert "_sock" in inspect.getsource(asyncio.trsock.TransportSocket.__init__), \
+        f"asyncio's TransportSocket no longer wraps _sock: Listener.serve reads it; {REVISIT}"
 
 
 def test_asyncio_ssl_protocol_internals_the_listener_uses():

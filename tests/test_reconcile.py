@@ -1,6 +1,7 @@
 """Agents' instance reports about instances nobody placed: announced once, and bounded."""
 from __future__ import annotations
 
+import math
 from contextlib import asynccontextmanager
 
 import trio
@@ -180,3 +181,32 @@ async def test_a_report_cannot_claim_an_instance_placed_on_another_live_node(aut
         lines = [r.getMessage() for r in caplog.records if "web-1" in r.getMessage()]
         assert len(lines) == 1, lines  # rate-limited
         assert "evil-r" in lines[0] and "legit-00199" in lines[0], lines
+
+
+async def test_a_status_event_does_not_grow_with_the_instances_an_agent_lists(autojump_clock):
+    # The event log keeps 100,000 events: one Agent listing 1,000 fresh ids in every status
+    # made each STATUS event pin its reports (bench/attacks.py unknown_flood: +464 MB in 20 s).
+    from scheduler.model import NodeEvent, NodeEventKind
+
+    async with open_core() as (events, cluster, _):
+        node = cluster.join("evil", "10.0.0.9", 7000)
+        numbers = NodeMetrics(8 << 30, 4 << 30, 10.0, 4)
+        for round_ in range(50):
+            ids = [f"keep-{i}" for i in range(10)] + [f"junk-{round_}-{i}" for i in range(1000)]
+            reports = tuple(InstanceReport(i, InstanceCode.RUNNING) for i in ids)
+            if round_ == 0:
+                reports = reports[:10]  # these ten are announced; the junk never is
+            cluster.report(node, node.session, numbers, reports)
+            await trio.sleep(0.1)  # the Agent's rate limit (10/s)
+        statuses = [e.body.node for e in events._events[events._start:]
+                    if isinstance(e.body, NodeEvent) and e.body.kind is NodeEventKind.STATUS]
+        assert all(view.metrics.instances == () for view in statuses), "no reports in events"
+        # Round 1 spends the flood budget (990 junk ids counted), round 2 ends them; from then
+        # on only the ten announced ones count, and every event shares their one tuple.
+        assert max(len(view.instance_ids) for view in statuses) <= UNKNOWN_ANNOUNCED
+        keep = {f"keep-{i}" for i in range(10)}
+        assert all(keep <= set(view.instance_ids) for view in statuses)
+        later = {id(view.instance_ids) for view in statuses[3:]}
+        regained = math.ceil(50 * 0.1 * UNKNOWN_RATE)  # each announced once, ended once
+        assert len(later) <= 1 + 2 * regained < len(statuses) - 3, \
+            "unchanged ids share one tuple"
