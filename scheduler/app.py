@@ -138,7 +138,8 @@ async def serve(
         + SchedulingApi(scheduler.instances).servables(bridge)
         + [health]
     )
-    registry = make_registry(scheduler.cluster, scheduler.instances, scheduler.events)
+    registry = make_registry(scheduler.cluster, scheduler.instances, scheduler.events,
+                             bridge.connection_statistics)
     async with open_loop(), trio.open_nursery() as nursery:
         await nursery.start(scheduler.store.run)
         await nursery.start(scheduler.cluster.run)

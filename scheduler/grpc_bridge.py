@@ -284,6 +284,10 @@ class Bridge:
         self._refusals = RateLimited(log, REFUSAL_LOG_INTERVAL)
         self.listener: Listener | None = None  # while serving
 
+    def connection_statistics(self) -> dict[str, int] | None:
+        """The listener's connections and what it refused or closed; None until it listens."""
+        return self.listener.statistics() if self.listener is not None else None
+
     # -- building servables ----------------------------------------------------------------
 
     def servable(self, base: type, handlers: Mapping[str, TrioHandler]) -> Any:
@@ -388,7 +392,10 @@ class Bridge:
                             f"message of {length} bytes exceeds the limit of "
                             f"{self._max_message_bytes} (server.max_message_bytes)")
         try:
-            data = await read_body(h2_stream, length, self._message_timeout)
+            if h2_stream.buffer._acked_size >= length:  # hot path: it came with its prefix
+                data = await h2_stream.recv_data(length)
+            else:
+                data = await read_body(h2_stream, length, self._message_timeout)
         except AssertionError:
             raise GRPCError(Status.INVALID_ARGUMENT, f"the request stream ended inside a "
                             f"message of {length} bytes") from None

@@ -596,15 +596,13 @@ class _Handler(Handler):
 
 
 async def read_body(stream: Stream, length: int, timeout: float) -> bytes:
-    """The body of a request message whose prefix announced `length` bytes.
+    """The body of a request message whose prefix announced `length` bytes, and that did not
+    all come with its prefix (the caller takes such a body at once: the hot path).
 
-    Hot path: a body that arrived with its prefix is taken at once. Otherwise the message
-    counts its whole length against its connection's buffer (waiting while the connection's
-    other incomplete messages fill it; its client is meanwhile held back by flow control) and
-    must be complete within `timeout` (TimeoutError).
+    The message counts its whole length against its connection's buffer (waiting while the
+    connection's other incomplete messages fill it; its client is meanwhile held back by flow
+    control) and must be complete within `timeout` (TimeoutError).
     """
-    if stream.buffer._acked_size >= length:
-        return await stream.recv_data(length)
     protocol = stream.connection.protocol
     async with asyncio.timeout(timeout):
         if protocol is None:  # the connection is gone: recv_data raises

@@ -25,12 +25,14 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 
 class SchedulerCollector:
-    """Reads the core's counters at scrape time."""
+    """Reads the core's counters at scrape time (and the gRPC listener's, once it listens)."""
 
-    def __init__(self, cluster: Cluster, instances: Instances, events: EventLog) -> None:
+    def __init__(self, cluster: Cluster, instances: Instances, events: EventLog,
+                 connections: Callable[[], dict[str, int] | None] = lambda: None) -> None:
         self.cluster = cluster
         self.instances = instances
         self.events = events
+        self.connections = connections
 
     def collect(self):
         nodes = GaugeMetricFamily("orka_scheduler_nodes", "Nodes by state", labels=["state"])
@@ -58,12 +60,41 @@ class SchedulerCollector:
                                 value=len(self.events))
         yield GaugeMetricFamily("orka_scheduler_event_revision", "Revision of the newest event",
                                 value=self.events.revision)
+        connections = self.connections()
+        if connections is not None:
+            yield from connection_metrics(connections)
 
 
-def make_registry(cluster: Cluster, instances: Instances, events: EventLog) -> CollectorRegistry:
-    """A registry with the core's metrics; placement latency is observed via `on_placed`."""
+CONNECTIONS_CLOSED = ("refused", "refused_rate", "closed_idle", "closed_handshakes",
+                      "closed_agent_excess", "rapid_reset_goaways", "header_block_goaways",
+                      "protocol_errors")  # the listener's counts: why a connection ended early
+
+
+def connection_metrics(statistics: dict[str, int]):
+    """The gRPC listener's connections, and those it refused or closed to stay within bounds."""
+    open_ = GaugeMetricFamily("orka_scheduler_connections", "gRPC connections",
+                              labels=["state"])
+    open_.add_metric(["open"], statistics["connections"])
+    open_.add_metric(["handshaking"], statistics["pending_handshakes"])
+    yield open_
+    yield GaugeMetricFamily("orka_scheduler_connections_limit",
+                            "Connections served at once (server.max_connections, as lowered "
+                            "to the file-descriptor limit)", value=statistics["max_connections"])
+    closed = CounterMetricFamily("orka_scheduler_connections_ended",
+                                 "Connections refused or closed by the listener's limits",
+                                 labels=["reason"])
+    for reason in CONNECTIONS_CLOSED:
+        closed.add_metric([reason], statistics[reason])
+    yield closed
+
+
+def make_registry(cluster: Cluster, instances: Instances, events: EventLog,
+                  connections: Callable[[], dict[str, int] | None] = lambda: None
+                  ) -> CollectorRegistry:
+    """A registry with the core's metrics; placement latency is observed via `on_placed`;
+    `connections()` gives the listener's statistics (None while it does not listen)."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(SchedulerCollector(cluster, instances, events))
+    registry.register(SchedulerCollector(cluster, instances, events, connections))
     latency = Histogram("orka_scheduler_scheduling_seconds",
                         "Time from a Schedule request to an Agent's acceptance",
                         buckets=LATENCY_BUCKETS, registry=registry)

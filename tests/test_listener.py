@@ -387,6 +387,12 @@ async def test_at_the_limit_with_every_connection_busy_a_new_one_is_refused(capl
         assert scheduler.bridge.listener.statistics()["refused"] == 10
         lines = [r for r in caplog.records if "refused a new one" in r.getMessage()]
         assert len(lines) == 1, "one line, rate-limited, not one per refusal"
+        from tests.test_operations import metric, scrape
+
+        samples = await scrape(scheduler)
+        assert metric(samples, "orka_scheduler_connections_ended_total", reason="refused") == 10
+        assert metric(samples, "orka_scheduler_connections", state="open") == 16
+        assert metric(samples, "orka_scheduler_connections_limit") == 16
         assert all(not client.closed for client in busy)
         for client in busy:
             await client.aclose()
