@@ -126,24 +126,20 @@ class RawH2:
         return [e.stream_id for e in self.events if isinstance(e, h2.events.StreamReset)
                 and (code is None or e.error_code == code)]
 
-    def status(self, stream_id: int) -> str | None:
-        """The grpc-status the server sent on a stream, if any."""
+    def header(self, stream_id: int, name: str) -> str | None:
+        """A response header or trailer the server sent on a stream (the first seen)."""
         for event in self.events:
             if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)) \
-                    and event.stream_id == stream_id:
-                headers = dict(event.headers)
-                if "grpc-status" in headers:
-                    return headers["grpc-status"]
+                    and event.stream_id == stream_id and name in dict(event.headers):
+                return dict(event.headers)[name]
         return None
 
+    def status(self, stream_id: int) -> str | None:
+        """The grpc-status the server sent on a stream, if any."""
+        return self.header(stream_id, "grpc-status")
+
     def message(self, stream_id: int) -> str:
-        for event in self.events:
-            if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)) \
-                    and event.stream_id == stream_id:
-                headers = dict(event.headers)
-                if "grpc-message" in headers:
-                    return headers["grpc-message"]
-        return ""
+        return self.header(stream_id, "grpc-message") or ""
 
     async def aclose(self) -> None:
         with trio.move_on_after(1):
