@@ -43,7 +43,7 @@ from .logs import RateLimited
 log = logging.getLogger(__name__)
 
 INBOX_SIZE = 64  # inbound messages buffered per call before the reader waits for trio
-INBOX_BYTES = 1 << 20  # and their wire bytes (one message always fits): 64 of 4 MiB were 256 MiB
+INBOX_BYTES = 256 << 10  # and their wire bytes (one always fits): 64 of 4 MiB were 256 MiB
 OUTBOX_SIZE = 64  # outbound messages buffered per call before trio waits for the writer
 DRAIN_BEFORE_CHECKPOINT = 32  # waiting messages taken in a row before yielding to other tasks
 LISTEN_BACKLOG = 4096  # pending connections: thousands of Agents reconnect at once after a restart

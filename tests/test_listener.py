@@ -476,9 +476,9 @@ async def test_messages_waiting_for_a_throttled_handler_are_bounded_in_bytes():
     from tests.fakes import FakeAgent, status
 
     config = make_config(liveness={"status_rate": 0.5, "status_burst": 1})
-    big = status("node-1", instances=[(f"run-{i:05d}", 1) for i in range(6000)])
+    big = status("node-1", instances=[(f"run-{i:05d}", 1) for i in range(3000)])
     size = big.ByteSize()
-    assert 50_000 < size < INBOX_BYTES / 4
+    assert 20_000 < size < INBOX_BYTES / 4
     async with running_scheduler(config) as scheduler, open_channel(scheduler.port) as channel:
         agent = FakeAgent(channel, "node-1")
         await agent.join()
