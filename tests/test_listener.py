@@ -344,6 +344,23 @@ async def test_at_the_connection_limit_a_new_client_closes_the_oldest_handshake(
             await squatter.aclose()
 
 
+async def test_at_most_so_many_handshakes_are_pending_the_oldest_closed_first(pki, monkeypatch):
+    import scheduler.grpc_listener as listener_module
+
+    monkeypatch.setattr(listener_module, "PENDING_HANDSHAKES", 4)
+    async with tls_scheduler(pki) as scheduler:
+        listener = scheduler.bridge.listener
+        squatters = [await trio.open_tcp_stream("127.0.0.1", scheduler.port) for _ in range(6)]
+        await wait_until(lambda: listener.statistics()["closed_handshakes"] == 2)
+        assert listener.statistics()["pending_handshakes"] == 4
+        for squatter in squatters[:2]:
+            assert await squatter.receive_some(1024) == b"", "the oldest two were closed"
+        async with connect(scheduler.port, client_ctx(pki, pki.controller)) as channel:
+            assert await FakeController(channel).list_nodes() == []
+        for squatter in squatters:
+            await squatter.aclose()
+
+
 async def test_one_agent_holds_at_most_a_few_connections(pki):
     from scheduler.grpc_listener import AGENT_CONNECTIONS
 
@@ -418,6 +435,20 @@ async def test_an_address_opening_connections_too_fast_is_refused_before_tls(cap
         lines = [r for r in caplog.records if "connection_rate_per_ip" in r.getMessage()]
         assert len(lines) == 1 and "127.0.0.2" in lines[0].getMessage()
         assert scheduler.bridge.listener.statistics()["refused_rate"] >= 11
+
+
+async def test_the_addresses_whose_rate_is_tracked_are_bounded(monkeypatch):
+    import scheduler.grpc_listener as listener_module
+
+    monkeypatch.setattr(listener_module, "PEERS_REMEMBERED", 3)
+    async with running_scheduler() as scheduler:
+        for last in range(2, 8):
+            stream = await trio.open_tcp_stream("127.0.0.1", scheduler.port,
+                                                local_address=f"127.0.0.{last}")
+            await stream.aclose()
+        peers = scheduler.bridge.listener._peers
+        await wait_until(lambda: "127.0.0.7" in peers)
+        assert list(peers) == ["127.0.0.5", "127.0.0.6", "127.0.0.7"], "the idlest forgotten"
 
 
 async def test_out_of_descriptors_accept_logs_one_line_and_recovers(caplog):
