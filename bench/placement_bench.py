@@ -67,11 +67,11 @@ def build(size: int, rng: random.Random) -> tuple[NodeTable, list[Candidate]]:
         table.set_ready(node_id, ready)
         table.update_metrics(node_id, metrics)
         table.set_instance_count(node_id, instances)
-        reserved = Resources()
+        reservations = ()
         if rng.random() < 0.1:
-            reserved = Resources(cpu=250, memory=256, disk=0)
-            table.reserve(node_id, f"{node_id}/pending", reserved)
-        candidates.append(Candidate(node_id, ready, metrics, reserved, instances))
+            reservations = (Resources(cpu=250, memory=256, disk=0),)
+            table.reserve(node_id, f"{node_id}/pending", reservations[0])
+        candidates.append(Candidate(node_id, ready, metrics, reservations, instances))
     return table, candidates
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,8 @@ class AgentLink:
     """
 
     def __init__(self, node_id: str, session: Session, ssl_context: ssl.SSLContext | None,
-                 trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
+                 trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                 leading: Callable[[], bool] = lambda: True) -> None:
         self.node_id = node_id
 
         def verify(peercert: dict | None) -> None:
@@ -61,7 +63,7 @@ class AgentLink:
                 raise PeerRefused(str(err)) from None
 
         def connect() -> _Connection:
-            channel = ClientChannel(session.host, session.port, ssl_context, verify)
+            channel = ClientChannel(session.host, session.port, ssl_context, verify, leading)
             return _Connection(channel, channel.stub(node_agent_grpc.WorkloadServiceStub))
 
         self._connect = connect
@@ -94,9 +96,12 @@ class Agents:
     """The links to every node generation's Agent."""
 
     def __init__(self, cluster: Cluster, ssl_context: ssl.SSLContext | None = None,
-                 trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
+                 trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                 leading: Callable[[], bool] = lambda: True) -> None:
+        """`leading()` False: this scheduler's leadership is over, no Agent may be called."""
         self._ssl = ssl_context
         self._trust_domain = trust_domain
+        self._leading = leading
         self._links: dict[int, AgentLink] = {}  # node generation -> link
         cluster.on_generation_end.append(self._generation_ended)
 
@@ -107,7 +112,7 @@ class Agents:
         link = self._links.get(node.generation)
         if link is None:
             link = self._links[node.generation] = AgentLink(node.id, session, self._ssl,
-                                                            self._trust_domain)
+                                                            self._trust_domain, self._leading)
         return link
 
     def close(self) -> None:

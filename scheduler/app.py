@@ -1,69 +1,130 @@
 """Process wiring: builds the scheduler's parts from a Config and serves them until shutdown.
 
-`serve()` follows trio's serve_listeners shape: `await nursery.start(serve, ...)` returns the
-bound port once the listener accepts, and setting `shutdown` ends everything cleanly (stop
-accepting, end streams with UNAVAILABLE, exit), so tests need no signals.
+`serve()` follows trio's serve_listeners shape: `await nursery.start(serve, ...)` returns once
+the listener accepts (and, with SQLite, once the scheduler leads), and setting `shutdown` ends
+everything cleanly (stop accepting, end streams with UNAVAILABLE, exit), so tests need no
+signals.
+
+The gRPC listener, the HTTP endpoint and the health service live as long as the process. The
+*core* (event log, cluster, instances, Agent links, store) lives for one *term*, one leadership:
+it is built from the stored state when the term starts and torn down when it ends, and the
+bridge routes the scheduler's services to it meanwhile. With `store.backend = "sqlite"` there
+is one term, the whole process. With "etcd" the process campaigns (`leadership.Election`), and
+while it does not lead it answers as a standby, its warm copy of the state kept by a `Mirror`.
 """
 from __future__ import annotations
 
 import gc
 import logging
 import random
+import socket
 import ssl
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import trio
 
+from . import etcd
+from ._proto import agent_grpc, controller_grpc
+from .agents import Agents
 from .api.agent import AgentApi
 from .api.cluster import ClusterApi
 from .api.scheduling import SchedulingApi
-from .agents import Agents
+from .api.standard import health_service, with_reflection
 from .cluster import Cluster, Node
+from .cluster.registry import format_address
 from .config import Config
 from .events import EventLog
 from .grpc_bridge import Bridge, open_loop
 from .instances import Instances
-from .api.standard import health_service, with_reflection
+from .leadership import Election, Term
 from .model import NodeState, Snapshot
-from .observability import make_registry, serve_http
-from .store import Restored, Store
+from .observability import Hooks, make_registry, serve_http
+from .store import Restored, SqliteBackend, Store
+from .store.etcd import EtcdBackend, Mirror
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Scheduler:
-    """The parts of one running scheduler, reachable by tests."""
-
-    config: Config
-    events: EventLog
-    cluster: Cluster
-    instances: Instances
-    agents: Agents
-    store: Store
-    restored: Restored
-    port: int = 0
-    http_port: int | None = None
-    bridge: Bridge | None = None  # while serving
-
-    def status_line(self) -> str:
-        """One line for systemd's STATUS=: what an operator glancing at `systemctl status` wants."""
-        counts = self.cluster.count_by_state()
-        return (f"{counts[NodeState.READY]} nodes ready, {counts[NodeState.LOST]} lost, "
-                f"{len(self.instances.statuses())} instances, port {self.port}")
-
 
 # Young collections every 50,000 allocations instead of 700, full ones rarely: with 10,000 nodes
 # the heap holds ~2 M tracked objects and a full pass takes ~1 s (bench/RESULTS.md: ingest +35 %,
 # LOST lateness p99 4.7 s -> 0.1 s). Cyclic garbage still goes, just in fewer, larger passes.
 GC_THRESHOLDS = (50_000, 20, 1_000)
 RESTORE_JITTER = 0.1  # fraction of node_timeout spreading the deadlines of restored nodes
+FINAL_COMMIT_TIMEOUT = 1.0  # s for the last commit of a leader that shuts down (then resigns)
+ROUTED = (agent_grpc.LifecycleServiceBase, agent_grpc.StatusUpdateServiceBase,
+          controller_grpc.ClusterServiceBase, controller_grpc.SchedulingServiceBase)
 
 
-def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
-    """The scheduler's parts, with the previous run's state loaded from the data directory."""
-    store = Store(config.server.data_dir, config.events.retained)
+@dataclass
+class Core:
+    """The parts of one leadership, built from the stored state."""
+
+    events: EventLog
+    cluster: Cluster
+    instances: Instances
+    agents: Agents
+    store: Store
+    restored: Restored
+
+    def routes(self) -> dict:
+        return {**AgentApi(self.cluster).routes(),
+                **ClusterApi(self.cluster, self.events).routes(),
+                **SchedulingApi(self.instances).routes()}
+
+
+@dataclass
+class Scheduler:
+    """One scheduler process, reachable by tests: `core` while it leads, else None."""
+
+    config: Config
+    port: int = 0
+    http_port: int | None = None
+    advertise: str = ""
+    core: Core | None = None
+    leader: Callable[[], str] = lambda: ""  # the leader's advertise address ("" if none)
+    leadership_changes: int = 0  # terms this process won
+    shutdown: trio.Event = field(default_factory=trio.Event)
+    bridge: Bridge | None = None  # its gRPC listener's statistics are the process's metrics
+
+    @property
+    def leading(self) -> bool:
+        return self.core is not None
+
+    def _core(self) -> Core:
+        if self.core is None:
+            raise LookupError("this scheduler does not lead (standby)")
+        return self.core
+
+    # The parts of the current leadership, for tests and tools.
+    events = property(lambda self: self._core().events)
+    cluster = property(lambda self: self._core().cluster)
+    instances = property(lambda self: self._core().instances)
+    agents = property(lambda self: self._core().agents)
+    store = property(lambda self: self._core().store)
+    restored = property(lambda self: self._core().restored)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what an operator glancing at `systemctl status` wants."""
+        if self.core is None:
+            return f"standby, leader at {self.leader() or '(none yet)'}, port {self.port}"
+        counts = self.core.cluster.count_by_state()
+        return (f"{counts[NodeState.READY]} nodes ready, {counts[NodeState.LOST]} lost, "
+                f"{len(self.core.instances.statuses())} instances, port {self.port}")
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, text) for /healthz: only a leader that is not draining is healthy."""
+        if self.shutdown.is_set():
+            return False, "draining"
+        if self.core is None:
+            return False, f"standby; leader at {self.leader() or '(none yet)'}"
+        return True, "ok"
+
+
+def build_core(config: Config, store: Store, agent_ssl: ssl.SSLContext | None,
+               leading: Callable[[], bool] = lambda: True) -> Core:
+    """A leadership's parts, continuing the state `store` holds; `leading()` False once the
+    leadership is over (no Agent is called then)."""
     restored = store.load()
     parts: dict = {}
 
@@ -72,7 +133,6 @@ def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
 
     events = EventLog(config.events.retained, snapshot, restored.epoch,
                       revision=restored.revision, history=restored.events)
-    store.begin(events.epoch, events.revision)
     events.on_publish.append(store.event_published)
     cluster = parts["cluster"] = Cluster(
         events,
@@ -83,7 +143,7 @@ def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
     cluster.on_node_change.append(lambda node: store.save_node(
         node.id, node.host, node.port, node.state, node.generation, node.last_seen_unix))
     cluster.on_node_forgotten.append(store.delete_node)
-    agents = Agents(cluster, agent_ssl, config.tls.trust_domain)
+    agents = Agents(cluster, agent_ssl, config.tls.trust_domain, leading)
     instances = parts["instances"] = Instances(
         cluster, events, agents,
         strategy=config.scheduling.strategy,
@@ -91,12 +151,12 @@ def build(config: Config, agent_ssl: ssl.SSLContext | None = None) -> Scheduler:
         max_attempts=config.scheduling.max_attempts,
         store=store,
     )
-    return Scheduler(config, events, cluster, instances, agents, store, restored)
+    return Core(events, cluster, instances, agents, store, restored)
 
 
-def restore(scheduler: Scheduler) -> None:
-    """Nodes and placements of the previous run; call once the cluster's tasks run."""
-    restored, cluster = scheduler.restored, scheduler.cluster
+def restore(core: Core) -> None:
+    """Nodes and placements of the previous run or leader; call once the cluster's tasks run."""
+    restored, cluster = core.restored, core.cluster
     if restored.epoch is None:
         return
     jitter = cluster.node_timeout * RESTORE_JITTER
@@ -106,10 +166,82 @@ def restore(scheduler: Scheduler) -> None:
     for row in restored.placements:
         node = cluster.nodes.get(row.node_id)
         if node is not None:
-            scheduler.instances.restore(row.workload, node, row.generation, row.latest)
+            core.instances.restore(row.workload, node, row.generation, row.latest)
     log.info("restored epoch %s at revision %d: %d nodes (awaiting rejoin within %g s), "
              "%d placements", restored.epoch, restored.revision, len(restored.nodes),
              cluster.node_timeout, len(restored.placements))
+
+
+def advertised_address(config: Config, port: int) -> str:
+    """`server.advertise`, else the listen address with the bound port; for a listen on every
+    interface, this host's name (what peers of a cluster usually resolve)."""
+    if config.server.advertise:
+        return config.server.advertise
+    host = config.server.host
+    if host in ("", "::", "0.0.0.0"):
+        host = socket.gethostname()
+    return format_address(host, port)
+
+
+class Leader:
+    """Runs terms: builds the core, routes calls to it, and tears it down when the term ends."""
+
+    def __init__(self, scheduler: Scheduler, bridge: Bridge, serving, hooks: Hooks,
+                 agent_ssl: ssl.SSLContext | None, stop: trio.Event) -> None:
+        self._scheduler = scheduler
+        self._bridge = bridge
+        self._serving = serving
+        self._hooks = hooks
+        self._agent_ssl = agent_ssl
+        self._stop = stop  # set after the listener drained: flush, resign, return
+        self.started = trio.Event()  # set when the first term serves
+
+    async def lead(self, backend, term: Term | None = None, mirror: Mirror | None = None) -> None:
+        """Serve one term until `stop` (then return) or until the term is cancelled."""
+        scheduler, config = self._scheduler, self._scheduler.config
+        store = Store(backend, config.events.retained)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.run)
+                if term is not None:
+                    store.on_fence_lost.append(term.end)
+                    # Everything every earlier leader wrote comes before our term record.
+                    await mirror.wait_for(await backend.open_term(scheduler.advertise))
+                leading = term.valid if term is not None else (lambda: True)
+                core = build_core(config, store, self._agent_ssl, leading)
+                await nursery.start(core.cluster.run)
+                await nursery.start(core.instances.run)
+                await store.begin(core.events.epoch, core.events.revision)
+                restore(core)
+                self._hooks.term_started(core)
+                scheduler.core = core
+                scheduler.leadership_changes += 1
+                self._bridge.route(core.routes(), leading)
+                self._serving.set(True)
+                if term is None:
+                    log.info("state in %s: epoch %s, revision %d", config.server.data_dir,
+                             core.events.epoch, core.events.revision)
+                else:
+                    log.info("became leader (epoch %s, revision %d), advertised as %s",
+                             core.events.epoch, core.events.revision, scheduler.advertise)
+                self.started.set()
+                await self._stop.wait()
+                with trio.move_on_after(FINAL_COMMIT_TIMEOUT):
+                    await store.commit_durably()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._step_down(term)
+
+    def _step_down(self, term: Term | None) -> None:
+        """Synchronous, so it runs in full even inside a cancelled term: no call in flight and
+        no Agent call outlives this."""
+        core, self._scheduler.core = self._scheduler.core, None
+        why = (f"stepped down: {term.ended}" if term is not None and term.ended else
+               "stepped down: the leadership ended")
+        self._bridge.unroute(why)
+        self._serving.set(False)
+        if core is not None:
+            core.agents.close()
 
 
 async def serve(
@@ -122,57 +254,104 @@ async def serve(
     notifier: Notifier | None = None,
     task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a scheduler until `shutdown` is set; `task_status.started(scheduler)` once listening."""
-    scheduler = build(config, agent_ssl)
+    """Run a scheduler until `shutdown` is set; `task_status.started(scheduler)` once listening
+    (with SQLite: once leading)."""
+    scheduler = Scheduler(config, shutdown=shutdown)
     notifier = notifier or Notifier()
     server = config.server
-    bridge = Bridge(authorize, server.max_message_bytes, max_connections=server.max_connections,
-                    handshake_timeout=server.handshake_timeout,
-                    message_timeout=server.message_timeout,
-                    connection_rate_per_ip=server.connection_rate_per_ip)
-    scheduler.bridge = bridge
+    bridge = scheduler.bridge = Bridge(
+        authorize, server.max_message_bytes, max_connections=server.max_connections,
+        handshake_timeout=server.handshake_timeout, message_timeout=server.message_timeout,
+        connection_rate_per_ip=server.connection_rate_per_ip)
     health, serving = health_service()
-    servables = with_reflection(
-        AgentApi(scheduler.cluster).servables(bridge)
-        + ClusterApi(scheduler.cluster, scheduler.events).servables(bridge)
-        + SchedulingApi(scheduler.instances).servables(bridge)
-        + [health]
-    )
-    registry = make_registry(scheduler.cluster, scheduler.instances, scheduler.events,
-                             bridge.connection_statistics)
-    async with open_loop(), trio.open_nursery() as nursery:
-        await nursery.start(scheduler.store.run)
-        await nursery.start(scheduler.cluster.run)
-        await nursery.start(scheduler.instances.run)
-        restore(scheduler)
-        observability = config.observability
-        if observability.http_host is not None:
-            scheduler.http_port = await nursery.start(
-                serve_http, observability.http_host, observability.http_port, registry,
-                lambda: not shutdown.is_set())
-        async with trio.open_nursery() as grpc:
-            scheduler.port = await grpc.start(
-                lambda task_status: bridge.serve(
-                    servables, config.server.host, config.server.port, ssl_context,
-                    shutdown=shutdown, grace=config.server.shutdown_grace,
-                    task_status=task_status),
-            )
-            serving.set(True)
-            log.info("listening on %s port %d (%s), epoch %s", config.server.host or "*",
-                     scheduler.port,
-                     "TLS, client certificates required" if ssl_context else "PLAINTEXT",
-                     scheduler.events.epoch)
-            gc.freeze()  # start-up objects (modules, descriptors) leave the collector's full passes
-            gc.set_threshold(*GC_THRESHOLDS)
-            notifier.ready(scheduler.status_line())
-            nursery.start_soon(notifier.run, scheduler.status_line)
-            task_status.started(scheduler)
-            await shutdown.wait()
-            serving.set(False)
-            notifier.stopping()
-            log.info("draining: ending streams, giving them %g s", config.server.shutdown_grace)
-        # The listener has drained and closed: end the sessions' and relays' tasks.
-        nursery.cancel_scope.cancel()
-        scheduler.agents.close()
-    scheduler.store.close()
+    serving.set(False)  # NOT_SERVING until this scheduler leads
+    servables = with_reflection([bridge.routed(base) for base in ROUTED] + [health])
+    registry, hooks = make_registry(scheduler)
+    stop_leading = trio.Event()
+    leader = Leader(scheduler, bridge, serving, hooks, agent_ssl, stop_leading)
+    sqlite = config.store.backend == "sqlite"
+    backend = SqliteBackend(config.server.data_dir) if sqlite else None
+    client = None
+    try:
+        async with open_loop(), trio.open_nursery() as nursery:
+            nursery.start_soon(_close_at_exit, lambda: client)
+            if not sqlite:
+                etcd_config = config.etcd
+                client = etcd.EtcdClient(etcd_config.addresses, etcd.ssl_context(
+                    etcd_config.ca, etcd_config.cert, etcd_config.key) if etcd_config.ca else None)
+                mirror = Mirror(client, etcd_config.prefix)
+                # Not awaited: while etcd cannot be reached the process listens and answers as
+                # a standby; a term waits for the copy to hold its own term record anyway.
+                nursery.start_soon(mirror.run)
+            observability = config.observability
+            if observability.http_host is not None:
+                scheduler.http_port = await nursery.start(
+                    serve_http, observability.http_host, observability.http_port, registry,
+                    scheduler.health)
+            async with trio.open_nursery() as leading:
+                if sqlite:  # leads before it listens: no call finds it without a core
+                    leading.start_soon(leader.lead, backend)
+                    await leader.started.wait()
+                async with trio.open_nursery() as grpc:
+                    scheduler.port = await grpc.start(
+                        lambda task_status: bridge.serve(
+                            servables, config.server.host, config.server.port, ssl_context,
+                            shutdown=shutdown, grace=config.server.shutdown_grace,
+                            task_status=task_status),
+                    )
+                    scheduler.advertise = advertised_address(config, scheduler.port)
+                    log.info("listening on %s port %d (%s)", config.server.host or "*",
+                             scheduler.port,
+                             "TLS, client certificates required" if ssl_context else "PLAINTEXT")
+                    if not sqlite:
+                        _follow(scheduler, bridge, mirror)
+                        election = Election(client, mirror.election, config.etcd.lease_ttl,
+                                            scheduler.advertise)
+                        leading.start_soon(election.run, lambda term: leader.lead(
+                            EtcdBackend(client, mirror, term.leader), term, mirror))
+                    gc.freeze()  # start-up objects leave the collector's full passes
+                    gc.set_threshold(*GC_THRESHOLDS)
+                    notifier.ready(scheduler.status_line())
+                    nursery.start_soon(notifier.run, scheduler.status_line)
+                    task_status.started(scheduler)
+                    await shutdown.wait()
+                    serving.set(False)
+                    notifier.stopping()
+                    log.info("draining: ending streams, giving them %g s",
+                             config.server.shutdown_grace)
+                # The listener has drained and closed: the last commit, resign; a standby
+                # just stops campaigning.
+                stop_leading.set()
+                if not scheduler.leading:
+                    leading.cancel_scope.cancel()
+                leading.cancel_scope.deadline = trio.current_time() + 2 * FINAL_COMMIT_TIMEOUT
+            nursery.cancel_scope.cancel()
+    finally:
+        if backend is not None:
+            backend.close()
     log.info("stopped")
+
+
+async def _close_at_exit(client: Callable[[], etcd.EtcdClient | None]) -> None:
+    """Close the etcd client's channels when the nursery ends (its loop is still open then)."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        if client() is not None:
+            client().close()
+
+
+def _follow(scheduler: Scheduler, bridge: Bridge, mirror: Mirror) -> None:
+    """Standby answers name the leader that etcd's election shows (never this process)."""
+    def leader() -> str:
+        address = mirror.leader
+        return "" if address == scheduler.advertise and not scheduler.leading else address
+
+    def changed(address: str) -> None:
+        if not scheduler.leading and address != scheduler.advertise:
+            log.info("standby, leader at %s", address or "(none yet)")
+
+    scheduler.leader = leader
+    bridge.leader = leader
+    mirror.on_leader_change.append(changed)
+    changed(mirror.leader)

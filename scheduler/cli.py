@@ -5,12 +5,13 @@ import argparse
 import logging
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import trio
 
 from . import admin, demo, logs
-from .config import Config, ConfigError
+from .config import Config, ConfigError, default_data_dir
 
 log = logging.getLogger("scheduler")
 
@@ -29,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = _load_config(args.config)
     except ConfigError as err:
-        print(f"orka-scheduler: bad configuration: {err}", file=sys.stderr)
+        print(f"orka-scheduler: bad configuration: {err.in_file(args.config)}", file=sys.stderr)
         return 2
     logs.setup(config.observability.log_level, config.observability.log_format)
     from .app import serve
@@ -43,6 +44,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         try:
             ssl_context, authorize, agent_ssl = server_tls(config)
+        except ConfigError as err:  # a [tls] file missing, mismatched or expired
+            print(f"orka-scheduler: bad configuration: {err.in_file(args.config)}",
+                  file=sys.stderr)
+            return 2
         except (security.TlsSetupError, pki.PkiError) as err:
             print(f"orka-scheduler: cannot set up TLS: {err}", file=sys.stderr)
             return 2
@@ -71,10 +76,12 @@ async def _wait_for_signals(shutdown: trio.Event) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .tls_setup import configured_files
+
     try:
-        Config.from_toml(args.file)
+        configured_files(Config.from_toml(args.file))  # the same check `serve` makes
     except ConfigError as err:
-        print(f"{args.file}: {err}", file=sys.stderr)
+        print(err.in_file(args.file), file=sys.stderr)
         return 1
     print(f"{args.file}: ok")
     return 0
@@ -105,39 +112,84 @@ def cmd_certs_issue(args: argparse.Namespace) -> int:
     except pki.PkiError as err:
         print(f"orka-scheduler: {err}", file=sys.stderr)
         return 1
-    print(f"issued {args.kind} {args.name}: {paths}")
+    print(f"issued {args.kind} {args.name}:\n  {paths.cert}\n  {paths.key}")
     return 0
+
+
+def version() -> str:
+    """The installed package's version (what pip installed), or a note when run from a tree."""
+    try:
+        return metadata.version("orka-scheduler")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: run from a source tree)"
+
+
+SERVE_DESCRIPTION = """\
+Run the scheduler.
+
+Without --config every key has its default (config.example.toml documents them):
+listen on [::]:50051 (every interface), mutual TLS with a development PKI generated
+in <data_dir>/pki on the first start.
+
+data_dir defaults to $STATE_DIRECTORY (systemd StateDirectory=), else
+$XDG_STATE_HOME/orka-scheduler, else ~/.local/state/orka-scheduler;
+here: {data_dir}
+
+SIGTERM or SIGINT drains and stops; SIGHUP reloads the certificates."""
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="orka-scheduler",
                                   description="The Scheduler of the Orka cluster orchestrator.")
+    top.add_argument("--version", action="version", version=f"orka-scheduler {version()}")
     commands = top.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the scheduler")
-    serve.add_argument("--config", metavar="FILE", help="TOML configuration (default: built-in defaults)")
+    serve = commands.add_parser(
+        "serve", help="run the scheduler", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=SERVE_DESCRIPTION.format(data_dir=default_data_dir()))
+    serve.add_argument("--config", metavar="FILE",
+                       help="TOML configuration (default: every key at its default)")
     serve.add_argument("--insecure", action="store_true",
                        help="plaintext gRPC, identities unchecked (development, old components)")
     serve.set_defaults(func=cmd_serve)
 
-    check = commands.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("file")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file",
+        description="Validate a configuration file as `serve --config FILE` would, including "
+                    "the [tls] files (present, key matching the certificate, certificate "
+                    "valid now); exit 1 naming the key at fault.")
+    check.add_argument("file", metavar="FILE", help="the TOML file (see config.example.toml)")
     check.set_defaults(func=cmd_check_config)
 
     admin.add_commands(commands)
     demo.add_command(commands)
 
-    certs = commands.add_parser("certs", help="development PKI").add_subparsers(dest="certs", required=True)
-    init = certs.add_parser("init", help="create a CA and certificates in DIR")
-    init.add_argument("directory", metavar="DIR")
-    init.add_argument("--agent", action="append", default=[], metavar="ID", help="an Agent's node id (repeatable)")
-    init.add_argument("--controller", action="append", default=["controller"], metavar="NAME")
-    init.add_argument("--trust-domain", default="orka.local")
+    certs = commands.add_parser(
+        "certs", help="development PKI",
+        description="A development PKI: a cluster CA and SPIFFE certificates for the scheduler, "
+                    "Agents and Controllers.").add_subparsers(dest="certs", required=True)
+    init = certs.add_parser(
+        "init", help="create a CA and certificates in DIR",
+        description="Create a CA and certificates in DIR, or complete an existing PKI (its CA "
+                    "and usable certificates are kept).")
+    init.add_argument("directory", metavar="DIR", help="the PKI directory (created if missing)")
+    init.add_argument("--agent", action="append", default=[], metavar="ID",
+                      help="also issue a certificate for the Agent of node ID (repeatable)")
+    init.add_argument("--controller", action="append", default=["controller"], metavar="NAME",
+                      help="also issue a certificate for Controller NAME (repeatable; "
+                           "'controller' is always issued)")
+    init.add_argument("--trust-domain", default="orka.local", metavar="DOMAIN",
+                      help="SPIFFE trust domain of every identity; must equal the scheduler's "
+                           "tls.trust_domain (default orka.local)")
     init.set_defaults(func=cmd_certs_init)
-    issue = certs.add_parser("issue", help="issue one more certificate from DIR's CA")
-    issue.add_argument("kind", choices=["agent", "controller"])
-    issue.add_argument("name", metavar="ID")
-    issue.add_argument("--dir", dest="directory", required=True, metavar="DIR")
+    issue = certs.add_parser(
+        "issue", help="issue one more certificate from DIR's CA",
+        description="Issue a fresh certificate and key (replacing any earlier pair of that "
+                    "name) from the CA in DIR; prints the two paths.")
+    issue.add_argument("kind", choices=["agent", "controller"], help="who the certificate is for")
+    issue.add_argument("name", metavar="ID", help="the Agent's node id, or the Controller's name")
+    issue.add_argument("--dir", dest="directory", required=True, metavar="DIR",
+                       help="a PKI made by `certs init`, or the scheduler's <data_dir>/pki")
     issue.set_defaults(func=cmd_certs_issue)
     return top
 

@@ -33,11 +33,13 @@ except ModuleNotFoundError:  # Python < 3.11
 __all__ = [
     "Config",
     "ConfigError",
+    "EtcdConfig",
     "EventsConfig",
     "LivenessConfig",
     "ObservabilityConfig",
     "SchedulingConfig",
     "ServerConfig",
+    "StoreConfig",
     "TlsConfig",
     "default_data_dir",
     "parse_host_port",
@@ -66,10 +68,16 @@ DEFAULT_EVENTS_RETAINED = 100_000  # events; minutes of history at high churn, a
 DEFAULT_HTTP_LISTEN = "127.0.0.1:9464"  # loopback only; 9464 is the Prometheus exporter port
 DEFAULT_LOG_FORMAT = "text"  # human-readable; journald adds timestamps itself
 DEFAULT_LOG_LEVEL = "info"  # lifecycle events without per-message noise
+DEFAULT_STORE_BACKEND = "sqlite"  # one host, embedded, nothing else to run
+DEFAULT_ETCD_ENDPOINT = "http://127.0.0.1:2379"  # etcd's own default client URL
+DEFAULT_ETCD_PREFIX = "/orka"  # every key of this cluster lives under it
+DEFAULT_LEASE_TTL = 5.0  # s; survives etcd's own leader elections (calls hang ~7 s, TTLs reset)
+MIN_LEASE_TTL = 2.0  # s; etcd grants whole seconds, and nothing below ~1.5 s with its defaults
 
 STRATEGIES = ("spread", "binpack")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+STORE_BACKENDS = ("sqlite", "etcd")
 
 
 class ConfigError(ValueError):
@@ -83,6 +91,11 @@ class ConfigError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.message}" if self.key else self.message
+
+    def in_file(self, path: str | os.PathLike[str]) -> str:
+        """``"<file>: <key>: <message>"``, naming the file once: the key of a problem with the
+        file itself (unreadable, not TOML) is already the file's path."""
+        return str(self) if self.key == os.fspath(path) else f"{os.fspath(path)}: {self}"
 
 
 # --- Helpers ---------------------------------------------------------------------------------
@@ -118,6 +131,7 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")  # SPIFFE: lowercase letters, digits, '.', '-', '_'
+_ETCD_PREFIX = re.compile(r"(/[A-Za-z0-9._-]+)+")  # "/orka", "/clusters/eu-1": no trailing "/"
 
 
 def parse_host_port(text: str, key: str) -> tuple[str, int]:
@@ -196,6 +210,10 @@ def _check_types(section: Any) -> None:
         elif expected is str:
             if not isinstance(value, str):
                 raise ConfigError(key, f"must be a string, got {_show(value)}")
+        elif expected == list[str]:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(key, f"must be an array of strings, got {_show(value)}")
+            object.__setattr__(section, f.name, list(value))
         elif expected is Path:
             if not isinstance(value, (str, os.PathLike)):
                 raise ConfigError(key, f"must be a string (a path), got {_show(value)}")
@@ -233,6 +251,9 @@ class ServerConfig:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT  # s
     message_timeout: float = DEFAULT_MESSAGE_TIMEOUT  # s
     connection_rate_per_ip: float = DEFAULT_CONNECTION_RATE_PER_IP  # 0 = unlimited
+    # HOST:PORT that clients use to reach this scheduler (the leader's is in `orka-leader`);
+    # "" = derived from `listen` at start (app.advertised_address).
+    advertise: str = ""
     host: str = field(init=False)  # from `listen`; IPv6 without brackets
     port: int = field(init=False)  # from `listen`; 0 = chosen by the OS
 
@@ -246,6 +267,9 @@ class ServerConfig:
             self, "data_dir", Path(data_dir).expanduser() if data_dir else default_data_dir()
         )
         _seconds(self, "shutdown_grace", allow_zero=True)
+        if self.advertise:
+            _, advertised_port = parse_host_port(self.advertise, "server.advertise")
+            _require(self, "advertise", advertised_port > 0, "must name a port 1-65535")
         _require(
             self,
             "max_message_bytes",
@@ -383,6 +407,68 @@ class ObservabilityConfig:
         object.__setattr__(self, "log_level", level)
 
 
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """``[store]``: where durable state lives."""
+
+    SECTION: ClassVar[str] = "store"
+
+    backend: str = DEFAULT_STORE_BACKEND  # "sqlite" (data_dir) or "etcd" (several schedulers)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self, "backend", self.backend in STORE_BACKENDS,
+                 f"must be {_one_of(STORE_BACKENDS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdConfig:
+    """``[etcd]``: the etcd cluster of `store.backend = "etcd"` (SPEC §4.1)."""
+
+    SECTION: ClassVar[str] = "etcd"
+
+    endpoints: list[str] = field(default_factory=lambda: [DEFAULT_ETCD_ENDPOINT])
+    prefix: str = DEFAULT_ETCD_PREFIX
+    lease_ttl: float = DEFAULT_LEASE_TTL  # s; the leadership lease
+    ca: str = ""  # PEM file: the CA of etcd's server certificates; set = TLS (https endpoints)
+    cert: str = ""  # PEM file: our client certificate, if etcd requires one (with key)
+    key: str = ""
+    addresses: tuple[tuple[str, int], ...] = field(init=False)  # (host, port) per endpoint
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if not self.endpoints:
+            raise ConfigError("etcd.endpoints", "must list at least one endpoint")
+        scheme = "https" if self.ca else "http"
+        addresses = []
+        for endpoint in self.endpoints:
+            given, sep, rest = endpoint.partition("://")
+            if not sep or given not in ("http", "https"):
+                raise ConfigError("etcd.endpoints", f'each must be "http://HOST:PORT" or '
+                                  f'"https://HOST:PORT", got {_show(endpoint)}')
+            if given != scheme:
+                raise ConfigError("etcd.endpoints", f"{_show(endpoint)} is {given}, but etcd.ca "
+                                  f"is {'set (TLS): use https://' if self.ca else 'empty: set it for https://'}")
+            host, port = parse_host_port(rest.rstrip("/"), "etcd.endpoints")
+            if port == 0:
+                raise ConfigError("etcd.endpoints", f"must name a port 1-65535, got {_show(endpoint)}")
+            addresses.append((host, port))
+        object.__setattr__(self, "addresses", tuple(addresses))
+        _require(self, "prefix", bool(_ETCD_PREFIX.fullmatch(self.prefix)),
+                 'must be a key prefix like "/orka" (starts with "/", no trailing "/")')
+        _require(self, "lease_ttl", math.isfinite(self.lease_ttl) and
+                 self.lease_ttl >= MIN_LEASE_TTL, f"must be a number of seconds >= {MIN_LEASE_TTL:g}")
+        for name in ("ca", "cert", "key"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, os.path.expanduser(value) if value else "")
+        if bool(self.cert) != bool(self.key):
+            missing = "key" if self.cert else "cert"
+            raise ConfigError(f"etcd.{missing}", "must be set together with etcd."
+                              f"{'cert' if missing == 'key' else 'key'} (a client certificate)")
+        if self.cert and not self.ca:
+            raise ConfigError("etcd.ca", "must be set when etcd.cert and etcd.key are (TLS)")
+
+
 # --- The whole configuration -----------------------------------------------------------------
 
 _SECTIONS: dict[str, type] = {
@@ -394,6 +480,8 @@ _SECTIONS: dict[str, type] = {
         SchedulingConfig,
         EventsConfig,
         ObservabilityConfig,
+        StoreConfig,
+        EtcdConfig,
     )
 }
 
@@ -428,6 +516,8 @@ class Config:
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    etcd: EtcdConfig = field(default_factory=EtcdConfig)
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():

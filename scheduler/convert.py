@@ -23,7 +23,7 @@ from .model import (
     Usage,
     Workload,
 )
-from .names import NODE_ID_RULE, valid_node_id
+from .names import INSTANCE_ID_RULE, NODE_ID_RULE, valid_instance_id, valid_node_id
 
 MAX_REPORTED_INSTANCES = 10_000  # instances one NodeStatus may list; more is not a real node
 # The most a real node reports; beyond is a lie that would rank it first. 1 PiB of memory is 20
@@ -33,11 +33,22 @@ MAX_BYTES = {"memory": 1 << 50, "disk": 1 << 53}
 
 
 def node_id_from_wire(value: str, field: str = "id") -> str:
-    """A node (or instance) id as SPEC §2.1 allows, else InvalidArgument naming `field`."""
+    """A node id as SPEC §2.1 allows, else InvalidArgument naming `field`."""
     if not valid_node_id(value):
-        shown = value if len(value) <= 64 else value[:61] + "..."
-        raise InvalidArgument(f"{field} {shown!r} is not a valid id: {NODE_ID_RULE}")
+        raise InvalidArgument(f"{field} {_shown(value)} is not a valid id: {NODE_ID_RULE}")
     return value
+
+
+def instance_id_from_wire(value: str, field: str = "instance_id") -> str:
+    """An instance id as SPEC §2.2 allows, else InvalidArgument naming `field`."""
+    if not valid_instance_id(value):
+        raise InvalidArgument(f"{field} {_shown(value)} is not a valid id: {INSTANCE_ID_RULE}")
+    return value
+
+
+def _shown(value: str) -> str:
+    """A peer's text quoted for an error message, cut short enough to read."""
+    return repr(value if len(value) <= 64 else value[:61] + "...")
 
 
 def port_from_wire(value: int) -> int:
@@ -80,7 +91,8 @@ def node_status_from_wire(
         raise InvalidArgument(f"instances lists {len(reports)} entries; at most "
                               f"{MAX_REPORTED_INSTANCES} are accepted")
     instances = tuple(
-        InstanceReport(node_id_from_wire(r.instance_id, "instances.instance_id"), _code(r.code))
+        InstanceReport(instance_id_from_wire(r.instance_id, "instances.instance_id"),
+                       _code(r.code))
         for r in reports
     )
     return node_id, NodeMetrics(memory_total, memory_free, cpu_load, cpu_cores,
@@ -145,7 +157,7 @@ def event_to_wire(epoch: str, event: Event) -> controller_pb2.ClusterEvent:
 
 MAX_IMAGE_CHARS = 4096  # longer than any real image reference
 MAX_ENV_ENTRIES = 1024  # environment entries per workload
-MAX_ENV_ENTRY_CHARS = 32 * 1024  # one KEY=VALUE
+MAX_ENV_ENTRY_CHARS = 32 * 1024  # one entry (KEY=VALUE by convention, passed on as given)
 KNOWN_TYPES = frozenset(controller_pb2.Workload.Type.values())
 
 
@@ -154,7 +166,7 @@ def workload_from_wire(request: controller_pb2.SchedulingRequest) -> Workload:
     if not request.HasField("workload"):
         raise InvalidArgument("workload is missing")
     wire = request.workload
-    instance_id = node_id_from_wire(wire.instance_id, "workload.instance_id")
+    instance_id = instance_id_from_wire(wire.instance_id, "workload.instance_id")
     if not wire.image:
         raise InvalidArgument("workload.image is empty: name the image to run")
     if len(wire.image) > MAX_IMAGE_CHARS:
@@ -166,10 +178,8 @@ def workload_from_wire(request: controller_pb2.SchedulingRequest) -> Workload:
         raise InvalidArgument(f"workload.environment has {len(wire.environment)} entries; "
                               f"at most {MAX_ENV_ENTRIES} are accepted")
     for index, entry in enumerate(wire.environment):
-        key, equals, _ = entry.partition("=")
-        if not equals or not key:
-            raise InvalidArgument(f"workload.environment[{index}] must be KEY=VALUE with a "
-                                  f"non-empty KEY, got {entry[:64]!r}")
+        if not entry:
+            raise InvalidArgument(f"workload.environment[{index}] is empty")
         if len(entry) > MAX_ENV_ENTRY_CHARS:
             raise InvalidArgument(f"workload.environment[{index}] is {len(entry)} characters; "
                                   f"at most {MAX_ENV_ENTRY_CHARS} are accepted")

@@ -116,22 +116,32 @@ async def run(agents: int, instances: int, kill: int, keep: bool) -> int:
         print(format_nodes(nodes))
         print()
         ready = sum(node.state == controller_pb2.Node.READY for node in nodes)
+        kept = "kept" if keep else "deleted at exit; --keep keeps it"
         print(f"summary: {ready} nodes READY, {len(lost)} LOST, {report.placed} instances "
-              f"placed, {report.failed} not placed; scheduler log: {directory / 'scheduler.log'}")
+              f"placed, {report.failed} not placed; scheduler log: {directory / 'scheduler.log'} "
+              f"({kept})")
         return 0 if report.placed and len(lost) == kill else 1
     finally:
         controller.close()
+        # The scheduler first: its shutdown ends the instances' relays quietly. Agents stopped
+        # first would break every relay, each a WARNING ("relay ended ... Connection lost").
+        await stop(scheduler)
         if doomed is not None:
             await doomed.close()
         await survivors.close()
-        if scheduler.returncode is None:
-            scheduler.send_signal(signal.SIGTERM)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(scheduler.wait(), 10)
-        if scheduler.returncode is None:
-            scheduler.kill()
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+async def stop(scheduler: asyncio.subprocess.Process) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL if it has not exited within 10 s."""
+    if scheduler.returncode is None:
+        scheduler.send_signal(signal.SIGTERM)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(scheduler.wait(), 10)
+    if scheduler.returncode is None:
+        scheduler.kill()
+        await scheduler.wait()
 
 
 async def wait_for_lost(controller: SimController, epoch: str, revision: int, count: int) -> list[str]:
@@ -165,9 +175,17 @@ def cmd_demo(args) -> int:
 
 
 def add_command(commands) -> None:
-    demo = commands.add_parser("demo", help="run a scheduler with simulated Agents and Controller")
-    demo.add_argument("--agents", type=int, default=20, help="simulated Agents (default 20)")
-    demo.add_argument("--instances", type=int, default=200, help="instances to place (default 200)")
-    demo.add_argument("--kill", type=int, default=3, help="Agents to kill to show LOST (default 3)")
-    demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    demo = commands.add_parser(
+        "demo", help="run a scheduler with simulated Agents and Controller",
+        description="A scheduler (mutual TLS, its development PKI), simulated Agents and a "
+                    "simulated Controller on 127.0.0.1, in a temporary directory: place "
+                    "instances, kill a few Agents to show LOST, print the nodes and a summary.")
+    demo.add_argument("--agents", type=int, default=20, metavar="N",
+                      help="simulated Agents (default 20)")
+    demo.add_argument("--instances", type=int, default=200, metavar="N",
+                      help="instances to place (default 200)")
+    demo.add_argument("--kill", type=int, default=3, metavar="N",
+                      help="Agents to kill to show LOST (default 3)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the temporary directory (the scheduler's log, data and PKI)")
     demo.set_defaults(func=cmd_demo)

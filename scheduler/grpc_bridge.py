@@ -11,6 +11,11 @@ errors answered INVALID_ARGUMENT (grpclib would answer UNKNOWN), a message size 
 refusals logged (rate-limited), and graceful shutdown (every call in flight ends with
 UNAVAILABLE, then the listener closes). What one connection may hold is bounded by
 `grpc_listener`, which only this module uses.
+
+It also routes: the scheduler's own services are `routed` servables whose calls go to the
+handlers of the current leadership (`route`). Without one (a standby, or a leader that stepped
+down) every call is answered UNAVAILABLE with the trailing metadata `orka-leader: <address>`
+(SPEC §4.1), and `unroute` ends every such call in flight the same way.
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ CALLBACKS_PER_CHECKPOINT = 64  # ready asyncio callbacks run back to back before
 CLOSED_STREAMS_REMEMBERED = 1024
 
 _MESSAGE_PREFIX = struct.Struct(">?I")  # gRPC framing: compressed flag, message length
+LEADER_METADATA = "orka-leader"  # trailing metadata of a standby's answers: the leader's address
 
 Authorize = Callable[[Any, str], Any]
 """(ssl object or None, method path) -> the caller's identity; raises GRPCError to refuse.
@@ -63,6 +69,15 @@ If it has an `identify(ssl_object)` method (security.Authorizer does), the liste
 count each Agent's connections."""
 REFUSALS = (Status.PERMISSION_DENIED, Status.UNAUTHENTICATED)  # logged, rate-limited per peer
 REFUSAL_LOG_INTERVAL = 10.0  # s between two log lines about refusals of the same peer
+
+
+class NotLeading(GRPCError):
+    """UNAVAILABLE from a scheduler that does not lead, naming the leader in trailing metadata."""
+
+    def __init__(self, message: str, leader: str) -> None:
+        super().__init__(Status.UNAVAILABLE, message)
+        # No leader: no entry (HTTP/2 metadata values cannot be empty; absent reads as "").
+        self.trailers = {LEADER_METADATA: leader} if leader else {}
 
 
 class _End:
@@ -278,9 +293,13 @@ class Bridge:
         self._limits = Limits(max_connections, handshake_timeout, message_timeout,
                               max_message_bytes, connection_rate_per_ip)
         self._codec = Codec()
-        self._calls: set[trio.CancelScope] = set()
+        self._calls: dict[trio.CancelScope, bool] = {}  # in flight -> whether routed
         self._draining = False
         self._idle = trio.Event()  # set once draining and no call is left
+        self._routes: dict[str, TrioHandler] = {}  # method path -> handler of the leadership
+        self._leading: Callable[[], bool] = lambda: True  # False once its renew deadline passed
+        self._not_leading = "standby: not the leader"  # why nothing is routed
+        self.leader: Callable[[], str] = lambda: ""  # the leader's address, for NotLeading
         self._refusals = RateLimited(log, REFUSAL_LOG_INTERVAL)
         self.listener: Listener | None = None  # while serving
 
@@ -302,11 +321,53 @@ class Bridge:
             mapping[path] = spec._replace(func=self._adapt(path, spec, handlers[name]))
         return _Servable(mapping)
 
-    def _adapt(self, path: str, spec: Handler, handler: TrioHandler) -> Callable[[Stream], Awaitable[None]]:
+    def routed(self, base: type) -> Any:
+        """A grpclib servable for generated `base` whose calls go to the handlers that `route`
+        installs, or are answered `NotLeading` while none are."""
+        mapping = {path: spec._replace(func=self._adapt(path, spec, None))
+                   for path, spec in base.__mapping__(_AnyName()).items()}
+        return _Servable(mapping)
+
+    def route(self, handlers: Mapping[str, TrioHandler],
+              leading: Callable[[], bool] = lambda: True) -> None:
+        """Serve routed calls with `handlers` (method path -> trio handler) while `leading()`:
+        checked as each call starts, so a leader whose renew deadline has passed serves
+        nothing more even before its term has unwound."""
+        self._routes = dict(handlers)
+        self._leading = leading
+
+    def unroute(self, why: str) -> None:
+        """Stop serving routed calls: new ones, and every one in flight, end `NotLeading`."""
+        self._routes = {}
+        self._not_leading = why
+        for scope, routed in list(self._calls.items()):
+            if routed:
+                scope.cancel()
+
+    def _refusal(self) -> GRPCError:
+        if self._draining:
+            return GRPCError(Status.UNAVAILABLE, "scheduler is shutting down; retry another time")
+        leader = self.leader()
+        return NotLeading(f"{self._not_leading}; leader at {leader or '(none yet)'}", leader)
+
+    def _adapt(self, path: str, spec: Handler,
+               handler: TrioHandler | None) -> Callable[[Stream], Awaitable[None]]:
+        """`handler` None: a routed method (looked up per call)."""
         cardinality: Cardinality = spec.cardinality
         bridge = self
 
         async def grpclib_handler(stream: Stream) -> None:  # runs on asyncio
+            try:
+                await serve_call(stream)
+            except NotLeading as refusal:
+                if not stream._send_trailing_metadata_done:
+                    await stream.send_trailing_metadata(
+                        status=refusal.status, status_message=refusal.message,
+                        metadata=refusal.trailers)
+
+        async def serve_call(stream: Stream) -> None:
+            if handler is None and path not in bridge._routes:
+                raise bridge._refusal()  # no need to read the request, nor to cross to trio
             call = None
             try:
                 call = Call(path, *bridge._peer(stream, path))
@@ -416,23 +477,27 @@ class Bridge:
                 raise GRPCError(Status[refusal.status], refusal.message) from None
         return host, identity
 
-    async def _run(self, handler: TrioHandler, call: Call) -> Any:
-        """Trio side of one call: runs the handler under a scope shutdown can cancel."""
-        if self._draining:
+    async def _run(self, handler: TrioHandler | None, call: Call) -> Any:
+        """Trio side of one call: runs the handler under a scope that shutdown (and, for a
+        routed call, the end of the leadership) can cancel."""
+        routed = handler is None
+        if routed:
+            handler = self._routes.get(call.method) if self._leading() else None
+        if self._draining or handler is None:
             call._finish()
-            raise GRPCError(Status.UNAVAILABLE, "scheduler is shutting down; retry another time")
+            raise self._refusal()
         with trio.CancelScope() as scope:
-            self._calls.add(scope)
+            self._calls[scope] = routed
             try:
                 return await handler(call)
             except Refusal as refusal:
                 raise GRPCError(Status[refusal.status], refusal.message) from None
             finally:
-                self._calls.discard(scope)
+                del self._calls[scope]
                 call._finish()
                 if self._draining and not self._calls:
                     self._idle.set()
-        raise GRPCError(Status.UNAVAILABLE, "scheduler is shutting down; retry another time")
+        raise self._refusal()
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -484,6 +549,11 @@ class Bridge:
         self.listener.close_all()
 
 
+def routes(base: type, handlers: Mapping[str, TrioHandler]) -> dict[str, TrioHandler]:
+    """Method path -> handler for `Bridge.route`, from generated `base` and handlers by name."""
+    return {path: handlers[path.rsplit("/", 1)[1]] for path in base.__mapping__(_AnyName())}
+
+
 class PeerRefused(Exception):
     """Raised by a `verify_peer` callback: the peer is not who we meant to call."""
 
@@ -497,12 +567,15 @@ class ClientChannel:
     """
 
     def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None,
-                 verify_peer: Callable[[Any], None] | None = None) -> None:
-        """`verify_peer(peercert)` raises to refuse a peer before any request is sent to it."""
+                 verify_peer: Callable[[Any], None] | None = None,
+                 may_send: Callable[[], bool] = lambda: True) -> None:
+        """`verify_peer(peercert)` raises to refuse a peer before any request is sent to it;
+        `may_send()` False refuses to send any request (a leader past its renew deadline)."""
         self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._channel = Channel(host, port, ssl=ssl_context, codec=Codec())
         self._closed = False
         self._verify_peer = verify_peer if ssl_context is not None else None
+        self._may_send = may_send
 
     async def unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         """Call a unary method of a generated stub (e.g. `stub.Signal`) bound to this channel."""
@@ -523,7 +596,11 @@ class ClientChannel:
         """Open the call (connecting if needed) and check the peer before sending anything."""
         if self._closed:
             raise PeerRefused("the channel was closed (the node left or was lost)")
+        if not self._may_send():
+            raise PeerRefused("this scheduler no longer leads")
         await stream.send_request()
+        if not self._may_send():  # connecting took a while
+            raise PeerRefused("this scheduler no longer leads")
         if self._verify_peer is not None:
             self._verify_peer(stream.peer.cert())
 
@@ -681,6 +758,13 @@ class _Server(Server):
             start_serving=False)
         listener.serve(self._server, LISTEN_BACKLOG)
         self._server_closed_fut = self._loop.create_future()
+
+
+class _AnyName:
+    """Stands in for a servicer when reading a generated base's mapping: any method is None."""
+
+    def __getattr__(self, name: str) -> None:
+        return None
 
 
 class _Servable:

@@ -5,13 +5,15 @@ A placement asks `placement.plan` for the feasible nodes in priority order, then
 at a time: re-check the node still fits, reserve, call the Agent's Create, wait for its first
 status. A refusal releases the reservation and moves on. Once an Agent accepts, a relay task
 owned by this service (not by the Controller's call) reads the Agent's stream until the
-instance terminates, is destroyed, or its node's generation ends; it publishes every status to the
-event log and forwards it to the Controller's Schedule stream while that is still listening.
+instance terminates (a TERMINATED status, or the Agent ends the stream OK), is destroyed, or its
+node's generation ends; it publishes every status to the event log and forwards it to the
+Controller's Schedule stream while that is still listening.
 
 Reservations (what concurrent decisions must not promise twice) are held from the attempt
 until the node's reports can be trusted to include the instance: a report that lists the
-instance, or — for Agents that do not report instances — `RESERVATION_REPORTS` status reports
-after acceptance. They are also released on refusal, termination, Destroy and node loss.
+instance (also one that overtook the Agent's first status), or — for Agents that do not report
+instances — `RESERVATION_REPORTS` status reports after acceptance. They are also released on
+refusal, termination, Destroy and node loss.
 """
 from __future__ import annotations
 
@@ -66,6 +68,8 @@ FORGOTTEN_REMEMBERED = 1_000  # per node: forgotten ids (destroyed, placed again
 FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed; older are forgotten
 TERMINATED = InstanceCode.TERMINATED
 ENDED_OK = ("terminated", "destroyed")  # relay endings after which Schedule ends with OK
+ENDED_BY_AGENT = "ended by the Agent"  # message of the TERMINATED status the scheduler records
+# when an Agent ends an instance's stream OK without sending one
 
 
 @dataclass(eq=False)
@@ -118,6 +122,7 @@ class Instances:
         self._instances: dict[str, Instance] = {}
         self._unknown_reported: dict[str, set[str]] = {}  # node id -> announced, still listed
         self._unknown_budget: dict[str, TokenBucket] = {}  # node id -> announcements left
+        self._unknown_where: dict[str, Node] = {}  # announced instance id -> the node listing it
         self._node_log = RateLimited(log, LOG_INTERVAL)  # lines an Agent can provoke at will
         self._forgotten_on: dict[str, dict[str, None]] = {}  # node id -> ids forgotten there
         self._lists_instances: set[str] = set()  # nodes whose Agent listed instances (generation)
@@ -187,6 +192,12 @@ class Instances:
     def _check_new(self, instance_id: str) -> None:
         if instance_id in self._placing:
             raise AlreadyExists(f"instance {instance_id} is being placed right now")
+        reported_on = self._unknown_where.get(instance_id)
+        if reported_on is not None:
+            raise AlreadyExists(
+                f"instance {instance_id} runs on node {reported_on.id}: its Agent reports it, but "
+                "no placement of it is recorded (its Create reached the Agent just before a "
+                "failover or restart); Destroy it first")
         existing = self._instances.get(instance_id)
         if existing is not None and existing.running_on_ready_node:
             raise AlreadyExists(f"instance {instance_id} already runs on node {existing.node.id} "
@@ -228,31 +239,58 @@ class Instances:
             table.release(instance_id)
             refusals.append(f"{node_id}: left or was lost during the attempt")
             return None
-        return self._accept(workload, node, stream, first)
+        return await self._accept(workload, node, stream, first, refusals)
 
-    def _accept(self, workload: Workload, node: Node, stream: ServerStream,
-                first: InstanceStatus) -> tuple[Instance, trio.MemoryReceiveChannel]:
+    async def _accept(self, workload: Workload, node: Node, stream: ServerStream,
+                      first: InstanceStatus, refusals: list[str],
+                      ) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
+        """Record an acceptance, durably before the Controller hears of it; None (and a reason
+        in `refusals`) if the node went away meanwhile. A placement the store cannot record is
+        abandoned (the Agent's Create is cancelled) and the Controller gets UNAVAILABLE."""
         assert self._nursery is not None, "Instances.run() is not running"
+        generation = node.generation
+        if self.store is not None:
+            try:
+                await self.store.save_placement(workload, node.id, generation, first)
+            except BaseException:
+                self._abandon(workload.instance_id, stream)
+                raise
+            if node.generation != generation or node.state is not NodeState.READY:
+                self._abandon(workload.instance_id, stream)
+                refusals.append(f"{node.id}: left or was lost while the placement was recorded")
+                return None
         previous = self._instances.pop(workload.instance_id, None)
         if previous is not None:
             self._forget(previous, "placed again")
-        instance = Instance(workload, node, node.generation, first)
+        instance = Instance(workload, node, generation, first)
         send, receive = trio.open_memory_channel(math.inf)  # a few statuses per instance
         instance.follower = send
-        if self.store is not None:  # durable before the Controller hears of the acceptance
-            self.store.save_placement(workload, node.id, node.generation, first)
         self._instances[instance.id] = instance
         self._reserved_on.setdefault(node.id, set()).add(instance)
+        if _listed(node, instance.id):  # a report overtook the Agent's first status
+            self._release(instance)
         node.placed.add(instance.id)
         self.cluster.count_instances(node)
         self._publish(instance, first)
         self._nursery.start_soon(self._relay, instance, stream, name=f"relay:{instance.id}")
         return instance, receive
 
+    def _abandon(self, instance_id: str, stream: ServerStream) -> None:
+        """An accepted placement that is not recorded after all: cancel the Agent's Create,
+        release the reservation, and put back in the store what was there before."""
+        stream.cancel()
+        self.cluster.table.release(instance_id)
+        previous = self._instances.get(instance_id)
+        if previous is None:
+            self.store.forget_placement(instance_id)
+        else:
+            self.store.update_placement(previous.workload, previous.node.id, previous.generation,
+                                        previous.latest)
+
     # -- relaying --------------------------------------------------------------------------
 
     async def _relay(self, instance: Instance, stream: ServerStream) -> None:
-        """Read the Agent's stream until TERMINATED; publish and forward every status."""
+        """Read the Agent's stream until TERMINATED or its end; publish and forward every status."""
         try:
             with instance.scope:
                 try:
@@ -262,8 +300,7 @@ class Instances:
                         self._update(instance, status)
                     instance.ended = "terminated"
                 except trio.EndOfChannel:
-                    instance.ended = (f"the Agent on {instance.node.id} ended the instance's "
-                                      "stream before it terminated")
+                    self._ended_by_agent(instance)
                 except (RemoteError, InvalidArgument) as err:
                     instance.ended = f"the instance's stream from {instance.node.id} failed: {err}"
         finally:
@@ -272,7 +309,10 @@ class Instances:
             self._publish(instance, InstanceStatus(instance.id, TERMINATED, "destroyed",
                                                    node_id=instance.node.id))
         if instance.ended not in ENDED_OK:
-            log.warning("instance %s: relay ended: %s", instance.id, instance.ended)
+            # Ended with its node's generation (left, lost, rejoined elsewhere): the node's
+            # own line said so and named its instances; a leave is planned, not a fault.
+            level = logging.WARNING if instance.node_current else logging.INFO
+            log.log(level, "instance %s: relay ended: %s", instance.id, instance.ended)
         self._release(instance)
         if instance.latest.code is TERMINATED:
             self._unplace(instance)
@@ -280,11 +320,25 @@ class Instances:
         if instance.follower is not None:
             instance.follower.close()
 
+    def _ended_by_agent(self, instance: Instance) -> None:
+        """The Agent ended the instance's stream OK without a TERMINATED status: the Orka node
+        agent does so once it has cleaned the instance up, so it is TERMINATED (SPEC §2.2
+        step 5). A stream that ends with an error is not this: its instance's fate is unknown.
+        A relay already being ended (Destroy, the node's generation ending) keeps its reason."""
+        if instance.ended:
+            return
+        log.info("instance %s terminated: the Agent on %s ended its stream", instance.id,
+                 instance.node.id)
+        self._update(instance, InstanceStatus(instance.id, TERMINATED, ENDED_BY_AGENT,
+                                              node_id=instance.node.id))
+        instance.ended = "terminated"
+
     def _update(self, instance: Instance, status: InstanceStatus) -> None:
         """A new status of a live instance: remember it durably, then tell everyone."""
         instance.latest = status
         if self.store is not None and self._instances.get(instance.id) is instance:
-            self.store.update_placement(status)
+            self.store.update_placement(instance.workload, instance.node.id, instance.generation,
+                                        status)
         self._publish(instance, status)
 
     def _publish(self, instance: Instance, status: InstanceStatus) -> None:
@@ -423,6 +477,7 @@ class Instances:
                                    UNKNOWN_RATE, instance_id)
             return
         announced.add(instance_id)
+        self._unknown_where[instance_id] = node
         self._node_log.warning(("unknown", node.id), "node %s reports instance %s, which this "
                                "scheduler did not place there (%s)", node.id, instance_id,
                                code.name)
@@ -437,6 +492,8 @@ class Instances:
             return
         for instance_id in sorted(announced - reported.keys()):
             announced.discard(instance_id)
+            if self._unknown_where.get(instance_id) is node:
+                del self._unknown_where[instance_id]
             log.info("node %s no longer reports instance %s (never placed there)", node.id,
                      instance_id)
             self.events.publish(InstanceEvent(InstanceStatus(
@@ -445,7 +502,9 @@ class Instances:
     # -- node generations ending -------------------------------------------------------------
 
     def _generation_ended(self, node: Node, generation: int, why: str) -> None:
-        self._unknown_reported.pop(node.id, None)
+        for instance_id in self._unknown_reported.pop(node.id, ()):
+            if self._unknown_where.get(instance_id) is node:
+                del self._unknown_where[instance_id]
         self._forgotten_on.pop(node.id, None)
         self._lists_instances.discard(node.id)
         for instance_id in list(node.placed):
@@ -461,12 +520,17 @@ class Instances:
     # -- stop / destroy --------------------------------------------------------------------
 
     async def stop(self, instance_id: str) -> None:
-        await self._signal(instance_id, Signal.STOP)
+        if not await self._signal_reported(instance_id, Signal.STOP):
+            await self._signal(instance_id, Signal.STOP)
         log.info("instance %s: STOP sent", instance_id)
 
     async def destroy(self, instance_id: str) -> None:
         """KILL the instance and forget it. An Agent that answers NOT_FOUND no longer runs it,
         which is what Destroy wants: the placement is forgotten all the same."""
+        if await self._signal_reported(instance_id, Signal.KILL):
+            log.info("instance %s: KILL sent to node %s, whose Agent reports it (no placement "
+                     "of it was recorded)", instance_id, self._unknown_where[instance_id].id)
+            return
         try:
             instance = await self._signal(instance_id, Signal.KILL)
         except RemoteError as err:
@@ -476,7 +540,22 @@ class Instances:
             log.info("instance %s: the Agent on %s does not know it (%s); forgetting it",
                      instance_id, instance.node.id, err.message)
         self._forget(instance, "destroyed")
+        if self.store is not None:  # durable before Destroy is acknowledged
+            await self.store.commit_durably()
         log.info("instance %s destroyed on node %s", instance_id, instance.node.id)
+
+    async def _signal_reported(self, instance_id: str, signal: Signal) -> bool:
+        """Signal an instance that an Agent reports but no placement records (announced);
+        False if there is none. Its Agent's next reports tell the Controller how it ends."""
+        node = self._unknown_where.get(instance_id)
+        if node is None or instance_id in self._instances:
+            return False
+        try:
+            await self.agents.link(node).signal(instance_id, signal, self.attempt_timeout)
+        except RemoteError as err:
+            if signal is not Signal.KILL or err.status != "NOT_FOUND":
+                raise  # for a KILL, an Agent that does not know it no longer runs it
+        return True
 
     async def _signal(self, instance_id: str, signal: Signal) -> Instance:
         instance = self._instances.get(instance_id)
@@ -495,8 +574,8 @@ class Instances:
         if self._instances.get(instance.id) is instance:
             del self._instances[instance.id]
             self._finished.pop(instance.id, None)
-            if self.store is not None:  # durable before Destroy is acknowledged
-                self.store.delete_placement(instance.id)
+            if self.store is not None:
+                self.store.forget_placement(instance.id)
         self._unplace(instance)
         self._release(instance)
         self._end_relay(instance, why)
@@ -521,7 +600,12 @@ class Instances:
             if old is not None and not old.running_on_ready_node:
                 del self._instances[old_id]
                 if self.store is not None:
-                    self.store.delete_placement(old_id)
+                    self.store.forget_placement(old_id)
+
+
+def _listed(node: Node, instance_id: str) -> bool:
+    """The node's last report lists the instance, so its free amounts account for it."""
+    return any(report.instance_id == instance_id for report in node.reported or ())
 
 
 def _describe(request) -> str:

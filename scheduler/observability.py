@@ -13,9 +13,6 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .cluster import Cluster
-from .events import EventLog
-from .instances import Instances
 
 log = logging.getLogger(__name__)
 
@@ -25,44 +22,51 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 
 class SchedulerCollector:
-    """Reads the core's counters at scrape time (and the gRPC listener's, once it listens)."""
+    """Reads the counters of the process and, while it leads, of its core at scrape time."""
 
-    def __init__(self, cluster: Cluster, instances: Instances, events: EventLog,
-                 connections: Callable[[], dict[str, int] | None] = lambda: None) -> None:
-        self.cluster = cluster
-        self.instances = instances
-        self.events = events
-        self.connections = connections
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
 
     def collect(self):
+        scheduler = self.scheduler
+        yield GaugeMetricFamily("orka_scheduler_leader", "1 while this scheduler leads, else 0",
+                                value=1 if scheduler.leading else 0)
+        yield CounterMetricFamily("orka_scheduler_leadership_changes",
+                                  "Leaderships this scheduler won (terms started)",
+                                  value=scheduler.leadership_changes)
+        bridge = scheduler.bridge
+        connections = bridge.connection_statistics() if bridge is not None else None
+        if connections is not None:
+            yield from connection_metrics(connections)
+        core = scheduler.core
+        if core is None:
+            return
+        cluster, instances, events = core.cluster, core.instances, core.events
         nodes = GaugeMetricFamily("orka_scheduler_nodes", "Nodes by state", labels=["state"])
-        for state, count in self.cluster.count_by_state().items():
+        for state, count in cluster.count_by_state().items():
             nodes.add_metric([state.name.lower()], count)
         yield nodes
         yield CounterMetricFamily("orka_scheduler_status_messages", "Valid node status messages applied",
-                                  value=self.cluster.status_messages)
+                                  value=cluster.status_messages)
         placements = CounterMetricFamily("orka_scheduler_placements", "Schedule requests by outcome",
                                          labels=["outcome"])
-        for outcome, count in self.instances.placements.items():
+        for outcome, count in instances.placements.items():
             placements.add_metric([outcome], count)
         yield placements
         attempts = CounterMetricFamily("orka_scheduler_attempts", "Create attempts on Agents by outcome",
                                        labels=["outcome"])
-        for outcome, count in self.instances.attempts.items():
+        for outcome, count in instances.attempts.items():
             attempts.add_metric([outcome], count)
         yield attempts
         yield GaugeMetricFamily("orka_scheduler_instances", "Instances known (placed, not destroyed)",
-                                value=len(self.instances.statuses()))
+                                value=len(instances.statuses()))
         yield GaugeMetricFamily("orka_scheduler_watchers", "Connected WatchEvents streams",
-                                value=self.events.watchers)
+                                value=events.watchers)
         # Counted, not revision - first + 1: revisions jump after a restart (see events.py).
         yield GaugeMetricFamily("orka_scheduler_event_log_size", "Events retained for replay",
-                                value=len(self.events))
+                                value=len(events))
         yield GaugeMetricFamily("orka_scheduler_event_revision", "Revision of the newest event",
-                                value=self.events.revision)
-        connections = self.connections()
-        if connections is not None:
-            yield from connection_metrics(connections)
+                                value=events.revision)
 
 
 CONNECTIONS_CLOSED = ("refused", "refused_rate", "closed_idle", "closed_handshakes",
@@ -88,21 +92,34 @@ def connection_metrics(statistics: dict[str, int]):
     yield closed
 
 
-def make_registry(cluster: Cluster, instances: Instances, events: EventLog,
-                  connections: Callable[[], dict[str, int] | None] = lambda: None
-                  ) -> CollectorRegistry:
-    """A registry with the core's metrics; placement latency is observed via `on_placed`;
-    `connections()` gives the listener's statistics (None while it does not listen)."""
+class Hooks:
+    """Connects each leadership's core to the process's histograms when its term starts."""
+
+    def __init__(self, scheduling: Histogram, commits: Histogram) -> None:
+        self._scheduling = scheduling
+        self._commits = commits
+
+    def term_started(self, core) -> None:
+        core.instances.on_placed.append(self._scheduling.observe)
+        core.store.on_commit.append(self._commits.observe)
+
+
+def make_registry(scheduler) -> tuple[CollectorRegistry, Hooks]:
+    """A registry with the process's metrics (`scheduler`: app.Scheduler), and its hooks."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(SchedulerCollector(cluster, instances, events, connections))
+    registry.register(SchedulerCollector(scheduler))
     latency = Histogram("orka_scheduler_scheduling_seconds",
                         "Time from a Schedule request to an Agent's acceptance",
                         buckets=LATENCY_BUCKETS, registry=registry)
-    instances.on_placed.append(latency.observe)
-    return registry
+    commits = Histogram("orka_scheduler_store_commit_seconds",
+                        "Time of one commit of the durable state (an etcd Txn, a SQLite "
+                        "transaction) made by the committer", buckets=LATENCY_BUCKETS,
+                        registry=registry)
+    return registry, Hooks(latency, commits)
 
 
-async def serve_http(host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool],
+async def serve_http(host: str, port: int, registry: CollectorRegistry,
+                     health: Callable[[], tuple[bool, str]],
                      *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve GET /metrics and GET /healthz until cancelled; report the bound port."""
     listeners = await trio.open_tcp_listeners(port, host=host)
@@ -116,7 +133,7 @@ async def serve_http(host: str, port: int, registry: CollectorRegistry, healthy:
                 head = await _read_head(stream)
                 if head is None:
                     return
-                await stream.send_all(_respond(head, registry, healthy))
+                await stream.send_all(_respond(head, registry, health))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
@@ -137,7 +154,8 @@ async def _read_head(stream: trio.SocketStream) -> bytes | None:
     return data
 
 
-def _respond(head: bytes, registry: CollectorRegistry, healthy: Callable[[], bool]) -> bytes:
+def _respond(head: bytes, registry: CollectorRegistry,
+             health: Callable[[], tuple[bool, str]]) -> bytes:
     request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].decode("latin-1")
     parts = request_line.split()
     if len(parts) != 3:
@@ -150,8 +168,8 @@ def _respond(head: bytes, registry: CollectorRegistry, healthy: Callable[[], boo
         body = generate_latest(registry)
         return _response(200, CONTENT_TYPE_LATEST, body if method == "GET" else b"")
     if path == "/healthz":
-        ok = healthy()
-        return _response(200 if ok else 503, "text/plain", b"ok\n" if ok else b"draining\n")
+        ok, text = health()
+        return _response(200 if ok else 503, "text/plain", text.encode() + b"\n")
     return _response(404, "text/plain", b"not found: try /metrics or /healthz\n")
 
 

@@ -8,6 +8,12 @@ simulator's command line (`python -m scheduler.simulator controller ...`) and de
     async for arrived, event in controller.watch():            # time.time() of arrival
         ...
     controller.close()
+
+Given several schedulers (`SimController("a:50051,b:50051")`, SPEC §4.1) every call goes to the
+leader (`scheduler.follow`), for as long as it runs: a Schedule refused before acceptance by a
+standby naming the leader, or by a refused connection, is sent again to the leader (after
+acceptance its statuses keep arriving through WatchEvents); Stop and Destroy likewise; the
+watch resumes on the new leader after its last event, so it loses nothing.
 """
 from __future__ import annotations
 
@@ -19,16 +25,17 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grpclib.client import Channel
 from h2.exceptions import StreamClosedError
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ._proto import controller_grpc, controller_pb2
+from .follow import (Channels, GaveUp, Leader, call, refusal, remaining, retry, send_request,
+                     watch_events)
 
 log = logging.getLogger("scheduler.simulator")
 
@@ -72,10 +79,11 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 class SimController:
-    """One Controller connection to the scheduler (mTLS with `pki` and a controller name)."""
+    """A Controller's connections to the schedulers of a cluster, following the leader (mTLS
+    with `pki` and a controller name). `scheduler`: (host, port), "a,b,c", or addresses."""
 
-    def __init__(self, scheduler: tuple[str, int], *, pki: str | os.PathLike | None = None,
-                 name: str = "controller") -> None:
+    def __init__(self, scheduler: Leader | str | tuple[str, int] | Sequence[str], *,
+                 pki: str | os.PathLike | None = None, name: str = "controller") -> None:
         ssl_context = None
         if pki is not None:
             from . import pki as pki_module, security
@@ -85,41 +93,65 @@ class SimController:
             if not (pair.cert.exists() and pair.key.exists()):
                 pair = pki_module.issue_controller(pki, name)
             ssl_context = security.client_ssl_context(paths.ca, pair.cert, pair.key)
-        host, port = scheduler
-        self._channel = Channel(host, port, ssl=ssl_context)
-        self.scheduling = controller_grpc.SchedulingServiceStub(self._channel)
-        self.cluster = controller_grpc.ClusterServiceStub(self._channel)
+        self.schedulers = Channels(scheduler, ssl_context)
+        self.leader = self.schedulers.leader
+
+    @property
+    def scheduling(self) -> controller_grpc.SchedulingServiceStub:
+        """SchedulingService at the leader as last known (calls through it do not follow)."""
+        return self.schedulers.scheduling(self.leader.current)
+
+    @property
+    def cluster(self) -> controller_grpc.ClusterServiceStub:
+        """ClusterService at the leader as last known (calls through it do not follow)."""
+        return self.schedulers.cluster(self.leader.current)
 
     def close(self) -> None:
-        self._channel.close()
+        self.schedulers.close()
 
     # -- scheduling ------------------------------------------------------------------------
 
     async def schedule(self, workload: controller_pb2.Workload, *, follow: bool = True,
                        timeout: float | None = None) -> Placement:
-        """Schedule one workload; with `follow`, read its statuses until the stream ends,
-        else hang up after the first (the instance keeps running)."""
+        """Schedule one workload at the leader; with `follow`, read its statuses until the
+        stream ends, else hang up after the first (the instance keeps running). Refused
+        before acceptance by a scheduler that does not lead, it goes to the leader, within
+        `timeout` (None: for as long as it takes)."""
         placement = Placement(workload.instance_id)
+        request = controller_pb2.SchedulingRequest(workload=workload)
         started = time.perf_counter()
-        try:
-            async with self.scheduling.Schedule.open(timeout=timeout) as stream:
-                await stream.send_message(controller_pb2.SchedulingRequest(workload=workload),
-                                          end=True)
-                async for status in stream:
-                    if placement.first_status_s is None:
-                        placement.first_status_s = time.perf_counter() - started
-                        placement.node_id = status.node_id
-                        placement.first_code = CODES[status.status.code] \
-                            if status.status.code < len(CODES) else str(status.status.code)
-                        if not follow:
-                            await stream.cancel()
-                            return placement
-                    placement.statuses += 1
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+        async def attempt(address: str) -> None:
+            stream = None
+            try:
+                async with self.schedulers.scheduling(address).Schedule.open(
+                        timeout=remaining(deadline)) as stream:
+                    await send_request(stream, address)
+                    await stream.send_message(request, end=True)
+                    async for status in stream:
+                        if placement.first_status_s is None:
+                            placement.first_status_s = time.perf_counter() - started
+                            placement.node_id = status.node_id
+                            placement.first_code = CODES[status.status.code] \
+                                if status.status.code < len(CODES) else str(status.status.code)
+                            if not follow:
+                                await stream.cancel()
+                                return
+                        placement.statuses += 1
+                    await stream.recv_trailing_metadata()
                 placement.ended_ok = True
-        except GRPCError as err:
-            placement.error = f"{err.status.name}: {err.message}"
-        except (asyncio.TimeoutError, StreamTerminatedError, StreamClosedError, OSError) as err:
-            placement.error = f"{type(err).__name__}: {err}"
+            except (GRPCError, asyncio.TimeoutError, StreamTerminatedError, StreamClosedError,
+                    OSError) as err:
+                failure = refusal(err, stream, address, idempotent=False)
+                if failure is not None and placement.first_status_s is None:
+                    raise failure from err
+                placement.error = error_text(err)
+
+        try:
+            await retry(self.leader, attempt, deadline=deadline, report=log.info)
+        except GaveUp as err:
+            placement.error = error_text(err.last.cause)
         return placement
 
     async def schedule_many(
@@ -175,34 +207,47 @@ class SimController:
         )
 
     async def stop(self, instance_id: str) -> None:
-        await self.scheduling.Stop(controller_pb2.WorkloadInstance(instance_id=instance_id))
+        """Signal STOP through the leader; GRPCError for its refusal (NOT_FOUND, ...)."""
+        await self._instance_call("Stop", instance_id)
 
     async def destroy(self, instance_id: str) -> None:
-        await self.scheduling.Destroy(controller_pb2.WorkloadInstance(instance_id=instance_id))
+        """Destroy through the leader; GRPCError for its refusal (NOT_FOUND, ...)."""
+        await self._instance_call("Destroy", instance_id)
+
+    async def _instance_call(self, method: str, instance_id: str) -> None:
+        await call(self.leader, lambda address: getattr(self.schedulers.scheduling(address), method),
+                   controller_pb2.WorkloadInstance(instance_id=instance_id), idempotent=False,
+                   report=log.info)
 
     # -- events ----------------------------------------------------------------------------
 
     async def watch(self, epoch: str = "", after_revision: int = 0
                     ) -> AsyncIterator[tuple[float, controller_pb2.ClusterEvent]]:
-        """Every ClusterEvent with the time.time() it arrived, until the caller stops."""
-        async with self.cluster.WatchEvents.open() as stream:
-            await stream.send_message(
-                controller_pb2.WatchRequest(epoch=epoch, after_revision=after_revision), end=True)
-            async for event in stream:
-                yield time.time(), event
+        """Every ClusterEvent with the time.time() it arrived, until the caller stops; across
+        failovers it resumes on the new leader after the last event (no loss, no Snapshot)."""
+        async for event in watch_events(self.schedulers, epoch, after_revision, report=log.info):
+            yield time.time(), event
 
     async def position(self) -> tuple[str, int, float]:
         """(epoch, current revision, time.time()): the revision of a fresh watch's snapshot."""
-        async with self.cluster.WatchEvents.open() as stream:
-            await stream.send_message(controller_pb2.WatchRequest(), end=True)
-            event = await stream.recv_message()
-            arrived = time.time()
-            await stream.cancel()
-        return event.epoch, event.revision, arrived
+        events = watch_events(self.schedulers, report=log.info)
+        try:
+            event = await events.__anext__()
+        finally:
+            await events.aclose()
+        return event.epoch, event.revision, time.time()
 
     async def list_nodes(self) -> list[controller_pb2.Node]:
-        reply = await self.cluster.ListNodes(controller_pb2.Empty())
+        reply = await call(self.leader, lambda address: self.schedulers.cluster(address).ListNodes,
+                           controller_pb2.Empty(), idempotent=True, report=log.info)
         return list(reply.nodes)
+
+
+def error_text(err: BaseException) -> str:
+    """How a call failed, as `Placement.error` keeps it: "STATUS: message" for a gRPC status."""
+    if isinstance(err, GRPCError):
+        return f"{err.status.name}: {err.message}"
+    return f"{type(err).__name__}: {err}"
 
 
 def describe(event: controller_pb2.ClusterEvent) -> dict[str, Any]:
@@ -229,7 +274,8 @@ def add_controller_command(commands: Any, connection: Callable[[argparse.Argumen
     sub = commands.add_parser("controller", help="schedule instances and/or watch events")
     connection(sub)
     sub.add_argument("--count", type=int, default=0, help="instances to schedule (0: none)")
-    sub.add_argument("--concurrency", type=int, default=10)
+    sub.add_argument("--concurrency", type=int, default=10,
+                     help="Schedule calls in flight (default 10)")
     sub.add_argument("--memory", type=int, default=64, help="MiB requested per instance")
     sub.add_argument("--cpu", type=int, default=100, help="millicores requested per instance")
     sub.add_argument("--prefix", default="inst", help="instance ids are PREFIX-<run>-<n>")
@@ -249,10 +295,10 @@ def _controller_main(args: argparse.Namespace) -> int:
 
 
 async def _controller(args: argparse.Namespace) -> int:
-    from .simulator import _stop_on_signals, parse_address
+    from .simulator import _stop_on_signals
 
-    controller = SimController(parse_address(args.scheduler),
-                               pki=Path(args.pki) if args.pki else None, name=args.name)
+    controller = SimController(args.address, pki=Path(args.pki) if args.pki else None,
+                               name=args.name)
     stop = _stop_on_signals()
 
     async def watch() -> None:

@@ -15,14 +15,20 @@ listening port (port 0: the kernel picks) and, under mTLS, presents its own cert
 client and as a server. A listening socket costs one fd and a few KiB; spread large fleets
 over several processes (`processes=`), each up to `MAX_AGENTS_PER_PROCESS`.
 
+**Several schedulers** (`--address a,b,c`, SPEC §4.1): an Agent joins the leader, following
+a standby's `orka-leader` answer or trying the next address (`scheduler.follow`), for as long
+as it runs. When its leader goes away it rejoins the next one and keeps its instances: its
+WorkloadService stays up, and its reports list them to the new leader. The Agents of one
+group share what they learnt of the leader, so a switch is made, and logged, once per group.
+
 This module never imports trio or trio_asyncio: importing trio_asyncio replaces asyncio's loop
 policy for the whole process (see STYLE.md). Run it in its own process:
 
-    python -m scheduler.simulator agents --scheduler 127.0.0.1:50051 --count 1000 --rate 1 --insecure
-    python -m scheduler.simulator agents --scheduler 127.0.0.1:50051 --count 500 --pki DIR \\
+    python -m scheduler.simulator agents --address 127.0.0.1:50051 --count 1000 --rate 1 --insecure
+    python -m scheduler.simulator agents --address 127.0.0.1:50051 --count 500 --pki DIR \\
         --refuse 0.1 --hang 0.05 --lifetime 30 --processes 2
-    python -m scheduler.simulator controller --scheduler 127.0.0.1:50051 --insecure \\
-        --count 1000 --concurrency 50 --watch
+    python -m scheduler.simulator controller --address 10.0.0.1:50051,10.0.0.2:50051 \\
+        --insecure --count 1000 --concurrency 50 --watch
 
 Python API: `SimAgent`, `AgentGroup` (many in this process), `AgentProcesses` (groups in
 child processes, driven by JSON lines); the simulated Controller is in `sim_controller`.
@@ -58,6 +64,8 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Server
 
 from ._proto import agent_grpc, agent_pb2, node_agent_grpc, node_agent_pb2
+from .config import ConfigError
+from .follow import Backoff, Leader, NotServing, call_once, host_port, join_host_port, split_addresses
 
 log = logging.getLogger("scheduler.simulator")
 
@@ -65,7 +73,8 @@ GIB = 1 << 30
 MIB = 1 << 20
 MAX_AGENTS_PER_PROCESS = 4000  # two fds each (listener + connection); keeps far below RLIMIT_NOFILE
 JOIN_CONCURRENCY = 64  # joins in flight per process: a real fleet's restart storm is gentler
-REJOIN_BACKOFF = (0.2, 2.0)  # s: first and largest wait before rejoining after a stream failure
+REJOIN_BACKOFF = (0.2, 2.0)  # s: first and largest wait before (re)joining after a failure:
+# gentler than follow.FIRST_RETRY, as a fleet rejoins at once after a scheduler goes away
 CONNECT_TIMEOUT = 10.0  # s for JoinCluster / LeaveCluster
 BURST_YIELD = 16  # at rate 0 (flat out), yield to other Agents after this many messages
 RUNNING, TERMINATED = 1, 2  # node_agent.StatusCode
@@ -81,14 +90,6 @@ def raise_fd_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
     return soft
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """HOST:PORT (IPv6 in brackets) → (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def node_ids(count: int, prefix: str = "sim", first: int = 0) -> list[str]:
@@ -133,6 +134,7 @@ class Counters:
     signals: int = 0
     terminated: int = 0
     lost_notices: int = 0  # status streams the scheduler ended saying the node was lost
+    leader_switches: int = 0  # times the group's view of the leader moved (one log line each)
 
     def add(self, other: dict[str, int]) -> None:
         for key, value in other.items():
@@ -182,8 +184,10 @@ class _Instance:
     instance_id: str
     memory_mib: int
     code: int = RUNNING
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # signalled: end it
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # TERMINATED
     why: str = ""
+    life: asyncio.Task | None = None
 
 
 class _WorkloadService(node_agent_grpc.WorkloadServiceBase):
@@ -200,15 +204,16 @@ class _WorkloadService(node_agent_grpc.WorkloadServiceBase):
 class SimAgent:
     """One simulated Agent: its own node id, WorkloadService port, channel and certificate.
 
-    `start()` listens, `join()` joins, `run()` streams statuses (rejoining after failures)
-    until `close()`. `rate` (messages per second; 0 = as fast as flow control allows) and
-    `silent` (keep the stream open, send nothing: a hung node) may change at any time.
+    `start()` listens, `join()` joins, `run()` streams statuses (rejoining after failures,
+    at the leader) until `close()`. `rate` (messages per second; 0 = as fast as flow control
+    allows) and `silent` (keep the stream open, send nothing: a hung node) may change at any
+    time. `scheduler`: (host, port), "a,b,c", or a `Leader` shared with other Agents.
     """
 
     def __init__(
         self,
         node_id: str,
-        scheduler: tuple[str, int],
+        scheduler: Leader | str | tuple[str, int] | Sequence[str],
         *,
         rate: float = 1.0,
         behaviour: Behaviour = Behaviour(),
@@ -221,7 +226,8 @@ class SimAgent:
         """`pacer`: write the status stream as raw HTTP/2 frames, paced by this group pacer
         (see `_RawStatusStream`); its rate then applies, not `rate`."""
         self.node_id = node_id
-        self.scheduler = scheduler
+        self.leader = Leader.of(scheduler)
+        self.address = ""  # the scheduler our channel goes to
         self.behaviour = behaviour
         self.bind_host = bind_host
         self.counters = counters or Counters()
@@ -290,16 +296,34 @@ class SimAgent:
         self._server = Server([_WorkloadService(self)])
         await self._server.start(self.bind_host, 0, ssl=server_ssl, reuse_address=True)
         self.port = self._server._server.sockets[0].getsockname()[1]
-        host, port = self.scheduler
         self._client_ssl = client_ssl
-        self._channel = Channel(host, port, ssl=client_ssl)
+        self._connect(self.leader.current)
+
+    def _connect(self, address: str) -> None:
+        """Point our channel at the scheduler at `address` (a new connection if it moved)."""
+        if address == self.address:
+            return
+        if self._channel is not None:
+            self._channel.close()
+        host, port = host_port(address)
+        self.address = address
+        self._channel = Channel(host, port, ssl=self._client_ssl)
         self._lifecycle = agent_grpc.LifecycleServiceStub(self._channel)
         self._status = agent_grpc.StatusUpdateServiceStub(self._channel)
 
     async def join(self) -> None:
-        """JoinCluster once; raises GRPCError / OSError / asyncio.TimeoutError on failure."""
+        """JoinCluster once, at the leader as this Agent knows it. NotServing when that
+        scheduler did not serve it (a standby, one going away or hung, a connection refused or
+        broken); GRPCError for any other refusal."""
+        address = self.leader.current
+        self._connect(address)
         request = agent_pb2.ConnectionRequest(id=self.node_id, port=self.port)
-        await self._lifecycle.JoinCluster(request, timeout=CONNECT_TIMEOUT)
+        try:
+            await call_once(self._lifecycle.JoinCluster, request, address, idempotent=True,
+                            timeout=CONNECT_TIMEOUT)
+        except asyncio.TimeoutError as err:  # a hung leader (SIGSTOPped) may have been replaced
+            raise NotServing(address, None, err) from err
+        self.leader.served(address)
         self.counters.joins += 1
         if not self.joined:
             self.joined = True
@@ -315,27 +339,29 @@ class SimAgent:
     async def run(self, first_status: asyncio.Event | None = None, joined: bool = False) -> None:
         """Join (unless `joined`), stream statuses, rejoin after failures, until closed.
 
-        `first_status` is set once the first status was written (or joining failed for good
-        on this attempt), so a caller can wait for a whole fleet to be up.
+        `first_status` is set once the first status was written (or joining failed: refused,
+        or no scheduler served nor named a leader), so a caller can wait for a whole fleet to
+        be up.
         """
-        backoff = REJOIN_BACKOFF[0]
+        backoff = Backoff(*REJOIN_BACKOFF, rng=self._rng)
         while not self._closed:
             if not joined:
                 try:
                     await self.join()
-                except (GRPCError, OSError, asyncio.TimeoutError, StreamTerminatedError) as err:
+                except (NotServing, GRPCError, OSError, StreamTerminatedError) as err:
                     self.counters.join_errors += 1
                     log.debug("%s: join failed: %s", self.node_id, err)
-                    if first_status is not None:
+                    if isinstance(err, NotServing):
+                        self._follow(err)
+                    if first_status is not None and not self._joining_elsewhere(err):
                         first_status.set()
-                    await asyncio.sleep(backoff * self._rng.uniform(0.5, 1.0))
-                    backoff = min(REJOIN_BACKOFF[1], backoff * 2)
+                    await asyncio.sleep(backoff.next())
                     continue
             joined = False  # the next round (after a failure) joins again
             began = time.time()
             outcome = await self._stream(first_status)
             if self.last_sent >= began:  # the stream worked for a while: start backing off anew
-                backoff = REJOIN_BACKOFF[0]
+                backoff.reset()
             if self._closed or self._left:
                 return
             if outcome == "closed":
@@ -345,8 +371,20 @@ class SimAgent:
                 while self._silent and not self._closed:
                     await self._nap(None)
             self.counters.rejoins += 1
-            await asyncio.sleep(backoff * self._rng.uniform(0.5, 1.0))
-            backoff = min(REJOIN_BACKOFF[1], backoff * 2)
+            await asyncio.sleep(backoff.next())
+
+    def _joining_elsewhere(self, err: BaseException) -> bool:
+        """Whether a failed join goes on at once elsewhere, as part of joining: at the
+        leader a standby named, or past an unreachable address to the rest of the list."""
+        return isinstance(err, NotServing) and (
+            bool(err.hint) or err.hint is None and not self.leader.exhausted)
+
+    def _follow(self, failure: NotServing) -> None:
+        """Move the (shared) leader past a scheduler that did not serve; log a switch once."""
+        line = self.leader.failed(failure.address, failure.hint)
+        if line is not None:
+            self.counters.leader_switches += 1
+            log.info("%s (%s)", line, self.node_id)
 
     async def close(self) -> None:
         self._closed = True
@@ -428,8 +466,8 @@ class SimAgent:
     async def _raw_stream(self, first_status: asyncio.Event | None) -> str:
         assert self._pacer is not None
         counters = self.counters
-        host, port = self.scheduler
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        host, port = host_port(self.address)
+        authority = join_host_port(host, port)
         stream = None
         try:
             loop = asyncio.get_running_loop()
@@ -558,23 +596,29 @@ class SimAgent:
         self.instances[instance.instance_id] = instance
         self._message = None
         counters.accepted += 1
-        try:
-            await stream.send_message(_workload_status(instance.instance_id, RUNNING, memory))
-            if behaviour.lifetime is None:
-                await instance.done.wait()
-            elif behaviour.lifetime > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(instance.done.wait(), behaviour.lifetime)
-            instance.code = TERMINATED
-            self._message = None
-            counters.terminated += 1
-            await stream.send_message(_workload_status(instance.instance_id, TERMINATED, 0,
-                                                       instance.why or "completed"))
-        finally:
-            instance.code = TERMINATED
-            # Reported once more as TERMINATED by the next status, then forgotten.
-            asyncio.get_running_loop().call_later(
-                1.0 / self._rate + 0.5 if self._rate > 0 else 0.5, self._forget, instance)
+        # The instance is the Agent's, not the call's: if the scheduler hangs up (it went
+        # away, another one leads now) it runs on, and the Agent's reports list it.
+        instance.life = asyncio.ensure_future(self._live(instance))
+        await stream.send_message(_workload_status(instance.instance_id, RUNNING, memory))
+        await instance.ended.wait()
+        await stream.send_message(_workload_status(instance.instance_id, TERMINATED, 0,
+                                                   instance.why or "completed"))
+
+    async def _live(self, instance: _Instance) -> None:
+        """Run an instance until it is signalled or its lifetime is over; then TERMINATED."""
+        lifetime = self.behaviour.lifetime
+        if lifetime is None:
+            await instance.done.wait()
+        elif lifetime > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(instance.done.wait(), lifetime)
+        instance.code = TERMINATED
+        self._message = None
+        self.counters.terminated += 1
+        instance.ended.set()
+        # Reported once more as TERMINATED by the next status, then forgotten.
+        asyncio.get_running_loop().call_later(
+            1.0 / self._rate + 0.5 if self._rate > 0 else 0.5, self._forget, instance)
 
     def _forget(self, instance: _Instance) -> None:
         if self.instances.get(instance.instance_id) is instance:
@@ -826,11 +870,13 @@ class AgentGroup:
         await group.close()
     """
 
-    def __init__(self, ids: Iterable[str], scheduler: tuple[str, int], *, rate: float = 1.0,
-                 behaviour: Behaviour = Behaviour(), old_fraction: float = 0.0,
+    def __init__(self, ids: Iterable[str],
+                 scheduler: Leader | str | tuple[str, int] | Sequence[str], *,
+                 rate: float = 1.0, behaviour: Behaviour = Behaviour(), old_fraction: float = 0.0,
                  tls: AgentTls | None = None, bind_host: str = "127.0.0.1",
                  raw: bool = False) -> None:
-        """`raw`: status streams as raw HTTP/2 frames paced by one group pacer (a cheap load
+        """`scheduler`: (host, port), "a,b,c" or addresses; the Agents share one `Leader`.
+        `raw`: status streams as raw HTTP/2 frames paced by one group pacer (a cheap load
         generator for ingest benchmarks; `rate` must then be > 0)."""
         if raw and rate <= 0:
             raise ValueError("raw status streams need a rate > 0")
@@ -838,8 +884,9 @@ class AgentGroup:
         self._pacer = _Pacer(rate) if raw else None
         ids = list(ids)
         old = set(ids[: round(len(ids) * old_fraction)])
+        self.leader = Leader.of(scheduler)
         self.agents = [
-            SimAgent(node_id, scheduler, rate=rate, tls=tls, bind_host=bind_host,
+            SimAgent(node_id, self.leader, rate=rate, tls=tls, bind_host=bind_host,
                      counters=self.counters, pacer=self._pacer,
                      behaviour=Behaviour(behaviour.refuse, behaviour.hang, behaviour.lifetime,
                                          old=node_id in old))
@@ -968,7 +1015,8 @@ class AgentProcesses:
             await fleet.broadcast("silent")
     """
 
-    def __init__(self, count: int, scheduler: str, *, rate: float = 1.0, processes: int = 0,
+    def __init__(self, count: int, scheduler: str | Sequence[str], *, rate: float = 1.0,
+                 processes: int = 0,
                  prefix: str = "sim", first: int = 0, pki: str | os.PathLike | None = None,
                  behaviour: Behaviour = Behaviour(), old_fraction: float = 0.0,
                  bind_host: str = "127.0.0.1", raw: bool = False,
@@ -978,12 +1026,14 @@ class AgentProcesses:
         self.processes = processes or max(1, math.ceil(count / MAX_AGENTS_PER_PROCESS))
         self._children: list[asyncio.subprocess.Process] = []
         self._args = []
+        if not isinstance(scheduler, str):
+            scheduler = ",".join(scheduler)
         per, extra = divmod(count, self.processes)
         start = first
         for index in range(self.processes):
             share = per + (1 if index < extra else 0)
             args = [python, "-m", "scheduler.simulator", "agents", "--control",
-                    "--scheduler", scheduler, "--count", str(share), "--first", str(start),
+                    "--address", scheduler, "--count", str(share), "--first", str(start),
                     "--prefix", prefix, "--rate", repr(rate), "--bind", bind_host,
                     "--refuse", repr(behaviour.refuse), "--hang", repr(behaviour.hang),
                     "--old", repr(old_fraction)]
@@ -1109,7 +1159,7 @@ def _agents_main(args: argparse.Namespace) -> int:
 async def _agents_here(args: argparse.Namespace, behaviour: Behaviour) -> int:
     raise_fd_limit()
     tls = AgentTls(Path(args.pki)) if args.pki else None
-    group = AgentGroup(node_ids(args.count, args.prefix, args.first), parse_address(args.scheduler),
+    group = AgentGroup(node_ids(args.count, args.prefix, args.first), args.address,
                        rate=args.rate, behaviour=behaviour, old_fraction=args.old, tls=tls,
                        bind_host=args.bind, raw=args.raw)
     stop = _stop_on_signals()
@@ -1127,26 +1177,26 @@ async def _agents_here(args: argparse.Namespace, behaviour: Behaviour) -> int:
                                return_when=asyncio.FIRST_COMPLETED)
             control.cancel()
         else:
-            log.warning("%d agents up in %.1f s (%d joined); Ctrl-C leaves the cluster",
+            log.info("%d agents up in %.1f s (%d joined); Ctrl-C leaves the cluster",
                         args.count, seconds, group.counters.joined)
             await _report_until(stop, group.stats, args.stats_every)
-            log.warning("leaving: %d of %d acknowledged", await group.leave(), args.count)
+            log.info("leaving: %d of %d acknowledged", await group.leave(), args.count)
     finally:
         await group.close()
     return 0
 
 
 async def _agents_in_processes(args: argparse.Namespace, behaviour: Behaviour, processes: int) -> int:
-    fleet = AgentProcesses(args.count, args.scheduler, rate=args.rate, processes=processes,
+    fleet = AgentProcesses(args.count, args.address, rate=args.rate, processes=processes,
                            prefix=args.prefix, first=args.first, pki=args.pki,
                            behaviour=behaviour, old_fraction=args.old, bind_host=args.bind,
                            raw=args.raw)
     stop = _stop_on_signals()
     async with fleet:
-        log.warning("%d agents up in %d processes", args.count, processes)
+        log.info("%d agents up in %d processes", args.count, processes)
         await _report_until(stop, fleet.stats, args.stats_every)
         answers = await fleet.broadcast("leave")
-        log.warning("leaving: %d of %d acknowledged", sum(a["left"] for a in answers), args.count)
+        log.info("leaving: %d of %d acknowledged", sum(a["left"] for a in answers), args.count)
     return 0
 
 
@@ -1176,7 +1226,7 @@ async def _report_until(stop: asyncio.Event, stats, every: float) -> None:
             log.warning("every simulator process is gone")
             return
         sent = now["sent"] - (previous["sent"] if previous else 0)
-        log.warning("streaming %d/%d, %.0f statuses/s, creates %d (accepted %d, refused %d, "
+        log.info("streaming %d/%d, %.0f statuses/s, creates %d (accepted %d, refused %d, "
                     "hung %d), rejoins %d", now["streaming"], now["agents"], sent / every,
                     now["creates"], now["accepted"], now["refused"], now["hung"], now["rejoins"])
         previous = now
@@ -1186,14 +1236,24 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m scheduler.simulator",
                                   description="Simulated Orka Agents and Controller.")
     commands = top.add_subparsers(dest="command", required=True)
+    from .config import Config
+    from .tls_setup import development_pki
+
+    pki_default = development_pki(Config())  # where `orka-scheduler serve` (no config) makes it
 
     def connection(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--scheduler", default="127.0.0.1:50051", metavar="HOST:PORT")
+        sub.add_argument("--address", "--scheduler", dest="address", type=_addresses,
+                         default=["127.0.0.1:50051"], metavar="HOST:PORT[,HOST:PORT...]",
+                         help="the scheduler (default 127.0.0.1:50051); several, "
+                              "comma-separated: the schedulers of one cluster, whose leader "
+                              "is followed")
         mode = sub.add_mutually_exclusive_group(required=True)
         mode.add_argument("--insecure", action="store_true", help="plaintext gRPC")
-        mode.add_argument("--pki", metavar="DIR",
-                          help="mTLS with certificates from this PKI directory "
-                               "(orka-scheduler certs init DIR); missing ones are issued")
+        mode.add_argument("--pki", metavar="DIR", nargs="?", const=str(pki_default),
+                          help="mTLS with certificates from this PKI directory (default: the "
+                               "one `orka-scheduler serve` generates in its data_dir, here "
+                               f"{pki_default}; or `orka-scheduler certs init DIR`); missing "
+                               "certificates are issued from its CA")
 
     agents = commands.add_parser("agents", help="run simulated Agents until Ctrl-C")
     connection(agents)
@@ -1226,9 +1286,27 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _addresses(text: str) -> list[str]:
+    """argparse type of --address: HOST:PORT[,HOST:PORT...]."""
+    try:
+        return split_addresses(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
+    logging.getLogger("grpclib").setLevel(logging.WARNING)  # per-connection chatter
+    if args.pki is not None:
+        from .pki import PkiError, PkiPaths
+
+        try:
+            PkiPaths.load(args.pki)
+        except PkiError as err:
+            print(f"simulator: {err} (`orka-scheduler serve` makes one in its data_dir on its "
+                  "first start)", file=sys.stderr)
+            return 2
     return args.func(args)
 
 

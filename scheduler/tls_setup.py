@@ -2,20 +2,29 @@
 
 With no TLS paths configured, a development PKI is created in the data directory on first
 start (and reused afterwards); the log says where the Agents' and Controllers' certificates are.
+Configured files are checked before use (`configured_files`, also run by `check-config`), so a
+missing file, a key that is not the certificate's or an expired certificate is reported with
+its key and path instead of as an OpenSSL error.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
 from . import pki, security
-from .config import Config
+from .config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
 PKI_SUBDIR = "pki"  # inside data_dir: the generated development PKI
+TLS_KEYS = ("tls.ca", "tls.cert", "tls.key")  # how the configuration names the three files
 
 
 @dataclass(frozen=True)
@@ -25,12 +34,78 @@ class TlsFiles:
     key: Path
 
 
-def tls_files(config: Config) -> TlsFiles:
-    """The configured CA/cert/key, or the development PKI in the data directory (made once)."""
+def development_pki(config: Config) -> Path:
+    """Where `serve` keeps the development PKI it generates: `<data_dir>/pki`."""
+    return Path(config.server.data_dir) / PKI_SUBDIR
+
+
+def configured_files(config: Config) -> TlsFiles | None:
+    """The [tls] files, checked (see `check_ca`, `check_pair`); None when none are configured
+    (the development PKI). Raises ConfigError naming the key and the path at fault."""
     tls = config.tls
-    if tls.configured:
-        return TlsFiles(Path(tls.ca), Path(tls.cert), Path(tls.key))
-    directory = Path(config.server.data_dir) / PKI_SUBDIR
+    if not tls.configured:
+        return None
+    files = TlsFiles(Path(tls.ca), Path(tls.cert), Path(tls.key))
+    check_ca(files.ca, TLS_KEYS[0])
+    check_pair(files.cert, files.key, TLS_KEYS[1], TLS_KEYS[2])
+    return files
+
+
+def check_ca(path: Path, name: str) -> None:
+    """`path` holds at least one PEM certificate; else ConfigError(`name`, what is wrong)."""
+    data = _read(path, name)  # outside the try: ConfigError is a ValueError
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(name, f"{path} holds no PEM certificate") from None
+
+
+def check_pair(cert_path: Path, key_path: Path, cert_name: str, key_name: str,
+               now: dt.datetime | None = None) -> None:
+    """A PEM certificate valid at `now`, and its unencrypted private key; else ConfigError
+    naming the key (`cert_name` or `key_name`) and the path at fault."""
+    cert_pem, key_pem = _read(cert_path, cert_name), _read(key_path, key_name)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise ConfigError(cert_name, f"{cert_path} holds no PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:  # encrypted: the scheduler runs unattended, nobody can type a passphrase
+        raise ConfigError(key_name, f"{key_path} is encrypted: give an unencrypted key "
+                                    "(readable by the scheduler's user only)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(key_name, f"{key_path} holds no PEM private key") from None
+    if cert.public_key() != key.public_key():
+        raise ConfigError(key_name, f"{key_path} is not the private key of {cert_name} "
+                                    f"({cert_path})")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if cert.not_valid_after_utc < now:
+        raise ConfigError(cert_name, f"{cert_path} expired on "
+                                     f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if cert.not_valid_before_utc > now:
+        raise ConfigError(cert_name, f"{cert_path} is not valid before "
+                                     f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this "
+                                     "machine's clock right?)")
+
+
+def _read(path: Path, name: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(name, f"{path}: no such file") from None
+    except OSError as err:
+        raise ConfigError(name, f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def tls_files(config: Config) -> TlsFiles:
+    """The configured CA/cert/key (checked), or the development PKI in the data directory
+    (made once)."""
+    files = configured_files(config)
+    if files is not None:
+        return files
+    tls = config.tls
+    directory = development_pki(config)
     fresh = not (directory / "ca.pem").exists()
     paths = pki.init_pki(directory, trust_domain=tls.trust_domain)
     log.warning("%s development PKI in %s (no [tls] paths configured): give Agents a "
@@ -73,7 +148,7 @@ async def reload_on_sighup(config: Config, server: ssl.SSLContext | None,
                 security.reload(server, files.ca, files.cert, files.key)
                 if agent is not None:
                     security.reload(agent, files.ca, files.cert, files.key)
-            except (security.TlsSetupError, pki.PkiError) as err:
+            except (ConfigError, security.TlsSetupError, pki.PkiError) as err:
                 log.error("SIGHUP: certificates NOT reloaded, keeping the current ones: %s", err)
                 continue
             log.info("SIGHUP: reloaded TLS certificates from %s", files.cert)

@@ -171,7 +171,9 @@ class FakeWorkloadAgent:
 
     `mode`: "accept" (WAITING then RUNNING, TERMINATED on a signal), "refuse" (GRPCError with
     `refuse_status`), "hang" (never answers), "empty" (ends the stream at once), "die" (one
-    status, then the stream breaks). Records what it received, including cancelled Creates.
+    status, then the stream breaks), "cleanup" (as "accept", but a signal ends the stream OK
+    with no TERMINATED status, as the Orka node agent does once it has cleaned an instance up).
+    Records what it received, including cancelled Creates.
     """
 
     def __init__(self, mode: str = "accept", refuse_status=None) -> None:
@@ -186,6 +188,7 @@ class FakeWorkloadAgent:
         self.port = 0
         self._server = None
         self._running: dict[str, object] = {}  # instance id -> asyncio.Event ending it
+        self.running: dict[str, None] = {}  # started, stream still open: what an Agent reports
 
     def __mapping__(self):
         from grpclib.const import Cardinality, Handler
@@ -215,6 +218,7 @@ class FakeWorkloadAgent:
             if self.mode == "empty":
                 return
             done = self._running[workload.instance_id] = asyncio.Event()
+            self.running[workload.instance_id] = None
 
             def status(code, message=None):
                 reply = pb.WorkloadStatus(instance_id=workload.instance_id)
@@ -229,10 +233,14 @@ class FakeWorkloadAgent:
                 return
             await stream.send_message(status(pb.Status.RUNNING))
             await done.wait()
+            if self.mode == "cleanup":
+                return
             await stream.send_message(status(pb.Status.TERMINATED, "signalled"))
         except asyncio.CancelledError:
             self.cancelled.append(workload.instance_id)
             raise
+        finally:
+            self.running.pop(workload.instance_id, None)
 
     async def _signal(self, stream) -> None:
         from grpclib.exceptions import GRPCError

@@ -11,6 +11,7 @@ works when the package is installed), with STATE_DIRECTORY in tmp_path.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import signal
@@ -279,6 +280,30 @@ def test_sighup_with_broken_certificates_keeps_serving(tmp_path, served):
     assert server.stop() == 0, server.log
 
 
+def test_sighup_with_a_configured_key_that_no_longer_matches_keeps_serving(tmp_path, served):
+    """The check of configured files runs on SIGHUP too: refused, logged by key, still serving."""
+    made = run_cli(tmp_path, "certs", "init", str(tmp_path / "pki"))
+    assert made.returncode == 0, made.stderr
+    pki = tmp_path / "pki"
+    key = tmp_path / "scheduler.key"
+    key.write_bytes((pki / "scheduler.key").read_bytes())
+    (tmp_path / "scheduler.toml").write_text(
+        CONFIG + f'\n[tls]\nca = "{pki / "ca.pem"}"\ncert = "{pki / "scheduler.pem"}"\n'
+                 f'key = "{key}"\n')
+    server = served()
+    serial = served_serial(server.port, pki)
+    key.write_bytes((pki / "ca.key").read_bytes())  # a botched rotation: another key
+    mark = len(server.lines)
+    server.signal(signal.SIGHUP)
+    refused = server.wait_for("SIGHUP|Traceback", after=mark).string
+    assert "certificates NOT reloaded" in refused, server.log
+    assert f"tls.key: {key} is not the private key of tls.cert" in refused, refused
+    time.sleep(0.3)  # a crash ends the process right after its last line
+    assert server.process.poll() is None, server.log
+    assert served_serial(server.port, pki) == serial
+    assert server.stop() == 0, server.log
+
+
 def test_serve_insecure_warns_loudly(tmp_path, served):
     server = served("--insecure")
     assert LISTENING.search(server.log).group(2) == "PLAINTEXT", server.log
@@ -353,6 +378,8 @@ def test_certs_init_and_issue(tmp_path):
     result = run_cli(tmp_path, "certs", "issue", "controller", "ops", "--dir", str(directory))
     assert result.returncode == 0, result.stderr
     assert (directory / "controllers" / "ops.pem").is_file()
+    assert result.stdout == (f"issued controller ops:\n  {directory / 'controllers' / 'ops.pem'}"
+                             f"\n  {directory / 'controllers' / 'ops.key'}\n")
 
 
 def test_certs_issue_without_a_pki_fails_with_a_message(tmp_path):
@@ -385,3 +412,104 @@ def test_check_config_accepts_a_good_file(tmp_path):
     result = run_cli(tmp_path, "check-config", str(config))
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+@pytest.mark.parametrize("problem", ["missing certificate", "key of another certificate",
+                                     "expired certificate"])
+def test_check_config_and_serve_name_the_tls_key_and_file(tmp_path, problem):
+    """One check for both: check-config refuses what serve would refuse, with the same words."""
+    from tests.test_tls_files import self_signed
+
+    made = run_cli(tmp_path, "certs", "init", str(tmp_path / "pki"))
+    assert made.returncode == 0, made.stderr
+    pki = tmp_path / "pki"
+    ca, cert, key = pki / "ca.pem", pki / "scheduler.pem", pki / "scheduler.key"
+    if problem == "missing certificate":
+        cert = tmp_path / "nowhere" / "scheduler.pem"
+        expected = f"tls.cert: {cert}: no such file"
+    elif problem == "key of another certificate":
+        key = pki / "controllers" / "controller.key"
+        expected = f"tls.key: {key} is not the private key of tls.cert ({cert})"
+    else:
+        ended = datetime.datetime(2025, 1, 2, 3, 4, tzinfo=datetime.timezone.utc)
+        cert, key = self_signed(tmp_path, ended - datetime.timedelta(days=9), ended)
+        expected = f"tls.cert: {cert} expired on 2025-01-02 03:04 UTC"
+    config = tmp_path / "tls.toml"
+    config.write_text(CONFIG + f'\n[tls]\nca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n')
+
+    checked = run_cli(tmp_path, "check-config", str(config))
+    assert checked.returncode == 1, checked.stdout
+    assert checked.stderr == f"{config}: {expected}\n"
+
+    served = run_cli(tmp_path, "serve", "--config", str(config))
+    assert served.returncode == 2
+    assert served.stderr == f"orka-scheduler: bad configuration: {config}: {expected}\n"
+
+
+def test_a_toml_syntax_error_names_the_file_once(tmp_path):
+    config = tmp_path / "syntax.toml"
+    config.write_text("[server\n")
+    checked = run_cli(tmp_path, "check-config", str(config))
+    served = run_cli(tmp_path, "serve", "--config", str(config))
+    assert (checked.returncode, served.returncode) == (1, 2)
+    assert checked.stderr.startswith(f"{config}: not valid TOML: "), checked.stderr
+    assert served.stderr.startswith(
+        f"orka-scheduler: bad configuration: {config}: not valid TOML: "), served.stderr
+    for stderr in (checked.stderr, served.stderr):
+        assert stderr.count("syntax.toml") == 1 and len(stderr.splitlines()) == 1, stderr
+
+
+def test_a_bad_key_is_named_with_its_file(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[scheduling]\nstrategy = "random"\n')
+    checked = run_cli(tmp_path, "check-config", str(config))
+    assert checked.stderr.startswith(f"{config}: scheduling.strategy: must be "), checked.stderr
+
+
+# --- the command line itself ---------------------------------------------------------------------
+
+def test_version_is_the_installed_packages():
+    from importlib import metadata
+
+    result = subprocess.run([sys.executable, "-m", "scheduler", "--version"], cwd=REPO,
+                            capture_output=True, text=True, timeout=START_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"orka-scheduler {metadata.version('orka-scheduler')}\n"
+
+
+def subcommands(parser=None, path=()):
+    """(command path, its parser) for every command and subcommand of `orka-scheduler`."""
+    import argparse
+
+    from scheduler.cli import parser as cli_parser
+
+    parser = parser or cli_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from subcommands(sub, (*path, name))
+
+
+def test_every_argument_of_every_command_has_help():
+    import argparse
+
+    missing = [(" ".join(path), action.dest) for path, sub in subcommands()
+               for action in sub._actions
+               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+               and not action.help]
+    assert missing == []
+    commands = [" ".join(path) for path, _ in subcommands()]
+    assert {"serve", "check-config", "nodes", "watch", "demo", "certs init",
+            "certs issue"} <= set(commands), commands
+
+
+def test_serve_help_says_where_data_dir_defaults_to(tmp_path):
+    result = run_cli(tmp_path, "serve", "--help")
+    assert result.returncode == 0, result.stderr
+    example = (REPO / "config.example.toml").read_text()
+    for place in ("$STATE_DIRECTORY", "$XDG_STATE_HOME/orka-scheduler",
+                  "~/.local/state/orka-scheduler"):
+        assert place in result.stdout and place in example, place
+    # and where that is for this run (cli_env sets STATE_DIRECTORY)
+    assert f"here: {tmp_path / 'state'}" in result.stdout, result.stdout

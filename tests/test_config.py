@@ -117,6 +117,21 @@ BAD_VALUES = [
     ("observability", "http_listen", "9464"),
     ("observability", "log_format", "xml"),
     ("observability", "log_level", "verbose"),
+    ("server", "advertise", "nope"),
+    ("server", "advertise", "sched-1:0"),
+    ("store", "backend", "postgres"),
+    ("etcd", "endpoints", []),
+    ("etcd", "endpoints", ["127.0.0.1:2379"]),
+    ("etcd", "endpoints", ["grpc://127.0.0.1:2379"]),
+    ("etcd", "endpoints", ["https://127.0.0.1:2379"]),
+    ("etcd", "endpoints", ["http://127.0.0.1"]),
+    ("etcd", "endpoints", ["http://127.0.0.1:0"]),
+    ("etcd", "prefix", "orka"),
+    ("etcd", "prefix", "/orka/"),
+    ("etcd", "prefix", "/"),
+    ("etcd", "prefix", "/my cluster"),
+    ("etcd", "lease_ttl", 1.0),
+    ("etcd", "lease_ttl", math.inf),
 ]
 
 
@@ -155,6 +170,12 @@ WRONG_TYPES = [
     ("observability", "http_listen", 9464),
     ("observability", "log_format", None),
     ("observability", "log_level", 20),
+    ("server", "advertise", 50051),
+    ("store", "backend", None),
+    ("etcd", "endpoints", "http://127.0.0.1:2379"),
+    ("etcd", "endpoints", [2379]),
+    ("etcd", "lease_ttl", "5s"),
+    ("etcd", "ca", 1),
 ]
 
 
@@ -212,6 +233,34 @@ def test_subtable_inside_section_is_an_unknown_key() -> None:
 
 def test_section_that_is_not_a_table() -> None:
     assert_names(error_for({"server": "[::]:50051"}), "server")
+
+
+# --- High availability: [store], [etcd], server.advertise ----------------------------------
+
+
+def test_etcd_section_parses() -> None:
+    cfg = Config.from_mapping({
+        "store": {"backend": "etcd"},
+        "server": {"advertise": "sched-1.example:50051"},
+        "etcd": {"endpoints": ["http://10.0.0.1:2379", "http://[::1]:2379", "http://etcd-3:2379"],
+                 "prefix": "/clusters/eu-1", "lease_ttl": 3},
+    })
+    assert cfg.store.backend == "etcd" and cfg.server.advertise == "sched-1.example:50051"
+    assert cfg.etcd.addresses == (("10.0.0.1", 2379), ("::1", 2379), ("etcd-3", 2379))
+    assert cfg.etcd.lease_ttl == 3.0 and cfg.etcd.prefix == "/clusters/eu-1"
+
+
+def test_etcd_tls_needs_https_and_names_what_is_missing() -> None:
+    cfg = Config.from_mapping({"etcd": {"endpoints": ["https://etcd-1:2379"], "ca": "/p/ca.pem",
+                                        "cert": "/p/c.pem", "key": "/p/k.pem"}})
+    assert cfg.etcd.addresses == (("etcd-1", 2379),)
+    err = error_for({"etcd": {"endpoints": ["http://etcd-1:2379"], "ca": "/p/ca.pem"}})
+    assert_names(err, "etcd.endpoints")
+    assert "use https://" in str(err)
+    assert_names(error_for({"etcd": {"endpoints": ["https://e:2379"], "ca": "/ca",
+                                     "cert": "/c"}}), "etcd.key")
+    assert_names(error_for({"etcd": {"endpoints": ["http://e:2379"], "cert": "/c",
+                                     "key": "/k"}}), "etcd.ca")
 
 
 # --- TLS paths: all or none ------------------------------------------------------------------

@@ -13,6 +13,7 @@ under running_scheduler's fail_after guard.
 """
 from __future__ import annotations
 
+import logging
 import socket
 import tempfile
 from contextlib import asynccontextmanager
@@ -157,6 +158,38 @@ async def test_a_frozen_agent_costs_one_attempt_timeout_and_blocks_no_other_plac
 
 
 # -- an Agent whose connection dies after acceptance --------------------------------------------
+
+async def test_relays_ended_by_a_leave_are_info_and_by_a_dying_agent_a_warning(caplog):
+    """A node that leaves ends its instances' relays: planned, and the node's own line names
+    them, so no WARNING per instance. An Agent whose connection dies while its node is still
+    READY is a fault: one WARNING per instance whose Schedule stream it ended."""
+    caplog.set_level(logging.INFO, logger="scheduler.instances")
+
+    def relay_endings() -> list[tuple[str, str]]:
+        return sorted((r.levelname, r.getMessage().split(":")[0]) for r in caplog.records
+                      if "relay ended" in r.getMessage())
+
+    async with running_scheduler(config()) as scheduler, open_channel(scheduler.port) as channel:
+        async with killable_nodes(channel, scheduler, ("n1", "accept", {})) as [n1]:
+            async with open_schedule(channel, scheduling_request("l-1", memory=64)) as first, \
+                    open_schedule(channel, scheduling_request("l-2", memory=64)) as second:
+                await first.until(RUNNING)
+                await second.until(RUNNING)
+                await n1.agent.leave()
+                for call in (first, second):
+                    _, error = await call.result()
+                    assert error is not None and error.status is Status.UNAVAILABLE, error
+        assert relay_endings() == [("INFO", "instance l-1"), ("INFO", "instance l-2")]
+
+        caplog.clear()
+        async with killable_nodes(channel, scheduler, ("n2", "accept", {})) as [n2]:
+            async with open_schedule(channel, scheduling_request("k-1", memory=64)) as call:
+                await call.until(RUNNING)
+                await n2.workloads.kill()
+                _, error = await call.result()
+            assert error is not None and error.status is Status.UNAVAILABLE, error
+        assert relay_endings() == [("WARNING", "instance k-1")]
+
 
 async def test_agent_connection_dying_after_acceptance_is_unavailable_and_the_instance_placeable():
     async with running_scheduler(config()) as scheduler, open_channel(scheduler.port) as channel:

@@ -6,7 +6,7 @@ What is sent, per RPC (found in the generated `*_grpc.py` bases, so a new RPC is
 - typed: messages built by hypothesis from the request's protobuf descriptor: arbitrary, empty
   and huge unicode text, integers at their type's bounds, NaN/inf doubles, unknown enum values,
   repeated fields with thousands of entries, any field absent; mixed with near-valid values
-  (joined node ids, the current epoch, KEY=VALUE entries, loads in 0-100);
+  (joined node ids, the current epoch, environment entries, loads in 0-100);
 - near-valid: every field set from those near-valid values, so most requests are accepted and
   the fuzz explores the core (placements on a real fake Agent, then Destroy; statuses applied;
   watches replayed from the current epoch);
@@ -316,13 +316,15 @@ def hints_for(context: FuzzContext) -> dict[str, st.SearchStrategy]:
         "scheduler.agent.Disk.free": st.integers(0, 512 * GIB),
         "scheduler.agent.InstanceReport.instance_id": st.one_of(instances, fresh),
         "scheduler.agent.InstanceReport.code": st.sampled_from([0, 1, 2]),
-        "scheduler.controller.Workload.instance_id": fresh,
+        "scheduler.controller.Workload.instance_id": st.one_of(
+            fresh, st.from_regex(r"instance-[A-Za-z0-9._-]{1,20}", fullmatch=True)),
         "scheduler.controller.Workload.type": st.just(0),
         "scheduler.controller.Workload.image": st.one_of(st.just("nginx:1.27"),
                                                          st.text(min_size=1, max_size=100)),
         "scheduler.controller.Workload.environment": st.one_of(
             st.from_regex(r"[A-Z_]{1,8}=[ -~]{0,16}", fullmatch=True),
-            st.builds(lambda key, value: f"{key}={value}", env_keys, st.text(max_size=40))),
+            st.builds(lambda key, value: f"{key}={value}", env_keys, st.text(max_size=40)),
+            st.text(min_size=1, max_size=40)),  # entries are free strings (SPEC §2.2 step 1)
         "scheduler.controller.Resources.cpu": amounts,
         "scheduler.controller.Resources.memory": amounts,
         "scheduler.controller.Resources.disk": amounts,

@@ -2,13 +2,11 @@
 
 An Agent and a Controller built on grpcio's synchronous API (run in worker threads: grpc.aio
 would need asyncio, and these tests run under trio) talk to a scheduler on 127.0.0.1:0. The
-generated message classes in scheduler/_proto are the only shared code.
+generated message classes in scheduler/_proto are the only code shared with the scheduler.
 """
 from __future__ import annotations
 
-import math
 import queue
-import threading
 from contextlib import asynccontextmanager
 
 import grpc
@@ -16,12 +14,12 @@ import trio
 
 from scheduler._proto import agent_pb2, controller_pb2
 from tests.conftest import make_config, running_scheduler
+from tests.grpcio_peers import serialize, watch
 
 GiB = 1 << 30
 JOIN = "/scheduler.agent.LifecycleService/JoinCluster"
 LEAVE = "/scheduler.agent.LifecycleService/LeaveCluster"
 UPDATE = "/scheduler.agent.StatusUpdateService/UpdateNodeStatus"
-WATCH = "/scheduler.controller.ClusterService/WatchEvents"
 LIST = "/scheduler.controller.ClusterService/ListNodes"
 CALL_TIMEOUT = 10  # s: no grpcio call in these tests may block a worker thread longer
 
@@ -37,13 +35,9 @@ async def grpcio_channel(port: int):
 
 async def unary(channel: grpc.Channel, path: str, request, reply_type):
     """One unary call in a worker thread; returns the reply or raises grpc.RpcError."""
-    call = channel.unary_unary(path, request_serializer=_serialize,
+    call = channel.unary_unary(path, request_serializer=serialize,
                                response_deserializer=reply_type.FromString)
     return await trio.to_thread.run_sync(lambda: call(request, timeout=CALL_TIMEOUT))
-
-
-def _serialize(message) -> bytes:
-    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 async def refused(channel: grpc.Channel, path: str, request, reply_type) -> grpc.RpcError:
@@ -59,7 +53,7 @@ class StatusStream:
 
     def __init__(self, channel: grpc.Channel) -> None:
         self._queue: queue.Queue = queue.Queue()
-        call = channel.stream_unary(UPDATE, request_serializer=_serialize,
+        call = channel.stream_unary(UPDATE, request_serializer=serialize,
                                     response_deserializer=agent_pb2.Empty.FromString)
         self.future = call.future(self._requests(), timeout=CALL_TIMEOUT * 2)
 
@@ -90,35 +84,6 @@ def node_status(node_id: str, mem_free: int = 4 * GiB, **instances: int) -> agen
     for instance_id, code in instances.items():
         message.instances.add(instance_id=instance_id.replace("_", "-"), code=code)
     return message
-
-
-@asynccontextmanager
-async def watch(channel: grpc.Channel, epoch: str = "", after_revision: int = 0):
-    """Yield a trio channel of ClusterEvents read by a grpcio WatchEvents call in a thread.
-
-    If the call ends, its last item is the grpc.RpcError.
-    """
-    call = channel.unary_stream(WATCH, request_serializer=_serialize,
-                                response_deserializer=controller_pb2.ClusterEvent.FromString)(
-        controller_pb2.WatchRequest(epoch=epoch, after_revision=after_revision))
-    send, receive = trio.open_memory_channel(math.inf)
-    token = trio.lowlevel.current_trio_token()
-
-    def pump():
-        try:
-            for event in call:
-                trio.from_thread.run_sync(send.send_nowait, event, trio_token=token)
-        except grpc.RpcError as err:
-            if err.code() is not grpc.StatusCode.CANCELLED:
-                trio.from_thread.run_sync(send.send_nowait, err, trio_token=token)
-
-    thread = threading.Thread(target=pump, name="grpcio-watch", daemon=True)
-    thread.start()
-    try:
-        yield receive
-    finally:
-        call.cancel()
-        await trio.to_thread.run_sync(thread.join, CALL_TIMEOUT)
 
 
 async def next_event(events, kind: str, node_id: str | None = None):

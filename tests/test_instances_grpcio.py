@@ -1,10 +1,5 @@
-"""A Controller built on the official `grpcio` package places, stops and destroys an instance.
-
-grpclib serves the scheduler; real Controllers are likely to use grpcio, whose HTTP/2 and
-framing details differ. The grpcio client is synchronous, so each call runs in a worker thread
-(`trio.to_thread.run_sync`) with its own deadline: a thread cannot be cancelled, the deadline
-bounds it instead.
-"""
+"""A Controller built on the official `grpcio` package places, stops and destroys an instance
+(the grpcio Controller: tests/grpcio_peers.py)."""
 from __future__ import annotations
 
 import grpc
@@ -14,58 +9,10 @@ import trio
 from scheduler._proto import controller_pb2
 from tests.conftest import make_config, running_scheduler
 from tests.fakes import open_channel, open_nodes, scheduling_request
+from tests.grpcio_peers import GrpcioController
 
-CALL_DEADLINE = 5.0  # s: bounds every blocking grpcio call (the thread cannot be cancelled)
-SERVICE = "/scheduler.controller.SchedulingService/"
 WAITING, RUNNING, TERMINATED = (controller_pb2.Status.WAITING, controller_pb2.Status.RUNNING,
                                 controller_pb2.Status.TERMINATED)
-
-
-class GrpcioController:
-    """SchedulingService through grpcio's synchronous API, called from trio via threads."""
-
-    def __init__(self, port: int) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self._schedule = self.channel.unary_stream(
-            SERVICE + "Schedule",
-            request_serializer=controller_pb2.SchedulingRequest.SerializeToString,
-            response_deserializer=controller_pb2.WorkloadStatus.FromString)
-        self._unary = {
-            name: self.channel.unary_unary(
-                SERVICE + name,
-                request_serializer=controller_pb2.WorkloadInstance.SerializeToString,
-                response_deserializer=controller_pb2.Empty.FromString)
-            for name in ("Stop", "Destroy")
-        }
-
-    def schedule(self, request):
-        """The response iterator of a Schedule call (also the call: code(), details())."""
-        return self._schedule(request, timeout=CALL_DEADLINE)
-
-    async def next(self, responses):
-        """The next status, or None at the end of the stream (OK or not: see code())."""
-        def step():
-            try:
-                return next(responses)
-            except StopIteration:
-                return None
-            except grpc.RpcError:
-                return None
-        return await trio.to_thread.run_sync(step)
-
-    async def signal(self, name: str, instance_id: str):
-        """Stop or Destroy; None if OK, else the grpc.RpcError."""
-        def call():
-            try:
-                self._unary[name](controller_pb2.WorkloadInstance(instance_id=instance_id),
-                                  timeout=CALL_DEADLINE)
-            except grpc.RpcError as err:
-                return err
-            return None
-        return await trio.to_thread.run_sync(call)
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 async def test_grpcio_controller_schedules_stops_and_destroys():

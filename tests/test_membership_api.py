@@ -174,6 +174,7 @@ INVALID_STATUSES = [
     (dict(load=101.0), "cpu_load.load"),
     (dict(load=math.nan), "cpu_load.load"),
     (dict(load=math.inf), "cpu_load.load"),
+    (dict(instances=[("instance-ok_1", 1), ("instance/bad", 1)]), "instances.instance_id"),
 ]
 
 

@@ -316,7 +316,8 @@ async def test_health_watch_sees_not_serving_when_shutdown_begins():
 
 def test_healthz_answers_503_while_draining():
     registry = None  # /healthz never reads the registry
-    reply = HttpReply(_respond(b"GET /healthz HTTP/1.1\r\n\r\n", registry, lambda: False))
+    reply = HttpReply(_respond(b"GET /healthz HTTP/1.1\r\n\r\n", registry,
+                               lambda: (False, "draining")))
     assert (reply.status, reply.body) == (503, b"draining\n")
 
 

@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from scheduler import pki
-from scheduler.names import NODE_ID_RULE, valid_node_id, valid_trust_domain
+from scheduler.names import NODE_ID_RULE, valid_instance_id, valid_node_id, valid_trust_domain
 from scheduler.pki import PkiError, PkiPaths, init_pki, issue_agent, issue_controller
 
 UUID_NODE = "0F8FAD5B-D9CB-469F-A165-70867728950E"
@@ -68,6 +68,17 @@ def test_invalid_node_ids(text):
 
 def test_node_id_rule_names_the_characters():
     assert "253" in NODE_ID_RULE and "a-z" in NODE_ID_RULE
+
+
+@pytest.mark.parametrize("text", ["i", "instance-my_db-" + UUID_NODE, "Web_1.A-b", "_", "x" * 253])
+def test_valid_instance_ids(text):
+    assert valid_instance_id(text)  # as the Orka Controller makes them: `_` in names
+
+
+@pytest.mark.parametrize("text", ["", "x" * 254, "web 1", "wéb", "a/b", "a:b", "n\n", "\u212a",
+                                  None, 42])
+def test_invalid_instance_ids(text):
+    assert not valid_instance_id(text)
 
 
 @pytest.mark.parametrize("text,valid", [("orka.local", True), ("my_td-1", True),

@@ -18,14 +18,18 @@ def test_generated_code_is_fresh(tmp_path):
     fresh = _generator().generate(tmp_path)
     assert fresh, "protoc generated nothing"
     committed_dir = ROOT / "scheduler" / "_proto"
+    fresh_dir = tmp_path / "scheduler" / "_proto"
     stale = []
     for path in fresh:
-        committed = committed_dir / path.name
+        name = path.relative_to(fresh_dir).as_posix()
+        committed = committed_dir / name
         if not committed.exists() or committed.read_bytes() != path.read_bytes():
-            stale.append(path.name)
+            stale.append(name)
     assert not stale, (f"scheduler/_proto is stale for {stale}: run `python tools/gen_protos.py` "
                        "and commit the result")
-    extra = {p.name for p in committed_dir.glob("*_p*.py*")} - {p.name for p in fresh}
+    generated = {p.relative_to(committed_dir).as_posix() for p in committed_dir.rglob("*_*.py*")
+                 if p.stem.endswith(("_pb2", "_grpc"))}
+    extra = generated - {p.relative_to(fresh_dir).as_posix() for p in fresh}
     assert not extra, f"scheduler/_proto has files no .proto generates: {sorted(extra)}"
 
 

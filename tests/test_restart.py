@@ -17,7 +17,7 @@ from grpclib.const import Status
 
 from scheduler._proto import controller_pb2
 from scheduler.model import NodeState
-from scheduler.store import Store, StoreError
+from scheduler.store import SqliteBackend, Store, StoreError
 from tests.conftest import make_config, running_scheduler
 from tests.fakes import (
     FakeAgent,
@@ -155,10 +155,10 @@ async def test_reports_reconcile_restored_instances_and_announce_unknown_ones():
 
 
 def test_a_second_scheduler_on_the_same_data_dir_is_refused(tmp_path):
-    first = Store(tmp_path, retained=10)
+    first = SqliteBackend(tmp_path)
     try:
         with pytest.raises(StoreError, match="another scheduler is using"):
-            Store(tmp_path, retained=10)
+            SqliteBackend(tmp_path)
     finally:
         first.close()
 
@@ -235,11 +235,11 @@ async def test_writes_that_acknowledge_nothing_are_committed_together(tmp_path, 
 
     from scheduler.store import COMMIT_INTERVAL
 
-    store = Store(tmp_path / "data", retained=100)
-    reader = sqlite3.connect(store.path)
+    store = Store(SqliteBackend(tmp_path / "data"), retained=100)
+    reader = sqlite3.connect(store.backend.path)
 
     def committed() -> int:
-        return reader.execute("SELECT COUNT(*) FROM nodes").fetchone()[0]
+        return reader.execute("SELECT COUNT(*) FROM state WHERE key LIKE 'nodes/%'").fetchone()[0]
 
     try:
         async with trio.open_nursery() as nursery:
@@ -255,7 +255,7 @@ async def test_writes_that_acknowledge_nothing_are_committed_together(tmp_path, 
         assert committed() == 101, "what is queued when run() ends is committed then"
     finally:
         reader.close()
-        store.close()
+        store.backend.close()
 
 
 async def test_a_forgotten_node_is_not_restored(monkeypatch):

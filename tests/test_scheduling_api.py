@@ -20,9 +20,11 @@ from tests.conftest import make_config, running_scheduler
 from tests.fakes import (
     FakeController,
     RecordingWorkloadAgent,
+    aio,
     destroy_instance,
     drop_stream,
     open_channel,
+    open_node,
     open_nodes,
     open_schedule,
     schedule,
@@ -86,10 +88,11 @@ INVALID = [
     pytest.param(dict(memory=-512), "workload.resource_limits.memory is -512; must be >= 0",
                  id="memory<0"),
     pytest.param(dict(disk=-3), "workload.resource_limits.disk is -3; must be >= 0", id="disk<0"),
-    pytest.param(dict(environment=["A=1", "NOEQUALS"]),
-                 "workload.environment[1] must be KEY=VALUE with a non-empty KEY", id="env-no-equals"),
-    pytest.param(dict(environment=["=value"]),
-                 "workload.environment[0] must be KEY=VALUE with a non-empty KEY", id="env-empty-key"),
+    pytest.param(dict(instance_id="web/1"), "workload.instance_id 'web/1' is not a valid id: "
+                 "1-253 characters of A-Z, a-z, 0-9, '.', '_' and '-'", id="instance-id-slash"),
+    pytest.param(dict(instance_id="w\u212a"), "workload.instance_id", id="instance-id-kelvin"),
+    pytest.param(dict(environment=["A=1", ""]), "workload.environment[1] is empty",
+                 id="env-empty-entry"),
     pytest.param(dict(environment=["K=v"] * 1025),
                  "workload.environment has 1025 entries; at most 1024", id="env-too-many"),
     pytest.param(dict(environment=["K=" + "v" * 40_000]),
@@ -116,14 +119,19 @@ async def test_validation_comes_before_looking_for_nodes():
 
 
 async def test_edge_values_that_are_valid_are_placed():
+    # Ids and environment as the Orka Controller makes them (SPEC §2.2 step 1): `_` in names,
+    # upper case, entries that are not KEY=VALUE, all passed to the Agent as given.
+    instance_id = "instance-My_db.1-" + "a" * (253 - 17)
+    environment = ["EMPTY=", "EQ=a=b", "DEBUG", "=value", " spaced out ", "ünï=cødé"]
     async with open_cluster(node("n1")) as (scheduler, channel, [n1]):
-        request = scheduling_request("a.b-1", environment=["EMPTY=", "EQ=a=b"], cpu=0, memory=0,
+        request = scheduling_request(instance_id, environment=environment, cpu=0, memory=0,
                                      disk=0)
         statuses, _ = await schedule(channel, request, until_code=RUNNING)
         assert [s.status.code for s in statuses] == [WAITING, RUNNING]
         [sent] = n1.workloads.workloads
+        assert len(instance_id) == 253
         assert (sent.instance_id, sent.image, list(sent.environment)) == \
-            ("a.b-1", "nginx:1.27", ["EMPTY=", "EQ=a=b"])
+            (instance_id, "nginx:1.27", environment)
         assert sent.HasField("resource_limits") and sent.resource_limits.HasField("memory"), \
             "explicit zero limits must reach the Agent as set, not as absent"
 
@@ -363,6 +371,37 @@ async def test_accepted_instance_streams_statuses_and_stop_ends_the_call_ok():
         assert len(reservations(scheduler)) == 0
         assert "web-1" not in scheduler.cluster.nodes["n1"].placed
         assert n2.workloads.created == []
+
+
+async def test_an_agent_ending_the_stream_ok_without_terminated_has_terminated_the_instance():
+    # The Orka node agent, once it has cleaned an instance up, ends its Create stream OK with
+    # no TERMINATED status (SPEC §2.2 step 5): TERMINATED "ended by the Agent", resources back.
+    async with open_cluster(node("n1", "cleanup", mem_free=GIB)) as (scheduler, channel, [n1]):
+        async with FakeController(channel).watch() as events:
+            async with open_schedule(channel, scheduling_request("c-1", memory=768)) as call:
+                await call.until(RUNNING)
+                _, error = await schedule(channel, scheduling_request("c-2", memory=768))
+                assert error.status is Status.RESOURCE_EXHAUSTED, "c-1 holds the memory"
+                assert await stop_instance(channel, "c-1") is None
+                statuses, error = await call.result()
+            assert error is None, f"the Schedule call must end OK: {error!r}"
+            assert [(s.status.code, s.status.message, s.node_id) for s in statuses][-1] == \
+                (TERMINATED, "ended by the Agent", "n1")
+            seen = []
+            while len(seen) < 3:
+                event = await events.receive()
+                assert not isinstance(event, Exception), event
+                if event.WhichOneof("event") == "instance":
+                    seen.append((event.instance.status.code, event.instance.status.message))
+        assert seen == [(WAITING, ""), (RUNNING, ""), (TERMINATED, "ended by the Agent")]
+        assert "c-1" not in reservations(scheduler)
+        assert "c-1" not in scheduler.cluster.nodes["n1"].placed
+        [latest] = [s for s in scheduler.instances.statuses() if s.instance_id == "c-1"]
+        assert (latest.code.name, latest.message) == ("TERMINATED", "ended by the Agent")
+        n1.mode = "accept"
+        statuses, _ = await schedule(channel, scheduling_request("c-2", memory=768),
+                                     until_code=RUNNING)
+        assert statuses[-1].node_id == "n1", "the memory c-1 held is free again"
 
 
 async def test_destroy_sends_kill_and_forgets_the_placement():
@@ -615,6 +654,49 @@ async def test_report_listing_the_instance_releases_its_reservation():
         assert "r-1" in reservations(scheduler), "a report that lists other instances only"
         await n1.report(scheduler, mem_free=3 * GIB, instances=[("r-1", RUNNING)])
         assert "r-1" not in reservations(scheduler)
+
+
+class GatedWorkloadAgent(RecordingWorkloadAgent):
+    """Accepts like "accept", but answers a Create only once the test opens the gate."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.waiting = 0  # Creates received and not answered yet
+        self._gate = None
+
+    async def _create(self, stream) -> None:
+        import asyncio
+
+        if self._gate is None:
+            self._gate = asyncio.Event()
+        self.waiting += 1
+        await self._gate.wait()
+        self.waiting -= 1
+        await super()._create(stream)
+
+    async def open_gate(self) -> None:
+        async def open_gate():
+            self._gate.set()
+        await aio(open_gate)()
+
+
+async def test_a_report_that_lists_the_instance_before_the_agent_answers_releases_at_once():
+    # The Agent started the instance and reported it before its first status reached us: that
+    # report already accounts for the instance, so holding its reservation would count it twice.
+    async with running_scheduler(make_config()) as scheduler, open_channel(scheduler.port) as channel:
+        workloads = GatedWorkloadAgent("n1")
+        n1 = await open_node(channel, scheduler, "n1", workloads)
+        try:
+            async with open_schedule(channel, scheduling_request("r-1", memory=512)) as call:
+                await wait_until(lambda: workloads.waiting == 1)
+                assert reservations(scheduler).node_of("r-1") == "n1"
+                await n1.report(scheduler, mem_free=3 * GIB, instances=[("r-1", RUNNING)])
+                assert "r-1" in reservations(scheduler), "not accepted yet: still held"
+                await workloads.open_gate()
+                await call.until(RUNNING)
+                assert "r-1" not in reservations(scheduler)
+        finally:
+            await n1.close()
 
 
 async def test_instance_streams_spread_over_connections_and_signals_have_their_own(monkeypatch):

@@ -17,7 +17,7 @@ def test_wheel_ships_and_imports_generated_code(tmp_path):
                    check=True, cwd=tmp_path)
     (wheel,) = wheels.glob("orka_scheduler-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("agent", "node_agent", "controller"):
+    for module in ("agent", "node_agent", "controller", "store", "etcd/rpc", "etcd/v3election"):
         assert f"scheduler/_proto/{module}_pb2.py" in names
         assert f"scheduler/_proto/{module}_grpc.py" in names
         assert f"scheduler/_proto/{module}_pb2.pyi" in names
@@ -25,9 +25,11 @@ def test_wheel_ships_and_imports_generated_code(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                     "--target", str(target), str(wheel)], check=True, cwd=tmp_path)
     probe = ("import scheduler, scheduler._proto.agent_grpc as g, scheduler.cli;"
-             "print(scheduler.__file__); print(g.LifecycleServiceStub.__name__)")
+             "import scheduler._proto.etcd.v3election_grpc as e;"
+             "print(scheduler.__file__); print(g.LifecycleServiceStub.__name__);"
+             "print(e.ElectionStub.__name__)")
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", probe], check=True, cwd=tmp_path, env=env,
                          capture_output=True, text=True).stdout.split()
     assert out[0].startswith(str(target)), f"imported from {out[0]}, not the installed wheel"
-    assert out[1] == "LifecycleServiceStub"
+    assert out[1:] == ["LifecycleServiceStub", "ElectionStub"]

@@ -12,7 +12,7 @@ import trio
 from .._proto import agent_grpc, agent_pb2
 from ..cluster import Cluster
 from ..errors import Aborted, InvalidArgument
-from ..grpc_bridge import Bridge, Call
+from ..grpc_bridge import Call, TrioHandler, routes
 from ..security import check_node
 from ..convert import node_id_from_wire, node_status_from_wire, port_from_wire
 
@@ -25,16 +25,16 @@ class AgentApi:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
 
-    def servables(self, bridge: Bridge) -> list:
-        return [
-            bridge.servable(agent_grpc.LifecycleServiceBase, {
+    def routes(self) -> dict[str, TrioHandler]:
+        return {
+            **routes(agent_grpc.LifecycleServiceBase, {
                 "JoinCluster": self.join_cluster,
                 "LeaveCluster": self.leave_cluster,
             }),
-            bridge.servable(agent_grpc.StatusUpdateServiceBase, {
+            **routes(agent_grpc.StatusUpdateServiceBase, {
                 "UpdateNodeStatus": self.update_node_status,
             }),
-        ]
+        }
 
     async def join_cluster(self, call: Call) -> agent_pb2.Empty:
         request: agent_pb2.ConnectionRequest = call.request

@@ -5,7 +5,7 @@ import logging
 
 from .._proto import controller_grpc, controller_pb2
 from ..events import EventLog, Watcher
-from ..grpc_bridge import Bridge, Call
+from ..grpc_bridge import Call, TrioHandler, routes
 from ..cluster import Cluster
 from ..convert import event_to_wire, node_to_wire
 
@@ -17,11 +17,11 @@ class ClusterApi:
         self.cluster = cluster
         self.events = events
 
-    def servables(self, bridge: Bridge) -> list:
-        return [bridge.servable(controller_grpc.ClusterServiceBase, {
+    def routes(self) -> dict[str, TrioHandler]:
+        return routes(controller_grpc.ClusterServiceBase, {
             "WatchEvents": self.watch_events,
             "ListNodes": self.list_nodes,
-        })]
+        })
 
     async def watch_events(self, call: Call) -> None:
         """Replay after (epoch, after_revision) when retained, else snapshot; then live events.

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from .._proto import controller_grpc, controller_pb2
-from ..convert import instance_status_to_wire, node_id_from_wire, workload_from_wire
+from ..convert import instance_id_from_wire, instance_status_to_wire, workload_from_wire
 from ..errors import Unavailable
-from ..grpc_bridge import Bridge, Call
+from ..grpc_bridge import Call, TrioHandler, routes
 from ..instances import ENDED_OK, Instances
 
 EMPTY = controller_pb2.Empty()
@@ -14,12 +14,12 @@ class SchedulingApi:
     def __init__(self, instances: Instances) -> None:
         self.instances = instances
 
-    def servables(self, bridge: Bridge) -> list:
-        return [bridge.servable(controller_grpc.SchedulingServiceBase, {
+    def routes(self) -> dict[str, TrioHandler]:
+        return routes(controller_grpc.SchedulingServiceBase, {
             "Schedule": self.schedule,
             "Stop": self.stop,
             "Destroy": self.destroy,
-        })]
+        })
 
     async def schedule(self, call: Call) -> None:
         """Place the workload, then relay its statuses until TERMINATED (then end OK).
@@ -36,9 +36,9 @@ class SchedulingApi:
             raise Unavailable(f"instance {instance.id} on node {instance.node.id}: {instance.ended}")
 
     async def stop(self, call: Call) -> controller_pb2.Empty:
-        await self.instances.stop(node_id_from_wire(call.request.instance_id, "instance_id"))
+        await self.instances.stop(instance_id_from_wire(call.request.instance_id))
         return EMPTY
 
     async def destroy(self, call: Call) -> controller_pb2.Empty:
-        await self.instances.destroy(node_id_from_wire(call.request.instance_id, "instance_id"))
+        await self.instances.destroy(instance_id_from_wire(call.request.instance_id))
         return EMPTY

@@ -5,10 +5,12 @@ current (nodes, readiness, metrics, instance counts, reservations); `plan` filte
 (`feasible`), ranks what is left (`rank`) and returns a `Plan` to attempt in order.
 
     table.py         NodeTable: one row per node, numpy columns, O(1) updates
+    requests.py      what feasibility and ranking count for a request (non-zero requests)
     reservations.py  Reservations: what is promised to instances the reports may not show yet
     feasible.py      Reason, reject_reason / reason_codes: who fits and why not;
                      reserve_if_fits: the re-check before each attempt
     rank.py          Strategy, score / scores / priority_positions: who is tried first
+                     (nodes without room for the placement last)
     plan.py          Plan, plan (over a table), plan_candidates (node by node, the reference)
 """
 from scheduler.placement.feasible import Candidate, Reason, node_reason, reserve_if_fits

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.model import NO_RESOURCES, NodeMetrics, Resources
+from scheduler.model import NodeMetrics, Resources
+from scheduler.placement.requests import summed
 from scheduler.placement.table import (
     CPU, DISK, MEMORY, Columns, NodeTable, column_amounts, node_dimensions,
 )
@@ -48,7 +49,7 @@ class Candidate:
     node_id: str
     ready: bool
     metrics: NodeMetrics | None  # None: no status reported yet
-    reserved: Resources = NO_RESOURCES
+    reservations: tuple[Resources, ...] = ()  # requests reserved on the node, as declared
     instances: int = 0
 
 
@@ -57,7 +58,7 @@ def reject_reason(candidate: Candidate, request: Resources) -> Reason | None:
     if not candidate.ready or candidate.metrics is None:
         return Reason.NOT_READY
     dimensions = node_dimensions(candidate.metrics)
-    reserved = column_amounts(candidate.reserved)
+    reserved = column_amounts(summed(candidate.reservations))
     wanted = column_amounts(request)
     for dimension, reason in _CHECKS:
         reported = dimensions[dimension]

@@ -15,7 +15,8 @@ from scheduler.placement.feasible import (
     FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reason_codes, reject_reason,
 )
 from scheduler.placement.rank import Strategy, priority_positions, score, scores, sort_key
-from scheduler.placement.table import NodeTable, column_amounts
+from scheduler.placement.requests import ranking_request
+from scheduler.placement.table import Columns, NodeTable, column_amounts
 
 HEAD = 8  # nodes put in order up front; the rest only once all of these refused (rare)
 
@@ -103,25 +104,50 @@ def plan(
     _checked(request, max_attempts)
     strategy = Strategy(strategy)
     columns = table.columns()
-    wanted = column_amounts(request)
-    codes = reason_codes(columns, wanted)
-    feasible_rows = np.flatnonzero(codes == FEASIBLE)
-    key = sort_key(scores(columns, wanted)[feasible_rows], strategy)
-    # Fancy indexing copies: the plan stays valid when the table changes afterwards.
-    ids = columns.ids[feasible_rows]
-    instances = columns.instances[feasible_rows]
-    id_rank = columns.id_rank[feasible_rows]
-    bound = columns.id_rank_bound
+    codes = reason_codes(columns, column_amounts(request))
+    row_scores, no_room = scores(columns, column_amounts(ranking_request(request)))
+    feasible = codes == FEASIBLE
+    # Nodes with room in the strategy's order, then those without room most free first.
+    groups = [_Group(columns, np.flatnonzero(feasible & ~no_room), row_scores, strategy),
+              _Group(columns, np.flatnonzero(feasible & no_room), row_scores, Strategy.SPREAD)]
+    groups = [group for group in groups if group.size]
+    feasible_count = sum(group.size for group in groups)
 
     def ordered(limit: int) -> list[str]:
-        return ids[priority_positions(key, instances, id_rank, bound, limit)].tolist()
+        order: list[str] = []
+        for group in groups:
+            if limit and len(order) >= limit:
+                break
+            order += group.ordered(limit - len(order) if limit else 0)
+        return order
 
-    rejected_rows = np.flatnonzero(codes != FEASIBLE)
+    rejected_rows = np.flatnonzero(~feasible)
     rejected = (columns.ids[rejected_rows], codes[rejected_rows])
-    if (max_attempts and max_attempts <= HEAD) or len(feasible_rows) <= HEAD:
-        return Plan(ordered(max_attempts), len(feasible_rows), *rejected)
-    return Plan(ordered(HEAD), len(feasible_rows), *rejected,
-                rest=lambda: ordered(max_attempts))
+    if (max_attempts and max_attempts <= HEAD) or feasible_count <= HEAD:
+        return Plan(ordered(max_attempts), feasible_count, *rejected)
+    return Plan(ordered(HEAD), feasible_count, *rejected, rest=lambda: ordered(max_attempts))
+
+
+class _Group:
+    """Some feasible rows of a decision, ordered among themselves by one strategy."""
+
+    __slots__ = ("size", "_ids", "_key", "_instances", "_id_rank", "_bound")
+
+    def __init__(self, columns: Columns, rows: np.ndarray, row_scores: np.ndarray,
+                 strategy: Strategy) -> None:
+        # Fancy indexing copies: the plan stays valid when the table changes afterwards.
+        self.size = len(rows)
+        self._ids = columns.ids[rows]
+        self._key = sort_key(row_scores[rows], strategy)
+        self._instances = columns.instances[rows]
+        self._id_rank = columns.id_rank[rows]
+        self._bound = columns.id_rank_bound
+
+    def ordered(self, limit: int) -> list[str]:
+        """The first `limit` node ids in priority order (0: all)."""
+        positions = priority_positions(self._key, self._instances, self._id_rank, self._bound,
+                                       limit)
+        return self._ids[positions].tolist()
 
 
 def plan_candidates(
@@ -133,20 +159,21 @@ def plan_candidates(
     """The same decision as `plan`, node by node: slow, obviously right."""
     _checked(request, max_attempts)
     strategy = Strategy(strategy)
-    sign = -1.0 if strategy is Strategy.SPREAD else 1.0
-    ranked: list[tuple[float, int, str]] = []
+    ranked: list[tuple[bool, float, int, str]] = []
     rejected: list[tuple[str, Reason]] = []
     for candidate in candidates:
         reason = reject_reason(candidate, request)
         if reason is None:
-            key = sign * score(candidate, request)
-            ranked.append((key, candidate.instances, candidate.node_id))
+            value, room = score(candidate, request)
+            # Nodes without room come last, most free first, whatever the strategy.
+            key = -value if strategy is Strategy.SPREAD or not room else value
+            ranked.append((not room, key, candidate.instances, candidate.node_id))
         else:
             rejected.append((candidate.node_id, reason))
     ranked.sort()
     chosen = ranked[:max_attempts] if max_attempts else ranked
     return Plan(
-        order=[node_id for _, _, node_id in chosen],
+        order=[node_id for *_, node_id in chosen],
         feasible_count=len(ranked),
         rejected_ids=[node_id for node_id, _ in rejected],
         rejected_codes=[REASON_CODES[reason] for _, reason in rejected],

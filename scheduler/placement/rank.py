@@ -1,9 +1,23 @@
 """Priority (SPEC §2.2 step 3): in which order feasible nodes are tried.
 
+Ranking counts what is placed, not only what the last report shows: the request and every
+reservation on the node count as `ranking_request` makes them (a workload without limits takes
+100 millicores and 128 MiB), and reservations last until the node's reports show the instance.
+
 A node's score is the mean, over the dimensions it reports, of the fraction left free after
-placement: (free - reserved - requested) / total. `spread` tries the highest score first (keeps
-headroom everywhere), `binpack` the lowest (fills nodes up, keeps others empty). Ties go to the
-node with fewer instances, then to the smaller node id, so a decision is fully deterministic.
+placement, as ranking counts it: (free - ranking reserved - ranking request) / total. `spread`
+tries the highest score first (keeps headroom everywhere: the freest nodes take instances until
+their free amounts meet), `binpack` the lowest (fills nodes up, keeps others empty).
+
+A node *without room* -- the placement would take it below zero free on a dimension it reports,
+as ranking counts it -- comes after every node with room, whatever the strategy, and such nodes
+are tried most free first. Feasibility counts only declared requests, so a workload without
+limits never fails the filter: without this rule binpack would keep choosing its fullest node
+forever. With it, binpack fills one node until it has no room, then starts the next; and once
+the whole cluster is past what it can hold, the overflow spreads instead of piling up.
+
+Ties go to the node with fewer instances, then to the smaller node id, so a decision is fully
+deterministic.
 
 As in `feasible`: `score` for one node in plain Python, `scores` / `priority_positions` over
 columns.
@@ -16,6 +30,7 @@ import numpy as np
 
 from scheduler.model import Resources
 from scheduler.placement.feasible import Candidate
+from scheduler.placement.requests import ranking_request, summed
 from scheduler.placement.table import CPU, DISK, MEMORY, Columns, column_amounts, node_dimensions
 
 NEUTRAL_SCORE = 0.5  # a node that reports no dimension ranks midway: it is neither full nor empty
@@ -31,41 +46,48 @@ class Strategy(enum.StrEnum):
     """Least free fraction after placement first: nodes fill up one after another."""
 
 
-def score(candidate: Candidate, request: Resources) -> float:
-    """The node's mean free fraction after placing `request`; NEUTRAL_SCORE if it reports none."""
-    assert candidate.metrics is not None, "only nodes with a status are scored"
-    reserved = column_amounts(candidate.reserved)
-    wanted = column_amounts(request)
+def score(candidate: Candidate, request: Resources) -> tuple[float, bool]:
+    """The node's mean free fraction after placing `request` (NEUTRAL_SCORE if it reports no
+    dimension), and whether it has room: nothing it reports goes below zero free."""
+    assert candidate.metrics is not None, "only nodes with a status are ranked"
+    reserved = column_amounts(summed(ranking_request(r) for r in candidate.reservations))
+    wanted = column_amounts(ranking_request(request))
     fractions = 0.0
     known = 0
+    room = True
     for dimension, reported in enumerate(node_dimensions(candidate.metrics)):
         if reported is None:
             continue
         total, free = reported
+        left = free - reserved[dimension] - wanted[dimension]
+        room = room and left >= 0
         known += 1
         # A known zero capacity has nothing free (and must not divide by zero).
-        fractions += (free - reserved[dimension] - wanted[dimension]) / total if total > 0 else 0.0
-    return fractions / known if known else NEUTRAL_SCORE
+        fractions += left / total if total > 0 else 0.0
+    return (fractions / known if known else NEUTRAL_SCORE), room
 
 
-def scores(columns: Columns, wanted: tuple[float, float, float]) -> np.ndarray:
-    """`score` of every row, vectorised; rows that are not feasible get meaningless values.
+def scores(columns: Columns, ranked: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """`score` of every row, vectorised, as (scores, no room); `ranked` is `ranking_request` of
+    the request in column units. Rows that are not feasible get meaningless values.
 
     One dimension at a time, in place: whole-table temporaries are large enough that the
     allocator maps fresh pages for each, which once cost more than the arithmetic.
     """
-    summed = np.zeros(len(columns.ids))
+    summed_fractions = np.zeros(len(columns.ids))
+    no_room = np.zeros(len(columns.ids), dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
         for dimension in (MEMORY, CPU, DISK):  # the order `score` adds, to agree to the last bit
-            fraction = columns.free[dimension] - columns.reserved[dimension]
-            fraction -= wanted[dimension]
+            fraction = columns.free[dimension] - columns.ranking_reserved[dimension]
+            fraction -= ranked[dimension]
+            no_room |= fraction < 0  # False for NaN: an unknown dimension has room
             fraction /= columns.total[dimension]
             # NaN (unknown) and ±inf or NaN (a zero total) count as 0, as in `score`.
             np.nan_to_num(fraction, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-            summed += fraction
-        summed /= columns.known
-    summed[columns.known == 0] = NEUTRAL_SCORE
-    return summed
+            summed_fractions += fraction
+        summed_fractions /= columns.known
+    summed_fractions[columns.known == 0] = NEUTRAL_SCORE
+    return summed_fractions, no_room
 
 
 def sort_key(row_scores: np.ndarray, strategy: Strategy) -> np.ndarray:

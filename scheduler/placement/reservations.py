@@ -5,20 +5,32 @@ decision would see the old numbers and could place twice on the same headroom. T
 reserves on the chosen node *before* calling the Agent and releases on refusal, so every later
 decision subtracts what is already promised (SPEC §2.2 step 2: no overcommit). Pure data, no
 clock: when a reservation ends is the caller's policy.
+
+Each reservation holds two amounts, taken and given back together: the request as declared
+(what feasibility subtracts) and the request as ranking counts it (`ranking_request`: an
+instance without limits still takes room), so ranking sees every instance placed on a node that
+its reports may not show yet, and feasibility never refuses more than was really promised.
 """
 from __future__ import annotations
 
 from scheduler.model import Resources
+from scheduler.placement.requests import ranking_request
 
-_ZERO = (0, 0, 0)  # (cpu millicores, memory MiB, disk MiB) of a node with nothing reserved
+Amounts = tuple[int, int, int]  # (cpu millicores, memory MiB, disk MiB)
+_ZERO: Amounts = (0, 0, 0)  # a node with nothing reserved
 
 
-def _amounts(resources: Resources) -> tuple[int, int, int]:
+def _amounts(resources: Resources) -> Amounts:
     """(cpu, memory, disk) with `None` as 0: a dimension not requested reserves nothing."""
     amounts = (resources.cpu or 0, resources.memory or 0, resources.disk or 0)
     if min(amounts) < 0:
         raise ValueError(f"cannot reserve negative resources: {resources}")
     return amounts
+
+
+def _plus(total: Amounts, amounts: Amounts, sign: int = 1) -> Amounts:
+    return (total[0] + sign * amounts[0], total[1] + sign * amounts[1],
+            total[2] + sign * amounts[2])
 
 
 class Reservations:
@@ -27,9 +39,10 @@ class Reservations:
     __slots__ = ("_by_instance", "_by_node", "_totals")
 
     def __init__(self) -> None:
-        self._by_instance: dict[str, tuple[str, tuple[int, int, int]]] = {}
+        # instance id -> (node id, declared amounts, ranking amounts)
+        self._by_instance: dict[str, tuple[str, Amounts, Amounts]] = {}
         self._by_node: dict[str, dict[str, None]] = {}  # insertion-ordered set of instance ids
-        self._totals: dict[str, tuple[int, int, int]] = {}
+        self._totals: dict[str, tuple[Amounts, Amounts]] = {}  # node id -> (declared, ranking)
 
     def __len__(self) -> int:
         return len(self._by_instance)
@@ -46,23 +59,25 @@ class Reservations:
         if instance_id in self._by_instance:
             held_on = self._by_instance[instance_id][0]
             raise ValueError(f"instance {instance_id!r} already holds a reservation on {held_on!r}")
-        amounts = _amounts(resources)
-        self._by_instance[instance_id] = (node_id, amounts)
+        declared = _amounts(resources)
+        ranking = _amounts(ranking_request(resources))
+        self._by_instance[instance_id] = (node_id, declared, ranking)
         self._by_node.setdefault(node_id, {})[instance_id] = None
-        cpu, memory, disk = self._totals.get(node_id, _ZERO)
-        self._totals[node_id] = (cpu + amounts[0], memory + amounts[1], disk + amounts[2])
+        total_declared, total_ranking = self._totals.get(node_id, (_ZERO, _ZERO))
+        self._totals[node_id] = (_plus(total_declared, declared), _plus(total_ranking, ranking))
 
     def release(self, instance_id: str) -> bool:
         """Drop the instance's reservation. False if it held none (releasing twice is harmless)."""
         held = self._by_instance.pop(instance_id, None)
         if held is None:
             return False
-        node_id, (cpu, memory, disk) = held
+        node_id, declared, ranking = held
         instances = self._by_node[node_id]
         del instances[instance_id]
         if instances:
-            total_cpu, total_memory, total_disk = self._totals[node_id]
-            self._totals[node_id] = (total_cpu - cpu, total_memory - memory, total_disk - disk)
+            total_declared, total_ranking = self._totals[node_id]
+            self._totals[node_id] = (_plus(total_declared, declared, -1),
+                                     _plus(total_ranking, ranking, -1))
         else:
             del self._by_node[node_id]
             del self._totals[node_id]
@@ -74,8 +89,13 @@ class Reservations:
         return held[0] if held is not None else None
 
     def node_total(self, node_id: str) -> Resources:
-        """Everything reserved on the node (cpu millicores, memory and disk MiB; 0 if nothing)."""
-        cpu, memory, disk = self._totals.get(node_id, _ZERO)
+        """Everything reserved on the node as declared (cpu millicores, memory and disk MiB)."""
+        cpu, memory, disk = self._totals.get(node_id, (_ZERO, _ZERO))[0]
+        return Resources(cpu=cpu, memory=memory, disk=disk)
+
+    def node_ranking_total(self, node_id: str) -> Resources:
+        """Everything reserved on the node as ranking counts it (`ranking_request`)."""
+        cpu, memory, disk = self._totals.get(node_id, (_ZERO, _ZERO))[1]
         return Resources(cpu=cpu, memory=memory, disk=disk)
 
     def instances_on(self, node_id: str) -> tuple[str, ...]:

@@ -60,6 +60,7 @@ class Columns(NamedTuple):
     total: np.ndarray  # float64 (3, n): capacity per dimension, NaN = unknown
     free: np.ndarray  # float64 (3, n): last reported free, NaN = unknown
     reserved: np.ndarray  # float64 (3, n): promised to instances the reports may not show
+    ranking_reserved: np.ndarray  # float64 (3, n): the same promises as ranking counts them
     known: np.ndarray  # int64 (n,): how many dimensions the node reports
     instances: np.ndarray  # int64 (n,): instances on the node, the first tie-breaker
     id_rank: np.ndarray  # int64 (n,): the node id's position in ascending order, last tie-breaker
@@ -73,7 +74,8 @@ class NodeTable:
     kept exact on every add and remove (~10 µs at 10,000 nodes) rather than recomputed before a
     decision (~1.5 ms), so a decision right after a join costs no more than any other.
     Reservations go through the table (`reserve` / `release`) so the ledger and the reserved
-    columns never disagree; a node added again gets back whatever the ledger still holds for it.
+    columns (declared, and as ranking counts them) never disagree; a node added again gets back
+    whatever the ledger still holds for it.
     """
 
     def __init__(self, reservations: Reservations | None = None, capacity: int = INITIAL_CAPACITY):
@@ -87,6 +89,7 @@ class NodeTable:
         self._total = np.empty((DIMENSIONS, 0))
         self._free = np.empty((DIMENSIONS, 0))
         self._reserved = np.zeros((DIMENSIONS, 0))
+        self._ranking_reserved = np.zeros((DIMENSIONS, 0))
         self._known = np.zeros(0, dtype=np.int64)
         self._instances = np.zeros(0, dtype=np.int64)
         self._id_rank = np.zeros(0, dtype=np.int64)
@@ -129,7 +132,7 @@ class NodeTable:
         self._ready[row] = False
         self._clear_metrics(row)
         self._instances[row] = 0
-        self._reserved[:, row] = column_amounts(self._reservations.node_total(node_id))
+        self._copy_reserved(node_id, row)
         return True
 
     def remove(self, node_id: str) -> bool:
@@ -144,7 +147,7 @@ class NodeTable:
             for column in (self._ids, self._ready, self._reported, self._known, self._instances,
                            self._id_rank):
                 column[row] = column[last]
-            for column in (self._total, self._free, self._reserved):
+            for column in (self._total, self._free, self._reserved, self._ranking_reserved):
                 column[:, row] = column[:, last]
             self._row[self._ids[row]] = row
         self._ids[last] = None
@@ -201,6 +204,7 @@ class NodeTable:
             total=self._total[:, :n],
             free=self._free[:, :n],
             reserved=self._reserved[:, :n],
+            ranking_reserved=self._ranking_reserved[:, :n],
             known=self._known[:n],
             instances=self._instances[:n],
             id_rank=self._id_rank[:n],
@@ -208,10 +212,15 @@ class NodeTable:
         )
 
     def _refresh_reserved(self, node_id: str) -> None:
-        """Copy the ledger's exact integer total into the node's columns (no float drift)."""
         row = self._row.get(node_id)
         if row is not None:
-            self._reserved[:, row] = column_amounts(self._reservations.node_total(node_id))
+            self._copy_reserved(node_id, row)
+
+    def _copy_reserved(self, node_id: str, row: int) -> None:
+        """Copy the ledger's exact integer totals into the node's columns (no float drift)."""
+        ledger = self._reservations
+        self._reserved[:, row] = column_amounts(ledger.node_total(node_id))
+        self._ranking_reserved[:, row] = column_amounts(ledger.node_ranking_total(node_id))
 
     def _clear_metrics(self, row: int) -> None:
         self._total[:, row] = UNKNOWN
@@ -235,6 +244,7 @@ class NodeTable:
         self._total = grown(self._total, UNKNOWN)
         self._free = grown(self._free, UNKNOWN)
         self._reserved = grown(self._reserved, 0.0)
+        self._ranking_reserved = grown(self._ranking_reserved, 0.0)
         self._known = grown(self._known, 0)
         self._instances = grown(self._instances, 0)
         self._id_rank = grown(self._id_rank, 0)

@@ -85,11 +85,14 @@ def test_unknown_dimensions_neither_filter_nor_penalise():
     })
     request = Resources(cpu=100_000, disk=gib(10_000))  # far more than any node has
     decision = plan(table, request)
-    assert decision.order == ["old", "silent"]
+    assert decision.order == ["silent", "old"]  # old keeps 0.4875 of its memory (see below)
     assert decision.rejected == {"new": Reason.CPU}
 
-    # Without cpu/disk demand all three score exactly 0.5: ties broken by id.
-    assert plan(table, Resources(memory=0)).order == ["new", "old", "silent"]
+    # Asking for nothing, ranking counts 128 MiB and 100 millicores, on what each node reports:
+    # old keeps (5 GiB - 128 MiB) / 10 GiB = 0.4875; new the same, plus 0.475 of its cpu and
+    # 0.5 of its disk, the same mean (a tie: by id). Silent reports nothing: neutral 0.5.
+    assert plan(table, Resources(memory=0)).order == ["silent", "new", "old"]
+    assert plan(table, Resources(memory=0), "binpack").order == ["new", "old", "silent"]
 
 
 def test_cpu_is_known_only_with_cores_and_load():
@@ -109,7 +112,9 @@ def test_a_reported_zero_capacity_is_known_and_has_nothing_free():
     table = table_of({"zero": metrics(memory=(0, 0)), "some": metrics(memory=(10, 1))})
     assert plan(table, Resources(memory=1)).rejected == {"zero": Reason.MEMORY}
     assert plan(table).order == ["some", "zero"]  # 0.1 free beats 0.0
-    assert plan(table, strategy="binpack").order == ["zero", "some"]
+    # Ranking counts 128 MiB even for a request of nothing: zero has no room for it, so it
+    # comes after every node that has room, binpack or not.
+    assert plan(table, strategy="binpack").order == ["some", "zero"]
 
 
 def test_a_request_dimension_of_none_or_zero_always_fits():
@@ -265,7 +270,8 @@ def test_the_ledger():
 def test_max_attempts_cuts_the_order():
     table = table_of({f"n{i}": metrics(memory=(10, i)) for i in range(10)})
     assert plan(table, max_attempts=3).order == ["n9", "n8", "n7"]
-    assert plan(table, strategy="binpack", max_attempts=2).order == ["n0", "n1"]
+    # n0 has no free memory: no room for the 128 MiB ranking counts, so it comes last.
+    assert plan(table, strategy="binpack", max_attempts=2).order == ["n1", "n2"]
     assert plan(table, max_attempts=0).order == [f"n{i}" for i in reversed(range(10))]
     assert plan(table, max_attempts=50).order == plan(table).order
     assert plan(table, max_attempts=3).feasible_count == 10
