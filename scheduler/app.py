@@ -38,6 +38,7 @@ from .events import EventLog
 from .grpc_bridge import Bridge, open_loop
 from .instances import Instances
 from .leadership import Election, Term
+from .memory import release_freed_memory
 from .model import NodeState, Snapshot
 from .observability import Hooks, make_registry, serve_http
 from .store import Restored, SqliteBackend, Store
@@ -275,6 +276,7 @@ async def serve(
     try:
         async with open_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(_close_at_exit, lambda: client)
+            nursery.start_soon(release_freed_memory)
             if not sqlite:
                 etcd_config = config.etcd
                 client = etcd.EtcdClient(etcd_config.addresses, etcd.ssl_context(
