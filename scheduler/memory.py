@@ -21,7 +21,7 @@ import trio
 log = logging.getLogger(__name__)
 
 LOOK_EVERY = 5.0  # s between two looks at the process's RSS
-TRIM_AFTER_GROWTH = 8 << 20  # bytes of RSS growth since the last trim that are worth one
+TRIM_AFTER_GROWTH = 2 << 20  # bytes of RSS growth since the last trim that are worth one
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
