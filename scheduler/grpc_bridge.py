@@ -375,7 +375,9 @@ class Bridge:
             except GRPCError as error:
                 if error.status in REFUSALS:
                     bridge._log_refusal(stream, path, call, error)
-                raise
+                # Without its traceback: that holds the frames that hold the call's future,
+                # which holds the error (a cycle per refused call, until a full collection).
+                raise error.with_traceback(None)
 
         async def run(call: Call, stream: Stream) -> None:
             if cardinality.client_streaming:

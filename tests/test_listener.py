@@ -307,24 +307,37 @@ async def test_nothing_is_kept_after_a_failed_handshake(pki, caplog):
 
 
 async def test_an_ended_call_leaves_nothing_for_the_garbage_collector():
-    # trio-asyncio wraps each call's future's `cancel` in a closure holding the future's
-    # handle: a cycle that kept every ended call (request, reply, cancel scope: ~24 objects)
-    # until a full collection, which the scheduler's GC thresholds make rare.
+    # Every way a call ends left it in a reference cycle until a full collection, which the
+    # scheduler's GC thresholds make rare: trio-asyncio's wrapper of each call's future (a
+    # call answered), the error's traceback holding the frames that hold the future (a call
+    # refused), grpclib's Wrapper keeping the error that cancelled the call (a call the client
+    # reset, with the messages read ahead for it: +100 MB under bench/attacks.py unknown_flood).
+    from scheduler._proto import agent_pb2
     from scheduler.grpc_bridge import Call
+    from tests.fakes import FakeAgent, drop_stream, status
 
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
-        controller = FakeController(channel)
+        controller, agent = FakeController(channel), FakeAgent(channel, "node-1")
         await controller.list_nodes()
+        await agent.join()
         gc.collect()
         gc.disable()
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
-            for _ in range(20):
-                await controller.list_nodes()
-            await trio.sleep(0.1)
+            for _ in range(10):
+                await controller.list_nodes()  # answered
+                with pytest.raises(GRPCError):
+                    await agent.join("Not A Node Id!")  # refused
+                stream = await agent.report()  # reset by the client after two statuses
+                await stream.send(status("node-1"))
+                await trio.sleep(0.05)
+                await drop_stream(stream)
+            await trio.sleep(0.2)
             gc.collect()
             calls = [o for o in gc.garbage if isinstance(o, Call)]
-            assert calls == [], f"{len(calls)} ended calls were left in reference cycles"
+            statuses = [o for o in gc.garbage if isinstance(o, agent_pb2.NodeStatus)]
+            assert calls == [] and statuses == [], \
+                f"{len(calls)} ended calls and {len(statuses)} statuses left in reference cycles"
         finally:
             gc.set_debug(0)
             gc.garbage.clear()

@@ -61,7 +61,7 @@ class Session:
     host: str  # the peer IP of the JoinCluster call
     port: int  # the Agent's own gRPC server (node_agent.WorkloadService)
     deadline: float  # trio time by which a valid status must arrive, else the node is LOST
-    limiter: TokenBucket
+    limiter: TokenBucket  # the node's: a rejoin does not renew its burst
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     stream: StatusStream | None = None
 
@@ -82,6 +82,7 @@ class Node:
     ids: tuple[str, ...] = ()  # instance_ids(), kept by Cluster.count_instances (hot path)
     running: frozenset[str] = frozenset()  # reported and not TERMINATED in the latest status
     reported: tuple[InstanceReport, ...] | None = None  # its instance list; None: no status yet
+    limiter: TokenBucket | None = None  # its status rate, across sessions and generations
 
     @property
     def address(self) -> str:
@@ -185,7 +186,7 @@ class Cluster:
             host=node.host,
             port=node.port,
             deadline=deadline,
-            limiter=TokenBucket(self._status_rate, self._status_burst, trio.current_time()),
+            limiter=self._limiter(node),
         )
         node.session = session
         node.state = NodeState.READY
@@ -200,6 +201,13 @@ class Cluster:
         for hook in self.on_node_change:
             hook(node)
         return session
+
+    def _limiter(self, node: Node) -> TokenBucket:
+        """The node's status rate limit, made at its first session and kept: per session, an
+        Agent rejoining in a loop (from a new port each time) got a fresh burst every time."""
+        if node.limiter is None:
+            node.limiter = TokenBucket(self._status_rate, self._status_burst, trio.current_time())
+        return node.limiter
 
     def restore(self, node: Node, *, jitter: float = 0.0) -> None:
         """Take back a node from a previous run. A READY one gets `node_timeout` (+ `jitter` s,
