@@ -35,7 +35,7 @@ from .cluster import Cluster, Node
 from .cluster.registry import format_address
 from .config import Config
 from .events import EventLog
-from .grpc_bridge import Bridge, open_loop
+from .grpc_bridge import Bridge, Limits, open_loop
 from .instances import Instances
 from .leadership import Election, Term
 from .memory import release_freed_memory
@@ -263,10 +263,11 @@ async def serve(
     scheduler = Scheduler(config, shutdown=shutdown)
     notifier = notifier or Notifier()
     server = config.server
-    bridge = scheduler.bridge = Bridge(
-        authorize, server.max_message_bytes, max_connections=server.max_connections,
-        handshake_timeout=server.handshake_timeout, message_timeout=server.message_timeout,
-        connection_rate_per_ip=server.connection_rate_per_ip)
+    bridge = scheduler.bridge = Bridge(authorize, Limits(
+        max_connections=server.max_connections, handshake_timeout=server.handshake_timeout,
+        message_timeout=server.message_timeout, max_message_bytes=server.max_message_bytes,
+        connection_rate_per_ip=server.connection_rate_per_ip,
+        controller_streams=server.controller_streams))
     health, serving = health_service()
     serving.set(False)  # NOT_SERVING until this scheduler leads
     servables = with_reflection([bridge.routed(base) for base in ROUTED] + [health])

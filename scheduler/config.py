@@ -55,6 +55,8 @@ DEFAULT_MAX_CONNECTIONS = 20_000  # 10,000 nodes, each briefly twice while it re
 MIN_CONNECTIONS = 16  # fewer cannot serve a Controller and a handful of Agents
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # s; a TLS handshake takes milliseconds, even across regions
 DEFAULT_MESSAGE_TIMEOUT = 10.0  # s for a started request message (or header block) to complete
+DEFAULT_CONTROLLER_STREAMS = 10_000  # a Controller's open Schedule streams (one per instance)
+MIN_CONTROLLER_STREAMS = 100  # HTTP/2's usual limit: never fewer than any other peer gets
 DEFAULT_CONNECTION_RATE_PER_IP = 16.0  # new connections/s from one address: TLS costs ~2 ms each
 STATE_DIR_NAME = "orka-scheduler"  # directory under $XDG_STATE_HOME / ~/.local/state
 DEFAULT_TRUST_DOMAIN = "orka.local"  # SPIFFE trust domain of the development PKI
@@ -251,6 +253,7 @@ class ServerConfig:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT  # s
     message_timeout: float = DEFAULT_MESSAGE_TIMEOUT  # s
     connection_rate_per_ip: float = DEFAULT_CONNECTION_RATE_PER_IP  # 0 = unlimited
+    controller_streams: int = DEFAULT_CONTROLLER_STREAMS  # concurrent calls per connection
     # HOST:PORT that clients use to reach this scheduler (the leader's is in `orka-leader`);
     # "" = derived from `listen` at start (app.advertised_address).
     advertise: str = ""
@@ -283,6 +286,8 @@ class ServerConfig:
         _require(self, "connection_rate_per_ip",
                  math.isfinite(self.connection_rate_per_ip) and self.connection_rate_per_ip >= 0,
                  "must be a number of connections per second >= 0 (0: no limit)")
+        _require(self, "controller_streams", self.controller_streams >= MIN_CONTROLLER_STREAMS,
+                 f"must be an integer >= {MIN_CONTROLLER_STREAMS}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,16 +282,11 @@ class Bridge:
     Keeps the cancel scope of every call in flight so shutdown can end them cleanly.
     """
 
-    def __init__(self, authorize: Authorize | None = None, max_message_bytes: int = 4 << 20,
-                 *, max_connections: int = Limits.max_connections,
-                 handshake_timeout: float = Limits.handshake_timeout,
-                 message_timeout: float = Limits.message_timeout,
-                 connection_rate_per_ip: float = Limits.connection_rate_per_ip) -> None:
+    def __init__(self, authorize: Authorize | None = None, limits: Limits = Limits()) -> None:
         self._authorize = authorize
-        self._max_message_bytes = max_message_bytes
-        self._message_timeout = message_timeout
-        self._limits = Limits(max_connections, handshake_timeout, message_timeout,
-                              max_message_bytes, connection_rate_per_ip)
+        self._max_message_bytes = limits.max_message_bytes
+        self._message_timeout = limits.message_timeout
+        self._limits = limits
         self._codec = Codec()
         self._calls: dict[trio.CancelScope, bool] = {}  # in flight -> whether routed
         self._draining = False
@@ -403,17 +398,26 @@ class Bridge:
         return grpclib_handler
 
     async def _receive_request(self, stream: Stream, path: str) -> Any:
-        """The one request message of a unary call, within `message_timeout` of the call's
-        start: a client that never sends it (or never finishes it) gets an answer all the same."""
+        """The one request message of a unary call, and the end of the request stream, within
+        `message_timeout` of the call's start: a client that never sends it (or never finishes
+        it) gets an answer all the same."""
         try:
             async with asyncio.timeout(self._message_timeout):
                 request, _ = await self._receive(stream)
+                if request is None:
+                    raise GRPCError(Status.INVALID_ARGUMENT, f"{path} needs a request message")
+                if await stream._stream.recv_data(5):
+                    # As grpc-go: a second message is a cardinality violation. Unread, it
+                    # would also hold the client's flow-control window, and the call, for good.
+                    raise GRPCError(Status.INVALID_ARGUMENT, f"{path} takes one request "
+                                    "message; the client sent more")
         except TimeoutError:
             raise GRPCError(Status.DEADLINE_EXCEEDED, f"{path}: the request message did not "
-                            f"arrive within {self._message_timeout:g} s "
+                            f"arrive and end within {self._message_timeout:g} s "
                             "(server.message_timeout)") from None
-        if request is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"{path} needs a request message")
+        except AssertionError:  # grpclib's way of saying the stream ended inside a prefix
+            raise GRPCError(Status.INVALID_ARGUMENT, f"{path}: the request stream ended inside "
+                            "a message prefix") from None
         return request
 
     def _log_refusal(self, stream: Stream, path: str, call: Call | None, error: GRPCError) -> None:

@@ -58,6 +58,7 @@ from .logs import RateLimited
 
 log = logging.getLogger(__name__)
 
+AGENT_STREAMS = 100  # concurrent calls per Agent connection (h2's default): it needs ~3
 PENDING_HANDSHAKES = 1024  # TLS handshakes in progress at once; a new one closes the oldest
 AGENT_CONNECTIONS = 4  # per Agent: one in use, one half-open after a reconnect, and headroom
 RAPID_RESETS = 100  # unanswered streams a connection may reset at once: its concurrent streams
@@ -88,6 +89,10 @@ class Limits:
     message_timeout: float = 10.0  # s
     max_message_bytes: int = 4 << 20  # also the buffer of incomplete messages per connection
     connection_rate_per_ip: float = 16.0  # new connections a second from one address; 0: any
+    # Concurrent calls on one connection of a Controller (or a plaintext peer): it keeps one
+    # Schedule stream open per instance it placed, until the instance terminates. Agents and
+    # other identities get HTTP/2's usual AGENT_STREAMS.
+    controller_streams: int = 10_000
 
 
 class Listener:
@@ -223,6 +228,15 @@ class Listener:
             if identity is not None and identity.kind == "agent":
                 self._limit_agent(http2, identity.name)
         return True
+
+    def concurrent_streams(self, http2: _Http2) -> int:
+        """How many calls the connection may have open at once: many for a Controller (one
+        Schedule stream per running instance) or a plaintext peer (no identity to tell), the
+        usual HTTP/2 hundred for everyone else."""
+        identity = http2.identity
+        if http2.tls is None or (identity is not None and identity.kind == "controller"):
+            return self.limits.controller_streams
+        return AGENT_STREAMS
 
     def closed(self, http2: _Http2) -> None:
         self._open.pop(http2, None)
@@ -400,6 +414,11 @@ class _Http2(H2Protocol):
         self.processor = _Events(self.handler, self.connection)
         if not self.listener.opened(self):
             self.close(ErrorCodes.ENHANCE_YOUR_CALM, "connection limit reached")
+            return
+        streams = self.listener.concurrent_streams(self)
+        if streams != h2_connection.local_settings.max_concurrent_streams:
+            h2_connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: streams})
+            self.connection.flush()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:

@@ -96,6 +96,7 @@ BAD_VALUES = [
     ("server", "max_message_bytes", 0),
     ("server", "max_message_bytes", 2**32),
     ("server", "max_connections", 15),
+    ("server", "controller_streams", 99),
     ("server", "handshake_timeout", 0),
     ("server", "handshake_timeout", math.inf),
     ("server", "message_timeout", -1.0),

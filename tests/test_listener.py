@@ -8,6 +8,7 @@ buffers of its streams), so a test measures what the process really holds.
 from __future__ import annotations
 
 import asyncio.selector_events
+import contextlib
 import asyncio.sslproto
 import gc
 import logging
@@ -37,7 +38,7 @@ LIST = "/scheduler.controller.ClusterService/ListNodes"
 WATCH = "/scheduler.controller.ClusterService/WatchEvents"
 CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 OK, DEADLINE_EXCEEDED = "0", "4"
-CONCURRENT_STREAMS = 100  # what the scheduler advertises (h2's default)
+CONCURRENT_STREAMS = 100  # what the scheduler advertises to Agents (h2's default)
 
 
 def server_connections() -> list[EventsProcessor]:
@@ -133,8 +134,10 @@ async def test_calls_cancelled_after_their_answer_do_not_count_as_rapid_resets()
 # -- 6. streams beyond the limit, header-limit violations -----------------------------------------
 
 async def test_a_stream_beyond_the_concurrent_limit_is_refused_alone():
-    # RFC 9113 §5.1.2: a stream error (REFUSED_STREAM), not the whole connection.
-    async with running_scheduler() as scheduler:
+    # RFC 9113 §5.1.2: a stream error (REFUSED_STREAM), not the whole connection. (A plaintext
+    # peer could be a Controller and gets `controller_streams`; here set to the Agents' 100.)
+    config = make_config(server={"controller_streams": CONCURRENT_STREAMS})
+    async with running_scheduler(config) as scheduler:
         client = await RawH2.open(scheduler.port)
         client.ignore_stream_limit()
         streams = [client.request(STATUS) for _ in range(CONCURRENT_STREAMS)]
@@ -152,6 +155,39 @@ async def test_a_stream_beyond_the_concurrent_limit_is_refused_alone():
         await client.read(3, until=lambda _: client.status(listed) is not None)
         assert client.status(listed) == OK, client.events[-5:]
         await client.aclose()
+
+
+async def advertised_streams(port: int, context=None) -> int:
+    """The concurrent-stream limit the scheduler advertises on a new connection."""
+    client = await RawH2.open(port, context)
+    await client.read(0.3)  # a limit other than the default comes in a second SETTINGS frame
+    limit = client.h2.remote_settings.max_concurrent_streams
+    await client.aclose()
+    return limit
+
+
+async def test_controllers_may_hold_many_calls_agents_the_usual_hundred(pki):
+    # A Controller keeps one Schedule stream open per instance it placed: at HTTP/2's usual
+    # 100, its 101st Schedule would wait silently for one of the first hundred to end.
+    async with tls_scheduler(pki, server={"controller_streams": 5_000}) as scheduler:
+        controller = client_ctx(pki, pki.controller)
+        agent = client_ctx(pki, pki.agent("node-1"))
+        assert await advertised_streams(scheduler.port, controller) == 5_000
+        assert await advertised_streams(scheduler.port, agent) == CONCURRENT_STREAMS
+
+
+async def test_a_plaintext_controller_holds_more_calls_than_the_usual_hundred():
+    watches = CONCURRENT_STREAMS + 50
+    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
+        controller = FakeController(channel)  # one connection for every watch
+        async with contextlib.AsyncExitStack() as stack:
+            streams = [await stack.enter_async_context(controller.watch())
+                       for _ in range(watches)]
+            for events in streams:  # each watch is served: its snapshot arrives
+                first = await events.receive()
+                assert not isinstance(first, Exception), first
+                assert first.WhichOneof("event") == "snapshot"
+            assert len(server_connections()) == 1
 
 
 async def test_a_header_list_over_the_limit_gets_goaway_before_the_close():
