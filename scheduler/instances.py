@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .agents import Agents, Refused, attempt
+from .agents import Agents, InstanceStream, Refused, attempt
 from .cluster import Cluster, Node
 from .cluster.throttle import TokenBucket
-from .convert import instance_status_from_agent
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -38,7 +37,6 @@ from .errors import (
     Unavailable,
 )
 from .events import EventLog
-from .grpc_bridge import ServerStream
 from .logs import RateLimited
 from .model import (
     NO_RESOURCES,
@@ -241,7 +239,7 @@ class Instances:
             return None
         return await self._accept(workload, node, stream, first, refusals)
 
-    async def _accept(self, workload: Workload, node: Node, stream: ServerStream,
+    async def _accept(self, workload: Workload, node: Node, stream: InstanceStream,
                       first: InstanceStatus, refusals: list[str],
                       ) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
         """Record an acceptance, durably before the Controller hears of it; None (and a reason
@@ -275,7 +273,7 @@ class Instances:
         self._nursery.start_soon(self._relay, instance, stream, name=f"relay:{instance.id}")
         return instance, receive
 
-    def _abandon(self, instance_id: str, stream: ServerStream) -> None:
+    def _abandon(self, instance_id: str, stream: InstanceStream) -> None:
         """An accepted placement that is not recorded after all: cancel the Agent's Create,
         release the reservation, and put back in the store what was there before."""
         stream.cancel()
@@ -289,15 +287,13 @@ class Instances:
 
     # -- relaying --------------------------------------------------------------------------
 
-    async def _relay(self, instance: Instance, stream: ServerStream) -> None:
+    async def _relay(self, instance: Instance, stream: InstanceStream) -> None:
         """Read the Agent's stream until TERMINATED or its end; publish and forward every status."""
         try:
             with instance.scope:
                 try:
                     while instance.latest.code is not TERMINATED:
-                        wire = await stream.receive()
-                        status = instance_status_from_agent(wire, instance.id, instance.node.id)
-                        self._update(instance, status)
+                        self._update(instance, await stream.receive())
                     instance.ended = "terminated"
                 except trio.EndOfChannel:
                     self._ended_by_agent(instance)
