@@ -14,7 +14,6 @@ while it does not lead it answers as a standby, its warm copy of the state kept 
 """
 from __future__ import annotations
 
-import gc
 import logging
 import random
 import socket
@@ -48,10 +47,6 @@ from .tls_setup import etcd_tls
 
 log = logging.getLogger(__name__)
 
-# Young collections every 50,000 allocations instead of 700, full ones rarely: with 10,000 nodes
-# the heap holds ~2 M tracked objects and a full pass takes ~1 s (bench/RESULTS.md: ingest +35 %,
-# LOST lateness p99 4.7 s -> 0.1 s). Cyclic garbage still goes, just in fewer, larger passes.
-GC_THRESHOLDS = (50_000, 20, 1_000)
 RESTORE_JITTER = 0.1  # fraction of node_timeout spreading the deadlines of restored nodes
 FINAL_COMMIT_TIMEOUT = 1.0  # s for the last commit of a leader that shuts down (then resigns)
 ROUTED = (agent_grpc.LifecycleServiceBase, agent_grpc.StatusUpdateServiceBase,
@@ -313,8 +308,6 @@ async def serve(
                                             scheduler.advertise)
                         leading.start_soon(election.run, lambda term: leader.lead(
                             EtcdBackend(client, mirror, term.leader), term, mirror))
-                    gc.freeze()  # start-up objects leave the collector's full passes
-                    gc.set_threshold(*GC_THRESHOLDS)
                     notifier.ready(scheduler.status_line())
                     nursery.start_soon(notifier.run, scheduler.status_line)
                     task_status.started(scheduler)
