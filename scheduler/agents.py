@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from ._proto import node_agent_grpc
-from .cluster import Cluster, Node, Session
+from .cluster import Node, Session
 from .convert import instance_status_from_agent, signal_to_agent, workload_to_agent
 from .errors import InvalidArgument, RemoteError, Unavailable
 from .grpc_bridge import ClientChannel, PeerRefused, ServerStream
@@ -119,7 +119,7 @@ class AgentLink:
 class Agents:
     """The links to every node generation's Agent."""
 
-    def __init__(self, cluster: Cluster, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, ssl_context: ssl.SSLContext | None = None,
                  trust_domain: str = DEFAULT_TRUST_DOMAIN,
                  leading: Callable[[], bool] = lambda: True) -> None:
         """`leading()` False: this scheduler's leadership is over, no Agent may be called."""
@@ -127,7 +127,6 @@ class Agents:
         self._trust_domain = trust_domain
         self._leading = leading
         self._links: dict[int, AgentLink] = {}  # node generation -> link
-        cluster.on_generation_end.append(self._generation_ended)
 
     def link(self, node: Node) -> AgentLink:
         session = node.session
@@ -145,7 +144,8 @@ class Agents:
             link.close()
         self._links.clear()
 
-    def _generation_ended(self, node: Node, generation: int, why: str) -> None:
+    def generation_ended(self, node: Node, generation: int, why: str) -> None:
+        """The channels to that generation's Agent close: nothing more is sent to it."""
         link = self._links.pop(generation, None)
         if link is not None:
             link.close()

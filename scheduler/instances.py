@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -104,10 +105,25 @@ class Instance:
         return self.node.state is NodeState.READY and self.node.generation == self.generation
 
 
-class Instances:
-    """Every placed instance and the service's relay tasks. Call `run()` first."""
+@asynccontextmanager
+async def open_instances(cluster: Cluster, events: EventLog, agents: Agents, *,
+                         strategy: str, attempt_timeout: float, max_attempts: int,
+                         store: Store | None = None) -> AsyncIterator[Instances]:
+    """Instances whose relay tasks live in a nursery of their own, cancelled on exit."""
+    async with trio.open_nursery() as nursery:
+        try:
+            yield Instances(cluster, events, agents, nursery, strategy=strategy,
+                            attempt_timeout=attempt_timeout, max_attempts=max_attempts,
+                            store=store)
+        finally:
+            nursery.cancel_scope.cancel()
 
-    def __init__(self, cluster: Cluster, events: EventLog, agents: Agents, *,
+
+class Instances:
+    """Every placed instance; its relay tasks run in `nursery` (see open_instances)."""
+
+    def __init__(self, cluster: Cluster, events: EventLog, agents: Agents,
+                 nursery: trio.Nursery, *,
                  strategy: str, attempt_timeout: float, max_attempts: int,
                  store: Store | None = None) -> None:
         self.cluster = cluster
@@ -127,20 +143,10 @@ class Instances:
         self._placing: set[str] = set()  # instance ids with an attempt in flight
         self._finished: dict[str, None] = {}  # finished instance ids, oldest first
         self._reserved_on: dict[str, set[Instance]] = {}  # node id -> instances holding a reservation
-        self._nursery: trio.Nursery | None = None
+        self._nursery = nursery
         self.placements: dict[str, int] = dict.fromkeys(PLACEMENT_OUTCOMES, 0)  # for /metrics
         self.attempts: dict[str, int] = {"accepted": 0, "refused": 0}
         self.on_placed: list[Callable[[float], None]] = []  # seconds from request to acceptance
-        cluster.on_generation_end.append(self._generation_ended)
-        cluster.on_node_forgotten.append(self._node_forgotten)
-        cluster.on_report.append(self._node_reported)
-        cluster.on_instances_reported.append(self._reconcile)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
 
     def statuses(self) -> tuple[InstanceStatus, ...]:
         return tuple(instance.latest for instance in self._instances.values())
@@ -245,7 +251,6 @@ class Instances:
         """Record an acceptance, durably before the Controller hears of it; None (and a reason
         in `refusals`) if the node went away meanwhile. A placement the store cannot record is
         abandoned (the Agent's Create is cancelled) and the Controller gets UNAVAILABLE."""
-        assert self._nursery is not None, "Instances.run() is not running"
         generation = node.generation
         if self.store is not None:
             try:
@@ -363,7 +368,7 @@ class Instances:
                 if not held:
                     del self._reserved_on[instance.node.id]
 
-    def _node_reported(self, node: Node) -> None:
+    def node_reported(self, node: Node) -> None:
         """A status arrived: release reservations the report now accounts for. Hot path."""
         held = self._reserved_on.get(node.id)
         if not held:
@@ -380,7 +385,7 @@ class Instances:
     def restore(self, workload: Workload, node: Node, generation: int,
                 latest: InstanceStatus) -> None:
         """Take back a placement of a previous run. Its Create stream died with that run, so
-        the node's `instances` reports tell its fate from now on (see `_reconcile`)."""
+        the node's `instances` reports tell its fate from now on (see `reconcile`)."""
         instance = Instance(workload, node, generation, latest, reserved=False, relayed=False)
         self._instances[instance.id] = instance
         if latest.code is TERMINATED:
@@ -389,7 +394,7 @@ class Instances:
             node.placed.add(instance.id)
             self.cluster.count_instances(node)
 
-    def _reconcile(self, node: Node) -> None:
+    def reconcile(self, node: Node) -> None:
         """The node's Agent reported a changed instance list: update instances nobody relays,
         mark vanished ones TERMINATED, announce instances this scheduler never placed there.
         The node counts (`running`) only the instances it may speak for: its own, and the
@@ -497,7 +502,7 @@ class Instances:
 
     # -- node generations ending -------------------------------------------------------------
 
-    def _generation_ended(self, node: Node, generation: int, why: str) -> None:
+    def generation_ended(self, node: Node, generation: int, why: str) -> None:
         for instance_id in self._unknown_reported.pop(node.id, ()):
             if self._unknown_where.get(instance_id) is node:
                 del self._unknown_where[instance_id]
@@ -510,7 +515,7 @@ class Instances:
                 self._release(instance)
                 self._retain_finished(instance)  # remembered (UNAVAILABLE), but not forever
 
-    def _node_forgotten(self, node_id: str) -> None:
+    def node_forgotten(self, node_id: str) -> None:
         self._unknown_budget.pop(node_id, None)
 
     # -- stop / destroy --------------------------------------------------------------------
