@@ -73,7 +73,7 @@ async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number
 async def test_finished_instances_are_remembered_only_up_to_a_bound(autojump_clock, monkeypatch):
     # Instances on a node that left are finished: remembered for Stop/Destroy answers, but a
     # Controller that never destroys them must not grow the scheduler without bound.
-    import scheduler.instances as instances_module
+    import scheduler.instances.book as instances_module
     from scheduler.model import InstanceStatus, Workload
 
     monkeypatch.setattr(instances_module, "FINISHED_RETAINED", 2)
