@@ -46,6 +46,7 @@ from .model import (
     InstanceStatus,
     NodeState,
     Signal,
+    Strategy,
     Workload,
 )
 from .placement import plan, reserve_if_fits
@@ -107,7 +108,7 @@ class Instance:
 
 @asynccontextmanager
 async def open_instances(cluster: Cluster, events: EventLog, agents: Agents, *,
-                         strategy: str, attempt_timeout: float, max_attempts: int,
+                         strategy: Strategy, attempt_timeout: float, max_attempts: int,
                          store: Store | None = None) -> AsyncIterator[Instances]:
     """Instances whose relay tasks live in a nursery of their own, cancelled on exit."""
     async with trio.open_nursery() as nursery:
@@ -124,7 +125,7 @@ class Instances:
 
     def __init__(self, cluster: Cluster, events: EventLog, agents: Agents,
                  nursery: trio.Nursery, *,
-                 strategy: str, attempt_timeout: float, max_attempts: int,
+                 strategy: Strategy, attempt_timeout: float, max_attempts: int,
                  store: Store | None = None) -> None:
         self.cluster = cluster
         self.events = events
