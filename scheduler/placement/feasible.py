@@ -68,7 +68,7 @@ def reject_reason(candidate: Candidate, request: Resources) -> Reason | None:
     return None
 
 
-def reason_codes(columns: Columns, wanted: tuple[float, float, float]) -> np.ndarray:
+def reason_codes(columns: Columns, wanted: tuple[float, ...]) -> np.ndarray:
     """One code per row: FEASIBLE or the REASON_CODES value of the first failing check.
 
     `wanted` is the request in column units (`column_amounts`). Unknown dimensions are NaN, and

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from scheduler.model import NO_RESOURCES, Resources
+from scheduler.placement.dimensions import amounts, column_amounts
 from scheduler.placement.feasible import (
     FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reason_codes, reject_reason,
 )
 from scheduler.placement.rank import Strategy, priority_positions, score, scores, sort_key
 from scheduler.placement.requests import ranking_request
-from scheduler.placement.dimensions import amounts, column_amounts
 from scheduler.placement.table import Columns, NodeTable
 
 HEAD = 8  # nodes put in order up front; the rest only once all of these refused (rare)

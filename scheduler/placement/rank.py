@@ -27,9 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from scheduler.model import Resources, Strategy
+from scheduler.placement.dimensions import DIMENSIONS, column_amounts
 from scheduler.placement.feasible import Candidate
 from scheduler.placement.requests import ranking_request, summed
-from scheduler.placement.dimensions import DIMENSIONS, column_amounts
 from scheduler.placement.table import Columns, node_dimensions
 
 NEUTRAL_SCORE = 0.5  # a node that reports no dimension ranks midway: it is neither full nor empty
@@ -57,7 +57,7 @@ def score(candidate: Candidate, request: Resources) -> tuple[float, bool]:
     return (fractions / known if known else NEUTRAL_SCORE), room
 
 
-def scores(columns: Columns, ranked: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+def scores(columns: Columns, ranked: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """`score` of every row, vectorised, as (scores, no room); `ranked` is `ranking_request` of
     the request in column units. Rows that are not feasible get meaningless values.
 
