@@ -9,6 +9,7 @@ amounts and of every tuple of amounts in between. Adding a dimension: a field of
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import attrgetter
 
 from scheduler.model import MIB, Resources
 
@@ -20,17 +21,18 @@ MEMORY, CPU, DISK = (NAMES.index(name) for name in ("memory", "cpu", "disk"))  #
 
 Amounts = tuple[int, ...]  # one amount per dimension, in request units, in DIMENSIONS order
 ZERO: Amounts = (0,) * len(DIMENSIONS)
+_read = attrgetter(*NAMES)  # Resources -> its fields in DIMENSIONS order (a decision's hot path)
+_UNITS = tuple(unit for _, unit in DIMENSIONS)
 
 
 def amounts(resources: Resources) -> Amounts:
     """The amount of each dimension in request units, in DIMENSIONS order; None counts 0."""
-    return tuple(getattr(resources, name) or 0 for name in NAMES)
+    return tuple([amount or 0 for amount in _read(resources)])
 
 
 def column_amounts(resources: Resources) -> tuple[float, ...]:
     """A request or reservation in column units (bytes, millicores), in DIMENSIONS order."""
-    return tuple(float(amount * unit)
-                 for amount, (_, unit) in zip(amounts(resources), DIMENSIONS, strict=True))
+    return tuple([float((amount or 0) * unit) for amount, unit in zip(_read(resources), _UNITS)])
 
 
 def resources(values: Iterable[int]) -> Resources:

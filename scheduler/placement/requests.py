@@ -27,7 +27,4 @@ def ranking_request(request: Resources) -> Resources:
 
 def summed(requests: Iterable[Resources]) -> Resources:
     """The sum of several requests per dimension (None counts 0)."""
-    total = ZERO
-    for request in requests:
-        total = tuple(a + b for a, b in zip(total, amounts(request), strict=True))
-    return resources(total)
+    return resources([sum(column) for column in zip(ZERO, *map(amounts, requests))])
