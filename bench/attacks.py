@@ -5,7 +5,7 @@ legitimate cluster watched throughout. Not part of CI: a few minutes on a 2-core
     python bench/attacks.py --only rapid_reset --seconds 10
 
 The scheduler runs as `python -m scheduler serve` with mutual TLS in its own process (RSS read
-from /proc), 200 legitimate mTLS Agents report every second (`scheduler.simulator`, their own
+from /proc), 200 legitimate mTLS Agents report every second (`scheduler.sim.simulator`, their own
 process), and a Controller here calls ListNodes twice a second and watches for LOST events.
 Each attack runs in a child process (`python bench/attacks.py attacker KIND ...`, plain
 asyncio and h2 on raw TLS sockets) with the certificate of node `evil-r`, from its own address
@@ -44,8 +44,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # run from a checkout: scheduler, bench
 
 import h2.config  # noqa: E402
 import h2.connection  # noqa: E402
@@ -55,8 +54,8 @@ import h2.exceptions  # noqa: E402
 import h2.settings  # noqa: E402
 from hyperframe.frame import ContinuationFrame, HeadersFrame  # noqa: E402
 
-from run import Profiler, SchedulerProcess, ensure_pki, rss_kib, say  # noqa: E402
-from scheduler.simulator import AgentProcesses, node_ids, raise_fd_limit  # noqa: E402
+from bench.run import Profiler, SchedulerProcess, ensure_pki, rss_kib, say  # noqa: E402
+from scheduler.sim.simulator import AgentProcesses, node_ids, raise_fd_limit  # noqa: E402
 
 ATTACKS = ("rapid_reset", "partial_messages", "continuation", "idle_connections",
            "unknown_flood")
@@ -323,7 +322,7 @@ class Watch:
     """The Controller's view while attacks run: ListNodes latencies, fresh connections, LOST."""
 
     def __init__(self, port: int, pki: Path, scheduler_pid: int) -> None:
-        from scheduler.sim_controller import SimController
+        from scheduler.sim.sim_controller import SimController
 
         self.port, self.pki, self.pid = port, pki, scheduler_pid
         self.controller = SimController(("127.0.0.1", port), pki=pki)
@@ -357,7 +356,7 @@ class Watch:
             await asyncio.sleep(max(0.0, LIST_EVERY - (time.monotonic() - started)))
 
     async def _probe(self) -> None:
-        from scheduler.sim_controller import SimController
+        from scheduler.sim.sim_controller import SimController
 
         while True:
             started = time.monotonic()

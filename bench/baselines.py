@@ -51,7 +51,7 @@ from scheduler._proto import (  # noqa: E402
     node_agent_grpc,
     node_agent_pb2,
 )
-from scheduler.simulator import raise_fd_limit  # noqa: E402
+from scheduler.sim.simulator import raise_fd_limit  # noqa: E402
 
 BACKLOG = 4096  # accept queue: thousands of agents connect at once
 

@@ -5,7 +5,7 @@
     python bench/run.py --only ingest,placement --profile /tmp/prof   # py-spy stacks too
 
 The scheduler runs as `python -m scheduler serve` in its own process (its RSS and CPU read
-from /proc); simulated Agents run in their own processes (`scheduler.simulator`); the
+from /proc); simulated Agents run in their own processes (`scheduler.sim.simulator`); the
 simulated Controller runs here, on plain asyncio. Baselines are bare grpclib asyncio servers
 (`bench/baselines.py`) fed by the same simulated Agents and Controller.
 
@@ -50,12 +50,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout
+sys.path.insert(0, str(ROOT))  # run from a checkout: scheduler, bench
 
-from scheduler import local_etcd  # noqa: E402
+from scheduler.sim import local_etcd  # noqa: E402
 from scheduler.follow import health  # noqa: E402
-from scheduler.sim_controller import SimController  # noqa: E402
-from scheduler.simulator import AgentProcesses, Behaviour, node_ids, raise_fd_limit  # noqa: E402
+from scheduler.sim.sim_controller import SimController  # noqa: E402
+from scheduler.sim.simulator import AgentProcesses, Behaviour, node_ids, raise_fd_limit  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024

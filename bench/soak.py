@@ -5,7 +5,7 @@ must equal the truth, and the scheduler's RSS must not grow.
     python bench/soak.py --minutes 0.2 --agents 8 --insecure
 
 Everything runs on 127.0.0.1: the scheduler (`python -m scheduler serve`, its RSS read from
-/proc every 10 s), simulated Agents in child processes (`scheduler.simulator`, one
+/proc every 10 s), simulated Agents in child processes (`scheduler.sim.simulator`, one
 `AgentProcesses` per group) and a simulated Controller here, on plain asyncio.
 
 Churn: a stable core group (instances run until signalled) plus churning groups that join
@@ -45,16 +45,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # run from a checkout: scheduler, bench
 
 from grpclib.exceptions import GRPCError, StreamTerminatedError  # noqa: E402
 from h2.exceptions import StreamClosedError  # noqa: E402
 
-from run import SchedulerProcess, rss_kib, slope  # noqa: E402
+from bench.run import SchedulerProcess, rss_kib, slope  # noqa: E402
 from scheduler._proto import controller_pb2  # noqa: E402
-from scheduler.sim_controller import Placement, SimController  # noqa: E402
-from scheduler.simulator import AgentProcesses, Behaviour, node_ids, raise_fd_limit  # noqa: E402
+from scheduler.sim.sim_controller import Placement, SimController  # noqa: E402
+from scheduler.sim.simulator import AgentProcesses, Behaviour, node_ids, raise_fd_limit  # noqa: E402
 
 NODE_TIMEOUT = 3.0  # s: the scheduler's liveness timeout
 REPORT_RATE = 1.0  # statuses per second per Agent

@@ -20,13 +20,12 @@ import functools
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout: scheduler, bench
 
 import trio  # noqa: E402
 import trio_asyncio  # noqa: E402
 
-import baselines  # noqa: E402
+from bench import baselines  # noqa: E402
 from scheduler.grpc_bridge import open_loop  # noqa: E402
 
 

@@ -11,4 +11,7 @@ Layers, each importing only those below it:
   events            revisioned event log for the Controller
   store/            durable state: versioned encodings, SQLite or etcd (fenced writes)
   model, errors     domain dataclasses and refusals shared by all
+
+Outside the layers: sim/ (simulated Agents and Controller, the demos), tooling that only
+cli's `demo` command imports, when it runs.
 """

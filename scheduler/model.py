@@ -1,6 +1,6 @@
 """Domain dataclasses: what the core (cluster, placement, events) works on.
 
-The core never sees protobuf; `scheduler.api.convert` translates at the edge. Units follow the
+The core never sees protobuf; `scheduler.convert` translates at the edge. Units follow the
 wire contract: node metrics in bytes and percent, workload requests in millicores and MiB.
 `None` always means *unknown* (an older Agent does not report it), never zero.
 """
@@ -41,6 +41,15 @@ class WorkloadType(enum.Enum):
     CONTAINER = 0
 
 
+class Strategy(enum.StrEnum):
+    """How feasible nodes are ordered (config `[scheduling] strategy`; `placement.rank`)."""
+
+    SPREAD = "spread"
+    """Most free fraction after placement first: load spreads over the cluster."""
+    BINPACK = "binpack"
+    """Least free fraction after placement first: nodes fill up one after another."""
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceReport:
     """One instance as an Agent sees it, from NodeStatus.instances."""
@@ -60,14 +69,6 @@ class NodeMetrics:
     disk_total: int | None = None  # bytes
     disk_free: int | None = None  # bytes
     instances: tuple[InstanceReport, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatusReport:
-    """One validated NodeStatus message from an Agent."""
-
-    node_id: str
-    metrics: NodeMetrics
 
 
 @dataclass(frozen=True, slots=True)

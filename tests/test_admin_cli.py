@@ -164,10 +164,10 @@ async def test_nodes_with_a_malformed_address_exits_with_one_line():
     with trio.fail_after(IO_GUARD):
         result = await run_cli("nodes", "--insecure", "--address", "no-port-here")
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, (
-        "a malformed --address ends in a traceback: scheduler/admin.py:52 (_channel) calls "
-        "parse_host_port, whose ConfigError escapes run() (admin.py:114-125 catches only "
-        "GRPCError/OSError/TimeoutError/SSLError); catch ConfigError there (or parse the "
-        f"address in argparse). stderr was:\n{result.stderr}")
+        "a malformed --address ends in a traceback: the ConfigError of parse_host_port "
+        "(admin.py, reading --address) must end as one line, like the GRPCError, OSError, "
+        "TimeoutError and SSLError that admin's run() catches (or parse the address in "
+        f"argparse). stderr was:\n{result.stderr}")
     assert result.returncode != 0
     assert "--address" in result.stderr
 
@@ -646,7 +646,7 @@ def test_format_event_of_a_node_event_kind_it_does_not_know():
         line = admin.format_event(event)
     except KeyError as err:
         raise AssertionError(
-            "format_event raises KeyError on an unknown NodeEvent kind (scheduler/admin.py:83 "
-            "indexes EVENT_KINDS[...]; format_nodes and the INSTANCE branch use .get with the "
-            "number as fallback): `watch` would die with a traceback") from err
+            "format_event raises KeyError on an unknown NodeEvent kind (admin.format_event "
+            "must look EVENT_KINDS up with the number as fallback, as format_nodes and the "
+            "INSTANCE branch do): `watch` would die with a traceback") from err
     assert "9" in line.split() and "node-a" in line

@@ -3,6 +3,7 @@ kept in sync with the dataclasses."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import re
 import tomllib
@@ -17,6 +18,8 @@ from scheduler.config import (
     default_data_dir,
     parse_host_port,
 )
+from scheduler.model import Strategy
+from scheduler.names import TRUST_DOMAIN_RULE, valid_trust_domain
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 
@@ -58,7 +61,7 @@ def test_defaults_with_no_file(tmp_path: Path) -> None:
     assert cfg.liveness.node_timeout == 30.0
     assert cfg.liveness.status_rate == 10.0
     assert cfg.liveness.status_burst == 20
-    assert cfg.scheduling.strategy == "spread"
+    assert cfg.scheduling.strategy is Strategy.SPREAD
     assert cfg.scheduling.attempt_timeout == 5.0
     assert cfg.scheduling.max_attempts == 0
     assert cfg.events.retained == 100_000
@@ -139,6 +142,19 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("section", "key", "value"), BAD_VALUES)
 def test_bad_value_names_the_key(section: str, key: str, value: object) -> None:
     assert_names(error_for({section: {key: value}}), f"{section}.{key}")
+
+
+@pytest.mark.parametrize(("domain", "valid"), [("a" * 255, True), ("a" * 256, False),
+                                               ("a" * 300, False), ("orka.local", True)])
+def test_trust_domain_follows_the_one_rule_of_names(domain: str, valid: bool) -> None:
+    """config and the identity checks agree: a 300-character domain, once accepted here, could
+    never match a certificate (scheduler.names holds the one rule)."""
+    assert valid_trust_domain(domain) is valid
+    if valid:
+        assert Config().replace(tls={"trust_domain": domain}).tls.trust_domain == domain
+    else:
+        err = error_for({"tls": {"trust_domain": domain}})
+        assert str(err).startswith(f"tls.trust_domain: must be {TRUST_DOMAIN_RULE}, got "), err
 
 
 def test_bad_value_message_shows_choices_and_value() -> None:
@@ -388,7 +404,8 @@ def test_from_toml(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[scheduling]\nstrategy = "binpack"\nmax_attempts = 3\n')
     cfg = Config.from_toml(path)
-    assert (cfg.scheduling.strategy, cfg.scheduling.max_attempts) == ("binpack", 3)
+    assert (cfg.scheduling.strategy, cfg.scheduling.max_attempts) == (Strategy.BINPACK, 3)
+    assert cfg.scheduling.strategy is Strategy.BINPACK  # the enum, not its text
     assert Config.from_toml(str(path)) == cfg
 
 
@@ -465,8 +482,9 @@ def test_example_documents_every_key_and_nothing_else() -> None:
             if (section, key) == ("server", "data_dir"):
                 assert example[section][key] == ""  # "" = computed at load time, as commented
                 continue
-            assert example[section][key] == default, f"{section}.{key}"
-            assert type(example[section][key]) is type(default), f"{section}.{key}"
+            written = default.value if isinstance(default, enum.Enum) else default  # its TOML text
+            assert example[section][key] == written, f"{section}.{key}"
+            assert type(example[section][key]) is type(written), f"{section}.{key}"
 
 
 def test_example_comments_every_key() -> None:

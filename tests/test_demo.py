@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from scheduler import demo_ha, local_etcd
+from scheduler.sim import demo_ha, local_etcd
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ from grpclib.health.v1 import health_pb2, health_grpc
 from scheduler import pki
 from scheduler._proto import agent_pb2, controller_pb2
 from scheduler.app import serve
-from scheduler.local_etcd import MemberTls
+from scheduler.sim.local_etcd import MemberTls
 from scheduler.model import NodeState
 from tests.conftest import make_config
 from tests.etcd_server import EtcdCluster, free_port

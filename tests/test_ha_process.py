@@ -23,7 +23,7 @@ from scheduler import pki
 from scheduler._proto import controller_pb2
 from scheduler._proto.etcd import rpc_pb2
 from scheduler.etcd import EtcdClient
-from scheduler.local_etcd import MemberTls
+from scheduler.sim.local_etcd import MemberTls
 from tests.etcd_server import EtcdCluster, free_port, pause, resume
 from tests.test_ha import healthz
 from tests.fakes import (

@@ -355,9 +355,8 @@ async def test_reflection_lists_every_service(version):
         missing = EXPECTED_SERVICES - listed
         assert not missing, (
             f"reflection ({version}) does not list {sorted(missing)}; it lists {sorted(listed)}. "
-            "scheduler/app.py passes the servables to with_reflection() before appending the "
-            "Health servable (scheduler/app.py:89-93), so grpcurl cannot see "
-            "grpc.health.v1.Health")
+            "the Health servable must be among the servables app.py passes to "
+            "with_reflection(), or grpcurl cannot see grpc.health.v1.Health")
 
 
 async def test_reflection_describes_our_services():
@@ -631,9 +630,8 @@ async def test_the_process_survives_a_reload(tmp_path, notify_path):
         await trio.sleep(0.3)
         assert process.poll() is None, (
             f"SIGHUP (systemctl reload) killed `serve --insecure` (returncode "
-            f"{process.returncode}): scheduler/cli.py:48 starts reload_on_sighup only when "
-            "ssl_context is not None, so without TLS SIGHUP keeps its default action "
-            "(terminate)")
+            f"{process.returncode}): cmd_serve must start reload_on_sighup with or without "
+            "TLS, or SIGHUP keeps its default action (terminate)")
         await listener.until(lambda f: f.get("WATCHDOG") == "1")  # still alive and pinging
         process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from scheduler._proto import controller_pb2
-from scheduler.model import MIB, NodeMetrics, Resources
+from scheduler.model import MIB, NodeMetrics, Resources, Strategy
 from scheduler.placement import NodeTable, plan, reserve_if_fits
 from scheduler.placement.requests import NONZERO_CPU_MILLICORES, NONZERO_MEMORY_MIB
 from tests.conftest import make_config, running_scheduler
@@ -116,7 +116,7 @@ async def place(scheduler, controllers: list[GrpcioController], count: int, wave
 
 
 def placed_one_by_one(free_mib: dict[str, int], lists_instances: bool, count: int,
-                      strategy: str) -> Counter:
+                      strategy: Strategy) -> Counter:
     """Where `count` instances without limits go when each is counted the moment it is placed
     (no report in between): the plain placement rules over the Agents' idle reports."""
     table = NodeTable()
@@ -236,7 +236,7 @@ async def test_spread_water_fills_the_freest_nodes_first(lists_instances, step_m
     one_instance = free_fraction(0, 0, lists_instances) - free_fraction(0, 1, lists_instances)
     level = min(left[node_id] for node_id in got)
     assert max(left.values()) - level <= one_instance + 1e-9, by_freeness
-    assert got == placed_one_by_one(free, lists_instances, 60, "spread"), \
+    assert got == placed_one_by_one(free, lists_instances, 60, Strategy.SPREAD), \
         "the same as when each placement is counted the moment it is made"
 
 

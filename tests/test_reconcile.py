@@ -11,7 +11,8 @@ from scheduler.cluster import open_cluster
 from scheduler.events import EventLog
 from scheduler.instances import UNKNOWN_ANNOUNCED, UNKNOWN_RATE, open_instances
 from scheduler.lifecycle import Lifecycle
-from scheduler.model import InstanceCode, InstanceEvent, InstanceReport, NodeMetrics, Snapshot
+from scheduler.model import (InstanceCode, InstanceEvent, InstanceReport, NodeMetrics, Snapshot,
+                             Strategy)
 
 
 def reported(*ids: str) -> NodeMetrics:
@@ -37,7 +38,7 @@ async def open_core():
     agents = Agents()
     async with open_cluster(events, node_timeout=30.0, status_rate=1e6,
                             status_burst=10**6) as cluster, \
-            open_instances(cluster, events, agents, strategy="spread", attempt_timeout=1.0,
+            open_instances(cluster, events, agents, strategy=Strategy.SPREAD, attempt_timeout=1.0,
                            max_attempts=0) as instances:
         cluster.follow_ups = Lifecycle(NoStore(), agents, instances)
         yield events, cluster, instances

@@ -1,4 +1,4 @@
-"""Smoke tests of the simulator (scheduler.simulator, scheduler.sim_controller) against a real
+"""Smoke tests of the simulator (scheduler.sim.simulator, scheduler.sim.sim_controller) against a real
 scheduler process, over 127.0.0.1, in a few seconds.
 
 The simulator is plain asyncio and must never share a process with trio_asyncio (which this
@@ -79,14 +79,14 @@ def scheduler_process(tmp_path: Path, *, node_timeout: float, pki: Path | None =
 
 
 def start_simulator(env: dict[str, str], *args: str) -> subprocess.Popen:
-    """`python -m scheduler.simulator ARGS`, running, its stderr (the log) piped as text."""
-    return subprocess.Popen([sys.executable, "-m", "scheduler.simulator", *args], cwd=ROOT,
+    """`python -m scheduler.sim.simulator ARGS`, running, its stderr (the log) piped as text."""
+    return subprocess.Popen([sys.executable, "-m", "scheduler.sim.simulator", *args], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def run_simulator(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """`python -m scheduler.simulator ARGS` to its end, output captured as text."""
-    return subprocess.run([sys.executable, "-m", "scheduler.simulator", *args], cwd=ROOT,
+    """`python -m scheduler.sim.simulator ARGS` to its end, output captured as text."""
+    return subprocess.run([sys.executable, "-m", "scheduler.sim.simulator", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=GUARD)
 
 
@@ -130,7 +130,7 @@ def drive(*args: str) -> dict:
 # --- tests ----------------------------------------------------------------------------------
 
 def test_simulator_never_imports_trio():
-    code = ("import sys, scheduler.simulator, scheduler.sim_controller; "
+    code = ("import sys, scheduler.sim.simulator, scheduler.sim.sim_controller; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'trio_asyncio')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=GUARD)
@@ -269,7 +269,7 @@ def test_cli_agents_and_controller_take_several_addresses(tmp_path):
 
 def test_cli_with_pki_and_no_pki_there_says_so_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STATE_DIRECTORY": str(tmp_path / "none")}
-    result = subprocess.run([sys.executable, "-m", "scheduler.simulator", "agents", "--pki"],
+    result = subprocess.run([sys.executable, "-m", "scheduler.sim.simulator", "agents", "--pki"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=GUARD)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
@@ -280,8 +280,8 @@ def test_cli_with_pki_and_no_pki_there_says_so_in_one_line(tmp_path):
 # --- the driver (runs in its own process, plain asyncio) ---------------------------------------
 
 async def _plain(port: int) -> dict:
-    from scheduler.sim_controller import SimController
-    from scheduler.simulator import AgentGroup, Behaviour, node_ids
+    from scheduler.sim.sim_controller import SimController
+    from scheduler.sim.simulator import AgentGroup, Behaviour, node_ids
 
     scheduler = ("127.0.0.1", port)
     refusing = AgentGroup(node_ids(2, "refuse"), scheduler, rate=5,
@@ -336,8 +336,8 @@ async def _plain(port: int) -> dict:
 
 
 async def _tls(port: int, directory: str) -> dict:
-    from scheduler.sim_controller import SimController
-    from scheduler.simulator import AgentGroup, AgentTls, Behaviour, node_ids
+    from scheduler.sim.sim_controller import SimController
+    from scheduler.sim.simulator import AgentGroup, AgentTls, Behaviour, node_ids
 
     scheduler = ("127.0.0.1", port)
     group = AgentGroup(node_ids(3, "tls"), scheduler, rate=2, tls=AgentTls(Path(directory)),
@@ -359,8 +359,8 @@ async def _tls(port: int, directory: str) -> dict:
 
 async def _failover(tmp: Path) -> dict:
     from scheduler._proto import controller_pb2
-    from scheduler.sim_controller import SimController, describe
-    from scheduler.simulator import AgentGroup, node_ids
+    from scheduler.sim.sim_controller import SimController, describe
+    from scheduler.sim.simulator import AgentGroup, node_ids
     from tests.standby import FakeStandby
 
     lines: list[str] = []

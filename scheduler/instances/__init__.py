@@ -30,6 +30,7 @@ import trio
 from ..agents import Agents
 from ..cluster import Cluster
 from ..events import EventLog
+from ..model import Strategy
 from ..store import Store
 from .attempts import Attempts
 from .book import (
@@ -56,7 +57,7 @@ class Instances(Attempts, Reports, Signals):
 
 @asynccontextmanager
 async def open_instances(cluster: Cluster, events: EventLog, agents: Agents, *,
-                         strategy: str, attempt_timeout: float, max_attempts: int,
+                         strategy: Strategy, attempt_timeout: float, max_attempts: int,
                          store: Store | None = None) -> AsyncIterator[Instances]:
     """Instances whose relay tasks live in a nursery of their own, cancelled on exit."""
     async with trio.open_nursery() as nursery:

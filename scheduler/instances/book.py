@@ -17,7 +17,7 @@ from ..cluster import Cluster, Node
 from ..cluster.throttle import TokenBucket
 from ..events import EventLog
 from ..logs import RateLimited
-from ..model import InstanceCode, InstanceEvent, InstanceStatus, NodeState, Workload
+from ..model import InstanceCode, InstanceEvent, InstanceStatus, NodeState, Strategy, Workload
 from ..retention import note_recent
 from ..store import Store
 
@@ -80,7 +80,7 @@ class Book:
 
     def __init__(self, cluster: Cluster, events: EventLog, agents: Agents,
                  nursery: trio.Nursery, *,
-                 strategy: str, attempt_timeout: float, max_attempts: int,
+                 strategy: Strategy, attempt_timeout: float, max_attempts: int,
                  store: Store | None = None) -> None:
         self.cluster = cluster
         self.events = events

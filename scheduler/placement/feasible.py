@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from scheduler.model import NodeMetrics, Resources
+from scheduler.placement.dimensions import NAMES, column_amounts
 from scheduler.placement.requests import summed
-from scheduler.placement.table import (
-    CPU, DISK, MEMORY, Columns, NodeTable, column_amounts, node_dimensions,
-)
+from scheduler.placement.table import Columns, NodeTable, node_dimensions
 
 
 class Reason(enum.StrEnum):
@@ -39,7 +38,7 @@ class Reason(enum.StrEnum):
 FEASIBLE = 0  # reason code of a node that can take the request
 REASON_CODES = {Reason.NOT_READY: 1, Reason.MEMORY: 2, Reason.CPU: 3, Reason.DISK: 4}
 REASON_BY_CODE = (None, Reason.NOT_READY, Reason.MEMORY, Reason.CPU, Reason.DISK)
-_CHECKS = ((MEMORY, Reason.MEMORY), (CPU, Reason.CPU), (DISK, Reason.DISK))  # in check order
+_CHECKS = tuple((row, Reason(name)) for row, name in enumerate(NAMES))  # in check order
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +68,7 @@ def reject_reason(candidate: Candidate, request: Resources) -> Reason | None:
     return None
 
 
-def reason_codes(columns: Columns, wanted: tuple[float, float, float]) -> np.ndarray:
+def reason_codes(columns: Columns, wanted: tuple[float, ...]) -> np.ndarray:
     """One code per row: FEASIBLE or the REASON_CODES value of the first failing check.
 
     `wanted` is the request in column units (`column_amounts`). Unknown dimensions are NaN, and

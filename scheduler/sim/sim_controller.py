@@ -1,7 +1,7 @@
 """A simulated Controller: issues Schedule calls at a chosen concurrency and watches events.
 
-Plain asyncio + grpclib, never trio (see `scheduler.simulator`). Used by the benchmarks, the
-simulator's command line (`python -m scheduler.simulator controller ...`) and demos:
+Plain asyncio + grpclib, never trio (see `scheduler.sim.simulator`). Used by the benchmarks, the
+simulator's command line (`python -m scheduler.sim.simulator controller ...`) and demos:
 
     controller = SimController(("127.0.0.1", 50051))            # or pki="DIR" for mTLS
     report = await controller.schedule_many(1000, concurrency=50, memory=64)
@@ -33,9 +33,10 @@ from typing import Any
 from h2.exceptions import StreamClosedError
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from ._proto import controller_grpc, controller_pb2
-from .follow import (Channels, GaveUp, Leader, call, refusal, remaining, retry, send_request,
+from .._proto import controller_grpc, controller_pb2
+from ..follow import (Channels, GaveUp, Leader, call, refusal, remaining, retry, send_request,
                      watch_events)
+from .signals import stop_on_signals
 
 log = logging.getLogger("scheduler.simulator")
 
@@ -86,7 +87,7 @@ class SimController:
                  pki: str | os.PathLike | None = None, name: str = "controller") -> None:
         ssl_context = None
         if pki is not None:
-            from . import pki as pki_module, security
+            from .. import pki as pki_module, security
 
             paths = pki_module.PkiPaths.load(pki)
             pair = paths.controller(name)
@@ -295,11 +296,9 @@ def _controller_main(args: argparse.Namespace) -> int:
 
 
 async def _controller(args: argparse.Namespace) -> int:
-    from .simulator import _stop_on_signals
-
     controller = SimController(args.address, pki=Path(args.pki) if args.pki else None,
                                name=args.name)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
 
     async def watch() -> None:
         async for _arrived, event in controller.watch():

@@ -24,10 +24,10 @@ group share what they learnt of the leader, so a switch is made, and logged, onc
 This module never imports trio or trio_asyncio: importing trio_asyncio replaces asyncio's loop
 policy for the whole process (see STYLE.md). Run it in its own process:
 
-    python -m scheduler.simulator agents --address 127.0.0.1:50051 --count 1000 --rate 1 --insecure
-    python -m scheduler.simulator agents --address 127.0.0.1:50051 --count 500 --pki DIR \\
+    python -m scheduler.sim.simulator agents --address 127.0.0.1:50051 --count 1000 --rate 1 --insecure
+    python -m scheduler.sim.simulator agents --address 127.0.0.1:50051 --count 500 --pki DIR \\
         --refuse 0.1 --hang 0.05 --lifetime 30 --processes 2
-    python -m scheduler.simulator controller --address 10.0.0.1:50051,10.0.0.2:50051 \\
+    python -m scheduler.sim.simulator controller --address 10.0.0.1:50051,10.0.0.2:50051 \\
         --insecure --count 1000 --concurrency 50 --watch
 
 Python API: `SimAgent`, `AgentGroup` (many in this process), `AgentProcesses` (groups in
@@ -63,11 +63,16 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Server
 
-from ._proto import agent_grpc, agent_pb2, node_agent_grpc, node_agent_pb2
-from .config import ConfigError
-from .follow import Backoff, Leader, NotServing, call_once, host_port, join_host_port, split_addresses
+from .._proto import agent_grpc, agent_pb2, node_agent_grpc, node_agent_pb2
+from ..config import ConfigError
+from ..follow import Backoff, Leader, NotServing, call_once, host_port, join_host_port, split_addresses
+from .signals import stop_on_signals
 
 log = logging.getLogger("scheduler.simulator")
+
+# The directory holding the `scheduler` package: child processes (`python -m scheduler...`)
+# start there so that they import this very copy.
+IMPORT_ROOT = Path(__file__).resolve().parents[2]
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -153,7 +158,7 @@ class AgentTls:
 
         Issues the Agent's certificate from the directory's CA if it has none yet.
         """
-        from . import pki, security  # no trio in either
+        from .. import pki, security  # no trio in either
 
         paths = pki.PkiPaths.load(self.directory)
         pair = paths.agent(node_id)
@@ -954,7 +959,7 @@ class AgentGroup:
 
 # --- groups in child processes, driven by JSON lines -----------------------------------------
 #
-# A child runs `python -m scheduler.simulator agents ... --control`: it prints
+# A child runs `python -m scheduler.sim.simulator agents ... --control`: it prints
 # {"event": "ready", ...} once its Agents are up, then answers one JSON line per command read
 # on stdin: {"cmd": "stats"}, {"cmd": "rate", "value": R}, {"cmd": "silent"},
 # {"cmd": "speak"}, {"cmd": "leave"}, {"cmd": "lost"}, {"cmd": "instances"} (node id → the
@@ -1006,7 +1011,7 @@ async def _serve_control(group: AgentGroup, up_seconds: float) -> None:
 
 
 class AgentProcesses:
-    """Simulated Agents spread over child processes (`python -m scheduler.simulator agents`).
+    """Simulated Agents spread over child processes (`python -m scheduler.sim.simulator agents`).
 
     For benchmarks and demos: the fleet's CPU and file descriptors are not the caller's.
 
@@ -1032,7 +1037,7 @@ class AgentProcesses:
         start = first
         for index in range(self.processes):
             share = per + (1 if index < extra else 0)
-            args = [python, "-m", "scheduler.simulator", "agents", "--control",
+            args = [python, "-m", "scheduler.sim.simulator", "agents", "--control",
                     "--address", scheduler, "--count", str(share), "--first", str(start),
                     "--prefix", prefix, "--rate", repr(rate), "--bind", bind_host,
                     "--refuse", repr(behaviour.refuse), "--hang", repr(behaviour.hang),
@@ -1056,7 +1061,7 @@ class AgentProcesses:
 
     async def start(self) -> list[dict]:
         """Start every child; return their "ready" answers once all Agents are up."""
-        cwd = Path(__file__).resolve().parent.parent
+        cwd = IMPORT_ROOT
         stderr = open(self._log_file, "ab") if self._log_file else asyncio.subprocess.DEVNULL
         try:
             for args in self._args:
@@ -1162,7 +1167,7 @@ async def _agents_here(args: argparse.Namespace, behaviour: Behaviour) -> int:
     group = AgentGroup(node_ids(args.count, args.prefix, args.first), args.address,
                        rate=args.rate, behaviour=behaviour, old_fraction=args.old, tls=tls,
                        bind_host=args.bind, raw=args.raw)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     try:
         up = asyncio.ensure_future(group.start())
         await asyncio.wait((up, asyncio.ensure_future(stop.wait())),
@@ -1191,28 +1196,13 @@ async def _agents_in_processes(args: argparse.Namespace, behaviour: Behaviour, p
                            prefix=args.prefix, first=args.first, pki=args.pki,
                            behaviour=behaviour, old_fraction=args.old, bind_host=args.bind,
                            raw=args.raw)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     async with fleet:
         log.info("%d agents up in %d processes", args.count, processes)
         await _report_until(stop, fleet.stats, args.stats_every)
         answers = await fleet.broadcast("leave")
         log.info("leaving: %d of %d acknowledged", sum(a["left"] for a in answers), args.count)
     return 0
-
-
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT/SIGTERM; a second signal exits at once (a clean stop is stuck)."""
-    stop = asyncio.Event()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            os._exit(130)
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal)
-    return stop
 
 
 async def _report_until(stop: asyncio.Event, stats, every: float) -> None:
@@ -1233,11 +1223,11 @@ async def _report_until(stop: asyncio.Event, stats, every: float) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m scheduler.simulator",
+    top = argparse.ArgumentParser(prog="python -m scheduler.sim.simulator",
                                   description="Simulated Orka Agents and Controller.")
     commands = top.add_subparsers(dest="command", required=True)
-    from .config import Config
-    from .tls_setup import development_pki
+    from ..config import Config
+    from ..tls_setup import development_pki
 
     pki_default = development_pki(Config())  # where `orka-scheduler serve` (no config) makes it
 
@@ -1299,7 +1289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
     logging.getLogger("grpclib").setLevel(logging.WARNING)  # per-connection chatter
     if args.pki is not None:
-        from .pki import PkiError, PkiPaths
+        from ..pki import PkiError, PkiPaths
 
         try:
             PkiPaths.load(args.pki)
