@@ -1,16 +1,24 @@
 """orka-scheduler: places workload instances on Orka nodes.
 
-Layers, each importing only those below it:
-  cli, app          process wiring: config → trio.run → serve; terms of leadership
-  leadership, etcd  etcd's election (lease, renew deadline) and a small etcd client
-  api/              thin gRPC handlers (validate, convert, delegate)
-  grpc_bridge       the only module that knows grpclib runs on asyncio
-  cluster/          node registry, sessions, liveness deadlines
-  agents            dialing Agents, Create/Signal attempts
-  placement/        pure decisions: feasibility, ranking, reservations (no I/O, no trio)
-  events            revisioned event log for the Controller
-  store/            durable state: versioned encodings, SQLite or etcd (fenced writes)
-  model, errors     domain dataclasses and refusals shared by all
+Layers, each importing only those below it (tests/test_architecture.py checks this list):
+  __main__                                   python -m scheduler
+  cli                                        the command line
+  admin, app                                 admin commands; wiring, terms of leadership
+  lifecycle, leadership, observability, tls_setup, systemd, memory
+                                             what follows each step of a node's life; etcd's
+                                             election; metrics; TLS from config; sd_notify
+  api                                        thin gRPC handlers (validate, convert, delegate)
+  instances                                  placing, relaying, stopping instances
+  agents, etcd                               calls to Agents; a small etcd client
+  cluster                                    node registry, sessions, liveness deadlines
+  events, placement, store                   event log; pure decisions; durable state
+  grpc_bridge                                the only module that knows grpclib runs on asyncio
+  grpc_listener                              what one peer may make a connection hold
+  _compat, convert, pki, follow              library patches; protobuf <-> domain; dev PKI;
+                                             clients following the leader
+  config, security                           TOML config; TLS contexts, identities, authorization
+  enum_maps, errors, model, names, logs, retention, throttle
+                                             shared by all: domain types, refusals, rules
 
 Outside the layers: sim/ (simulated Agents and Controller, the demos), tooling that only
 cli's `demo` command imports, when it runs.

@@ -53,7 +53,7 @@ from h2.settings import SettingCodes
 from h2.stream import StreamClosedBy
 from hyperframe.frame import RstStreamFrame
 
-from .cluster.throttle import TokenBucket
+from .throttle import TokenBucket
 from .logs import RateLimited
 
 log = logging.getLogger(__name__)

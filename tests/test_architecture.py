@@ -360,3 +360,65 @@ def test_layout_check_sees_a_missing_module(tmp_path):
     assert missing_from_layout(readme, package) == ["new.py", "placement/fresh.py"]
     no_package = readme.replace("  placement/ ", "  decisions/ ")
     assert missing_from_layout(no_package, package) == ["new.py", "placement/"]
+
+
+# --- the layers of scheduler/__init__.py ---------------------------------------------------------
+
+def declared_layers() -> list[set[str]]:
+    """The layers scheduler/__init__.py's docstring lists, top first: each line's first column
+    (a layer may continue on the next line, which then starts with a name and a comma)."""
+    doc = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text())) or ""
+    block = doc[doc.index("Layers,"):doc.index("Outside the layers:")].splitlines()[1:]
+    layers: list[set[str]] = []
+    for line in block:
+        if not line.startswith("  ") or line.startswith("   "):
+            continue  # blank, or a continued description
+        names = line.strip().split("   ")[0]  # the names, before the description's column
+        layers.append({f"scheduler.{name.strip()}" for name in names.split(",")})
+    return layers
+
+
+def top_level(name: str) -> str:
+    return ".".join(name.split(".")[:2])
+
+
+def layer_violations(modules: dict[str, Module], layers: list[set[str]]) -> set[tuple[str, str]]:
+    """Imports of a module (by its top-level module or package) from its own layer or above.
+    The tooling (sim, its own rules) and the generated code are outside the layers."""
+    rank = {name: index for index, layer in enumerate(layers) for name in layer}
+    graph = import_graph(modules)
+    bad = set()
+    for module, edges in graph.items():
+        source = top_level(module)
+        if source in (SIM, "scheduler._proto", "scheduler"):
+            continue
+        for imported in edges:
+            target = top_level(imported)
+            if target in (source, "scheduler._proto") or within(target, SIM):
+                continue
+            if rank.get(target, -1) <= rank.get(source, len(layers)):
+                bad.add((module, imported))
+    return bad
+
+
+def test_every_module_has_its_layer():
+    layers = declared_layers()
+    placed = set().union(*layers)
+    tops = {top_level(name) for name in load_modules()} - {"scheduler", SIM, "scheduler._proto"}
+    assert tops - placed == set(), "place these in scheduler/__init__.py's layers"
+    assert placed - tops == set(), "these layers name modules that do not exist"
+
+
+def test_each_layer_imports_only_those_below_it():
+    assert layer_violations(load_modules(), declared_layers()) == set()
+
+
+@pytest.mark.parametrize("name, source, imported", [
+    ("scheduler.cluster.bad", "from ..instances import Instances\n", "scheduler.instances"),
+    ("scheduler.model", "def f():\n    from . import events\n", "scheduler.events"),
+    ("scheduler.events", "from .placement import plan\n", "scheduler.placement.plan"),  # same
+    ("scheduler.grpc_listener", "from .cluster import Node\n", "scheduler.cluster"),
+])
+def test_layer_rule_sees_an_upward_import(name, source, imported):
+    modules = with_module(name, source)
+    assert (name, imported) in layer_violations(modules, declared_layers())

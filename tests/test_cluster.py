@@ -12,7 +12,7 @@ import trio
 
 from scheduler.cluster import Cluster, FollowUps
 from scheduler.cluster import open_cluster as registry_cluster
-from scheduler.cluster.throttle import TokenBucket
+from scheduler.throttle import TokenBucket
 from scheduler.errors import AlreadyExists, NotFound
 from scheduler.events import EventLog
 from scheduler.model import (

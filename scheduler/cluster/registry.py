@@ -41,7 +41,7 @@ from ..model import (
     NodeState,
     NodeView,
 )
-from .throttle import TokenBucket
+from ..throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 

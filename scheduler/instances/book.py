@@ -14,7 +14,7 @@ import trio
 
 from ..agents import Agents
 from ..cluster import Cluster, Node
-from ..cluster.throttle import TokenBucket
+from ..throttle import TokenBucket
 from ..events import EventLog
 from ..logs import RateLimited
 from ..model import InstanceCode, InstanceEvent, InstanceStatus, NodeState, Strategy, Workload

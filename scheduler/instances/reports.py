@@ -15,7 +15,7 @@ import logging
 import trio
 
 from ..cluster import Node
-from ..cluster.throttle import TokenBucket
+from ..throttle import TokenBucket
 from ..model import InstanceCode, InstanceEvent, InstanceStatus, Workload
 from .book import (
     RESERVATION_REPORTS,
