@@ -2,7 +2,7 @@
 Controller whose connection goes away mid-Schedule, and a whole cluster of Agents reconnecting
 at once to a restarted scheduler (SPEC §2.1, §2.2 steps 4-5).
 
-Only what tests/test_scheduling_api.py and tests/test_restart.py do not cover already: there,
+Only what tests/api/test_scheduling_api.py and tests/test_restart.py do not cover already: there,
 faults are polite (a Create stream reset with RST_STREAM, a Schedule stream cancelled, nobody
 listening at an Agent's port before the attempt, an Agent in "hang" mode whose Create is cancelled
 after attempt_timeout). Here the TCP connection itself dies (aborted, or closed under a call in

@@ -4,7 +4,7 @@ scheduler process, over 127.0.0.1, in a few seconds.
 The simulator is plain asyncio and must never share a process with trio_asyncio (which this
 test process imports through the other tests). So each test starts the scheduler
 (`python -m scheduler serve`) and runs a driver — this very file, `python
-tests/test_simulator.py SCENARIO ...` — in their own processes; the driver prints one JSON line
+tests/sim/test_simulator.py SCENARIO ...` — in their own processes; the driver prints one JSON line
 of what it saw and the test checks it.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GUARD = 30  # s: no subprocess of these tests may run longer
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ("run", "soak", "attacks", "stack_baseline")  # those that import another bench module
 GUARD = 60.0  # s: imports and --help only
 

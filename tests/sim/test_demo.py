@@ -13,7 +13,7 @@ import pytest
 
 from scheduler.sim import demo_ha, local_etcd
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def demo(*args: str) -> subprocess.CompletedProcess:

@@ -2,7 +2,7 @@
 against a real scheduler process must end with the Controller's view equal to the truth.
 
 The soak runs in its own process (it is plain asyncio, the scheduler and the simulated
-Agents in their own processes; see tests/test_simulator.py for why).
+Agents in their own processes; see tests/sim/test_simulator.py for why).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.soak  # over 10 s: not in the default run; `python -m pytest -m soak`, .ci/run
