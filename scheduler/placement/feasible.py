@@ -19,7 +19,13 @@ import numpy as np
 from scheduler.model import NodeMetrics, Resources
 from scheduler.placement.requests import summed
 from scheduler.placement.table import (
-    CPU, DISK, MEMORY, Columns, NodeTable, column_amounts, node_dimensions,
+    CPU,
+    DISK,
+    MEMORY,
+    Columns,
+    NodeTable,
+    column_amounts,
+    node_dimensions,
 )
 
 
