@@ -11,10 +11,13 @@ from collections import Counter
 
 from scheduler.model import MIB, NodeMetrics, Resources
 from scheduler.placement import NodeTable, Strategy, plan, reserve_if_fits
-from scheduler.placement.requests import (
-    NONZERO_CPU_MILLICORES, NONZERO_MEMORY_MIB, ranking_request, summed,
-)
 from scheduler.placement.rank import scores
+from scheduler.placement.requests import (
+    NONZERO_CPU_MILLICORES,
+    NONZERO_MEMORY_MIB,
+    ranking_request,
+    summed,
+)
 from scheduler.placement.table import MEMORY, column_amounts
 
 GIB = 1024 * MIB
