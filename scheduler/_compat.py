@@ -33,8 +33,9 @@ TLS_READ_BUFFER = 4 * 1024  # per TLS connection; asyncio allocates 256 KiB (3/4
 CLOSED_STREAMS_REMEMBERED = 1024
 CALLBACKS_PER_CHECKPOINT = 64  # ready asyncio callbacks run back to back before trio's tasks run
 
-_PATCHES = ((asyncio.sslproto.SSLProtocol, "max_size", TLS_READ_BUFFER),
-            (h2.connection.H2Connection, "MAX_CLOSED_STREAMS", CLOSED_STREAMS_REMEMBERED))
+_PATCHES: tuple[tuple[type, str, object], ...] = (
+    (asyncio.sslproto.SSLProtocol, "max_size", TLS_READ_BUFFER),
+    (h2.connection.H2Connection, "MAX_CLOSED_STREAMS", CLOSED_STREAMS_REMEMBERED))
 _open_loops = 0
 _saved: list[Any] = []
 

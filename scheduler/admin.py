@@ -141,17 +141,20 @@ def format_nodes(nodes) -> str:
     """A table of nodes: id, state, address, cpu, memory, instances, last seen."""
     header = ("NODE", "STATE", "ADDRESS", "CPU", "MEMORY FREE/TOTAL", "INSTANCES", "LAST SEEN")
     rows = [header]
-    now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+    now = datetime.datetime.now(datetime.UTC).timestamp()
     for node in nodes:
-        cpu = f"{node.cpu_load:.0f}% of {node.cpu_cores}" if node.cpu_cores else f"{node.cpu_load:.0f}%"
+        cpu = f"{node.cpu_load:.0f}%"
+        if node.cpu_cores:
+            cpu += f" of {node.cpu_cores}"
         memory = (f"{node.memory_free / GIB:.1f}/{node.memory_total / GIB:.1f} GiB"
                   if node.memory_total else "-")
         seen = f"{max(0.0, now - node.last_seen_unix):.0f}s ago" if node.last_seen_unix else "-"
         rows.append((node.id, NODE_STATES.get(node.state, str(node.state)), node.address, cpu,
                      memory, str(len(node.instance_ids)), seen))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-                     for row in rows)
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in rows)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def format_event(event) -> str:
@@ -164,7 +167,8 @@ def format_event(event) -> str:
     if kind == "node":
         node = event.node.node
         extra = f" instances: {', '.join(node.instance_ids)}" if node.instance_ids else ""
-        return f"{prefix} {EVENT_KINDS.get(event.node.kind, str(event.node.kind)):<8} node {node.id} {node.address}{extra}"
+        kind_name = EVENT_KINDS.get(event.node.kind, str(event.node.kind))
+        return f"{prefix} {kind_name:<8} node {node.id} {node.address}{extra}"
     status = event.instance
     message = f" ({status.status.message})" if status.status.HasField("message") else ""
     return (f"{prefix} INSTANCE {status.instance_id} on {status.node_id}: "
@@ -220,7 +224,7 @@ def run(command, args) -> int:
         return 0
     except GaveUp as err:
         return fail(gave_up(err, scheduler, args.timeout))
-    except asyncio.TimeoutError:  # only `nodes` sets a deadline per call
+    except TimeoutError:  # only `nodes` sets a deadline per call
         return fail(f"no answer from {failed_at()} within {args.timeout:g} s (--timeout)")
     except (GRPCError, StreamTerminatedError, OSError) as err:  # ssl.SSLError is an OSError
         return fail(describe(err, scheduler, failed_at()))

@@ -157,10 +157,11 @@ def restore(core: Core) -> None:
     for row in restored.nodes:
         cluster.restore(Node(row.id, row.host, row.port, row.state, last_seen_unix=row.last_seen,
                              generation=row.generation), jitter=random.uniform(0, jitter))
-    for row in restored.placements:
-        node = cluster.nodes.get(row.node_id)
+    for placement in restored.placements:
+        node = cluster.nodes.get(placement.node_id)
         if node is not None:
-            core.instances.restore(row.workload, node, row.generation, row.latest)
+            core.instances.restore(placement.workload, node, placement.generation,
+                                   placement.latest)
     log.info("restored epoch %s at revision %d: %d nodes (awaiting rejoin within %g s), "
              "%d placements", restored.epoch, restored.revision, len(restored.nodes),
              cluster.node_timeout, len(restored.placements))
@@ -197,6 +198,7 @@ class Leader:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)
             if term is not None:
+                assert mirror is not None, "an etcd term comes with its mirror"
                 store.on_fence_lost.append(term.end)
                 # Everything every earlier leader wrote comes before our term record.
                 await mirror.wait_for(await backend.open_term(scheduler.advertise))
@@ -298,6 +300,7 @@ async def serve(
                              scheduler.port,
                              "TLS, client certificates required" if ssl_context else "PLAINTEXT")
                     if not sqlite:
+                        assert client is not None  # made above, with the mirror
                         _follow(scheduler, bridge, mirror)
                         election = Election(client, mirror.election, config.etcd.lease_ttl,
                                             scheduler.advertise)
@@ -329,8 +332,9 @@ async def _close_at_exit(client: Callable[[], etcd.EtcdClient | None]) -> None:
     try:
         await trio.sleep_forever()
     finally:
-        if client() is not None:
-            client().close()
+        opened = client()
+        if opened is not None:
+            opened.close()
 
 
 def _follow(scheduler: Scheduler, bridge: Bridge, mirror: Mirror) -> None:

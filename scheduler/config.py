@@ -189,7 +189,8 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _check_types(section: Any) -> None:
     """Check each init field of a section against its annotation; int -> float where a float
     is expected. Raises ConfigError naming ``section.key``."""
-    types = _field_types(type(section))
+    section_type: type = type(section)
+    types = _field_types(section_type)
     for f in dataclasses.fields(section):
         if not f.init:
             continue
@@ -452,17 +453,20 @@ class EtcdConfig:
                 raise ConfigError("etcd.endpoints", f'each must be "http://HOST:PORT" or '
                                   f'"https://HOST:PORT", got {_show(endpoint)}')
             if given != scheme:
-                raise ConfigError("etcd.endpoints", f"{_show(endpoint)} is {given}, but etcd.ca "
-                                  f"is {'set (TLS): use https://' if self.ca else 'empty: set it for https://'}")
+                advice = "set (TLS): use https://" if self.ca else "empty: set it for https://"
+                raise ConfigError("etcd.endpoints",
+                                  f"{_show(endpoint)} is {given}, but etcd.ca is {advice}")
             host, port = parse_host_port(rest.rstrip("/"), "etcd.endpoints")
             if port == 0:
-                raise ConfigError("etcd.endpoints", f"must name a port 1-65535, got {_show(endpoint)}")
+                raise ConfigError("etcd.endpoints",
+                                  f"must name a port 1-65535, got {_show(endpoint)}")
             addresses.append((host, port))
         object.__setattr__(self, "addresses", tuple(addresses))
         _require(self, "prefix", bool(_ETCD_PREFIX.fullmatch(self.prefix)),
                  'must be a key prefix like "/orka" (starts with "/", no trailing "/")')
         _require(self, "lease_ttl", math.isfinite(self.lease_ttl) and
-                 self.lease_ttl >= MIN_LEASE_TTL, f"must be a number of seconds >= {MIN_LEASE_TTL:g}")
+                 self.lease_ttl >= MIN_LEASE_TTL,
+                 f"must be a number of seconds >= {MIN_LEASE_TTL:g}")
         for name in ("ca", "cert", "key"):
             value = getattr(self, name)
             object.__setattr__(self, name, os.path.expanduser(value) if value else "")

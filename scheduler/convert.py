@@ -41,40 +41,40 @@ MAX_BYTES = {"memory": 1 << 50, "disk": 1 << 53}
 # that happen to agree; each gets its own map.
 _AgentCode = agent_pb2.StatusCode
 AGENT_CODE = EnumMap(InstanceCode, "agent.StatusCode", _AgentCode.values(), {
-    InstanceCode.WAITING: _AgentCode.Value("WAITING"),
-    InstanceCode.RUNNING: _AgentCode.Value("RUNNING"),
-    InstanceCode.TERMINATED: _AgentCode.Value("TERMINATED")})
+    InstanceCode.WAITING: _AgentCode.WAITING,
+    InstanceCode.RUNNING: _AgentCode.RUNNING,
+    InstanceCode.TERMINATED: _AgentCode.TERMINATED})
 _ControllerCode = controller_pb2.Status.StatusCode
 CONTROLLER_CODE = EnumMap(InstanceCode, "controller.StatusCode", _ControllerCode.values(), {
-    InstanceCode.WAITING: _ControllerCode.Value("WAITING"),
-    InstanceCode.RUNNING: _ControllerCode.Value("RUNNING"),
-    InstanceCode.TERMINATED: _ControllerCode.Value("TERMINATED")})
+    InstanceCode.WAITING: _ControllerCode.WAITING,
+    InstanceCode.RUNNING: _ControllerCode.RUNNING,
+    InstanceCode.TERMINATED: _ControllerCode.TERMINATED})
 _NodeAgentCode = node_agent_pb2.Status.StatusCode
 NODE_AGENT_CODE = EnumMap(InstanceCode, "node_agent.StatusCode", _NodeAgentCode.values(), {
-    InstanceCode.WAITING: _NodeAgentCode.Value("WAITING"),
-    InstanceCode.RUNNING: _NodeAgentCode.Value("RUNNING"),
-    InstanceCode.TERMINATED: _NodeAgentCode.Value("TERMINATED")})
+    InstanceCode.WAITING: _NodeAgentCode.WAITING,
+    InstanceCode.RUNNING: _NodeAgentCode.RUNNING,
+    InstanceCode.TERMINATED: _NodeAgentCode.TERMINATED})
 _State = controller_pb2.Node.State
 NODE_STATE = EnumMap(NodeState, "controller.Node.State", _State.values(), {
-    NodeState.READY: _State.Value("READY"),
-    NodeState.LEFT: _State.Value("LEFT"),
-    NodeState.LOST: _State.Value("LOST")})
+    NodeState.READY: _State.READY,
+    NodeState.LEFT: _State.LEFT,
+    NodeState.LOST: _State.LOST})
 _Kind = controller_pb2.NodeEvent.Kind
 NODE_EVENT_KIND = EnumMap(NodeEventKind, "controller.NodeEvent.Kind", _Kind.values(), {
-    NodeEventKind.JOINED: _Kind.Value("JOINED"),
-    NodeEventKind.STATUS: _Kind.Value("STATUS"),
-    NodeEventKind.LEFT: _Kind.Value("LEFT"),
-    NodeEventKind.LOST: _Kind.Value("LOST")})
+    NodeEventKind.JOINED: _Kind.JOINED,
+    NodeEventKind.STATUS: _Kind.STATUS,
+    NodeEventKind.LEFT: _Kind.LEFT,
+    NodeEventKind.LOST: _Kind.LOST})
 _Signal = node_agent_pb2.WorkloadSignal.Signal
 SIGNAL = EnumMap(Signal, "node_agent.WorkloadSignal.Signal", _Signal.values(), {
-    Signal.STOP: _Signal.Value("STOP"),
-    Signal.KILL: _Signal.Value("KILL")})
+    Signal.STOP: _Signal.STOP,
+    Signal.KILL: _Signal.KILL})
 _ControllerType = controller_pb2.Workload.Type
 CONTROLLER_TYPE = EnumMap(WorkloadType, "controller.Workload.Type", _ControllerType.values(), {
-    WorkloadType.CONTAINER: _ControllerType.Value("CONTAINER")})
+    WorkloadType.CONTAINER: _ControllerType.CONTAINER})
 _NodeAgentType = node_agent_pb2.Workload.Type
 NODE_AGENT_TYPE = EnumMap(WorkloadType, "node_agent.Workload.Type", _NodeAgentType.values(), {
-    WorkloadType.CONTAINER: _NodeAgentType.Value("CONTAINER")})
+    WorkloadType.CONTAINER: _NodeAgentType.CONTAINER})
 
 
 def node_id_from_wire(value: str, field: str = "id") -> str:

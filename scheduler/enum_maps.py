@@ -13,23 +13,23 @@ from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 D = TypeVar("D", bound=enum.Enum)
+W = TypeVar("W", bound=int)  # the wire enum's type (protobuf's `Enum.ValueType`), an int
 
 
-class EnumMap(Generic[D]):
+class EnumMap(Generic[D, W]):
     """domain member <-> wire int, both ways; `wire_name` names the wire enum in errors."""
 
     __slots__ = ("wire_name", "_to_wire", "_from_wire")
 
     def __init__(self, domain: type[D], wire_name: str, wire_values: Iterable[int],
-                 pairs: dict[D, int]) -> None:
+                 pairs: dict[D, W]) -> None:
         self.wire_name = wire_name
-        wire_values = sorted(wire_values)
-        if set(pairs) != set(domain) or sorted(pairs.values()) != wire_values:
+        if set(pairs) != set(domain) or sorted(pairs.values()) != sorted(wire_values):
             raise TypeError(f"{domain.__name__} <-> {wire_name} is not one-to-one: {pairs}")
         self._to_wire = dict(pairs)
-        self._from_wire = {value: member for member, value in pairs.items()}
+        self._from_wire: dict[int, D] = {value: member for member, value in pairs.items()}
 
-    def to_wire(self, member: D) -> int:
+    def to_wire(self, member: D) -> W:
         return self._to_wire[member]
 
     def from_wire(self, value: int) -> D | None:

@@ -4,11 +4,11 @@ Every node and instance event gets the next revision of this scheduler incarnati
 The last `retained` events are kept in order so a watcher that reconnects with its last
 revision gets exactly what it missed. Revisions may have gaps: after a restart the log holds the
 persisted (non-STATUS) events of the previous run and continues past every revision that run
-may have used; a gap only ever stands for STATUS events, which a watcher may skip anyway. Publishing never waits for a watcher: each watcher reads
-the log at its own pace, and one that falls so far behind that its next event left the ring gets
-a fresh snapshot in-band. A watcher more than `COALESCE_BACKLOG` events behind skips STATUS
-events of a node that a later STATUS of the same node supersedes; it never skips JOINED, LEFT,
-LOST or instance events.
+may have used; a gap only ever stands for STATUS events, which a watcher may skip anyway.
+Publishing never waits for a watcher: each watcher reads the log at its own pace, and one that
+falls so far behind that its next event left the ring gets a fresh snapshot in-band. A watcher
+more than `COALESCE_BACKLOG` events behind skips STATUS events of a node that a later STATUS of
+the same node supersedes; it never skips JOINED, LEFT, LOST or instance events.
 """
 from __future__ import annotations
 
@@ -138,6 +138,7 @@ class Watcher:
 
     async def next(self) -> Event:
         log = self._log
+        event: Event | None
         if self._cursor is None:
             event = log.snapshot_event()
         else:

@@ -213,7 +213,9 @@ async def send_request(stream: Any, address: str) -> None:
         raise
 
 
-def refusal(err: BaseException, stream: Any, address: str, *, idempotent: bool) -> NotServing | None:
+def refusal(
+    err: BaseException, stream: Any, address: str, *, idempotent: bool
+) -> NotServing | None:
     """The NotServing that `err` (ending a call at `address`) means, or None: a final answer.
 
     A standby's UNAVAILABLE naming a leader means "not here" for any call. For an idempotent
@@ -325,11 +327,12 @@ async def watch_events(schedulers: Channels, epoch: str = "", after: int = 0, *,
     leader = schedulers.leader
     loop = asyncio.get_running_loop()
     backoff = Backoff()
-    since = loop.time()  # when the watch last had a leader
+    since: float | None = loop.time()  # when the watch last had a leader
     first: NotServing | None = None  # the failure that began this search
     while True:
         address = leader.current
         stream = None
+        failure: NotServing | None
         try:
             async with schedulers.cluster(address).WatchEvents.open() as stream:
                 await send_request(stream, address)
@@ -367,7 +370,7 @@ async def health(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> in
         head = await asyncio.wait_for(reader.readline(), timeout)
         writer.close()
         return int(head.split()[1])
-    except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+    except (TimeoutError, OSError, IndexError, ValueError):
         return None
 
 

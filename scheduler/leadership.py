@@ -91,7 +91,7 @@ class Election:
         window = self._lease_ttl * DEADLINE_FRACTION
         scope = trio.CancelScope(deadline=trio.current_time() + window)
         term: Term | None = None
-        lease_gone = []
+        lease_gone: list[bool] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_alive, lease, scope, lease_gone)
             with scope:
@@ -114,7 +114,8 @@ class Election:
             log.info("campaign ended: %s", why)
         return False
 
-    async def _keep_alive(self, lease: int, scope: trio.CancelScope, lease_gone: list) -> None:
+    async def _keep_alive(self, lease: int, scope: trio.CancelScope,
+                          lease_gone: list[bool]) -> None:
         """Renew every RENEW_FRACTION of the lease; each answered renewal moves the deadline."""
         interval = self._lease_ttl * RENEW_FRACTION
         window = self._lease_ttl * DEADLINE_FRACTION

@@ -5,6 +5,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Clock = Callable[[], float]  # seconds, monotonic; tests pass a fake one
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -48,7 +52,7 @@ class Repeating:
     line per attempt: etcd down for an hour would otherwise write tens of thousands."""
 
     def __init__(self, logger: logging.Logger, level: int = logging.WARNING,
-                 every: float = REPEAT_EVERY, clock=time.monotonic) -> None:
+                 every: float = REPEAT_EVERY, clock: Clock = time.monotonic) -> None:
         self._logger = logger
         self._level = level
         self._every = every
@@ -79,29 +83,37 @@ class Repeating:
         self._since, self._unlogged, self._count = None, 0, 0
 
 
+@dataclass(slots=True)
+class _Passed:
+    """A key of a _Throttle: when it last passed, and how many were held back since."""
+
+    at: float
+    held: int = 0
+
+
 class _Throttle:
     """Per key, at most one pass per `interval` seconds, counting those held back meanwhile;
     at most `keys` keys, the least recently passed forgotten."""
 
-    def __init__(self, interval: float, keys: int, clock) -> None:
+    def __init__(self, interval: float, keys: int, clock: Clock) -> None:
         self._interval = interval
         self._keys = keys
         self._clock = clock
-        self._state: dict[object, list] = {}  # key -> [time it last passed, held back since]
+        self._state: dict[object, _Passed] = {}
 
     def admit(self, key: object) -> int | None:
         """None if `key` passed within the interval (now held back); else how many were
         held back since it last passed."""
         now = self._clock()
         state = self._state.get(key)
-        if state is not None and now - state[0] < self._interval:
-            state[1] += 1
+        if state is not None and now - state.at < self._interval:
+            state.held += 1
             return None
         self._state.pop(key, None)
-        self._state[key] = [now, 0]
+        self._state[key] = _Passed(now)
         if len(self._state) > self._keys:
             del self._state[next(iter(self._state))]
-        return state[1] if state is not None else 0
+        return state.held if state is not None else 0
 
 
 SUFFIX = " (and %d more like it since the previous such line)"
@@ -117,7 +129,7 @@ class RateLimited:
     """
 
     def __init__(self, logger: logging.Logger, interval: float = 10.0, keys: int = 1024,
-                 clock=time.monotonic) -> None:
+                 clock: Clock = time.monotonic) -> None:
         self._logger = logger
         self._throttle = _Throttle(interval, keys, clock)
 
@@ -143,7 +155,8 @@ class Repeats(logging.Filter):
     dropped a connection with 100 calls being answered got one "socket.send() raised
     exception." line per answer."""
 
-    def __init__(self, interval: float = 10.0, keys: int = 256, clock=time.monotonic) -> None:
+    def __init__(self, interval: float = 10.0, keys: int = 256,
+                 clock: Clock = time.monotonic) -> None:
         super().__init__()
         self._throttle = _Throttle(interval, keys, clock)
 

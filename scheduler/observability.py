@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 8192  # an HTTP request head we accept; scrapers send a few hundred bytes
@@ -46,19 +45,21 @@ class SchedulerCollector:
         for state, count in cluster.count_by_state().items():
             nodes.add_metric([state.name.lower()], count)
         yield nodes
-        yield CounterMetricFamily("orka_scheduler_status_messages", "Valid node status messages applied",
+        yield CounterMetricFamily("orka_scheduler_status_messages",
+                                  "Valid node status messages applied",
                                   value=cluster.status_messages)
-        placements = CounterMetricFamily("orka_scheduler_placements", "Schedule requests by outcome",
-                                         labels=["outcome"])
+        placements = CounterMetricFamily("orka_scheduler_placements",
+                                         "Schedule requests by outcome", labels=["outcome"])
         for outcome, count in instances.placements.items():
             placements.add_metric([outcome], count)
         yield placements
-        attempts = CounterMetricFamily("orka_scheduler_attempts", "Create attempts on Agents by outcome",
-                                       labels=["outcome"])
+        attempts = CounterMetricFamily("orka_scheduler_attempts",
+                                       "Create attempts on Agents by outcome", labels=["outcome"])
         for outcome, count in instances.attempts.items():
             attempts.add_metric([outcome], count)
         yield attempts
-        yield GaugeMetricFamily("orka_scheduler_instances", "Instances known (placed, not destroyed)",
+        yield GaugeMetricFamily("orka_scheduler_instances",
+                                "Instances known (placed, not destroyed)",
                                 value=len(instances.statuses()))
         yield GaugeMetricFamily("orka_scheduler_watchers", "Connected WatchEvents streams",
                                 value=events.watchers)

@@ -343,7 +343,8 @@ def _issue_leaf(ca: _Ca, pair: CertPair, identity: Identity, sans: Iterable[x509
         ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         authority = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
     except x509.ExtensionNotFound:
-        authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key())
+        # ca.key is the key of ca.cert (checked on load), so this is the cert's public key.
+        authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key())
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(f"{identity.kind} {identity.name}".strip(), identity.trust_domain))
@@ -420,7 +421,7 @@ def _is_ip(text: str) -> bool:
 # --- small helpers -----------------------------------------------------------------------------
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _name(common_name: str, trust_domain: str) -> x509.Name:
@@ -443,7 +444,7 @@ def _key_matches(cert: x509.Certificate, key: CaKey) -> bool:
     return cert.public_key() == key.public_key()
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: CaKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -21,7 +21,7 @@ STATUS_INTERVAL = 10.0  # s between STATUS= updates (node/instance counts)
 class Notifier:
     """Sends sd_notify datagrams to `$NOTIFY_SOCKET`; every method is a no-op without it."""
 
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
         address = environ.get("NOTIFY_SOCKET", "")
         if address.startswith("@"):

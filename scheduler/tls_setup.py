@@ -122,7 +122,7 @@ def check_pair(cert_path: Path, key_path: Path, cert_name: str, key_name: str,
     if cert.public_key() != key.public_key():
         raise ConfigError(key_name, f"{key_path} is not the private key of {cert_name} "
                                     f"({cert_path})")
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     if cert.not_valid_after_utc < now:
         raise ConfigError(cert_name, f"{cert_path} expired on "
                                      f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")

@@ -243,8 +243,8 @@ class FakeWorkloadAgent:
             self.running.pop(workload.instance_id, None)
 
     async def _signal(self, stream) -> None:
-        from grpclib.exceptions import GRPCError
         from grpclib.const import Status
+        from grpclib.exceptions import GRPCError
 
         from scheduler._proto import node_agent_pb2 as pb
         request = await stream.recv_message()
@@ -365,8 +365,9 @@ class ScheduleCall:
         """Read up to the first status with `code`; AssertionError if the call ends first."""
         while True:
             reply = await self.next()
-            assert reply is not None, (f"Schedule ended ({self.error!r}) before status code {code}; "
-                                       f"got {[r.status.code for r in self.received]}")
+            assert reply is not None, (
+                f"Schedule ended ({self.error!r}) before status code {code}; "
+                f"got {[r.status.code for r in self.received]}")
             if reply.status.code == code:
                 return reply
 

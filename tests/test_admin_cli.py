@@ -6,6 +6,7 @@ protobuf messages. Every subprocess test is guarded by the scheduler's fail_afte
 """
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -55,8 +56,9 @@ def table(text: str) -> list[dict[str, str]]:
     header, *rows = text.rstrip("\n").split("\n")
     starts = [header.index(name) for name in COLUMNS]
     assert starts == sorted(starts), header
-    bounds = list(zip(starts, starts[1:] + [None]))
-    return [{name: row[start:end].strip() for name, (start, end) in zip(COLUMNS, bounds)}
+    bounds = list(zip(starts, starts[1:] + [None], strict=True))
+    return [{name: row[start:end].strip()
+             for name, (start, end) in zip(COLUMNS, bounds, strict=True)}
             for row in rows]
 
 
@@ -283,8 +285,9 @@ async def test_config_gives_the_address_and_pki_of_a_scheduler_with_another_data
         wrong = await run_cli("nodes", "--address", address,
                               STATE_DIRECTORY=str(tmp_path / "default-state"))
     line = one_line(wrong)
-    assert line.startswith(f"orka-scheduler: the scheduler at {address} answered, but its "
-                           f"certificate is not signed by the CA in {default_pki / 'ca.pem'} ("), line
+    assert line.startswith(
+        f"orka-scheduler: the scheduler at {address} answered, but its "
+        f"certificate is not signed by the CA in {default_pki / 'ca.pem'} ("), line
     assert "cannot reach" not in line and "--config" in line, line
 
 
@@ -324,7 +327,8 @@ async def test_unusable_client_files_are_named_before_connecting(tmp_path):
     controller = pki.controller("controller")
     with trio.fail_after(IO_GUARD):
         missing = await run_cli("nodes", "--address", "127.0.0.1:1", "--ca", str(pki.ca),
-                                "--cert", str(tmp_path / "absent.pem"), "--key", str(controller.key))
+                                "--cert", str(tmp_path / "absent.pem"),
+                                "--key", str(controller.key))
         mismatched = await run_cli("nodes", "--address", "127.0.0.1:1", "--ca", str(pki.ca),
                                    "--cert", str(controller.cert), "--key", str(pki.ca_key))
     assert one_line(missing) == f"orka-scheduler: --cert: {tmp_path / 'absent.pem'}: no such file"
@@ -486,7 +490,10 @@ async def test_watch_follows_the_leader_across_a_failover_and_loses_no_event():
     event: those events replayed, no second snapshot, one epoch, revisions increasing."""
     data_dir = tempfile.mkdtemp(prefix="orka-failover-")
     first, second = free_port(), free_port()
-    config = lambda port: make_config(server={"listen": f"127.0.0.1:{port}", "data_dir": data_dir})
+
+    def config(port: int):
+        return make_config(server={"listen": f"127.0.0.1:{port}", "data_dir": data_dir})
+
     async with fake_standby(f"127.0.0.1:{first}") as standby:
         first_channel, second_channel = await make_channel(first), await make_channel(second)
         process = await trio.lowlevel.open_process(
@@ -580,6 +587,11 @@ def node(node_id="node-a", **fields) -> pb.Node:
     return pb.Node(id=node_id, **{**defaults, **fields})
 
 
+def row(*cells: str) -> dict[str, str]:
+    """One row of `table`, a cell per column."""
+    return dict(zip(COLUMNS, cells, strict=True))
+
+
 def test_format_nodes_aligns_columns_and_fills_what_is_unknown():
     now = time.time()
     text = admin.format_nodes([
@@ -589,14 +601,12 @@ def test_format_nodes_aligns_columns_and_fills_what_is_unknown():
         node("gone", state=pb.Node.LEFT, last_seen_unix=now + 60),  # clock skew: not negative
     ])
     header = text.splitlines()[0]
-    assert all(header.index(a) < header.index(b) for a, b in zip(COLUMNS, COLUMNS[1:])), header
+    assert all(header.index(a) < header.index(b) for a, b in itertools.pairwise(COLUMNS)), header
     assert not any(line.endswith(" ") for line in text.splitlines())
     assert table(text) == [
-        dict(zip(COLUMNS, ("node-a", "READY", "10.0.0.1:7000", "13% of 4", "4.0/8.0 GiB", "2",
-                           "5s ago"))),
-        dict(zip(COLUMNS, ("old", "LOST", "", "3%", "-", "0", "-"))),
-        dict(zip(COLUMNS, ("gone", "LEFT", "10.0.0.1:7000", "13% of 4", "4.0/8.0 GiB", "0",
-                           "0s ago"))),
+        row("node-a", "READY", "10.0.0.1:7000", "13% of 4", "4.0/8.0 GiB", "2", "5s ago"),
+        row("old", "LOST", "", "3%", "-", "0", "-"),
+        row("gone", "LEFT", "10.0.0.1:7000", "13% of 4", "4.0/8.0 GiB", "0", "0s ago"),
     ]
 
 

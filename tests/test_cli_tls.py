@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -121,8 +120,9 @@ class Served:
         self.signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"no exit within {STOP_TIMEOUT} s of SIGTERM; log:\n{self.log}")
+        except subprocess.TimeoutExpired as err:
+            raise AssertionError(
+                f"no exit within {STOP_TIMEOUT} s of SIGTERM; log:\n{self.log}") from err
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -431,7 +431,7 @@ def test_check_config_and_serve_name_the_tls_key_and_file(tmp_path, problem):
         key = pki / "controllers" / "controller.key"
         expected = f"tls.key: {key} is not the private key of tls.cert ({cert})"
     else:
-        ended = datetime.datetime(2025, 1, 2, 3, 4, tzinfo=datetime.timezone.utc)
+        ended = datetime.datetime(2025, 1, 2, 3, 4, tzinfo=datetime.UTC)
         cert, key = self_signed(tmp_path, ended - datetime.timedelta(days=9), ended)
         expected = f"tls.cert: {cert} expired on 2025-01-02 03:04 UTC"
     config = tmp_path / "tls.toml"

@@ -90,7 +90,7 @@ async def test_agent_dying_mid_attempt_moves_to_the_next_node_without_waiting_th
     journal = []
     async with running_scheduler(config()) as scheduler, open_channel(scheduler.port) as channel:
         specs = (("n1", "hang", dict(mem_free=6 * GIB)), ("n2", "accept", dict(mem_free=4 * GIB)))
-        async with killable_nodes(channel, scheduler, *specs, journal=journal) as [n1, n2]:
+        async with killable_nodes(channel, scheduler, *specs, journal=journal) as [n1, _n2]:
             async with open_schedule(channel, scheduling_request("k-1", memory=64)) as call:
                 await wait_until(lambda: n1.workloads.created == ["k-1"])
                 assert reservations(scheduler).node_of("k-1") == "n1"

@@ -150,7 +150,7 @@ def test_backoff_doubles_from_first_to_largest_with_jitter_in_the_upper_half():
     steps = [FIRST_RETRY * 2 ** n for n in range(20)]
     steps = [min(step, LARGEST_RETRY) for step in steps]
     delays = [backoff.next() for _ in steps]
-    for step, delay in zip(steps, delays):
+    for step, delay in zip(steps, delays, strict=True):
         assert step / 2 <= delay <= step, (step, delay)
     assert max(delays) <= LARGEST_RETRY
     assert delays[-1] >= LARGEST_RETRY / 2  # it got there and stays there

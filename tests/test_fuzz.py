@@ -37,7 +37,6 @@ Run e.g. `ORKA_FUZZ_EXAMPLES=2000 python -m pytest tests/test_fuzz.py` for a lon
 """
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import socket
@@ -174,7 +173,7 @@ async def raw_call(channel, rpc: Rpc, payloads: list[bytes]) -> Outcome:
             return Outcome(err.status, err.message or "")
         except StreamTerminatedError as err:
             return Outcome(problem=f"stream reset without a status: {err}")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return Outcome(problem=f"no answer within {CALL_TIMEOUT} s")
         return Outcome(Status.OK)
     return await aio(call)()
@@ -257,14 +256,14 @@ def fill(draw, message, hints: dict, depth: int = 0, small: bool = False,
     `near`: every field set, from its hint where it has one and with at most 4 entries, so
     most messages are valid and the fuzz explores what the core does with them.
     """
-    for field in message.DESCRIPTOR.fields:
+    for descriptor in message.DESCRIPTOR.fields:
         if not near and not draw(PRESENT):
             continue  # left at its default / absent
-        if field.is_repeated:
-            entries = getattr(message, field.name)
+        if descriptor.is_repeated:
+            entries = getattr(message, descriptor.name)
             many = st.sampled_from(MANY_ENTRIES) if not (small or near) else st.nothing()
             count = draw(st.one_of(st.integers(0, 4), many))
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if descriptor.type == FieldDescriptor.TYPE_MESSAGE:
                 if depth >= MAX_DEPTH:
                     continue
                 if count <= 4:
@@ -275,17 +274,17 @@ def fill(draw, message, hints: dict, depth: int = 0, small: bool = False,
                     fill(draw, entry, hints, depth + 1, small=True)
                     entries.extend([entry] * (count - 1))
             elif count <= 4:
-                values = scalar_values(field, hints, small, near)
+                values = scalar_values(descriptor, hints, small, near)
                 entries.extend(draw(values) for _ in range(count))
             else:
-                entries.extend([draw(field_values(field, hints, True))] * count)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                entries.extend([draw(field_values(descriptor, hints, True))] * count)
+        elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
             if depth < MAX_DEPTH:
-                child = getattr(message, field.name)
+                child = getattr(message, descriptor.name)
                 child.SetInParent()
                 fill(draw, child, hints, depth + 1, small, near)
         else:
-            setattr(message, field.name, draw(scalar_values(field, hints, small, near)))
+            setattr(message, descriptor.name, draw(scalar_values(descriptor, hints, small, near)))
 
 
 def requests(message_class: type, hints: dict, near: bool = False) -> st.SearchStrategy:
@@ -689,7 +688,7 @@ def framings(hints: dict) -> st.SearchStrategy[tuple[Rpc, list[bytes]]]:
                               st.binary(max_size=64)))
         data = data[:H2_WINDOW]
         cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=3)))
-        chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         return rpc, Payloads(chunks)
     return build()
 

@@ -19,13 +19,13 @@ import trio
 import trio_asyncio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.health.v1 import health_pb2, health_grpc
+from grpclib.health.v1 import health_grpc, health_pb2
 
 from scheduler import pki
 from scheduler._proto import agent_pb2, controller_pb2
 from scheduler.app import serve
-from scheduler.sim.local_etcd import MemberTls
 from scheduler.model import NodeState
+from scheduler.sim.local_etcd import MemberTls
 from tests.conftest import make_config
 from tests.etcd_server import EtcdCluster, free_port
 from tests.fakes import (
@@ -133,7 +133,8 @@ async def test_one_leads_and_the_standby_names_it_to_every_client(etcd):
 
         async with open_channel(leader.port) as channel:
             await FakeAgent(channel, "node-1").join()  # the leader serves
-            reply = await aio(health_grpc.HealthStub(channel).Check)(health_pb2.HealthCheckRequest())
+            check = aio(health_grpc.HealthStub(channel).Check)
+            reply = await check(health_pb2.HealthCheckRequest())
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
         assert await healthz(leader.http_port) == (200, "ok")
@@ -433,5 +434,6 @@ async def test_etcd_unreachable_at_start_is_logged_once_not_per_attempt(caplog):
             assert not scheduler.leading
             assert await healthz(scheduler.http_port) == (503, "standby; leader at (none yet)")
     lines = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
-    assert sum(line.startswith("cannot campaign: etcd did not answer") for line in lines) == 1, lines
+    campaigns = [line for line in lines if line.startswith("cannot campaign: etcd did not answer")]
+    assert len(campaigns) == 1, lines
     assert sum(line.startswith("cannot load the state from etcd") for line in lines) == 1, lines

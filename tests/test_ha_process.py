@@ -25,7 +25,6 @@ from scheduler._proto.etcd import rpc_pb2
 from scheduler.etcd import EtcdClient
 from scheduler.sim.local_etcd import MemberTls
 from tests.etcd_server import EtcdCluster, free_port, pause, resume
-from tests.test_ha import healthz
 from tests.fakes import (
     FakeAgent,
     FakeController,
@@ -38,6 +37,7 @@ from tests.fakes import (
     scheduling_request,
     status,
 )
+from tests.test_ha import healthz
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 2.0  # s

@@ -8,8 +8,8 @@ buffers of its streams), so a test measures what the process really holds.
 from __future__ import annotations
 
 import asyncio.selector_events
-import contextlib
 import asyncio.sslproto
+import contextlib
 import gc
 import logging
 import os
@@ -29,8 +29,15 @@ from scheduler._proto import agent_pb2, controller_pb2
 from tests.conftest import make_config, running_scheduler
 from tests.fakes import FakeAgent, FakeController, open_channel, wait_until
 from tests.raw_h2 import RawH2, prefix
-from tests.test_tls_api import Pki, bad_client_ctx, client_ctx, connect, make_pki, raw_connection, \
-    tls_scheduler
+from tests.test_tls_api import (
+    Pki,
+    bad_client_ctx,
+    client_ctx,
+    connect,
+    make_pki,
+    raw_connection,
+    tls_scheduler,
+)
 
 JOIN = "/scheduler.agent.LifecycleService/JoinCluster"
 STATUS = "/scheduler.agent.StatusUpdateService/UpdateNodeStatus"
@@ -121,7 +128,7 @@ async def test_calls_cancelled_after_their_answer_do_not_count_as_rapid_resets()
             client.h2.send_data(stream_id, message(controller_pb2.WatchRequest()),
                                 end_stream=True)
             await client.flush()
-            await client.read(2, until=lambda events: any(
+            await client.read(2, until=lambda events, stream_id=stream_id: any(
                 isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id
                 for e in events))
             client.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
@@ -447,7 +454,7 @@ async def test_at_the_limit_with_every_connection_busy_a_new_one_is_refused(capl
         caplog.clear()
         for _ in range(10):
             late = await RawH2.open(scheduler.port)
-            await late.read(1, until=lambda _: late.closed)
+            await late.read(1, until=lambda _, late=late: late.closed)
             assert late.closed and late.goaway().error_code == CALM
             await late.aclose()
         assert scheduler.bridge.listener.statistics()["refused"] == 10

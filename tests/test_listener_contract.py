@@ -161,7 +161,7 @@ async def test_grpclib_releases_streams_only_in_the_handler_tasks_finally():
         f"task completion may be unneeded; {REVISIT}")
 
 
-# -- asyncio, trio-asyncio ---------------------------------------------------------------------------
+# -- asyncio, trio-asyncio ------------------------------------------------------------------------
 
 def test_asyncio_accept_internals_the_listener_uses():
     # Listener._accept replaces asyncio's accept loop and hands sockets to _accept_connection2.

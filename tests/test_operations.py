@@ -6,6 +6,7 @@ temporary directory; every I/O test is guarded by `fail_after`.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -23,17 +24,17 @@ from pathlib import Path
 import pytest
 import trio
 import trio_asyncio
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
-from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler import logs
+from scheduler._proto import controller_pb2
 from scheduler.app import serve
 from scheduler.observability import _respond
 from scheduler.systemd import Notifier
-from scheduler._proto import controller_pb2
 from tests.conftest import IO_GUARD, make_config, running_scheduler
 from tests.fakes import (
     FakeAgent,
@@ -212,7 +213,7 @@ async def test_watchdog_pings_at_half_the_interval(notify_path):
                 fields = await listener.receive()
                 if fields.get("WATCHDOG") == "1":
                     pings.append(float(fields["_at"]))
-            gaps = [b - a for a, b in zip(pings, pings[1:])]
+            gaps = [b - a for a, b in itertools.pairwise(pings)]
             assert all(0.05 < gap < 0.5 for gap in gaps), f"watchdog gaps {gaps}, want ~0.1 s"
             assert sum(gaps) / len(gaps) == pytest.approx(0.1, abs=0.05), gaps
 
@@ -226,7 +227,8 @@ async def test_status_lines_count_the_nodes_and_stopping_is_sent_on_shutdown(not
             async with open_channel(scheduler.port) as channel:
                 await open_agent(channel, scheduler, "node-a")
                 await open_agent(channel, scheduler, "node-b")
-                await listener.until(lambda f: f.get("STATUS", "").startswith("2 nodes ready, 0 lost"))
+                await listener.until(
+                    lambda f: f.get("STATUS", "").startswith("2 nodes ready, 0 lost"))
                 scheduler.shutdown.set()
                 tail = await listener.until(lambda f: f.get("STOPPING") == "1")
             assert tail[-1]["STATUS"] == "shutting down", tail[-1]
@@ -489,7 +491,8 @@ def test_text_logs_name_level_and_logger(capsys, restore_logging):
     logging.getLogger("scheduler.test").info("hidden")
     logging.getLogger("scheduler.test").warning("shown")
     [line] = capsys.readouterr().err.splitlines()
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING scheduler\.test: shown", line)
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING scheduler\.test: shown", line)
 
 
 async def test_a_join_logs_one_line_and_statuses_log_none(caplog):
@@ -649,7 +652,8 @@ async def test_process_tuning_belongs_to_the_serve_command_not_to_serve():
         pass
     assert (gc.get_threshold(), gc.get_freeze_count()) == before
     source = Path(cli.__file__).read_text()
-    serve_command = source[source.index("def cmd_serve"):source.index("async def _wait_for_signals")]
+    start, end = source.index("def cmd_serve"), source.index("async def _wait_for_signals")
+    serve_command = source[start:end]
     assert "await serving.start(" in serve_command and "tune_gc()" in serve_command
     try:
         cli.tune_gc()

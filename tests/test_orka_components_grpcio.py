@@ -105,7 +105,7 @@ async def place(scheduler, controllers: list[GrpcioController], count: int, wave
         numbers = range(count * wave // waves, count * (wave + 1) // waves)
         burst = [controllers[number // SCHEDULES_PER_CONNECTION].schedule(
             scheduling_request(f"{prefix}-{number}"), SCHEDULE_DEADLINE) for number in numbers]
-        for number, call in zip(numbers, burst):
+        for number, call in zip(numbers, burst, strict=True):
             first = await controllers[0].next(call)
             assert first is not None, f"{prefix}-{number}: {call.code()} {call.details()}"
             assert first.status.code == WAITING

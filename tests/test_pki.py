@@ -46,7 +46,7 @@ def mode(path) -> int:
 
 
 def verifier(paths: PkiPaths) -> PolicyBuilder:
-    return PolicyBuilder().store(Store([load(paths.ca)])).time(dt.datetime.now(dt.timezone.utc))
+    return PolicyBuilder().store(Store([load(paths.ca)])).time(dt.datetime.now(dt.UTC))
 
 
 def all_files(paths: PkiPaths) -> list:
@@ -256,7 +256,7 @@ def test_agent_extra_sans(paths):
 def test_leaf_validity_starts_in_the_past_and_lasts_days(tmp_path):
     paths = init_pki(tmp_path / "pki", days=30)
     cert = load(paths.scheduler.cert)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     assert now - pki.CLOCK_SKEW - dt.timedelta(seconds=5) <= cert.not_valid_before_utc < now
     assert cert.not_valid_after_utc - now == pytest.approx(dt.timedelta(days=30),
                                                            abs=dt.timedelta(seconds=5))

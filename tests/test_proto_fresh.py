@@ -39,7 +39,8 @@ def test_services_of_the_contract_exist():
     assert {"/scheduler.agent.LifecycleService/JoinCluster",
             "/scheduler.agent.LifecycleService/LeaveCluster"} <= set(
         agent_grpc.LifecycleServiceBase.__mapping__(_Names()).keys())
-    assert "/node_agent.WorkloadService/Create" in node_agent_grpc.WorkloadServiceBase.__mapping__(_Names())
+    assert "/node_agent.WorkloadService/Create" in \
+        node_agent_grpc.WorkloadServiceBase.__mapping__(_Names())
     assert "/scheduler.controller.ClusterService/WatchEvents" in \
         controller_grpc.ClusterServiceBase.__mapping__(_Names())
 

@@ -21,9 +21,9 @@ from scheduler.store import SqliteBackend, Store, StoreError
 from tests.conftest import make_config, running_scheduler
 from tests.fakes import (
     FakeAgent,
-    drop_stream,
     FakeController,
     RecordingWorkloadAgent,
+    drop_stream,
     open_channel,
     open_schedule,
     scheduling_request,
@@ -67,7 +67,8 @@ async def run_and_place(config, channel, agent, instance_ids, memory=None):
         stream = await agent.report()
         await wait_until(lambda: scheduler.cluster.nodes[agent.node_id].metrics is not None)
         for instance_id in instance_ids:
-            async with open_schedule(channel, scheduling_request(instance_id, memory=memory)) as call:
+            request = scheduling_request(instance_id, memory=memory)
+            async with open_schedule(channel, request) as call:
                 await call.until(RUNNING)
                 await call.cancel()
         head = scheduler.events.epoch, scheduler.events.revision
@@ -149,7 +150,8 @@ async def test_reports_reconcile_restored_instances_and_announce_unknown_ones():
                     await drop_stream(stream)
                 assert seen["b-1"].status.code == TERMINATED
                 assert "vanished" in seen["b-1"].status.message
-                assert seen["x-9"].node_id == "node-1" and "not placed" in seen["x-9"].status.message
+                assert seen["x-9"].node_id == "node-1"
+                assert "not placed" in seen["x-9"].status.message
                 latest = {s.instance_id: s.code.name for s in second.instances.statuses()}
                 assert latest == {"a-1": "RUNNING", "b-1": "TERMINATED"}
 

@@ -72,7 +72,7 @@ def make_cert(paths: PkiPaths, directory: Path, *, uris=(), dns=(), valid_from: 
     ca = x509.load_pem_x509_certificate(paths.ca.read_bytes())
     ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test leaf")]))
@@ -478,7 +478,8 @@ def test_authorize_says_why():
         authorize(AGENT, SCHEDULE)
     with pytest.raises(PermissionDenied, match="Controllers may call only scheduler.controller"):
         authorize(CONTROLLER, JOIN)
-    with pytest.raises(PermissionDenied, match="the scheduler's own certificate is for dialing Agents"):
+    with pytest.raises(PermissionDenied,
+                       match="the scheduler's own certificate is for dialing Agents"):
         authorize(SCHEDULER, JOIN)
 
 

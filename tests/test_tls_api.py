@@ -104,7 +104,7 @@ def make_leaf(ca_paths: PkiPaths, directory: Path, *, uri: str | None, dns=("loc
     ca = x509.load_pem_x509_certificate(ca_paths.ca.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_paths.ca_key.read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)] if uri else []
     names += [x509.DNSName(name) for name in dns]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
@@ -189,7 +189,8 @@ def raw_connection(port: int, context: ssl.SSLContext) -> str:
     return "served" if data else "closed after handshake"
 
 
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")  # + SETTINGS
+# The client preface, then an empty SETTINGS frame.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
 
 
 # --- a scheduler over TLS, and Agents that serve WorkloadService over TLS ----------------------

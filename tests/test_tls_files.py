@@ -19,7 +19,7 @@ from scheduler.config import Config, ConfigError
 from scheduler.pki import init_pki
 from scheduler.tls_setup import TlsFiles, configured_files
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_an_encrypted_key_is_refused(pki, tmp_path):
 
 
 def test_an_expired_certificate(pki, tmp_path):
-    ended = dt.datetime(2024, 5, 6, 7, 8, tzinfo=dt.timezone.utc)
+    ended = dt.datetime(2024, 5, 6, 7, 8, tzinfo=dt.UTC)
     cert, key = self_signed(tmp_path, ended - dt.timedelta(days=30), ended)
     assert str(problem(pki / "ca.pem", cert, key)) == (
         f"tls.cert: {cert} expired on 2024-05-06 07:08 UTC")

@@ -24,7 +24,7 @@ from scheduler.pki import CertPair
 from tests.fakes import status, wait_until
 from tests.test_tls_api import TD, Pki, make_leaf, make_pki, tls_scheduler
 
-CALL_TIMEOUT = 5.0  # s: deadline of every grpcio call, so a hung call fails instead of a thread leak
+CALL_TIMEOUT = 5.0  # s: deadline of every grpcio call: a hung call fails, no thread leaks
 # grpcio keeps one subchannel pool per process by default; a local pool keeps every test's
 # connections (and their backoff after a refused handshake) to itself.
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
@@ -118,7 +118,8 @@ class StatusStream:
 
     def __init__(self, channel: grpc.Channel) -> None:
         self._queue: queue.Queue = queue.Queue()
-        call = channel.stream_unary(UPDATE, request_serializer=agent_pb2.NodeStatus.SerializeToString,
+        call = channel.stream_unary(UPDATE,
+                                    request_serializer=agent_pb2.NodeStatus.SerializeToString,
                                     response_deserializer=agent_pb2.Empty.FromString)
         self.future = call.future(self._requests())
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 
 from .._proto import controller_grpc, controller_pb2
-from ..events import EventLog, Watcher
-from ..grpc_bridge import Call, TrioHandler, routes
 from ..cluster import Cluster
 from ..convert import event_to_wire, node_to_wire
+from ..events import EventLog, Watcher
+from ..grpc_bridge import Call, TrioHandler, routes
 
 log = logging.getLogger(__name__)
 

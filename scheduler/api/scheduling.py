@@ -33,7 +33,8 @@ class SchedulingApi:
             async for status in statuses:
                 await call.send(instance_status_to_wire(status))
         if instance.ended not in ENDED_OK:
-            raise Unavailable(f"instance {instance.id} on node {instance.node.id}: {instance.ended}")
+            raise Unavailable(
+                f"instance {instance.id} on node {instance.node.id}: {instance.ended}")
 
     async def stop(self, call: Call) -> controller_pb2.Empty:
         await self.instances.stop(instance_id_from_wire(call.request.instance_id))

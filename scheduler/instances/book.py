@@ -14,12 +14,12 @@ import trio
 
 from ..agents import Agents
 from ..cluster import Cluster, Node
-from ..throttle import TokenBucket
 from ..events import EventLog
 from ..logs import RateLimited
 from ..model import InstanceCode, InstanceEvent, InstanceStatus, NodeState, Strategy, Workload
 from ..retention import note_recent
 from ..store import Store
+from ..throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 

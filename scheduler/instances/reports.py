@@ -15,8 +15,8 @@ import logging
 import trio
 
 from ..cluster import Node
-from ..throttle import TokenBucket
 from ..model import InstanceCode, InstanceEvent, InstanceStatus, Workload
+from ..throttle import TokenBucket
 from .book import (
     RESERVATION_REPORTS,
     TERMINATED,

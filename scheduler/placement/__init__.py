@@ -9,13 +9,13 @@ current (nodes, readiness, metrics, instance counts, reservations); `plan` filte
     reservations.py  Reservations: what is promised to instances the reports may not show yet
     feasible.py      Reason, reject_reason / reason_codes: who fits and why not;
                      reserve_if_fits: the re-check before each attempt
-    rank.py          Strategy, score / scores / priority_positions: who is tried first
+    rank.py          score / scores / priority_positions (by model.Strategy): who is tried first
                      (nodes without room for the placement last)
     plan.py          Plan, plan (over a table), plan_candidates (node by node, the reference)
 """
+from scheduler.model import Strategy
 from scheduler.placement.feasible import Candidate, Reason, node_reason, reserve_if_fits
 from scheduler.placement.plan import Plan, plan, plan_candidates
-from scheduler.placement.rank import Strategy
 from scheduler.placement.reservations import Reservations
 from scheduler.placement.table import NodeTable
 

@@ -32,7 +32,8 @@ def amounts(resources: Resources) -> Amounts:
 
 def column_amounts(resources: Resources) -> tuple[float, ...]:
     """A request or reservation in column units (bytes, millicores), in DIMENSIONS order."""
-    return tuple([float((amount or 0) * unit) for amount, unit in zip(_read(resources), _UNITS)])
+    pairs = zip(_read(resources), _UNITS, strict=True)
+    return tuple([float((amount or 0) * unit) for amount, unit in pairs])
 
 
 def resources(values: Iterable[int]) -> Resources:

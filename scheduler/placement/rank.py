@@ -94,7 +94,8 @@ def priority_positions(key: np.ndarray, instances: np.ndarray, id_rank: np.ndarr
         cutoff = np.partition(key, limit - 1)[limit - 1]
         keep = np.flatnonzero(key <= cutoff)
         order = _sort_with_ties(key[keep], instances[keep], id_rank[keep], id_rank_bound)
-        return keep[order[:limit]]
+        head: np.ndarray = keep[order[:limit]]
+        return head
     order = _sort_with_ties(key, instances, id_rank, id_rank_bound)
     return order[:limit] if limit else order
 

@@ -27,4 +27,4 @@ def ranking_request(request: Resources) -> Resources:
 
 def summed(requests: Iterable[Resources]) -> Resources:
     """The sum of several requests per dimension (None counts 0)."""
-    return resources([sum(column) for column in zip(ZERO, *map(amounts, requests))])
+    return resources([sum(column) for column in zip(ZERO, *map(amounts, requests), strict=True)])

@@ -14,7 +14,8 @@ its reports may not show yet, and feasibility never refuses more than was really
 from __future__ import annotations
 
 from scheduler.model import Resources
-from scheduler.placement.dimensions import ZERO, Amounts, amounts, resources as resources_of
+from scheduler.placement.dimensions import ZERO, Amounts, amounts
+from scheduler.placement.dimensions import resources as resources_of
 from scheduler.placement.requests import ranking_request
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from .. import pki
 from .._proto import controller_pb2
 from ..admin import format_nodes
+from ..follow import health
 from . import local_etcd
 from .demo import demo_config, progress, start_scheduler, stop
-from ..follow import health
 from .sim_controller import Placement, SimController
 from .simulator import AgentProcesses
 

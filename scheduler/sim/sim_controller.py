@@ -30,12 +30,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from h2.exceptions import StreamClosedError
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from h2.exceptions import StreamClosedError
 
 from .._proto import controller_grpc, controller_pb2
-from ..follow import (Channels, GaveUp, Leader, call, refusal, remaining, retry, send_request,
-                     watch_events)
+from ..follow import (
+    Channels,
+    GaveUp,
+    Leader,
+    call,
+    refusal,
+    remaining,
+    retry,
+    send_request,
+    watch_events,
+)
 from .signals import stop_on_signals
 
 log = logging.getLogger("scheduler.simulator")
@@ -87,7 +96,8 @@ class SimController:
                  pki: str | os.PathLike | None = None, name: str = "controller") -> None:
         ssl_context = None
         if pki is not None:
-            from .. import pki as pki_module, security
+            from .. import pki as pki_module
+            from .. import security
 
             paths = pki_module.PkiPaths.load(pki)
             pair = paths.controller(name)
@@ -142,8 +152,7 @@ class SimController:
                         placement.statuses += 1
                     await stream.recv_trailing_metadata()
                 placement.ended_ok = True
-            except (GRPCError, asyncio.TimeoutError, StreamTerminatedError, StreamClosedError,
-                    OSError) as err:
+            except (TimeoutError, GRPCError, StreamTerminatedError, StreamClosedError, OSError) as err:
                 failure = refusal(err, stream, address, idempotent=False)
                 if failure is not None and placement.first_status_s is None:
                     raise failure from err

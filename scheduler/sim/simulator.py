@@ -65,7 +65,15 @@ from grpclib.server import Server
 
 from .._proto import agent_grpc, agent_pb2, node_agent_grpc, node_agent_pb2
 from ..config import ConfigError
-from ..follow import Backoff, Leader, NotServing, call_once, host_port, join_host_port, split_addresses
+from ..follow import (
+    Backoff,
+    Leader,
+    NotServing,
+    call_once,
+    host_port,
+    join_host_port,
+    split_addresses,
+)
 from .signals import stop_on_signals
 
 log = logging.getLogger("scheduler.simulator")
@@ -326,7 +334,7 @@ class SimAgent:
         try:
             await call_once(self._lifecycle.JoinCluster, request, address, idempotent=True,
                             timeout=CONNECT_TIMEOUT)
-        except asyncio.TimeoutError as err:  # a hung leader (SIGSTOPped) may have been replaced
+        except TimeoutError as err:  # a hung leader (SIGSTOPped) may have been replaced
             raise NotServing(address, None, err) from err
         self.leader.served(address)
         self.counters.joins += 1
@@ -1142,7 +1150,7 @@ class AgentProcesses:
         for child in self._children:
             try:
                 await asyncio.wait_for(child.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()
                 await child.wait()

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from .._proto import store_pb2
-from ..enum_maps import EnumMap
+from ..enum_maps import D, EnumMap
 from ..model import (
     Event,
     InstanceCode,
@@ -55,12 +56,12 @@ CODE = EnumMap(InstanceCode, "store.InstanceCode", store_pb2.InstanceCode.values
     InstanceCode.TERMINATED: store_pb2.TERMINATED})
 _Kind = store_pb2.NodeEvent.Kind
 KIND = EnumMap(NodeEventKind, "store.NodeEvent.Kind", _Kind.values(), {
-    NodeEventKind.JOINED: _Kind.Value("JOINED"), NodeEventKind.STATUS: _Kind.Value("STATUS"),
-    NodeEventKind.LEFT: _Kind.Value("LEFT"), NodeEventKind.LOST: _Kind.Value("LOST")})
+    NodeEventKind.JOINED: _Kind.JOINED, NodeEventKind.STATUS: _Kind.STATUS,
+    NodeEventKind.LEFT: _Kind.LEFT, NodeEventKind.LOST: _Kind.LOST})
 TYPE = EnumMap(WorkloadType, "store.Workload.type", [0], {WorkloadType.CONTAINER: 0})
 
 
-def _from_stored(mapping: EnumMap, value: int):
+def _from_stored(mapping: EnumMap[D, Any], value: int) -> D:
     """The member for a stored number; ValueError (decode_state's FormatError, with the key)
     for a number this version does not know."""
     member = mapping.from_wire(value)
@@ -119,8 +120,8 @@ def encode_meta(epoch: str, revision: int) -> bytes:
 
 
 def encode_node(row: NodeRow) -> bytes:
-    return store_pb2.StoredNode(id=row.id, host=row.host, port=row.port, state=STATE.to_wire(row.state),
-                                generation=row.generation,
+    return store_pb2.StoredNode(id=row.id, host=row.host, port=row.port,
+                                state=STATE.to_wire(row.state), generation=row.generation,
                                 last_seen_unix=row.last_seen).SerializeToString()
 
 
@@ -179,7 +180,8 @@ def _view(view: NodeView) -> store_pb2.NodeView:
             if value is not None:
                 setattr(message.metrics, name, value)
         for report in metrics.instances:
-            message.metrics.instances.add(instance_id=report.instance_id, code=CODE.to_wire(report.code))
+            message.metrics.instances.add(instance_id=report.instance_id,
+                                          code=CODE.to_wire(report.code))
     return message
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import trio
 
@@ -36,12 +37,35 @@ WATCH_RETRY = 0.2  # s before a broken watch is opened again (on the next endpoi
 TERM = "term"  # state key each new leader writes first: who leads, and a revision to wait for
 
 
+class WatchStream(Protocol):
+    """One etcd Watch being read; `cancel()` ends it."""
+
+    async def receive(self) -> rpc_pb2.WatchResponse: ...
+
+    def cancel(self) -> None: ...
+
+
+class EtcdKV(Protocol):
+    """What the backend and the mirror need of an etcd client (`scheduler.etcd.EtcdClient`)."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    async def txn(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse: ...
+
+    async def load(self, prefix: bytes) -> tuple[list[kv_pb2.KeyValue], int]: ...
+
+    def watch(self, prefix: bytes, start_revision: int) -> WatchStream: ...
+
+    def next_endpoint(self) -> None: ...
+
+
 class EtcdBackend:
     """The state as one leader writes it: fenced Txns through an EtcdClient."""
 
     inline = False
 
-    def __init__(self, client, mirror: Mirror, leader: v3election_pb2.LeaderKey) -> None:
+    def __init__(self, client: EtcdKV, mirror: Mirror, leader: v3election_pb2.LeaderKey) -> None:
         self._client = client
         self._mirror = mirror
         self._prefix = mirror.state_prefix
@@ -91,7 +115,7 @@ class Mirror:
     one that etcd cancels because the revisions it needs were compacted loads everything again.
     """
 
-    def __init__(self, client, prefix: str) -> None:
+    def __init__(self, client: EtcdKV, prefix: str) -> None:
         self._client = client
         self._root = (prefix + "/").encode()
         self.state_prefix = (prefix + "/state/").encode()
@@ -154,7 +178,7 @@ class Mirror:
         self._leader_changed()
         self._wake()
 
-    def _apply(self, events) -> None:
+    def _apply(self, events: Iterable[kv_pb2.Event]) -> None:
         for event in events:
             kv = event.kv
             if event.type == kv_pb2.Event.DELETE:

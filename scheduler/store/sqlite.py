@@ -17,11 +17,14 @@ import pickle
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from .. import model
 from . import codec
 from .codec import NodeRow, PlacementRow
 from .state import Batch, StoreError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +153,12 @@ class _OwnClassesOnly(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> type:
         if module == model.__name__ and name in self.ALLOWED:
-            return getattr(model, name)
+            cls: type = getattr(model, name)
+            return cls
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
 
 
-def _unpickle(blob: bytes, expected: type) -> object:
+def _unpickle(blob: bytes, expected: type[T]) -> T:
     value = _OwnClassesOnly(io.BytesIO(blob)).load()
     if not isinstance(value, expected):
         raise TypeError(f"expected a {expected.__name__}, found a {type(value).__name__}")

@@ -25,7 +25,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import trio
 
@@ -67,6 +67,12 @@ class Backend(Protocol):
     def items(self) -> Iterable[tuple[str, bytes]]: ...
 
     async def commit(self, batch: Batch) -> None: ...
+
+
+class InlineBackend(Backend, Protocol):
+    """A backend with `inline` true also commits synchronously (Store.flush)."""
+
+    def commit_now(self, batch: Batch) -> None: ...
 
 
 @dataclass(eq=False)
@@ -254,7 +260,7 @@ class Store:
             return
         commit, _, _, batch = self._take()
         try:
-            self.backend.commit_now(batch)
+            cast(InlineBackend, self.backend).commit_now(batch)  # inline, asserted above
         finally:
             commit.done.set()
         self.commits += 1

@@ -112,7 +112,8 @@ async def test_invalid_workload_is_invalid_argument_naming_the_field(fields, mes
 
 
 async def test_validation_comes_before_looking_for_nodes():
-    async with running_scheduler(make_config()) as scheduler, open_channel(scheduler.port) as channel:
+    async with running_scheduler(make_config()) as scheduler, \
+            open_channel(scheduler.port) as channel:
         _, error = await schedule(channel, scheduling_request(image=""))
         assert error.status is Status.INVALID_ARGUMENT, "a bad request is bad even with no nodes"
         assert "workload.image" in error.message
@@ -139,7 +140,8 @@ async def test_edge_values_that_are_valid_are_placed():
 # -- no nodes, no feasible node (steps 2 and 5) -------------------------------------------------
 
 async def test_no_nodes_at_all_is_failed_precondition():
-    async with running_scheduler(make_config()) as scheduler, open_channel(scheduler.port) as channel:
+    async with running_scheduler(make_config()) as scheduler, \
+            open_channel(scheduler.port) as channel:
         statuses, error = await schedule(channel, scheduling_request("web-1"))
         assert statuses == []
         assert error.status is Status.FAILED_PRECONDITION
@@ -316,7 +318,8 @@ async def test_concurrent_schedules_never_overcommit():
         done = trio.Event()
 
         async def one(index: int) -> None:
-            async with open_schedule(channel, scheduling_request(f"i-{index}", memory=size)) as call:
+            request = scheduling_request(f"i-{index}", memory=size)
+            async with open_schedule(channel, request) as call:
                 first = await call.next()
                 if first is None:
                     refused.append(call.error)
@@ -358,7 +361,8 @@ async def test_accepted_instance_streams_statuses_and_stop_ends_the_call_ok():
             [sent] = n1.workloads.workloads
             assert (sent.image, list(sent.environment), sent.resource_limits.cpu,
                     sent.resource_limits.memory) == ("nginx:1.27", ["A=1"], 250, 128)
-            listed = {n.id: list(n.instance_ids) for n in await FakeController(channel).list_nodes()}
+            nodes = await FakeController(channel).list_nodes()
+            listed = {n.id: list(n.instance_ids) for n in nodes}
             assert listed == {"n1": ["web-1"], "n2": []}
 
             assert await stop_instance(channel, "web-1") is None
@@ -430,7 +434,8 @@ async def test_statuses_reach_watch_events_after_the_controller_cancels_its_sche
                 await call.until(RUNNING)
                 follower = scheduler.instances._instances["w-1"].follower
                 await call.cancel()
-            await wait_until(lambda: follower.statistics().open_receive_channels == 0)  # handler gone
+            # The handler is gone:
+            await wait_until(lambda: follower.statistics().open_receive_channels == 0)
             assert n1.workloads.cancelled == [], "the instance keeps running without its Controller"
             assert await stop_instance(channel, "w-1") is None
             seen = []
@@ -514,7 +519,7 @@ async def test_agent_error_on_signal_keeps_its_code_and_message():
     async with open_cluster(node("n1")) as (scheduler, channel, [n1]):
         await schedule(channel, scheduling_request("s-1"), until_code=RUNNING)
         n1.workloads.signal_refusal = (Status.FAILED_PRECONDITION, "s-1 is still pulling its image")
-        for method, signal in ((stop_instance, STOP), (destroy_instance, KILL)):
+        for method in (stop_instance, destroy_instance):
             error = await method(channel, "s-1")
             assert (error.status, error.message) == \
                 (Status.FAILED_PRECONDITION, "s-1 is still pulling its image"), method.__name__
@@ -545,7 +550,8 @@ async def test_already_exists_while_running_or_being_placed():
 
 
 async def test_replacement_allowed_after_the_node_left():
-    async with open_cluster(node("n1", mem_free=6 * GIB), node("n2")) as (scheduler, channel, [n1, n2]):
+    async with open_cluster(node("n1", mem_free=6 * GIB), node("n2")) as \
+            (scheduler, channel, [n1, n2]):
         await schedule(channel, scheduling_request("m-1"), until_code=RUNNING)
         assert n1.workloads.created == ["m-1"]
         await leave(scheduler, n1)
@@ -683,7 +689,8 @@ class GatedWorkloadAgent(RecordingWorkloadAgent):
 async def test_a_report_that_lists_the_instance_before_the_agent_answers_releases_at_once():
     # The Agent started the instance and reported it before its first status reached us: that
     # report already accounts for the instance, so holding its reservation would count it twice.
-    async with running_scheduler(make_config()) as scheduler, open_channel(scheduler.port) as channel:
+    async with running_scheduler(make_config()) as scheduler, \
+            open_channel(scheduler.port) as channel:
         workloads = GatedWorkloadAgent("n1")
         n1 = await open_node(channel, scheduler, "n1", workloads)
         try:

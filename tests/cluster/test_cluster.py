@@ -12,7 +12,6 @@ import trio
 
 from scheduler.cluster import Cluster, FollowUps
 from scheduler.cluster import open_cluster as registry_cluster
-from scheduler.throttle import TokenBucket
 from scheduler.errors import AlreadyExists, NotFound
 from scheduler.events import EventLog
 from scheduler.model import (
@@ -25,6 +24,7 @@ from scheduler.model import (
     NodeState,
     Snapshot,
 )
+from scheduler.throttle import TokenBucket
 
 TIMEOUT = 30.0  # s: the SPEC's default node_timeout
 

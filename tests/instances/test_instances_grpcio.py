@@ -58,7 +58,8 @@ async def test_grpcio_controller_schedules_stops_and_destroys():
     (dict(image=""), grpc.StatusCode.INVALID_ARGUMENT, "workload.image is empty"),
     (dict(memory=1 << 30), grpc.StatusCode.RESOURCE_EXHAUSTED, "memory: 1"),
 ])
-async def test_grpcio_controller_sees_codes_and_messages_of_refused_schedules(fields, code, details):
+async def test_grpcio_controller_sees_codes_and_messages_of_refused_schedules(
+        fields, code, details):
     async with running_scheduler(make_config()) as scheduler, \
             open_channel(scheduler.port) as channel, \
             open_nodes(channel, scheduler, ("n1", "accept", {})) as [n1]:

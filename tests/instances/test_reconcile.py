@@ -11,8 +11,14 @@ from scheduler.cluster import open_cluster
 from scheduler.events import EventLog
 from scheduler.instances import UNKNOWN_ANNOUNCED, UNKNOWN_RATE, open_instances
 from scheduler.lifecycle import Lifecycle
-from scheduler.model import (InstanceCode, InstanceEvent, InstanceReport, NodeMetrics, Snapshot,
-                             Strategy)
+from scheduler.model import (
+    InstanceCode,
+    InstanceEvent,
+    InstanceReport,
+    NodeMetrics,
+    Snapshot,
+    Strategy,
+)
 
 
 def reported(*ids: str) -> NodeMetrics:
@@ -165,7 +171,8 @@ async def test_the_flood_guard_lets_a_node_announce_again_as_time_passes(autojum
         assert announcements(events)[-2:] == ["late-1", "late-2"]
 
 
-async def test_a_report_cannot_claim_an_instance_placed_on_another_live_node(autojump_clock, caplog):
+async def test_a_report_cannot_claim_an_instance_placed_on_another_live_node(
+        autojump_clock, caplog):
     # Issue 13: evil-r listed an instance running on legit-00199; watchers got an instance event
     # with node_id=evil-r, ListNodes showed it on both nodes and evil-r's LEFT event carried it.
     from scheduler.model import InstanceStatus, NodeEvent, NodeEventKind, Workload

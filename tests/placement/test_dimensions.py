@@ -4,8 +4,16 @@ import dataclasses
 
 from scheduler.model import MIB, NodeMetrics, Resources
 from scheduler.placement import NodeTable, Reason, Reservations
-from scheduler.placement.dimensions import (CPU, DIMENSIONS, DISK, MEMORY, NAMES, amounts,
-                                            column_amounts, resources)
+from scheduler.placement.dimensions import (
+    CPU,
+    DIMENSIONS,
+    DISK,
+    MEMORY,
+    NAMES,
+    amounts,
+    column_amounts,
+    resources,
+)
 from scheduler.placement.feasible import _CHECKS
 from scheduler.placement.requests import summed
 from scheduler.placement.table import node_dimensions

@@ -11,11 +11,14 @@ from collections import Counter
 
 from scheduler.model import MIB, NodeMetrics, Resources
 from scheduler.placement import NodeTable, Strategy, plan, reserve_if_fits
-from scheduler.placement.requests import (
-    NONZERO_CPU_MILLICORES, NONZERO_MEMORY_MIB, ranking_request, summed,
-)
-from scheduler.placement.rank import scores
 from scheduler.placement.dimensions import MEMORY, column_amounts
+from scheduler.placement.rank import scores
+from scheduler.placement.requests import (
+    NONZERO_CPU_MILLICORES,
+    NONZERO_MEMORY_MIB,
+    ranking_request,
+    summed,
+)
 
 GIB = 1024 * MIB
 NO_LIMITS = Resources()

@@ -9,7 +9,12 @@ from hypothesis import strategies as st
 
 from scheduler.model import MIB, NodeMetrics, Resources
 from scheduler.placement import (
-    Candidate, NodeTable, Strategy, node_reason, plan, plan_candidates,
+    Candidate,
+    NodeTable,
+    Strategy,
+    node_reason,
+    plan,
+    plan_candidates,
 )
 
 GIB_IN_MIB = 1024

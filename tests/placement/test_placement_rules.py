@@ -3,7 +3,14 @@ import pytest
 
 from scheduler.model import MIB, NodeMetrics, Resources
 from scheduler.placement import (
-    NodeTable, Plan, Reason, Reservations, Strategy, node_reason, plan, reserve_if_fits,
+    NodeTable,
+    Plan,
+    Reason,
+    Reservations,
+    Strategy,
+    node_reason,
+    plan,
+    reserve_if_fits,
 )
 
 GIB = 1024 * MIB
@@ -21,13 +28,14 @@ def metrics(memory=None, cpu=None, disk=None) -> NodeMetrics:
     return NodeMetrics(**fields)
 
 
-def table_of(nodes: dict[str, NodeMetrics | None], *, instances: dict[str, int] = {}) -> NodeTable:
+def table_of(nodes: dict[str, NodeMetrics | None], *,
+             instances: dict[str, int] | None = None) -> NodeTable:
     table = NodeTable()
     for node_id, node_metrics in nodes.items():
         table.upsert(node_id)
         table.set_ready(node_id, True)
         table.update_metrics(node_id, node_metrics)
-        table.set_instance_count(node_id, instances.get(node_id, 0))
+        table.set_instance_count(node_id, (instances or {}).get(node_id, 0))
     return table
 
 

@@ -13,7 +13,6 @@ import trio
 
 from scheduler.errors import Unavailable
 from scheduler.model import (
-    WorkloadType,
     Event,
     InstanceCode,
     InstanceEvent,
@@ -27,11 +26,13 @@ from scheduler.model import (
     Resources,
     Usage,
     Workload,
+    WorkloadType,
 )
 from scheduler.store import FenceLost, SqliteBackend, Store, StoreError, StoreUnavailable, codec
 from scheduler.store.codec import NodeRow, PlacementRow
 
-WORKLOAD = Workload("web-1", "nginx:1", WorkloadType.CONTAINER, ("A=1", "B="), Resources(cpu=250, memory=None, disk=0))
+WORKLOAD = Workload("web-1", "nginx:1", WorkloadType.CONTAINER, ("A=1", "B="),
+                    Resources(cpu=250, memory=None, disk=0))
 STATUS = InstanceStatus("web-1", InstanceCode.RUNNING, None, Usage(1, 2, 3), "node-1")
 VIEW = NodeView("node-1", "10.0.0.1:7000", NodeState.READY,
                 NodeMetrics(memory_total=8 << 30, memory_free=0, cpu_load=12.5, cpu_cores=None,
@@ -176,7 +177,8 @@ class ScriptedBackend:
             else:
                 self.data[key] = value
         if batch.trim_before is not None:
-            for key in [k for k in self.data if codec.EVENTS <= k < codec.event_key(batch.trim_before)]:
+            end = codec.event_key(batch.trim_before)
+            for key in [k for k in self.data if codec.EVENTS <= k < end]:
                 del self.data[key]
 
 
