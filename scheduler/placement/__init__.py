@@ -9,7 +9,7 @@ current (nodes, readiness, metrics, instance counts, reservations); `plan` filte
     reservations.py  Reservations: what is promised to instances the reports may not show yet
     feasible.py      Reason, reject_reason / reason_codes: who fits and why not;
                      reserve_if_fits: the re-check before each attempt
-    rank.py          Strategy, score / scores / priority_positions: who is tried first
+    rank.py          Strategy, score / scores / priority_rows: who is tried first
                      (nodes without room for the placement last)
     plan.py          Plan, plan (over a table), plan_candidates (node by node, the reference)
 """

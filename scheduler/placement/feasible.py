@@ -78,9 +78,10 @@ def reason_codes(columns: Columns, wanted: tuple[float, float, float]) -> np.nda
     codes = np.zeros(len(columns.ids), dtype=np.int8)
     for dimension, reason in reversed(_CHECKS):  # later checks first: earlier ones overwrite
         if wanted[dimension] > 0:
-            left = columns.free[dimension] - columns.reserved[dimension] - wanted[dimension]
-            codes[left < 0] = REASON_CODES[reason]
-    codes[~columns.eligible] = REASON_CODES[Reason.NOT_READY]
+            left = columns.free[dimension] - columns.reserved[dimension]
+            left -= wanted[dimension]
+            np.copyto(codes, REASON_CODES[reason], where=left < 0)
+    np.copyto(codes, REASON_CODES[Reason.NOT_READY], where=~columns.eligible)
     return codes
 
 
@@ -93,15 +94,13 @@ def node_reason(table: NodeTable, node_id: str, request: Resources) -> Reason | 
     """
     if node_id not in table:
         return Reason.NOT_READY
-    row = table.row_of(node_id)
-    columns = table.columns()
-    if not columns.eligible[row]:
+    eligible, unreserved = table.unreserved(node_id)
+    if not eligible:
         return Reason.NOT_READY
     wanted = column_amounts(request)
-    free, reserved = columns.free[:, row], columns.reserved[:, row]
     for dimension, reason in _CHECKS:
         # False for NaN: an unknown dimension never rejects.
-        if wanted[dimension] > 0 and free[dimension] - reserved[dimension] - wanted[dimension] < 0:
+        if wanted[dimension] > 0 and unreserved[dimension] - wanted[dimension] < 0:
             return reason
     return None
 

@@ -14,7 +14,7 @@ from scheduler.model import NO_RESOURCES, Resources
 from scheduler.placement.feasible import (
     FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reason_codes, reject_reason,
 )
-from scheduler.placement.rank import Strategy, priority_positions, score, scores, sort_key
+from scheduler.placement.rank import Strategy, priority_rows, score, scores, sort_key
 from scheduler.placement.requests import ranking_request
 from scheduler.placement.table import Columns, NodeTable, column_amounts
 
@@ -32,18 +32,19 @@ class Plan:
     of 10,000 rejections costs more than the decision itself.
     """
 
-    __slots__ = ("_head", "_order", "_rest", "feasible_count", "_rejected_ids",
-                 "_rejected_codes", "_rejected", "_counts")
+    __slots__ = ("_head", "_order", "_rest", "feasible_count", "_ids", "_codes", "_rejected",
+                 "_counts")
 
-    def __init__(self, order: list[str], feasible_count: int, rejected_ids: Sequence[str],
-                 rejected_codes: Sequence[int], rest: Callable[[], list[str]] | None = None):
-        """`order` is the whole order, or with `rest` its head and how to get the whole."""
+    def __init__(self, order: list[str], feasible_count: int, ids: Sequence[str],
+                 codes: Sequence[int], rest: Callable[[], list[str]] | None = None):
+        """`order` is the whole order, or with `rest` its head and how to get the whole.
+        `ids` and `codes`: nodes and their reason codes; FEASIBLE ones are not rejections."""
         self._head = order
         self._order = order if rest is None else None
         self._rest = rest
         self.feasible_count = feasible_count  # feasible nodes, including those cut from `order`
-        self._rejected_ids = rejected_ids
-        self._rejected_codes = rejected_codes
+        self._ids = ids
+        self._codes = codes
         self._rejected: dict[str, Reason] | None = None
         self._counts: dict[Reason, int] | None = None
 
@@ -65,9 +66,11 @@ class Plan:
     def rejected(self) -> dict[str, Reason]:
         """Each infeasible node's id and its one reason."""
         if self._rejected is None:
-            codes = np.asarray(self._rejected_codes).tolist()
+            codes = np.asarray(self._codes, dtype=np.int64)
+            rows = np.flatnonzero(codes != FEASIBLE)
+            ids = np.asarray(self._ids, dtype=object)[rows].tolist()
             self._rejected = {
-                node_id: REASON_BY_CODE[code] for node_id, code in zip(self._rejected_ids, codes)
+                node_id: REASON_BY_CODE[code] for node_id, code in zip(ids, codes[rows].tolist())
             }
         return self._rejected
 
@@ -75,7 +78,7 @@ class Plan:
     def counts(self) -> dict[Reason, int]:
         """How many nodes each reason rejected (only reasons that occurred, in check order)."""
         if self._counts is None:
-            per_code = np.bincount(np.asarray(self._rejected_codes, dtype=np.int64),
+            per_code = np.bincount(np.asarray(self._codes, dtype=np.int64),
                                    minlength=len(REASON_BY_CODE))
             self._counts = {
                 REASON_BY_CODE[code]: int(count)
@@ -106,48 +109,45 @@ def plan(
     columns = table.columns()
     codes = reason_codes(columns, column_amounts(request))
     row_scores, no_room = scores(columns, column_amounts(ranking_request(request)))
-    feasible = codes == FEASIBLE
-    # Nodes with room in the strategy's order, then those without room most free first.
-    groups = [_Group(columns, np.flatnonzero(feasible & ~no_room), row_scores, strategy),
-              _Group(columns, np.flatnonzero(feasible & no_room), row_scores, Strategy.SPREAD)]
-    groups = [group for group in groups if group.size]
-    feasible_count = sum(group.size for group in groups)
-
-    def ordered(limit: int) -> list[str]:
-        order: list[str] = []
-        for group in groups:
-            if limit and len(order) >= limit:
-                break
-            order += group.ordered(limit - len(order) if limit else 0)
-        return order
-
-    rejected_rows = np.flatnonzero(~feasible)
-    rejected = (columns.ids[rejected_rows], codes[rejected_rows])
-    if (max_attempts and max_attempts <= HEAD) or feasible_count <= HEAD:
-        return Plan(ordered(max_attempts), feasible_count, *rejected)
-    return Plan(ordered(HEAD), feasible_count, *rejected, rest=lambda: ordered(max_attempts))
+    ranking = _Ranking(columns, codes == FEASIBLE, row_scores, no_room, strategy)
+    if (max_attempts and max_attempts <= HEAD) or ranking.size <= HEAD:
+        return Plan(ranking.ordered(max_attempts), ranking.size, columns.ids, codes)
+    return Plan(ranking.ordered(HEAD), ranking.size, columns.ids, codes,
+                rest=lambda: ranking.ordered(max_attempts))
 
 
-class _Group:
-    """Some feasible rows of a decision, ordered among themselves by one strategy."""
+class _Ranking:
+    """The feasible rows of one decision and their order: nodes with room in the strategy's
+    order, then those without room most free first.
 
-    __slots__ = ("size", "_ids", "_key", "_instances", "_id_rank", "_bound")
+    It keeps what it reads of the table as it was at the decision: the ids column (which the
+    table never changes in place once a decision has seen it) and copies of the others, so a
+    plan's later attempts follow the decision, whatever changed since.
+    """
 
-    def __init__(self, columns: Columns, rows: np.ndarray, row_scores: np.ndarray,
-                 strategy: Strategy) -> None:
-        # Fancy indexing copies: the plan stays valid when the table changes afterwards.
-        self.size = len(rows)
-        self._ids = columns.ids[rows]
-        self._key = sort_key(row_scores[rows], strategy)
-        self._instances = columns.instances[rows]
-        self._id_rank = columns.id_rank[rows]
+    __slots__ = ("size", "_ids", "_groups", "_instances", "_id_rank", "_bound")
+
+    def __init__(self, columns: Columns, feasible: np.ndarray, row_scores: np.ndarray,
+                 no_room: np.ndarray, strategy: Strategy) -> None:
+        self._ids = columns.ids
+        self._instances = columns.instances.copy()
+        self._id_rank = columns.id_rank.copy()
         self._bound = columns.id_rank_bound
+        self._groups = ((feasible & ~no_room, sort_key(row_scores, strategy)),
+                        (feasible & no_room, sort_key(row_scores, Strategy.SPREAD)))
+        self.size = int(np.count_nonzero(feasible))
 
     def ordered(self, limit: int) -> list[str]:
         """The first `limit` node ids in priority order (0: all)."""
-        positions = priority_positions(self._key, self._instances, self._id_rank, self._bound,
-                                       limit)
-        return self._ids[positions].tolist()
+        order: list[str] = []
+        for members, key in self._groups:
+            wanted = limit - len(order) if limit else 0
+            if limit and wanted <= 0:
+                break
+            rows = priority_rows(key, members, self._instances, self._id_rank, self._bound,
+                                 wanted)
+            order += self._ids[rows].tolist()
+        return order
 
 
 def plan_candidates(
@@ -175,6 +175,6 @@ def plan_candidates(
     return Plan(
         order=[node_id for *_, node_id in chosen],
         feasible_count=len(ranked),
-        rejected_ids=[node_id for node_id, _ in rejected],
-        rejected_codes=[REASON_CODES[reason] for _, reason in rejected],
+        ids=[node_id for node_id, _ in rejected],
+        codes=[REASON_CODES[reason] for _, reason in rejected],
     )

@@ -53,9 +53,10 @@ def column_amounts(resources: Resources) -> tuple[float, float, float]:
 
 
 class Columns(NamedTuple):
-    """Views of a table's live rows, valid until its next change: what one decision reads."""
+    """Views of a table's live rows, valid until its next change: what one decision reads.
+    `ids` alone stays valid after changes too: the table copies it before it moves a row."""
 
-    ids: np.ndarray  # object (n,): node id per row
+    ids: np.ndarray  # object (n,): node id per row, never changed in place once handed out
     eligible: np.ndarray  # bool (n,): READY and has reported a status
     total: np.ndarray  # float64 (3, n): capacity per dimension, NaN = unknown
     free: np.ndarray  # float64 (3, n): last reported free, NaN = unknown
@@ -84,6 +85,7 @@ class NodeTable:
         self._sorted_ids: list[str] = []  # position in this list = id_rank
         self._size = 0
         self._ids = np.empty(0, dtype=object)
+        self._ids_handed_out = False  # a decision may hold `_ids`: copy it before moving rows
         self._ready = np.zeros(0, dtype=bool)
         self._reported = np.zeros(0, dtype=bool)
         self._total = np.empty((DIMENSIONS, 0))
@@ -109,6 +111,15 @@ class NodeTable:
     def row_of(self, node_id: str) -> int:
         """The node's row in `columns()` until the next add or remove (KeyError if absent)."""
         return self._row[node_id]
+
+    def unreserved(self, node_id: str) -> tuple[bool, tuple[float, float, float]]:
+        """Whether the node is eligible (READY, has reported), and its free minus reserved
+        amounts per dimension (NaN: unknown); what `columns` says of its row, in O(1)."""
+        row = self._row[node_id]
+        free, reserved = self._free[:, row], self._reserved[:, row]
+        eligible = bool(self._ready[row] and self._reported[row])
+        return eligible, (free[MEMORY] - reserved[MEMORY], free[CPU] - reserved[CPU],
+                          free[DISK] - reserved[DISK])
 
     def node_ids(self) -> list[str]:
         """Every node in the table, in row order."""
@@ -143,6 +154,9 @@ class NodeTable:
         rank = int(self._id_rank[row])
         del self._sorted_ids[rank]
         last = self._size - 1
+        if self._ids_handed_out:  # a plan may still read the old rows (see `Columns.ids`)
+            self._ids = self._ids.copy()
+            self._ids_handed_out = False
         if row != last:
             for column in (self._ids, self._ready, self._reported, self._known, self._instances,
                            self._id_rank):
@@ -198,6 +212,7 @@ class NodeTable:
     def columns(self) -> Columns:
         """The live rows as views, for one decision."""
         n = self._size
+        self._ids_handed_out = True
         return Columns(
             ids=self._ids[:n],
             eligible=self._ready[:n] & self._reported[:n],
