@@ -258,7 +258,7 @@ class Instances:
         instance.follower = send
         self._instances[instance.id] = instance
         self._reserved_on.setdefault(node.id, set()).add(instance)
-        if _listed(node, instance.id):  # a report overtook the Agent's first status
+        if instance.id in node.reported:  # a report overtook the Agent's first status
             self._release(instance)
         node.placed.add(instance.id)
         self.cluster.count_instances(node)
@@ -363,11 +363,10 @@ class Instances:
         held = self._reserved_on.get(node.id)
         if not held:
             return
-        reported = node.metrics.instances if node.metrics is not None else ()
-        listed = {report.instance_id for report in reported}
+        listed = node.reported  # its free amounts account for these
         for instance in list(held):
             instance.reports_after += 1
-            if instance.id in listed or (not reported and instance.reports_after >= RESERVATION_REPORTS):
+            if instance.id in listed or (not listed and instance.reports_after >= RESERVATION_REPORTS):
                 self._release(instance)
 
     # -- after a restart: restored instances and the Agents' reports ---------------------------
@@ -394,7 +393,7 @@ class Instances:
             self._lists_instances.add(node.id)
         elif node.id not in self._lists_instances:
             return  # an Agent that never listed instances tells nothing (old Agents never do)
-        reported = {report.instance_id: report.code for report in metrics.instances}
+        reported = node.reported
         forgotten = self._forgotten_on.get(node.id, {})
         for instance_id in [i for i in forgotten if i not in reported]:
             del forgotten[instance_id]  # the Agent caught up: a later listing would be news
@@ -563,13 +562,6 @@ class Instances:
                 del self._instances[old_id]
                 if self.store is not None:
                     self.store.forget_placement(old_id)
-
-
-def _listed(node: Node, instance_id: str) -> bool:
-    """The node's last report lists the instance, so its free amounts account for it."""
-    metrics = node.metrics
-    return metrics is not None and any(report.instance_id == instance_id
-                                       for report in metrics.instances)
 
 
 def _describe(request) -> str:

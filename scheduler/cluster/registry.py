@@ -79,6 +79,8 @@ class Node:
     generation: int = 0  # bumps when the node is LEFT/LOST or rejoins from another address
     placed: set[str] = field(default_factory=set)  # instance ids placed in this generation
     ids: tuple[str, ...] = ()  # instance_ids(), kept by Cluster.count_instances (hot path)
+    reported: dict[str, InstanceCode] = field(default_factory=dict)  # the latest status's
+    # instances and their codes (read-only: replaced, never changed, when the list changes)
     running: frozenset[str] = frozenset()  # reported and not TERMINATED in the latest status
 
     @property
@@ -188,6 +190,7 @@ class Cluster:
         node.session = session
         node.state = NodeState.READY
         node.metrics = None  # a new session is placeable only once it reports
+        node.reported = {}
         node.running = frozenset()
         self.table.upsert(node.id)
         self.count_instances(node)
@@ -343,10 +346,11 @@ class Cluster:
         session.deadline = trio.current_time() + self.node_timeout
         self.table.update_metrics(node.id, metrics)
         if previous is None or previous.instances != metrics.instances:
-            # An Agent may list hundreds of TERMINATED instances for a while: filter them once
-            # per changed list, not on every placement on the node.
-            node.running = frozenset(r.instance_id for r in metrics.instances
-                                     if r.code is not InstanceCode.TERMINATED)
+            # An Agent may list hundreds of TERMINATED instances for a while: index them once
+            # per changed list, not on every placement on the node or every report.
+            node.reported = {r.instance_id: r.code for r in metrics.instances}
+            node.running = frozenset(instance_id for instance_id, code in node.reported.items()
+                                     if code is not InstanceCode.TERMINATED)
             self.count_instances(node)
             for hook in self.on_instances_reported:
                 hook(node)
