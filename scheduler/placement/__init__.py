@@ -11,6 +11,8 @@ current (nodes, readiness, metrics, instance counts, reservations); `plan` filte
                      reserve_if_fits: the re-check before each attempt
     rank.py          Strategy, score / scores / priority_rows: who is tried first
                      (nodes without room for the placement last)
+    kept.py          Kept: a request's codes and keys kept in the table between decisions,
+                     refreshed where the table changed
     plan.py          Plan, plan (over a table), plan_candidates (node by node, the reference)
 """
 from scheduler.placement.feasible import Candidate, Reason, node_reason, reserve_if_fits

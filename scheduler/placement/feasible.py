@@ -19,7 +19,7 @@ import numpy as np
 from scheduler.model import NodeMetrics, Resources
 from scheduler.placement.requests import summed
 from scheduler.placement.table import (
-    CPU, DISK, MEMORY, Columns, NodeTable, column_amounts, node_dimensions,
+    CPU, DISK, MEMORY, Columns, Dimension, NodeTable, column_amounts, node_dimensions,
 )
 
 
@@ -57,9 +57,16 @@ def reject_reason(candidate: Candidate, request: Resources) -> Reason | None:
     """Why the node cannot take the request, or None if it can."""
     if not candidate.ready or candidate.metrics is None:
         return Reason.NOT_READY
-    dimensions = node_dimensions(candidate.metrics)
-    reserved = column_amounts(summed(candidate.reservations))
-    wanted = column_amounts(request)
+    return dimension_reason(node_dimensions(candidate.metrics),
+                            column_amounts(summed(candidate.reservations)),
+                            column_amounts(request))
+
+
+def dimension_reason(dimensions: tuple[Dimension, Dimension, Dimension],
+                     reserved: tuple[float, float, float],
+                     wanted: tuple[float, float, float]) -> Reason | None:
+    """The first dimension a ready node with these (total, free) amounts cannot fit `wanted`
+    on after `reserved` (all in column units), or None if it fits."""
     for dimension, reason in _CHECKS:
         reported = dimensions[dimension]
         if wanted[dimension] > 0 and reported is not None:
@@ -94,15 +101,10 @@ def node_reason(table: NodeTable, node_id: str, request: Resources) -> Reason | 
     """
     if node_id not in table:
         return Reason.NOT_READY
-    eligible, unreserved = table.unreserved(node_id)
-    if not eligible:
+    row = table.row(table.row_of(node_id))
+    if not row.eligible:
         return Reason.NOT_READY
-    wanted = column_amounts(request)
-    for dimension, reason in _CHECKS:
-        # False for NaN: an unknown dimension never rejects.
-        if wanted[dimension] > 0 and unreserved[dimension] - wanted[dimension] < 0:
-            return reason
-    return None
+    return dimension_reason(row.dimensions, row.reserved, column_amounts(request))
 
 
 def reserve_if_fits(table: NodeTable, node_id: str, instance_id: str,

@@ -12,9 +12,10 @@ import numpy as np
 
 from scheduler.model import NO_RESOURCES, Resources
 from scheduler.placement.feasible import (
-    FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reason_codes, reject_reason,
+    FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reject_reason,
 )
-from scheduler.placement.rank import Strategy, priority_rows, score, scores, sort_key
+from scheduler.placement.kept import Kept, kept_for
+from scheduler.placement.rank import Strategy, priority_rows, score
 from scheduler.placement.requests import ranking_request
 from scheduler.placement.table import Columns, NodeTable, column_amounts
 
@@ -106,13 +107,12 @@ def plan(
     """Decide where `request` may go, over the table as it is now (max_attempts 0: no cut)."""
     _checked(request, max_attempts)
     strategy = Strategy(strategy)
-    columns = table.columns()
-    codes = reason_codes(columns, column_amounts(request))
-    row_scores, no_room = scores(columns, column_amounts(ranking_request(request)))
-    ranking = _Ranking(columns, codes == FEASIBLE, row_scores, no_room, strategy)
+    kept = kept_for(table, column_amounts(request), column_amounts(ranking_request(request)),
+                    strategy)
+    ranking = _Ranking(table.columns(), kept)
     if (max_attempts and max_attempts <= HEAD) or ranking.size <= HEAD:
-        return Plan(ranking.ordered(max_attempts), ranking.size, columns.ids, codes)
-    return Plan(ranking.ordered(HEAD), ranking.size, columns.ids, codes,
+        return Plan(ranking.ordered(max_attempts), ranking.size, ranking.ids, ranking.codes)
+    return Plan(ranking.ordered(HEAD), ranking.size, ranking.ids, ranking.codes,
                 rest=lambda: ranking.ordered(max_attempts))
 
 
@@ -120,33 +120,33 @@ class _Ranking:
     """The feasible rows of one decision and their order: nodes with room in the strategy's
     order, then those without room most free first.
 
-    It keeps what it reads of the table as it was at the decision: the ids column (which the
-    table never changes in place once a decision has seen it) and copies of the others, so a
-    plan's later attempts follow the decision, whatever changed since.
+    It keeps what it reads as it was at the decision: the ids column and the kept codes and
+    keys (which are never changed in place once handed out) and copies of the tie-breakers,
+    so a plan's later attempts follow the decision, whatever changed since.
     """
 
-    __slots__ = ("size", "_ids", "_groups", "_instances", "_id_rank", "_bound")
+    __slots__ = ("size", "ids", "codes", "_groups", "_instances", "_id_rank", "_bound")
 
-    def __init__(self, columns: Columns, feasible: np.ndarray, row_scores: np.ndarray,
-                 no_room: np.ndarray, strategy: Strategy) -> None:
-        self._ids = columns.ids
+    def __init__(self, columns: Columns, kept: Kept) -> None:
+        self.ids = columns.ids
+        self.codes, room_key, spill_key = kept.share()
+        self._groups = ((room_key, kept.with_room), (spill_key, kept.without_room))
         self._instances = columns.instances.copy()
         self._id_rank = columns.id_rank.copy()
         self._bound = columns.id_rank_bound
-        self._groups = ((feasible & ~no_room, sort_key(row_scores, strategy)),
-                        (feasible & no_room, sort_key(row_scores, Strategy.SPREAD)))
-        self.size = int(np.count_nonzero(feasible))
+        self.size = kept.with_room + kept.without_room
 
     def ordered(self, limit: int) -> list[str]:
         """The first `limit` node ids in priority order (0: all)."""
         order: list[str] = []
-        for members, key in self._groups:
+        for key, size in self._groups:
             wanted = limit - len(order) if limit else 0
             if limit and wanted <= 0:
                 break
-            rows = priority_rows(key, members, self._instances, self._id_rank, self._bound,
-                                 wanted)
-            order += self._ids[rows].tolist()
+            if size:
+                rows = priority_rows(key, size, self._instances, self._id_rank, self._bound,
+                                     wanted)
+                order += self.ids[rows].tolist()
         return order
 
 

@@ -31,7 +31,9 @@ import numpy as np
 from scheduler.model import Resources
 from scheduler.placement.feasible import Candidate
 from scheduler.placement.requests import ranking_request, summed
-from scheduler.placement.table import CPU, DISK, MEMORY, Columns, column_amounts, node_dimensions
+from scheduler.placement.table import (
+    CPU, DISK, MEMORY, Columns, Dimension, column_amounts, node_dimensions,
+)
 
 NEUTRAL_SCORE = 0.5  # a node that reports no dimension ranks midway: it is neither full nor empty
 FEW_BY_ARGMIN = 8  # a head up to this size is found by repeated argmin, larger by partition
@@ -51,12 +53,21 @@ def score(candidate: Candidate, request: Resources) -> tuple[float, bool]:
     """The node's mean free fraction after placing `request` (NEUTRAL_SCORE if it reports no
     dimension), and whether it has room: nothing it reports goes below zero free."""
     assert candidate.metrics is not None, "only nodes with a status are ranked"
-    reserved = column_amounts(summed(ranking_request(r) for r in candidate.reservations))
-    wanted = column_amounts(ranking_request(request))
+    return dimension_score(
+        node_dimensions(candidate.metrics),
+        column_amounts(summed(ranking_request(r) for r in candidate.reservations)),
+        column_amounts(ranking_request(request)))
+
+
+def dimension_score(dimensions: tuple[Dimension, Dimension, Dimension],
+                    reserved: tuple[float, float, float],
+                    wanted: tuple[float, float, float]) -> tuple[float, bool]:
+    """`score` of a node with these (total, free) amounts, `reserved` and `wanted` as ranking
+    counts them (all in column units)."""
     fractions = 0.0
     known = 0
     room = True
-    for dimension, reported in enumerate(node_dimensions(candidate.metrics)):
+    for dimension, reported in enumerate(dimensions):
         if reported is None:
             continue
         total, free = reported
@@ -91,31 +102,30 @@ def scores(columns: Columns, ranked: tuple[float, float, float]) -> tuple[np.nda
     return summed_fractions, no_room
 
 
-def sort_key(row_scores: np.ndarray, strategy: Strategy) -> np.ndarray:
-    """Ascending = tried first."""
+def sort_key(row_scores, strategy: Strategy):
+    """Ascending = tried first (of an array of scores, or of one)."""
     return -row_scores if strategy is Strategy.SPREAD else row_scores
 
 
-def priority_rows(key: np.ndarray, members: np.ndarray, instances: np.ndarray,
-                  id_rank: np.ndarray, id_rank_bound: int, limit: int) -> np.ndarray:
-    """The rows where `members` is set, in priority order, the first `limit` of them (0: all).
+def priority_rows(key: np.ndarray, size: int, instances: np.ndarray, id_rank: np.ndarray,
+                  id_rank_bound: int, limit: int) -> np.ndarray:
+    """The rows whose key is finite (`size` of them; infinity marks the others) in priority
+    order, the first `limit` of them (0: all). Arrays are whole columns, one entry per row.
 
-    Arrays are whole columns (one entry per row); `key` matters only where `members` is set.
     For a few first rows of many, only the rows that can be among them are sorted: the `limit`
     smallest keys and every row that ties with the last of them, so this is exactly the head
     of the whole order.
     """
-    size = int(np.count_nonzero(members))
     if 0 < limit < size:
-        rows = _smallest_with_ties(np.where(members, key, np.inf), limit)
+        rows = _smallest_with_ties(key.copy(), limit)
     else:
-        rows = np.flatnonzero(members)
+        rows = np.flatnonzero(key < np.inf)
     order = _sort_with_ties(key[rows], instances[rows], id_rank[rows], id_rank_bound)
     return rows[order[:limit] if limit else order]
 
 
 def _smallest_with_ties(key: np.ndarray, count: int) -> np.ndarray:
-    """Rows of the `count` smallest finite keys and of all keys equal to the largest of them.
+    """Rows of the `count` smallest keys and of all keys equal to the largest of them.
 
     Up to FEW_BY_ARGMIN rows are taken one argmin at a time (a vectorised pass of a few µs;
     a partition of 10,000 keys costs ten times one pass); more with one partition. `key` is

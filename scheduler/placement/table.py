@@ -21,6 +21,7 @@ from scheduler.placement.reservations import Reservations
 MEMORY, CPU, DISK = 0, 1, 2  # rows of the 2-D columns, in the order the filters check them
 DIMENSIONS = 3  # memory, cpu, disk
 INITIAL_CAPACITY = 64  # rows allocated up front; doubled when full, so growth is amortised O(1)
+CHANGE_LOG_LIMIT = 1024  # changed rows logged for kept decisions; beyond, they compute afresh
 UNKNOWN = float("nan")  # a dimension the node does not report
 
 Dimension = tuple[float, float] | None  # (total, free) in column units, None = unknown
@@ -50,6 +51,16 @@ def column_amounts(resources: Resources) -> tuple[float, float, float]:
         float(resources.cpu or 0),
         float((resources.disk or 0) * MIB),
     )
+
+
+class Row(NamedTuple):
+    """One row as the plain per-node rules read it (`feasible.dimension_reason`,
+    `rank.dimension_score`): the same numbers as the columns, in column units."""
+
+    eligible: bool  # READY and has reported a status
+    dimensions: tuple[Dimension, Dimension, Dimension]  # (total, free) per dimension, or None
+    reserved: tuple[float, float, float]  # promised, as declared
+    ranking_reserved: tuple[float, float, float]  # promised, as ranking counts it
 
 
 class Columns(NamedTuple):
@@ -88,6 +99,7 @@ class NodeTable:
         self._ids_handed_out = False  # a decision may hold `_ids`: copy it before moving rows
         self._ready = np.zeros(0, dtype=bool)
         self._reported = np.zeros(0, dtype=bool)
+        self._eligible = np.zeros(0, dtype=bool)  # ready and reported, kept (not per decision)
         self._total = np.empty((DIMENSIONS, 0))
         self._free = np.empty((DIMENSIONS, 0))
         self._reserved = np.zeros((DIMENSIONS, 0))
@@ -96,6 +108,13 @@ class NodeTable:
         self._instances = np.zeros(0, dtype=np.int64)
         self._id_rank = np.zeros(0, dtype=np.int64)
         self._resize(max(1, capacity))
+        # What changed since a decision, so one that keeps its scores (`plan`) refreshes only
+        # those rows: rows whose readiness, status or reservations changed, in order. `_layout`
+        # changes when rows are added, removed or moved: then every kept score is stale.
+        self._changed: list[int] = []
+        self._changes_dropped = 0  # changes trimmed from the front of `_changed`
+        self._layout = 0
+        self.kept: dict = {}  # decisions' kept scores per request (owned by `plan`)
 
     def __len__(self) -> int:
         return self._size
@@ -112,14 +131,29 @@ class NodeTable:
         """The node's row in `columns()` until the next add or remove (KeyError if absent)."""
         return self._row[node_id]
 
-    def unreserved(self, node_id: str) -> tuple[bool, tuple[float, float, float]]:
-        """Whether the node is eligible (READY, has reported), and its free minus reserved
-        amounts per dimension (NaN: unknown); what `columns` says of its row, in O(1)."""
-        row = self._row[node_id]
-        free, reserved = self._free[:, row], self._reserved[:, row]
-        eligible = bool(self._ready[row] and self._reported[row])
-        return eligible, (free[MEMORY] - reserved[MEMORY], free[CPU] - reserved[CPU],
-                          free[DISK] - reserved[DISK])
+    def row(self, row: int) -> Row:
+        """What `columns` says of one row, in O(1)."""
+        total, free = self._total[:, row].tolist(), self._free[:, row].tolist()
+        return Row(
+            eligible=bool(self._eligible[row]),
+            dimensions=tuple(None if t != t else (t, f)  # NaN: unknown
+                             for t, f in zip(total, free)),
+            reserved=tuple(self._reserved[:, row].tolist()),
+            ranking_reserved=tuple(self._ranking_reserved[:, row].tolist()),
+        )
+
+    def change_mark(self) -> tuple[int, int]:
+        """Where the change log is now, for `changed_since`."""
+        return self._layout, self._changes_dropped + len(self._changed)
+
+    def changed_since(self, mark: tuple[int, int]) -> list[int] | None:
+        """Rows whose readiness, status or reservations changed since `mark`, in order (a row
+        may repeat); None when that is no longer known: rows were added, removed or moved, or
+        more than CHANGE_LOG_LIMIT changes were logged since."""
+        layout, position = mark
+        if layout != self._layout or position < self._changes_dropped:
+            return None
+        return self._changed[position - self._changes_dropped:]
 
     def node_ids(self) -> list[str]:
         """Every node in the table, in row order."""
@@ -144,6 +178,7 @@ class NodeTable:
         self._clear_metrics(row)
         self._instances[row] = 0
         self._copy_reserved(node_id, row)
+        self._layout += 1
         return True
 
     def remove(self, node_id: str) -> bool:
@@ -158,8 +193,8 @@ class NodeTable:
             self._ids = self._ids.copy()
             self._ids_handed_out = False
         if row != last:
-            for column in (self._ids, self._ready, self._reported, self._known, self._instances,
-                           self._id_rank):
+            for column in (self._ids, self._ready, self._reported, self._eligible, self._known,
+                           self._instances, self._id_rank):
                 column[row] = column[last]
             for column in (self._total, self._free, self._reserved, self._ranking_reserved):
                 column[:, row] = column[:, last]
@@ -168,11 +203,15 @@ class NodeTable:
         self._size = last
         ranks = self._id_rank[:last]
         ranks -= ranks > rank  # ids after the removed one move down by one
+        self._layout += 1
         return True
 
     def set_ready(self, node_id: str, ready: bool) -> None:
         """READY nodes may be chosen; LEFT and LOST ones are kept but rejected as not-ready."""
-        self._ready[self._row[node_id]] = ready
+        row = self._row[node_id]
+        self._ready[row] = ready
+        self._eligible[row] = ready and self._reported[row]
+        self._changed_row(row)
 
     def update_metrics(self, node_id: str, metrics: NodeMetrics | None) -> None:
         """Take the node's last good status; None: it has reported none (e.g. a new session)."""
@@ -189,6 +228,8 @@ class NodeTable:
                 known += 1
         self._known[row] = known
         self._reported[row] = True
+        self._eligible[row] = self._ready[row]
+        self._changed_row(row)
 
     def set_instance_count(self, node_id: str, count: int) -> None:
         """How many instances the node runs: fewer wins a tie between equal scores."""
@@ -215,7 +256,7 @@ class NodeTable:
         self._ids_handed_out = True
         return Columns(
             ids=self._ids[:n],
-            eligible=self._ready[:n] & self._reported[:n],
+            eligible=self._eligible[:n],
             total=self._total[:, :n],
             free=self._free[:, :n],
             reserved=self._reserved[:, :n],
@@ -236,12 +277,22 @@ class NodeTable:
         ledger = self._reservations
         self._reserved[:, row] = column_amounts(ledger.node_total(node_id))
         self._ranking_reserved[:, row] = column_amounts(ledger.node_ranking_total(node_id))
+        self._changed_row(row)
 
     def _clear_metrics(self, row: int) -> None:
         self._total[:, row] = UNKNOWN
         self._free[:, row] = UNKNOWN
         self._known[row] = 0
         self._reported[row] = False
+        self._eligible[row] = False
+        self._changed_row(row)
+
+    def _changed_row(self, row: int) -> None:
+        changed = self._changed
+        changed.append(row)
+        if len(changed) > CHANGE_LOG_LIMIT:
+            self._changes_dropped += len(changed)
+            changed.clear()
 
     def _resize(self, capacity: int) -> None:
         """Reallocate every column with room for `capacity` rows, keeping the live ones."""
@@ -256,6 +307,7 @@ class NodeTable:
         self._ids = grown(self._ids, None)
         self._ready = grown(self._ready, False)
         self._reported = grown(self._reported, False)
+        self._eligible = grown(self._eligible, False)
         self._total = grown(self._total, UNKNOWN)
         self._free = grown(self._free, UNKNOWN)
         self._reserved = grown(self._reserved, 0.0)
