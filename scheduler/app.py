@@ -35,9 +35,10 @@ from .cluster import Cluster, Node
 from .cluster.registry import format_address
 from .config import Config
 from .events import EventLog
-from .grpc_bridge import Bridge, open_loop
+from .grpc_bridge import Bridge, Limits, open_loop
 from .instances import Instances
 from .leadership import Election, Term
+from .memory import release_freed_memory
 from .model import NodeState, Snapshot
 from .observability import Hooks, make_registry, serve_http
 from .store import Restored, SqliteBackend, Store
@@ -86,6 +87,7 @@ class Scheduler:
     leader: Callable[[], str] = lambda: ""  # the leader's advertise address ("" if none)
     leadership_changes: int = 0  # terms this process won
     shutdown: trio.Event = field(default_factory=trio.Event)
+    bridge: Bridge | None = None  # its gRPC listener's statistics are the process's metrics
 
     @property
     def leading(self) -> bool:
@@ -260,7 +262,12 @@ async def serve(
     reloaded on SIGHUP); None: made from the [etcd] files, if set."""
     scheduler = Scheduler(config, shutdown=shutdown)
     notifier = notifier or Notifier()
-    bridge = Bridge(authorize, config.server.max_message_bytes)
+    server = config.server
+    bridge = scheduler.bridge = Bridge(authorize, Limits(
+        max_connections=server.max_connections, handshake_timeout=server.handshake_timeout,
+        message_timeout=server.message_timeout, max_message_bytes=server.max_message_bytes,
+        connection_rate_per_ip=server.connection_rate_per_ip,
+        controller_streams=server.controller_streams))
     health, serving = health_service()
     serving.set(False)  # NOT_SERVING until this scheduler leads
     servables = with_reflection([bridge.routed(base) for base in ROUTED] + [health])
@@ -273,6 +280,7 @@ async def serve(
     try:
         async with open_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(_close_at_exit, lambda: client)
+            nursery.start_soon(release_freed_memory)
             if not sqlite:
                 client = etcd.EtcdClient(config.etcd.addresses, etcd_ssl or etcd_tls(config))
                 mirror = Mirror(client, config.etcd.prefix)

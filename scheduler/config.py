@@ -51,6 +51,13 @@ DEFAULT_LISTEN = "[::]:50051"  # every interface, IPv4 and IPv6; 50051 is the gR
 DEFAULT_SHUTDOWN_GRACE = 5.0  # s; enough to end streams cleanly, well inside systemd's stop timeout
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # 4 MiB: gRPC's customary receive limit
 MAX_MESSAGE_BYTES_LIMIT = 2**32 - 1  # gRPC's length prefix is 32 bits: nothing larger can arrive
+DEFAULT_MAX_CONNECTIONS = 20_000  # 10,000 nodes, each briefly twice while it reconnects
+MIN_CONNECTIONS = 16  # fewer cannot serve a Controller and a handful of Agents
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # s; a TLS handshake takes milliseconds, even across regions
+DEFAULT_MESSAGE_TIMEOUT = 10.0  # s for a started request message (or header block) to complete
+DEFAULT_CONTROLLER_STREAMS = 10_000  # a Controller's open Schedule streams (one per instance)
+MIN_CONTROLLER_STREAMS = 100  # HTTP/2's usual limit: never fewer than any other peer gets
+DEFAULT_CONNECTION_RATE_PER_IP = 16.0  # new connections/s from one address: TLS costs ~2 ms each
 STATE_DIR_NAME = "orka-scheduler"  # directory under $XDG_STATE_HOME / ~/.local/state
 DEFAULT_TRUST_DOMAIN = "orka.local"  # SPIFFE trust domain of the development PKI
 DEFAULT_NODE_TIMEOUT = 30.0  # s; several missed status reports before a node is declared LOST
@@ -242,6 +249,11 @@ class ServerConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE  # s
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # at most half the process's descriptors
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT  # s
+    message_timeout: float = DEFAULT_MESSAGE_TIMEOUT  # s
+    connection_rate_per_ip: float = DEFAULT_CONNECTION_RATE_PER_IP  # 0 = unlimited
+    controller_streams: int = DEFAULT_CONTROLLER_STREAMS  # concurrent calls per connection
     # HOST:PORT that clients use to reach this scheduler (the leader's is in `orka-leader`);
     # "" = derived from `listen` at start (app.advertised_address).
     advertise: str = ""
@@ -267,6 +279,15 @@ class ServerConfig:
             1 <= self.max_message_bytes <= MAX_MESSAGE_BYTES_LIMIT,
             f"must be 1-{MAX_MESSAGE_BYTES_LIMIT} bytes",
         )
+        _require(self, "max_connections", self.max_connections >= MIN_CONNECTIONS,
+                 f"must be an integer >= {MIN_CONNECTIONS}")
+        _seconds(self, "handshake_timeout")
+        _seconds(self, "message_timeout")
+        _require(self, "connection_rate_per_ip",
+                 math.isfinite(self.connection_rate_per_ip) and self.connection_rate_per_ip >= 0,
+                 "must be a number of connections per second >= 0 (0: no limit)")
+        _require(self, "controller_streams", self.controller_streams >= MIN_CONTROLLER_STREAMS,
+                 f"must be an integer >= {MIN_CONTROLLER_STREAMS}")
 
 
 @dataclass(frozen=True, slots=True)

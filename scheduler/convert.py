@@ -26,6 +26,10 @@ from .model import (
 from .names import INSTANCE_ID_RULE, NODE_ID_RULE, valid_instance_id, valid_node_id
 
 MAX_REPORTED_INSTANCES = 10_000  # instances one NodeStatus may list; more is not a real node
+# The most a real node reports; beyond is a lie that would rank it first. 1 PiB of memory is 20
+# times the largest single machine's; 8 PiB of local disk is past any one node's drive bays,
+# and 2^53 is where the placement columns (float64) stop holding integers exactly.
+MAX_BYTES = {"memory": 1 << 50, "disk": 1 << 53}
 
 
 def node_id_from_wire(value: str, field: str = "id") -> str:
@@ -60,13 +64,18 @@ def _pair(message, name: str) -> tuple[int | None, int | None]:
     part = getattr(message, name)
     if part.total == 0:
         return None, None
+    if part.total > MAX_BYTES[name]:
+        raise InvalidArgument(f"{name}.total ({part.total} bytes) exceeds {MAX_BYTES[name]} "
+                              f"({MAX_BYTES[name] >> 50} PiB): no node has that much")
     if part.free > part.total:
         raise InvalidArgument(f"{name}.free ({part.free}) exceeds {name}.total ({part.total})")
     return part.total, part.free
 
 
-def node_status_from_wire(message: agent_pb2.NodeStatus) -> tuple[str, NodeMetrics]:
-    """Validate one NodeStatus; return (node id, metrics). Unreported dimensions stay None."""
+def node_status_from_wire(
+        message: agent_pb2.NodeStatus) -> tuple[str, NodeMetrics, tuple[InstanceReport, ...]]:
+    """Validate one NodeStatus; return (node id, metrics, instance reports). Unreported
+    dimensions stay None; the metrics hold no reports (see `Cluster.report`)."""
     node_id = node_id_from_wire(message.id)
     memory_total, memory_free = _pair(message, "memory")
     disk_total, disk_free = _pair(message, "disk")
@@ -87,7 +96,7 @@ def node_status_from_wire(message: agent_pb2.NodeStatus) -> tuple[str, NodeMetri
         for r in reports
     )
     return node_id, NodeMetrics(memory_total, memory_free, cpu_load, cpu_cores,
-                                disk_total, disk_free, instances)
+                                disk_total, disk_free), instances
 
 
 def _code(value: int) -> InstanceCode:

@@ -7,8 +7,10 @@ messages never cross per message: inbound messages are handed to trio with a non
 loop waits on the other loop's primitive only when the buffer between them is full.
 
 The bridge also owns what every call has in common: the peer's address and identity, decoding
-errors answered INVALID_ARGUMENT (grpclib would answer UNKNOWN), a message size limit, and
-graceful shutdown (every call in flight ends with UNAVAILABLE, then the listener closes).
+errors answered INVALID_ARGUMENT (grpclib would answer UNKNOWN), a message size and time limit,
+refusals logged (rate-limited), and graceful shutdown (every call in flight ends with
+UNAVAILABLE, then the listener closes). What one connection may hold is bounded by
+`grpc_listener`, which only this module uses.
 
 It also routes: the scheduler's own services are `routed` servables whose calls go to the
 handlers of the current leadership (`route`). Without one (a standby, or a leader that stepped
@@ -23,7 +25,7 @@ import logging
 import socket
 import ssl
 import struct
-import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -40,10 +42,13 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.server import Server, Stream
 
 from .errors import Refusal, RemoteError
+from .grpc_listener import Limits, Listener, read_body
+from .logs import RateLimited
 
 log = logging.getLogger(__name__)
 
 INBOX_SIZE = 64  # inbound messages buffered per call before the reader waits for trio
+INBOX_BYTES = 256 << 10  # and their wire bytes (one always fits): 64 of 4 MiB were 256 MiB
 OUTBOX_SIZE = 64  # outbound messages buffered per call before trio waits for the writer
 DRAIN_BEFORE_CHECKPOINT = 32  # waiting messages taken in a row before yielding to other tasks
 LISTEN_BACKLOG = 4096  # pending connections: thousands of Agents reconnect at once after a restart
@@ -59,7 +64,11 @@ _MESSAGE_PREFIX = struct.Struct(">?I")  # gRPC framing: compressed flag, message
 LEADER_METADATA = "orka-leader"  # trailing metadata of a standby's answers: the leader's address
 
 Authorize = Callable[[Any, str], Any]
-"""(ssl object or None, method path) -> the caller's identity; raises GRPCError to refuse."""
+"""(ssl object or None, method path) -> the caller's identity; raises GRPCError to refuse.
+If it has an `identify(ssl_object)` method (security.Authorizer does), the listener uses it to
+count each Agent's connections."""
+REFUSALS = (Status.PERMISSION_DENIED, Status.UNAUTHENTICATED)  # logged, rate-limited per peer
+REFUSAL_LOG_INTERVAL = 10.0  # s between two log lines about refusals of the same peer
 
 
 class NotLeading(GRPCError):
@@ -81,22 +90,31 @@ _END = _End()
 class Inbound:
     """Messages produced on asyncio and consumed by trio, without crossing loops per message.
 
-    The asyncio side `put`s (waiting only while the buffer is full) and finally `close`s,
-    optionally with the error that ended the source; the trio side `receive`s, and gets
-    `trio.EndOfChannel` or that error at the end.
+    The asyncio side `put`s (waiting only while the buffer is full: `capacity` messages, or
+    `max_bytes` of their sizes) and finally `close`s, optionally with the error that ended the
+    source; the trio side `receive`s, and gets `trio.EndOfChannel` or that error at the end.
     """
 
-    def __init__(self, capacity: int = INBOX_SIZE) -> None:
+    def __init__(self, capacity: int = INBOX_SIZE, max_bytes: int = INBOX_BYTES) -> None:
         self._send, self._receive = trio.open_memory_channel(capacity)
         self._room = asyncio.Event()  # set by trio whenever it takes a message
         self._error: BaseException | None = None
         self._drained = 0  # messages taken without a checkpoint since the last one
+        self._max_bytes = max_bytes
+        self._bytes = 0  # sizes of the messages waiting
+        self._sizes: deque[int] = deque()  # of each message waiting, oldest first
 
-    async def put(self, message: Any) -> bool:
-        """asyncio side: hand one message over; False once the trio side stopped reading."""
+    async def put(self, message: Any, size: int = 0) -> bool:
+        """asyncio side: hand one message (of `size` bytes on the wire) over; False once the
+        trio side stopped reading."""
+        while self._bytes and self._bytes + size > self._max_bytes:
+            self._room.clear()
+            await self._room.wait()
         while True:
             try:
                 self._send.send_nowait(message)
+                self._bytes += size
+                self._sizes.append(size)
                 return True
             except trio.WouldBlock:
                 self._room.clear()
@@ -130,6 +148,7 @@ class Inbound:
             if self._error is not None:
                 raise self._error from None
             raise
+        self._bytes -= self._sizes.popleft()
         if not self._room.is_set():
             self._room.set()
         return message
@@ -137,6 +156,8 @@ class Inbound:
     def abandon(self) -> None:
         """trio side: stop reading; the producer's next `put` returns False."""
         self._receive.close()
+        self._bytes = 0  # what waits is dropped: a producer waiting for room tries (and fails)
+        self._room.set()
 
 
 class Call:
@@ -183,14 +204,16 @@ class Call:
 
     # -- asyncio side ----------------------------------------------------------------------
 
-    async def _pump_requests(self, stream: Stream, receive: Callable[[Stream], Awaitable[Any]]) -> None:
+    async def _pump_requests(self, stream: Stream,
+                             receive: Callable[[Stream], Awaitable[tuple[Any, int]]]) -> None:
         """Read request messages (asyncio) and hand them to trio without crossing loops."""
         inbox = self._inbox
         assert inbox is not None
         error: GRPCError | None = None
         try:
-            while (message := await receive(stream)) is not None:
-                if not await inbox.put(message):
+            while True:
+                message, size = await receive(stream)
+                if message is None or not await inbox.put(message, size):
                     return
         except GRPCError as err:  # e.g. an undecodable or oversized message
             error = err
@@ -259,9 +282,11 @@ class Bridge:
     Keeps the cancel scope of every call in flight so shutdown can end them cleanly.
     """
 
-    def __init__(self, authorize: Authorize | None = None, max_message_bytes: int = 4 << 20) -> None:
+    def __init__(self, authorize: Authorize | None = None, limits: Limits = Limits()) -> None:
         self._authorize = authorize
-        self._max_message_bytes = max_message_bytes
+        self._max_message_bytes = limits.max_message_bytes
+        self._message_timeout = limits.message_timeout
+        self._limits = limits
         self._codec = Codec()
         self._calls: dict[trio.CancelScope, bool] = {}  # in flight -> whether routed
         self._draining = False
@@ -270,6 +295,12 @@ class Bridge:
         self._leading: Callable[[], bool] = lambda: True  # False once its renew deadline passed
         self._not_leading = "standby: not the leader"  # why nothing is routed
         self.leader: Callable[[], str] = lambda: ""  # the leader's address, for NotLeading
+        self._refusals = RateLimited(log, REFUSAL_LOG_INTERVAL)
+        self.listener: Listener | None = None  # while serving
+
+    def connection_statistics(self) -> dict[str, int] | None:
+        """The listener's connections and what it refused or closed; None until it listens."""
+        return self.listener.statistics() if self.listener is not None else None
 
     # -- building servables ----------------------------------------------------------------
 
@@ -332,14 +363,23 @@ class Bridge:
         async def serve_call(stream: Stream) -> None:
             if handler is None and path not in bridge._routes:
                 raise bridge._refusal()  # no need to read the request, nor to cross to trio
-            call = Call(path, *bridge._peer(stream, path))
+            call = None
+            try:
+                call = Call(path, *bridge._peer(stream, path))
+                await run(call, stream)
+            except GRPCError as error:
+                if error.status in REFUSALS:
+                    bridge._log_refusal(stream, path, call, error)
+                # Without its traceback: that holds the frames that hold the call's future,
+                # which holds the error (a cycle per refused call, until a full collection).
+                raise error.with_traceback(None)
+
+        async def run(call: Call, stream: Stream) -> None:
             if cardinality.client_streaming:
                 call._inbox = Inbound()
                 reader = asyncio.ensure_future(call._pump_requests(stream, bridge._receive))
             else:
-                call.request = await bridge._receive(stream)
-                if call.request is None:
-                    raise GRPCError(Status.INVALID_ARGUMENT, f"{path} needs a request message")
+                call.request = await bridge._receive_request(stream, path)
                 reader = None
             future = trio_asyncio.current_loop.get().trio_as_future(bridge._run, handler, call)
             future.add_done_callback(_retrieve)  # a call the client left may still end in error
@@ -357,11 +397,51 @@ class Bridge:
 
         return grpclib_handler
 
-    async def _receive(self, stream: Stream) -> Any:
-        """One request message, refusing an oversized one *before* buffering it.
+    async def _receive_request(self, stream: Stream, path: str) -> Any:
+        """The one request message of a unary call, and the end of the request stream, within
+        `message_timeout` of the call's start: a client that never sends it (or never finishes
+        it) gets an answer all the same."""
+        try:
+            async with asyncio.timeout(self._message_timeout):
+                request, _ = await self._receive(stream)
+                if request is None:
+                    raise GRPCError(Status.INVALID_ARGUMENT, f"{path} needs a request message")
+                if await stream._stream.recv_data(5):
+                    # As grpc-go: a second message is a cardinality violation. Unread, it
+                    # would also hold the client's flow-control window, and the call, for good.
+                    raise GRPCError(Status.INVALID_ARGUMENT, f"{path} takes one request "
+                                    "message; the client sent more")
+        except TimeoutError:
+            raise GRPCError(Status.DEADLINE_EXCEEDED, f"{path}: the request message did not "
+                            f"arrive and end within {self._message_timeout:g} s "
+                            "(server.message_timeout)") from None
+        except AssertionError:  # grpclib's way of saying the stream ended inside a prefix
+            raise GRPCError(Status.INVALID_ARGUMENT, f"{path}: the request stream ended inside "
+                            "a message prefix") from None
+        return request
+
+    def _log_refusal(self, stream: Stream, path: str, call: Call | None, error: GRPCError) -> None:
+        """One WARNING per peer and identity every REFUSAL_LOG_INTERVAL (counting the rest): a
+        misconfigured or hostile client must be visible, but cannot flood the log."""
+        host = call.peer_host if call is not None else _peer_host(stream)
+        if call is not None:
+            identity = call.identity
+        else:  # refused before the call was made: who it was, if the certificate says
+            identify = getattr(self._authorize, "identify", None)
+            ssl_object = stream._stream._transport.get_extra_info("ssl_object")
+            identity = identify(ssl_object) if identify is not None else None
+        who = str(identity) if identity is not None else "no valid identity"
+        self._refusals.warning((host, who, path), "refused %s from %s (%s): %s: %s", path, host,
+                               who, error.status.name, error.message)
+
+    async def _receive(self, stream: Stream) -> tuple[Any, int]:
+        """One request message and its size, refusing an oversized one *before* buffering it;
+        (None, 0) at the end of the request stream.
 
         grpclib's own `recv_message` reads whatever length the 5-byte prefix announces (up to
-        4 GiB) into memory; here the prefix is checked first.
+        4 GiB) into memory; here the prefix is checked first, and the body must then arrive
+        within `message_timeout` (see `grpc_listener.read_body`). The wait for the next prefix
+        of a request stream is not timed: a status stream is quiet between reports.
         """
         h2_stream = stream._stream
         try:
@@ -370,7 +450,7 @@ class Bridge:
             raise GRPCError(Status.INVALID_ARGUMENT,
                             "the request stream ended inside a message prefix") from None
         if not prefix:
-            return None
+            return None, 0
         compressed, length = _MESSAGE_PREFIX.unpack(prefix)
         if compressed:
             raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
@@ -379,16 +459,22 @@ class Bridge:
                             f"message of {length} bytes exceeds the limit of "
                             f"{self._max_message_bytes} (server.max_message_bytes)")
         try:
-            data = await h2_stream.recv_data(length)
+            if h2_stream.buffer._acked_size >= length:  # hot path: it came with its prefix
+                data = await h2_stream.recv_data(length)
+            else:
+                data = await read_body(h2_stream, length, self._message_timeout)
         except AssertionError:
             raise GRPCError(Status.INVALID_ARGUMENT, f"the request stream ended inside a "
                             f"message of {length} bytes") from None
-        return self._codec.decode(data, stream._recv_type)
+        except TimeoutError:
+            raise GRPCError(Status.DEADLINE_EXCEEDED, f"a request message of {length} bytes "
+                            f"was not complete within {self._message_timeout:g} s "
+                            "(server.message_timeout)") from None
+        return self._codec.decode(data, stream._recv_type), length
 
     def _peer(self, stream: Stream, path: str) -> tuple[str, Any]:
         transport = stream._stream._transport  # grpclib exposes only addr()/cert() on Peer
-        peername = transport.get_extra_info("peername")
-        host = peername[0] if peername else ""
+        host = _peer_host(stream)
         identity = None
         if self._authorize is not None:
             try:
@@ -437,12 +523,12 @@ class Bridge:
         `task_status.started(port)` reports the bound port once the listener accepts.
         """
         server = _Server(servables, codec=self._codec)
+        identify = getattr(self._authorize, "identify", None)
+        self.listener = listener = Listener(server, self._limits, ssl_context, identify)
         # "::" (or "") means every interface of both families: asyncio makes IPv6 sockets
         # V6ONLY, so a literal "::" would not accept IPv4 clients.
-        await trio_asyncio.aio_as_trio(server.start)(
-            None if host in ("", "::") else host, port, ssl=ssl_context, reuse_address=True,
-            backlog=LISTEN_BACKLOG,
-        )
+        await trio_asyncio.aio_as_trio(server.start_listener)(
+            listener, None if host in ("", "::") else host, port)
         bound = server._server.sockets[0].getsockname()[1]
         task_status.started(bound)
         try:
@@ -465,7 +551,8 @@ class Bridge:
         server.close()
         with trio.move_on_after(grace):
             await trio_asyncio.aio_as_trio(server.wait_closed)()
-        server.close_connections()
+        assert self.listener is not None
+        self.listener.close_all()
 
 
 def routes(base: type, handlers: Mapping[str, TrioHandler]) -> dict[str, TrioHandler]:
@@ -645,32 +732,38 @@ def _log_asyncio_error(loop: asyncio.AbstractEventLoop, context: dict) -> None:
 
 
 def _retrieve(future: asyncio.Future) -> None:
-    """Mark a trio call's outcome as seen, so asyncio does not log it as never retrieved."""
+    """Mark a trio call's outcome as seen, so asyncio does not log it as never retrieved; and
+    drop the `cancel` trio-asyncio wraps around the future, which closes a reference cycle
+    (future -> wrapper -> handle -> future): every ended call would otherwise wait, with its
+    request, reply and cancel scope, for a full garbage collection (bench/RESULTS.md, soak)."""
     if not future.cancelled():
         future.exception()
+    try:
+        del future.cancel
+    except AttributeError:  # not wrapped (trio-asyncio is pinned; see test_listener_contract)
+        pass
+
+
+def _peer_host(stream: Stream) -> str:
+    peername = stream._stream._transport.get_extra_info("peername")
+    return peername[0] if peername else ""
 
 
 class _Server(Server):
-    """grpclib's Server, remembering its connections so shutdown can close them.
+    """grpclib's Server, listening through a `Listener` (which makes each connection's
+    protocol objects and keeps them, so shutdown can close idle connections too: grpclib's
+    `close()` leaves them open, and a client would keep sending to a scheduler that no longer
+    exists)."""
 
-    grpclib's `close()` cancels the calls but leaves idle connections open; a client would keep
-    sending on them to a scheduler that no longer exists and never hear back.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._protocols: weakref.WeakSet = weakref.WeakSet()
-
-    def _protocol_factory(self) -> Any:
-        protocol = super()._protocol_factory()
-        self._protocols.add(protocol)
-        return protocol
-
-    def close_connections(self) -> None:
-        for protocol in list(self._protocols):
-            connection = getattr(protocol, "connection", None)
-            if connection is not None:
-                connection._transport.close()
+    async def start_listener(self, listener: Listener, host: str | None, port: int) -> None:
+        """grpclib's `start`, with the listener's protocol factory (TLS included: `ssl=None`)."""
+        if self._server is not None:
+            raise RuntimeError("Server is already started")
+        self._server = await self._loop.create_server(
+            listener.protocol_factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG,
+            start_serving=False)
+        listener.serve(self._server, LISTEN_BACKLOG)
+        self._server_closed_fut = self._loop.create_future()
 
 
 class _AnyName:

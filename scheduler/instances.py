@@ -26,6 +26,7 @@ import trio
 
 from .agents import Agents, Refused, attempt
 from .cluster import Cluster, Node
+from .cluster.throttle import TokenBucket
 from .convert import instance_status_from_agent
 from .errors import (
     AlreadyExists,
@@ -38,6 +39,7 @@ from .errors import (
 )
 from .events import EventLog
 from .grpc_bridge import ServerStream
+from .logs import RateLimited
 from .model import (
     NO_RESOURCES,
     InstanceCode,
@@ -55,7 +57,12 @@ log = logging.getLogger(__name__)
 
 PLACEMENT_OUTCOMES = ("placed", "no_nodes", "exhausted", "refused", "cancelled")
 RESERVATION_REPORTS = 2  # reports after acceptance before an instance-less report is trusted
-UNKNOWN_ANNOUNCED = 1_000  # unplaced instances announced per node generation (flood guard)
+# Flood guard: instances nobody placed that one node (its id, across generations) may announce,
+# each an event the store keeps. A restart's worth at once, then what churn outside the
+# scheduler could plausibly produce; an Agent inventing ids gets no further.
+UNKNOWN_ANNOUNCED = 1_000  # announcements at once
+UNKNOWN_RATE = 1.0  # announcements per second regained
+LOG_INTERVAL = 10.0  # s between two WARNING lines of the same kind about the same node
 FORGOTTEN_REMEMBERED = 1_000  # per node: forgotten ids (destroyed, placed again) its Agent may
 # still list for a report or two; such a listing is no news
 FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed; older are forgotten
@@ -114,8 +121,9 @@ class Instances:
         self.store = store
         self._instances: dict[str, Instance] = {}
         self._unknown_reported: dict[str, set[str]] = {}  # node id -> announced, still listed
-        self._unknown_count: dict[str, int] = {}  # node id -> announcements this generation
+        self._unknown_budget: dict[str, TokenBucket] = {}  # node id -> announcements left
         self._unknown_where: dict[str, Node] = {}  # announced instance id -> the node listing it
+        self._node_log = RateLimited(log, LOG_INTERVAL)  # lines an Agent can provoke at will
         self._forgotten_on: dict[str, dict[str, None]] = {}  # node id -> ids forgotten there
         self._lists_instances: set[str] = set()  # nodes whose Agent listed instances (generation)
         self._placing: set[str] = set()  # instance ids with an attempt in flight
@@ -126,6 +134,7 @@ class Instances:
         self.attempts: dict[str, int] = {"accepted": 0, "refused": 0}
         self.on_placed: list[Callable[[float], None]] = []  # seconds from request to acceptance
         cluster.on_generation_end.append(self._generation_ended)
+        cluster.on_node_forgotten.append(self._node_forgotten)
         cluster.on_report.append(self._node_reported)
         cluster.on_instances_reported.append(self._reconcile)
 
@@ -258,7 +267,7 @@ class Instances:
         instance.follower = send
         self._instances[instance.id] = instance
         self._reserved_on.setdefault(node.id, set()).add(instance)
-        if instance.id in node.reported:  # a report overtook the Agent's first status
+        if instance.id in node.listed:  # a report overtook the Agent's first status
             self._release(instance)
         node.placed.add(instance.id)
         self.cluster.count_instances(node)
@@ -363,7 +372,7 @@ class Instances:
         held = self._reserved_on.get(node.id)
         if not held:
             return
-        listed = node.reported  # its free amounts account for these
+        listed = node.listed  # its free amounts account for these
         for instance in list(held):
             instance.reports_after += 1
             if instance.id in listed or (not listed and instance.reports_after >= RESERVATION_REPORTS):
@@ -385,22 +394,27 @@ class Instances:
 
     def _reconcile(self, node: Node) -> None:
         """The node's Agent reported a changed instance list: update instances nobody relays,
-        mark vanished ones TERMINATED, announce instances this scheduler never placed there."""
-        metrics = node.metrics
-        if metrics is None:
-            return
-        if metrics.instances:
+        mark vanished ones TERMINATED, announce instances this scheduler never placed there.
+        The node counts (`running`) only the instances it may speak for: its own, and the
+        unknown ones announced; not another live node's, nor those the flood guard held back."""
+        reports = node.reported
+        if not reports:
+            if node.id not in self._lists_instances:
+                return  # an Agent that never listed instances tells nothing (old Agents never do)
+        else:
             self._lists_instances.add(node.id)
-        elif node.id not in self._lists_instances:
-            return  # an Agent that never listed instances tells nothing (old Agents never do)
-        reported = node.reported
+        reported = node.listed
         forgotten = self._forgotten_on.get(node.id, {})
         for instance_id in [i for i in forgotten if i not in reported]:
             del forgotten[instance_id]  # the Agent caught up: a later listing would be news
         self._unknown_gone(node, reported)
+        claimed = []
         for instance_id, code in reported.items():
             instance = self._instances.get(instance_id)
-            if instance is None or instance.node is not node:
+            if instance is not None and instance.node is not node and instance.node_current \
+                    and instance.latest.code is not TERMINATED:
+                claimed.append(instance_id)  # another live node's: not this Agent's to tell
+            elif instance is None or instance.node is not node:
                 # One we just forgot here (a report sent before the Agent got the KILL) or a
                 # finished one is no news, and one whose Create is in flight is ours: the
                 # report overtook the Agent's first status.
@@ -414,6 +428,11 @@ class Instances:
                 if code is TERMINATED:
                     self._unplace(instance)
                     self._retain_finished(instance)
+        if claimed:
+            self._log_claims(node, claimed)
+        announced = self._unknown_reported.get(node.id, ())
+        node.running = frozenset(instance_id for instance_id in node.running
+                                 if instance_id in announced or self._placed_on(instance_id, node))
         for instance_id in list(node.placed):
             instance = self._instances.get(instance_id)
             if instance is not None and not instance.relayed and instance_id not in reported \
@@ -426,24 +445,41 @@ class Instances:
                 self._unplace(instance)
                 self._retain_finished(instance)
 
+    def _placed_on(self, instance_id: str, node: Node) -> bool:
+        instance = self._instances.get(instance_id)
+        return instance is not None and instance.node is node
+
+    def _log_claims(self, node: Node, claimed: list[str]) -> None:
+        """A report may speak only for its own node's instances (or unknown ones): instances
+        placed on another live node are neither announced from it nor counted on it."""
+        first = self._instances[claimed[0]]
+        self._node_log.warning(("claims", node.id), "node %s reports instance %s, which runs on "
+                               "node %s: ignored (%d such instances in this report)", node.id,
+                               first.id, first.node.id, len(claimed))
+
     def _announce_unknown(self, node: Node, instance_id: str, code: InstanceCode) -> None:
         """Tell the Controller once about an instance an Agent runs that nobody placed there;
-        at most UNKNOWN_ANNOUNCED per node generation, so an Agent cannot flood the log."""
+        at most UNKNOWN_ANNOUNCED at once per node id, then UNKNOWN_RATE a second, however
+        often it rejoins, so an Agent cannot flood the event log, the store or the log."""
         announced = self._unknown_reported.setdefault(node.id, set())
         if instance_id in announced:
             return
-        count = self._unknown_count.get(node.id, 0)
-        if count >= UNKNOWN_ANNOUNCED:
-            if count == UNKNOWN_ANNOUNCED:
-                self._unknown_count[node.id] = count + 1
-                log.warning("node %s reports more than %d instances nobody placed there; no "
-                            "longer announcing them", node.id, UNKNOWN_ANNOUNCED)
+        budget = self._unknown_budget.get(node.id)
+        now = trio.current_time()
+        if budget is None:
+            budget = self._unknown_budget[node.id] = TokenBucket(UNKNOWN_RATE,
+                                                                 UNKNOWN_ANNOUNCED, now)
+        if not budget.take(now):
+            self._node_log.warning(("flood", node.id), "node %s reports more instances nobody "
+                                   "placed there than are announced (%d at once, then %g a "
+                                   "second): not announcing %s", node.id, UNKNOWN_ANNOUNCED,
+                                   UNKNOWN_RATE, instance_id)
             return
-        self._unknown_count[node.id] = count + 1
         announced.add(instance_id)
         self._unknown_where[instance_id] = node
-        log.warning("node %s reports instance %s, which this scheduler did not place there (%s)",
-                    node.id, instance_id, code.name)
+        self._node_log.warning(("unknown", node.id), "node %s reports instance %s, which this "
+                               "scheduler did not place there (%s)", node.id, instance_id,
+                               code.name)
         self.events.publish(InstanceEvent(InstanceStatus(
             instance_id, code, "reported by the Agent; not placed by this scheduler",
             node_id=node.id)))
@@ -468,7 +504,6 @@ class Instances:
         for instance_id in self._unknown_reported.pop(node.id, ()):
             if self._unknown_where.get(instance_id) is node:
                 del self._unknown_where[instance_id]
-        self._unknown_count.pop(node.id, None)
         self._forgotten_on.pop(node.id, None)
         self._lists_instances.discard(node.id)
         for instance_id in list(node.placed):
@@ -477,6 +512,9 @@ class Instances:
                 self._end_relay(instance, f"node {node.id} {why}")
                 self._release(instance)
                 self._retain_finished(instance)  # remembered (UNAVAILABLE), but not forever
+
+    def _node_forgotten(self, node_id: str) -> None:
+        self._unknown_budget.pop(node_id, None)
 
     # -- stop / destroy --------------------------------------------------------------------
 

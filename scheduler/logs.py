@@ -33,6 +33,9 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("grpclib").setLevel(logging.WARNING)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, Repeats) for f in asyncio_log.filters):
+        asyncio_log.addFilter(Repeats())
 
 
 REPEAT_EVERY = 60.0  # s between the lines of a problem that goes on (with its count)
@@ -74,3 +77,78 @@ class Repeating:
             self._logger.info(message + " (after %d failed attempts in %.0f s)", *args,
                               self._count, self._clock() - self._since)
         self._since, self._unlogged, self._count = None, 0, 0
+
+
+class _Throttle:
+    """Per key, at most one pass per `interval` seconds, counting those held back meanwhile;
+    at most `keys` keys, the least recently passed forgotten."""
+
+    def __init__(self, interval: float, keys: int, clock) -> None:
+        self._interval = interval
+        self._keys = keys
+        self._clock = clock
+        self._state: dict[object, list] = {}  # key -> [time it last passed, held back since]
+
+    def admit(self, key: object) -> int | None:
+        """None if `key` passed within the interval (now held back); else how many were
+        held back since it last passed."""
+        now = self._clock()
+        state = self._state.get(key)
+        if state is not None and now - state[0] < self._interval:
+            state[1] += 1
+            return None
+        self._state.pop(key, None)
+        self._state[key] = [now, 0]
+        if len(self._state) > self._keys:
+            del self._state[next(iter(self._state))]
+        return state[1] if state is not None else 0
+
+
+SUFFIX = " (and %d more like it since the previous such line)"
+
+
+class RateLimited:
+    """One kind of log line, at most one per `interval` seconds per key (a peer, a node).
+
+    A flood of the same event (a peer refused a thousand times a second) must not flood the
+    log: the first line is written, the next ones within the interval only counted, and the
+    next line written says how many were left out. Keys are bounded: the least recently
+    logged are forgotten beyond `keys`.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, keys: int = 1024,
+                 clock=time.monotonic) -> None:
+        self._logger = logger
+        self._throttle = _Throttle(interval, keys, clock)
+
+    def log(self, level: int, key: object, message: str, *args: object) -> bool:
+        """Log `message % args` unless a line with `key` was logged within the interval;
+        True if written."""
+        held = self._throttle.admit(key)
+        if held is None:
+            return False
+        if held:
+            message += SUFFIX
+            args = (*args, held)
+        self._logger.log(level, message, *args)
+        return True
+
+    def warning(self, key: object, message: str, *args: object) -> bool:
+        return self.log(logging.WARNING, key, message, *args)
+
+
+class Repeats(logging.Filter):
+    """Lets through one record per message text every `interval` seconds, saying how many it
+    held back. For asyncio's logger, whose lines a peer can provoke at will: a client that
+    dropped a connection with 100 calls being answered got one "socket.send() raised
+    exception." line per answer."""
+
+    def __init__(self, interval: float = 10.0, keys: int = 256, clock=time.monotonic) -> None:
+        super().__init__()
+        self._throttle = _Throttle(interval, keys, clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = self._throttle.admit(record.msg)
+        if held:
+            record.msg = str(record.msg) + SUFFIX.replace("%d", str(held))
+        return held is not None

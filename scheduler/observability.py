@@ -34,6 +34,10 @@ class SchedulerCollector:
         yield CounterMetricFamily("orka_scheduler_leadership_changes",
                                   "Leaderships this scheduler won (terms started)",
                                   value=scheduler.leadership_changes)
+        bridge = scheduler.bridge
+        connections = bridge.connection_statistics() if bridge is not None else None
+        if connections is not None:
+            yield from connection_metrics(connections)
         core = scheduler.core
         if core is None:
             return
@@ -58,10 +62,34 @@ class SchedulerCollector:
                                 value=len(instances.statuses()))
         yield GaugeMetricFamily("orka_scheduler_watchers", "Connected WatchEvents streams",
                                 value=events.watchers)
+        # Counted, not revision - first + 1: revisions jump after a restart (see events.py).
         yield GaugeMetricFamily("orka_scheduler_event_log_size", "Events retained for replay",
-                                value=events.revision - events.first_retained + 1)
+                                value=len(events))
         yield GaugeMetricFamily("orka_scheduler_event_revision", "Revision of the newest event",
                                 value=events.revision)
+
+
+CONNECTIONS_CLOSED = ("refused", "refused_rate", "closed_idle", "closed_handshakes",
+                      "closed_agent_excess", "rapid_reset_goaways", "header_block_goaways",
+                      "protocol_errors")  # the listener's counts: why a connection ended early
+
+
+def connection_metrics(statistics: dict[str, int]):
+    """The gRPC listener's connections, and those it refused or closed to stay within bounds."""
+    open_ = GaugeMetricFamily("orka_scheduler_connections", "gRPC connections",
+                              labels=["state"])
+    open_.add_metric(["open"], statistics["connections"])
+    open_.add_metric(["handshaking"], statistics["pending_handshakes"])
+    yield open_
+    yield GaugeMetricFamily("orka_scheduler_connections_limit",
+                            "Connections served at once (server.max_connections, as lowered "
+                            "to the file-descriptor limit)", value=statistics["max_connections"])
+    closed = CounterMetricFamily("orka_scheduler_connections_ended",
+                                 "Connections refused or closed by the listener's limits",
+                                 labels=["reason"])
+    for reason in CONNECTIONS_CLOSED:
+        closed.add_metric([reason], statistics[reason])
+    yield closed
 
 
 class Hooks:

@@ -176,13 +176,20 @@ def verify_agent_peer(peercert: dict | None, trust_domain: str, node_id: str) ->
 
 
 def _parse_spiffe_id(uri: str, trust_domain: str) -> Identity:
-    if uri[:len(SPIFFE_SCHEME)].lower() != SPIFFE_SCHEME:
-        raise IdentityError(f"the peer's URI SAN {_quote(uri)} is not a SPIFFE ID: expected one "
-                            f"of {_expected_forms(trust_domain)}")
+    """Scheme and trust domain compare exactly: the SPIFFE ID specification allows only lower
+    case in both (go-spiffe and the other reference libraries refuse anything else), so an ID
+    that differs from ours only by case is not ours."""
+    if not uri.startswith(SPIFFE_SCHEME):
+        lowercase = " (SPIFFE IDs are lower case in scheme and trust domain)" \
+            if uri[:len(SPIFFE_SCHEME)].lower() == SPIFFE_SCHEME else ""
+        raise IdentityError(f"the peer's URI SAN {_quote(uri)} is not a SPIFFE ID{lowercase}: "
+                            f"expected one of {_expected_forms(trust_domain)}")
     authority, _, path = uri[len(SPIFFE_SCHEME):].partition("/")
-    if authority.lower() != trust_domain:
+    if authority != trust_domain:
+        lowercase = " (SPIFFE trust domains are lower case)" \
+            if authority.lower() == trust_domain else ""
         raise IdentityError(f"the peer's identity {_quote(uri)} belongs to trust domain "
-                            f"{_quote(authority)}, not this cluster's {trust_domain!r}")
+                            f"{_quote(authority)}, not this cluster's {trust_domain!r}{lowercase}")
     match path.split("/"):
         case ["scheduler"]:
             return Identity("scheduler", "", trust_domain)
@@ -288,6 +295,14 @@ class Authorizer:
             raise GRPCError(Status.UNAUTHENTICATED, str(error)) from None
         authorize(identity, method_path)
         return identity
+
+    def identify(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> Identity | None:
+        """The identity of a connection's peer, or None if its certificate names none (the
+        listener counts each Agent's connections with it)."""
+        try:
+            return self._identities.identity_for(ssl_object, self.trust_domain)
+        except IdentityError:
+            return None
 
 
 def check_node(identity: Identity | None, node_id: str) -> None:

@@ -396,6 +396,7 @@ def test_certs_issue_without_a_pki_fails_with_a_message(tmp_path):
     ('[server]\nlisen = "127.0.0.1:50051"\n', "server.lisen"),
     ('[tls]\nca = "/etc/orka/ca.pem"\n', "tls.cert"),
     ('[liveness]\nnode_timeout = -1\n', "liveness.node_timeout"),
+    ('[server]\nmax_connections = 1\n', "server.max_connections"),
 ])
 def test_check_config_names_the_bad_key(tmp_path, text, key):
     config = tmp_path / "bad.toml"

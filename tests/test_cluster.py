@@ -413,3 +413,17 @@ def test_token_bucket_throttles_a_sender_that_obeys_its_delays_to_the_rate():
         now += bucket.delay(now)
     assert now == pytest.approx((count - burst) / rate), \
         "after the burst, messages are applied exactly 1/rate apart"
+
+
+async def test_the_status_rate_limit_holds_per_node_across_rejoins(autojump_clock):
+    # Issue 13: a rejoin from another port starts a new session (and generation); a limiter
+    # per session gave every rejoin a fresh burst, so an Agent rejoining in a loop sent 150
+    # statuses a second instead of status_rate (bench/attacks.py unknown_flood).
+    async with open_cluster() as cluster:
+        node = cluster.join("node-1", "10.0.0.1", 7000)
+        waits = [node.session.limiter.delay(trio.current_time()) for _ in range(20)]
+        assert waits == [0.0] * 20, "the burst (status_burst 20) is free"
+        for port in range(7001, 7004):
+            node = cluster.join("node-1", "10.0.0.1", port)  # a new generation each time
+            assert node.session.limiter.delay(trio.current_time()) > 0, \
+                "a rejoin does not renew the burst"

@@ -728,6 +728,23 @@ async def test_a_message_cut_short_by_the_end_of_the_stream_is_invalid_argument(
         "escape, so a request stream ends as if the client had half-closed: OK)")
 
 
+async def test_a_unary_request_with_a_second_message_is_invalid_argument():
+    # Found by the fuzz once flow-control credit followed consumption: WatchEvents never read the
+    # client's second message, so a large one held the client's window, and the call, for good.
+    # grpc-go calls this a cardinality violation; so do we, for every unary-request method.
+    unary = [rpc for rpc in RPCS.values() if not rpc.cardinality.client_streaming]
+    wrong = []
+    async with running_scheduler(small_messages()) as scheduler:
+        for rpc in sorted(unary, key=lambda r: r.name):
+            for second in (prefix(0), prefix(70_000)):  # whole, or larger than the window
+                outcome = await h2_call(scheduler.port, rpc, [prefix(0) + second],
+                                        end_stream=False)
+                if outcome.status is not Status.INVALID_ARGUMENT or \
+                        "one request message" not in outcome.headers.get("grpc-message", ""):
+                    wrong.append(f"{rpc.name} (second prefix {second!r}): {outcome}")
+    assert len(unary) >= 5 and not wrong, "\n  ".join(wrong)
+
+
 # -- oversized, compressed, unbounded -----------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(RPCS))

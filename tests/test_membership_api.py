@@ -167,6 +167,9 @@ async def test_status_from_a_node_that_has_not_joined_is_not_found():
 INVALID_STATUSES = [
     (dict(mem_total=1000, mem_free=2000), "memory.free"),
     (dict(disk_total=1000, disk_free=2000), "disk.free"),
+    # 2^64 - 1 bytes free of 2^64 - 1: no such node exists, and it would be ranked first.
+    (dict(mem_total=2**64 - 1, mem_free=2**64 - 1), "memory.total"),
+    (dict(disk_total=2**64 - 1, disk_free=2**64 - 1), "disk.total"),
     (dict(load=-1.0), "cpu_load.load"),
     (dict(load=101.0), "cpu_load.load"),
     (dict(load=math.nan), "cpu_load.load"),

@@ -273,3 +273,19 @@ async def test_a_forgotten_node_is_not_restored(monkeypatch):
         async with running_scheduler(config_for(data_dir, port)) as second:
             assert {n: node.state for n, node in second.cluster.nodes.items()} == \
                 {"node-b": NodeState.LEFT}
+
+
+async def test_the_event_log_size_after_a_restart_counts_retained_events():
+    # The revisions jump past every one the previous run may have used (checkpoint +
+    # 1,000,000): revision - first retained + 1 counted that gap, not the events retained.
+    from tests.test_operations import metric, scrape
+
+    data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
+    async with open_channel(port) as channel:
+        async with agent_with_workloads(channel, "node-1") as (agent, _):
+            await run_and_place(config_for(data_dir, port), channel, agent, ["web-1"])
+            async with running_scheduler(config_for(data_dir, port)) as second:
+                retained = len(second.events)
+                assert 0 < retained < 100 and second.events.revision >= 1_000_000
+                samples = await scrape(second)
+                assert metric(samples, "orka_scheduler_event_log_size") == retained

@@ -335,7 +335,6 @@ def peercert(*uris: str) -> dict:
     ("spiffe://orka.local/agent/0F8FAD5B-D9CB", Identity("agent", "0F8FAD5B-D9CB")),
     ("spiffe://orka.local/controller/ctl", Identity("controller", "ctl")),
     ("spiffe://orka.local/scheduler", Identity("scheduler", "")),
-    ("SPIFFE://ORKA.local/scheduler", Identity("scheduler", "")),  # scheme and host: any case
 ])
 def test_identity_from_valid_uris(uri, identity):
     assert identity_from_peercert(peercert(uri), TD) == identity
@@ -353,6 +352,10 @@ def test_identity_from_valid_uris(uri, identity):
     (peercert("spiffe://orka.local:443/scheduler"), "trust domain 'orka.local:443'"),
     (peercert("spiffe://orka.local"), "no known kind"),
     (peercert("spiffe://orka.local/agent/" + "n" * 300), r"\.\.\. \(300 characters\)"),
+    # The SPIFFE ID specification: scheme and trust domain are lower case, nothing else.
+    (peercert("SPIFFE://ORKA.LOCAL/agent/node-1"), "not a SPIFFE ID \\(SPIFFE IDs are lower"),
+    (peercert("Spiffe://orka.local/agent/node-1"), "not a SPIFFE ID \\(SPIFFE IDs are lower"),
+    (peercert("spiffe://ORKA.local/agent/node-1"), "trust domains are lower case"),
 ])
 def test_identity_refusals(cert, message):
     with pytest.raises(IdentityError, match=message):

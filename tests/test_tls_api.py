@@ -369,8 +369,13 @@ async def test_a_status_far_larger_than_the_tls_read_buffer_is_applied(pki):
     async with tls_scheduler(pki) as scheduler:
         async with open_tls_node(scheduler.port, pki, scheduler, "node-1") as (_, _, stream):
             await stream.send(big)
-            await wait_until(lambda: len(scheduler.cluster.nodes["node-1"].running) == 3000)
-            assert scheduler.cluster.nodes["node-1"].ids == tuple(sorted(instances))
+            node = scheduler.cluster.nodes["node-1"]
+            await wait_until(lambda: len(node.reported or ()) == 3000)
+            assert [report.instance_id for report in node.reported] == list(instances)
+            # None placed by this scheduler: announced (and counted) within the flood guard.
+            from scheduler.instances import UNKNOWN_ANNOUNCED
+
+            assert len(node.ids) == UNKNOWN_ANNOUNCED and set(node.ids) <= set(instances)
 
 
 @pytest.mark.parametrize("which", ["no certificate", "another CA", "expired"])
@@ -395,6 +400,19 @@ async def test_certificate_without_uri_san_is_unauthenticated(pki):
             await FakeAgent(channel, "node-1").join()
         assert caught.value.status is Status.UNAUTHENTICATED
         assert "no URI SAN" in caught.value.message
+        assert not scheduler.cluster.nodes
+
+
+async def test_an_upper_case_spiffe_id_is_unauthenticated(pki, tmp_path):
+    # SPIFFE IDs are lower case in scheme and trust domain (the SPIFFE ID specification and its
+    # reference libraries): "SPIFFE://ORKA.LOCAL/agent/node-1" names no identity here.
+    shouting = make_leaf(pki.paths, tmp_path / "shouting", uri="SPIFFE://ORKA.LOCAL/agent/node-1")
+    async with tls_scheduler(pki) as scheduler, \
+            connect(scheduler.port, client_ctx(pki, shouting)) as channel:
+        with pytest.raises(GRPCError) as caught:
+            await FakeAgent(channel, "node-1").join()
+        assert caught.value.status is Status.UNAUTHENTICATED
+        assert "lower case" in caught.value.message, caught.value.message
         assert not scheduler.cluster.nodes
 
 

@@ -61,7 +61,7 @@ class AgentApi:
         try:
             with trio.CancelScope() as scope:
                 async for message in call:
-                    node_id, metrics = node_status_from_wire(message)
+                    node_id, metrics, reports = node_status_from_wire(message)
                     check_node(call.identity, node_id)  # every message, not just the first
                     if stream is None:
                         node, session, stream = cluster.attach_stream(node_id, scope)
@@ -71,7 +71,7 @@ class AgentApi:
                     wait = session.limiter.delay(trio.current_time())
                     if wait:
                         await trio.sleep(wait)
-                    cluster.report(node, session, metrics)
+                    cluster.report(node, session, metrics, reports)
         finally:
             if stream is not None:
                 cluster.detach_stream(session, stream)

@@ -29,6 +29,7 @@ from ..placement import NodeTable
 from ..retention import note_recent
 from ..model import (
     InstanceCode,
+    InstanceReport,
     NodeEvent,
     NodeEventKind,
     NodeMetrics,
@@ -60,7 +61,7 @@ class Session:
     host: str  # the peer IP of the JoinCluster call
     port: int  # the Agent's own gRPC server (node_agent.WorkloadService)
     deadline: float  # trio time by which a valid status must arrive, else the node is LOST
-    limiter: TokenBucket
+    limiter: TokenBucket  # the node's: a rejoin does not renew its burst
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     stream: StatusStream | None = None
 
@@ -79,9 +80,11 @@ class Node:
     generation: int = 0  # bumps when the node is LEFT/LOST or rejoins from another address
     placed: set[str] = field(default_factory=set)  # instance ids placed in this generation
     ids: tuple[str, ...] = ()  # instance_ids(), kept by Cluster.count_instances (hot path)
-    reported: dict[str, InstanceCode] = field(default_factory=dict)  # the latest status's
-    # instances and their codes (read-only: replaced, never changed, when the list changes)
     running: frozenset[str] = frozenset()  # reported and not TERMINATED in the latest status
+    reported: tuple[InstanceReport, ...] | None = None  # its instance list; None: no status yet
+    listed: dict[str, InstanceCode] = field(default_factory=dict)  # `reported` indexed by id
+    # (read-only: replaced, never changed, when the list changes)
+    limiter: TokenBucket | None = None  # its status rate, across sessions and generations
 
     @property
     def address(self) -> str:
@@ -185,13 +188,14 @@ class Cluster:
             host=node.host,
             port=node.port,
             deadline=deadline,
-            limiter=TokenBucket(self._status_rate, self._status_burst, trio.current_time()),
+            limiter=self._limiter(node),
         )
         node.session = session
         node.state = NodeState.READY
         node.metrics = None  # a new session is placeable only once it reports
-        node.reported = {}
         node.running = frozenset()
+        node.reported = None
+        node.listed = {}
         self.table.upsert(node.id)
         self.count_instances(node)
         self.table.update_metrics(node.id, None)
@@ -200,6 +204,13 @@ class Cluster:
         for hook in self.on_node_change:
             hook(node)
         return session
+
+    def _limiter(self, node: Node) -> TokenBucket:
+        """The node's status rate limit, made at its first session and kept: per session, an
+        Agent rejoining in a loop (from a new port each time) got a fresh burst every time."""
+        if node.limiter is None:
+            node.limiter = TokenBucket(self._status_rate, self._status_burst, trio.current_time())
+        return node.limiter
 
     def restore(self, node: Node, *, jitter: float = 0.0) -> None:
         """Take back a node from a previous run. A READY one gets `node_timeout` (+ `jitter` s,
@@ -335,34 +346,45 @@ class Cluster:
         if session.stream is stream:
             session.stream = None
 
-    def report(self, node: Node, session: Session, metrics: NodeMetrics) -> None:
-        """Apply one valid status: store it, move the liveness deadline, publish STATUS."""
+    def report(self, node: Node, session: Session, metrics: NodeMetrics,
+               reports: tuple[InstanceReport, ...] | None = None) -> None:
+        """Apply one valid status: store it, move the liveness deadline, publish STATUS.
+
+        `reports` is the status's instance list (default: `metrics.instances`). It is kept on
+        the node, apart from the metrics its STATUS event carries: the event log holds 100,000
+        events, and an event's size must not grow with what an Agent chooses to list.
+        """
         if node.session is not session:
             raise NotFound(f"node {node.id}: this session has ended; call JoinCluster again")
         self.status_messages += 1
-        previous = node.metrics
+        if reports is None:
+            reports = metrics.instances
         node.metrics = metrics
         node.last_seen_unix = self._clock()
         session.deadline = trio.current_time() + self.node_timeout
         self.table.update_metrics(node.id, metrics)
-        if previous is None or previous.instances != metrics.instances:
+        if node.reported != reports:
             # An Agent may list hundreds of TERMINATED instances for a while: index them once
             # per changed list, not on every placement on the node or every report.
-            node.reported = {r.instance_id: r.code for r in metrics.instances}
-            node.running = frozenset(instance_id for instance_id, code in node.reported.items()
+            node.reported = reports
+            node.listed = {r.instance_id: r.code for r in reports}
+            node.running = frozenset(instance_id for instance_id, code in node.listed.items()
                                      if code is not InstanceCode.TERMINATED)
-            self.count_instances(node)
             for hook in self.on_instances_reported:
-                hook(node)
+                hook(node)  # may narrow `running` to what the node may speak for
+            self.count_instances(node)
         for hook in self.on_report:
             hook(node)
         self.events.publish(NodeEvent(NodeEventKind.STATUS, node.view()))
 
     def count_instances(self, node: Node) -> None:
         """Refresh the node's instance ids (events carry them) and the count placement breaks
-        ties with; call after changing `placed` or the reported instances."""
-        node.ids = node.instance_ids()
-        self.table.set_instance_count(node.id, len(node.ids))
+        ties with; call after changing `placed` or the reported instances. Unchanged ids keep
+        their tuple, which the node's events then share."""
+        ids = node.instance_ids()
+        if ids != node.ids:
+            node.ids = ids
+        self.table.set_instance_count(node.id, len(ids))
 
     def count_by_state(self) -> dict[NodeState, int]:
         counts = dict.fromkeys(NodeState, 0)

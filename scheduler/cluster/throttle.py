@@ -1,4 +1,5 @@
-"""Per-node status rate limit: a token bucket that says how long a sender must wait."""
+"""Per-node rate limits: a token bucket that says how long a sender must wait, or whether an
+action is allowed now."""
 from __future__ import annotations
 
 
@@ -24,3 +25,13 @@ class TokenBucket:
         tokens -= 1.0
         self._tokens = tokens
         return 0.0 if tokens >= 0.0 else -tokens / self._rate
+
+    def take(self, now: float) -> bool:
+        """Take one token if there is one (True); never goes into debt."""
+        tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
