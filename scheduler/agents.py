@@ -14,9 +14,9 @@ from typing import Any
 
 import trio
 
-from ._proto import node_agent_grpc, node_agent_pb2
+from ._proto import node_agent_grpc
 from .cluster import Cluster, Node, Session
-from .convert import instance_status_from_agent, workload_to_agent
+from .convert import instance_status_from_agent, signal_to_agent, workload_to_agent
 from .errors import InvalidArgument, RemoteError, Unavailable
 from .grpc_bridge import ClientChannel, PeerRefused, ServerStream
 from .names import DEFAULT_TRUST_DOMAIN
@@ -84,7 +84,7 @@ class AgentLink:
                                                 workload_to_agent(workload), ended)
 
     async def signal(self, instance_id: str, signal: Signal, timeout: float) -> None:
-        request = node_agent_pb2.WorkloadSignal(instance_id=instance_id, signal=signal.value)
+        request = signal_to_agent(instance_id, signal)
         await self._signals.channel.unary(self._signals.workloads.Signal, request, timeout=timeout)
 
     def close(self) -> None:

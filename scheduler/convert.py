@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from ._proto import agent_pb2, controller_pb2, node_agent_pb2
+from .enum_maps import EnumMap
 from .errors import InvalidArgument
 from .model import (
     Event,
@@ -16,12 +17,16 @@ from .model import (
     InstanceReport,
     InstanceStatus,
     NodeEvent,
+    NodeEventKind,
     NodeMetrics,
+    NodeState,
     NodeView,
     Resources,
+    Signal,
     Snapshot,
     Usage,
     Workload,
+    WorkloadType,
 )
 from .names import INSTANCE_ID_RULE, NODE_ID_RULE, valid_instance_id, valid_node_id
 
@@ -30,6 +35,46 @@ MAX_REPORTED_INSTANCES = 10_000  # instances one NodeStatus may list; more is no
 # times the largest single machine's; 8 PiB of local disk is past any one node's drive bays,
 # and 2^53 is where the placement columns (float64) stop holding integers exactly.
 MAX_BYTES = {"memory": 1 << 50, "disk": 1 << 53}
+
+# -- enums, member by member (the domain's own values are not the wire's) ----------------------
+# The three StatusCode enums (agent.proto, controller.proto, node_agent.proto) are separate types
+# that happen to agree; each gets its own map.
+_AgentCode = agent_pb2.StatusCode
+AGENT_CODE = EnumMap(InstanceCode, "agent.StatusCode", _AgentCode.values(), {
+    InstanceCode.WAITING: _AgentCode.Value("WAITING"),
+    InstanceCode.RUNNING: _AgentCode.Value("RUNNING"),
+    InstanceCode.TERMINATED: _AgentCode.Value("TERMINATED")})
+_ControllerCode = controller_pb2.Status.StatusCode
+CONTROLLER_CODE = EnumMap(InstanceCode, "controller.StatusCode", _ControllerCode.values(), {
+    InstanceCode.WAITING: _ControllerCode.Value("WAITING"),
+    InstanceCode.RUNNING: _ControllerCode.Value("RUNNING"),
+    InstanceCode.TERMINATED: _ControllerCode.Value("TERMINATED")})
+_NodeAgentCode = node_agent_pb2.Status.StatusCode
+NODE_AGENT_CODE = EnumMap(InstanceCode, "node_agent.StatusCode", _NodeAgentCode.values(), {
+    InstanceCode.WAITING: _NodeAgentCode.Value("WAITING"),
+    InstanceCode.RUNNING: _NodeAgentCode.Value("RUNNING"),
+    InstanceCode.TERMINATED: _NodeAgentCode.Value("TERMINATED")})
+_State = controller_pb2.Node.State
+NODE_STATE = EnumMap(NodeState, "controller.Node.State", _State.values(), {
+    NodeState.READY: _State.Value("READY"),
+    NodeState.LEFT: _State.Value("LEFT"),
+    NodeState.LOST: _State.Value("LOST")})
+_Kind = controller_pb2.NodeEvent.Kind
+NODE_EVENT_KIND = EnumMap(NodeEventKind, "controller.NodeEvent.Kind", _Kind.values(), {
+    NodeEventKind.JOINED: _Kind.Value("JOINED"),
+    NodeEventKind.STATUS: _Kind.Value("STATUS"),
+    NodeEventKind.LEFT: _Kind.Value("LEFT"),
+    NodeEventKind.LOST: _Kind.Value("LOST")})
+_Signal = node_agent_pb2.WorkloadSignal.Signal
+SIGNAL = EnumMap(Signal, "node_agent.WorkloadSignal.Signal", _Signal.values(), {
+    Signal.STOP: _Signal.Value("STOP"),
+    Signal.KILL: _Signal.Value("KILL")})
+_ControllerType = controller_pb2.Workload.Type
+CONTROLLER_TYPE = EnumMap(WorkloadType, "controller.Workload.Type", _ControllerType.values(), {
+    WorkloadType.CONTAINER: _ControllerType.Value("CONTAINER")})
+_NodeAgentType = node_agent_pb2.Workload.Type
+NODE_AGENT_TYPE = EnumMap(WorkloadType, "node_agent.Workload.Type", _NodeAgentType.values(), {
+    WorkloadType.CONTAINER: _NodeAgentType.Value("CONTAINER")})
 
 
 def node_id_from_wire(value: str, field: str = "id") -> str:
@@ -100,11 +145,10 @@ def node_status_from_wire(
 
 
 def _code(value: int) -> InstanceCode:
-    try:
-        return InstanceCode(value)
-    except ValueError:
-        raise InvalidArgument(f"instance status code {value} is unknown "
-                              "(WAITING=0, RUNNING=1, TERMINATED=2)") from None
+    code = AGENT_CODE.from_wire(value)
+    if code is None:
+        raise InvalidArgument(f"instance status code {value} is unknown ({AGENT_CODE.known()})")
+    return code
 
 
 # -- to the Controller -----------------------------------------------------------------------
@@ -113,7 +157,7 @@ def node_to_wire(view: NodeView) -> controller_pb2.Node:
     node = controller_pb2.Node(
         id=view.id,
         address=view.address,
-        state=view.state.value,
+        state=NODE_STATE.to_wire(view.state),
         instance_ids=view.instance_ids,
         last_seen_unix=view.last_seen_unix,
     )
@@ -130,7 +174,7 @@ def node_to_wire(view: NodeView) -> controller_pb2.Node:
 
 def instance_status_to_wire(status: InstanceStatus) -> controller_pb2.WorkloadStatus:
     wire = controller_pb2.WorkloadStatus(instance_id=status.instance_id, node_id=status.node_id)
-    wire.status.code = status.code.value
+    wire.status.code = CONTROLLER_CODE.to_wire(status.code)
     if status.message is not None:
         wire.status.message = status.message
     usage = wire.resource_usage
@@ -142,7 +186,7 @@ def event_to_wire(epoch: str, event: Event) -> controller_pb2.ClusterEvent:
     wire = controller_pb2.ClusterEvent(epoch=epoch, revision=event.revision)
     body = event.body
     if isinstance(body, NodeEvent):
-        wire.node.kind = body.kind.value
+        wire.node.kind = NODE_EVENT_KIND.to_wire(body.kind)
         wire.node.node.CopyFrom(node_to_wire(body.node))
     elif isinstance(body, InstanceEvent):
         wire.instance.CopyFrom(instance_status_to_wire(body.status))
@@ -158,7 +202,6 @@ def event_to_wire(epoch: str, event: Event) -> controller_pb2.ClusterEvent:
 MAX_IMAGE_CHARS = 4096  # longer than any real image reference
 MAX_ENV_ENTRIES = 1024  # environment entries per workload
 MAX_ENV_ENTRY_CHARS = 32 * 1024  # one entry (KEY=VALUE by convention, passed on as given)
-KNOWN_TYPES = frozenset(controller_pb2.Workload.Type.values())
 
 
 def workload_from_wire(request: controller_pb2.SchedulingRequest) -> Workload:
@@ -172,8 +215,9 @@ def workload_from_wire(request: controller_pb2.SchedulingRequest) -> Workload:
     if len(wire.image) > MAX_IMAGE_CHARS:
         raise InvalidArgument(f"workload.image is {len(wire.image)} characters; "
                               f"at most {MAX_IMAGE_CHARS} are accepted")
-    if wire.type not in KNOWN_TYPES:
-        raise InvalidArgument(f"workload.type {wire.type} is unknown (CONTAINER=0)")
+    workload_type = CONTROLLER_TYPE.from_wire(wire.type)
+    if workload_type is None:
+        raise InvalidArgument(f"workload.type {wire.type} is unknown ({CONTROLLER_TYPE.known()})")
     if len(wire.environment) > MAX_ENV_ENTRIES:
         raise InvalidArgument(f"workload.environment has {len(wire.environment)} entries; "
                               f"at most {MAX_ENV_ENTRIES} are accepted")
@@ -195,11 +239,12 @@ def workload_from_wire(request: controller_pb2.SchedulingRequest) -> Workload:
                                           "must be >= 0")
                 values[name] = value
         resources = Resources(**values)
-    return Workload(instance_id, wire.image, wire.type, tuple(wire.environment), resources)
+    return Workload(instance_id, wire.image, workload_type, tuple(wire.environment), resources)
 
 
 def workload_to_agent(workload: Workload) -> node_agent_pb2.Workload:
-    wire = node_agent_pb2.Workload(instance_id=workload.instance_id, type=workload.type,
+    wire = node_agent_pb2.Workload(instance_id=workload.instance_id,
+                                   type=NODE_AGENT_TYPE.to_wire(workload.type),
                                    image=workload.image, environment=workload.environment)
     if workload.resources is not None:
         limits = wire.resource_limits
@@ -214,11 +259,10 @@ def workload_to_agent(workload: Workload) -> node_agent_pb2.Workload:
 def instance_status_from_agent(wire: node_agent_pb2.WorkloadStatus, instance_id: str,
                                node_id: str) -> InstanceStatus:
     """An Agent's WorkloadStatus for `instance_id`; the Agent's own id field is not trusted."""
-    try:
-        code = InstanceCode(wire.status.code)
-    except ValueError:
+    code = NODE_AGENT_CODE.from_wire(wire.status.code)
+    if code is None:
         raise InvalidArgument(f"Agent on {node_id} sent unknown status code "
-                              f"{wire.status.code} for {instance_id}") from None
+                              f"{wire.status.code} for {instance_id}")
     usage = wire.resource_usage
     return InstanceStatus(
         instance_id=instance_id,
@@ -227,3 +271,7 @@ def instance_status_from_agent(wire: node_agent_pb2.WorkloadStatus, instance_id:
         usage=Usage(usage.cpu, usage.memory, usage.disk),
         node_id=node_id,
     )
+
+
+def signal_to_agent(instance_id: str, signal: Signal) -> node_agent_pb2.WorkloadSignal:
+    return node_agent_pb2.WorkloadSignal(instance_id=instance_id, signal=SIGNAL.to_wire(signal))

@@ -32,6 +32,10 @@ class PermissionDenied(Refusal):
     status = "PERMISSION_DENIED"
 
 
+class Unauthenticated(Refusal):
+    status = "UNAUTHENTICATED"
+
+
 class FailedPrecondition(Refusal):
     status = "FAILED_PRECONDITION"
 

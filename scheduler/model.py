@@ -37,6 +37,10 @@ class Signal(enum.Enum):
     KILL = 1
 
 
+class WorkloadType(enum.Enum):
+    CONTAINER = 0
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceReport:
     """One instance as an Agent sees it, from NodeStatus.instances."""
@@ -96,7 +100,7 @@ class Workload:
 
     instance_id: str
     image: str
-    type: int = 0  # CONTAINER
+    type: WorkloadType = WorkloadType.CONTAINER
     environment: tuple[str, ...] = ()
     resources: Resources | None = None
 

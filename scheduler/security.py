@@ -19,9 +19,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Literal
 
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
-
+from scheduler.errors import PermissionDenied, Unauthenticated
 from scheduler.names import DEFAULT_TRUST_DOMAIN, NODE_ID_RULE, valid_node_id, valid_trust_domain
 
 MINIMUM_TLS = ssl.TLSVersion.TLSv1_2  # HTTP/2 (RFC 7540 §9.2) forbids older versions
@@ -261,26 +259,26 @@ def authorize(identity: Identity | None, method_path: str) -> None:
     """
     service = _service_of(method_path)
     if identity is None:
-        raise GRPCError(Status.PERMISSION_DENIED,
-                        f"a peer without a verified identity may not call {_quote(method_path)}")
+        raise PermissionDenied(
+            f"a peer without a verified identity may not call {_quote(method_path)}")
     if service is None:
-        raise GRPCError(Status.PERMISSION_DENIED,
-                        f"{identity} may not call {_quote(method_path)}: not a gRPC method path")
+        raise PermissionDenied(
+            f"{identity} may not call {_quote(method_path)}: not a gRPC method path")
     if service in OPEN_SERVICES:
         return
     package = service.rpartition(".")[0]
     if package == _PACKAGE_OF_KIND.get(identity.kind):
         return
-    raise GRPCError(Status.PERMISSION_DENIED,
-                    f"{identity} may not call {_quote(method_path)}: {_WHY_NOT[identity.kind]}")
+    raise PermissionDenied(
+        f"{identity} may not call {_quote(method_path)}: {_WHY_NOT[identity.kind]}")
 
 
 class Authorizer:
     """Per call: who is calling, and may they call this method? For the gRPC server's bridge.
 
     Called with the connection's ssl object and the method path; returns the caller's
-    `Identity` or raises GRPCError: UNAUTHENTICATED when the certificate names no acceptable
-    identity, PERMISSION_DENIED when the identity may not call the method.
+    `Identity` or raises a Refusal: Unauthenticated when the certificate names no acceptable
+    identity, PermissionDenied when the identity may not call the method.
     """
 
     def __init__(self, trust_domain: str) -> None:
@@ -292,7 +290,7 @@ class Authorizer:
         try:
             identity = self._identities.identity_for(ssl_object, self.trust_domain)
         except IdentityError as error:
-            raise GRPCError(Status.UNAUTHENTICATED, str(error)) from None
+            raise Unauthenticated(str(error)) from None
         authorize(identity, method_path)
         return identity
 
@@ -315,8 +313,8 @@ def check_node(identity: Identity | None, node_id: str) -> None:
         return
     if identity.kind == "agent" and identity.name == node_id:
         return
-    raise GRPCError(Status.PERMISSION_DENIED,
-                    f"{identity} may not speak for node {_quote(node_id)}: an Agent may send "
+    raise PermissionDenied(
+        f"{identity} may not speak for node {_quote(node_id)}: an Agent may send "
                     f"only the node id its certificate names")
 
 

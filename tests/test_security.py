@@ -21,9 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 
+from scheduler.errors import PermissionDenied, Refusal, Unauthenticated
 from scheduler.pki import CertPair, PkiPaths, init_pki
 from scheduler.security import (
     Authorizer,
@@ -468,25 +467,25 @@ def test_authorize_matrix(identity, path):
     if path in ALLOWED[identity]:
         authorize(identity, path)
     else:
-        with pytest.raises(GRPCError) as refusal:
+        with pytest.raises(Refusal) as refusal:
             authorize(identity, path)
-        assert refusal.value.status is Status.PERMISSION_DENIED
+        assert type(refusal.value) is PermissionDenied
         assert refusal.value.message.startswith(f"{identity} may not call {path!r}")
 
 
 def test_authorize_says_why():
-    with pytest.raises(GRPCError, match="Agents may call only scheduler.agent services"):
+    with pytest.raises(PermissionDenied, match="Agents may call only scheduler.agent services"):
         authorize(AGENT, SCHEDULE)
-    with pytest.raises(GRPCError, match="Controllers may call only scheduler.controller"):
+    with pytest.raises(PermissionDenied, match="Controllers may call only scheduler.controller"):
         authorize(CONTROLLER, JOIN)
-    with pytest.raises(GRPCError, match="the scheduler's own certificate is for dialing Agents"):
+    with pytest.raises(PermissionDenied, match="the scheduler's own certificate is for dialing Agents"):
         authorize(SCHEDULER, JOIN)
 
 
 def test_authorize_refuses_a_missing_identity():
-    with pytest.raises(GRPCError) as refusal:
+    with pytest.raises(Refusal) as refusal:
         authorize(None, HEALTH)
-    assert refusal.value.status is Status.PERMISSION_DENIED
+    assert type(refusal.value) is PermissionDenied
 
 
 def test_check_node():
@@ -494,9 +493,9 @@ def test_check_node():
     check_node(None, "anything")  # insecure mode: identities unchecked
     for identity, node in [(AGENT, "node-2"), (AGENT, "NODE-1"), (CONTROLLER, "controller"),
                            (SCHEDULER, "node-1")]:
-        with pytest.raises(GRPCError) as refusal:
+        with pytest.raises(Refusal) as refusal:
             check_node(identity, node)
-        assert refusal.value.status is Status.PERMISSION_DENIED
+        assert type(refusal.value) is PermissionDenied
         assert str(identity) in refusal.value.message and repr(node) in refusal.value.message
 
 
@@ -504,12 +503,12 @@ def test_authorizer_combines_identity_and_authorization():
     authorizer = Authorizer(TD)
     agent = FakeSslObject(peercert("spiffe://orka.local/agent/node-1"))
     assert authorizer(agent, JOIN) == AGENT
-    with pytest.raises(GRPCError) as refusal:
+    with pytest.raises(Refusal) as refusal:
         authorizer(agent, SCHEDULE)
-    assert refusal.value.status is Status.PERMISSION_DENIED
-    with pytest.raises(GRPCError) as refusal:
+    assert type(refusal.value) is PermissionDenied
+    with pytest.raises(Refusal) as refusal:
         authorizer(FakeSslObject(peercert("spiffe://elsewhere/agent/node-1")), JOIN)
-    assert refusal.value.status is Status.UNAUTHENTICATED
+    assert type(refusal.value) is Unauthenticated
     assert "trust domain 'elsewhere'" in refusal.value.message
     assert agent.reads == 1
 

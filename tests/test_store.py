@@ -3,6 +3,7 @@ migration of the previous release's pickled file, and the write queue (coalescin
 commit, a backend that is unavailable or refuses our leadership)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import sqlite3
@@ -12,6 +13,7 @@ import trio
 
 from scheduler.errors import Unavailable
 from scheduler.model import (
+    WorkloadType,
     Event,
     InstanceCode,
     InstanceEvent,
@@ -29,7 +31,7 @@ from scheduler.model import (
 from scheduler.store import FenceLost, SqliteBackend, Store, StoreError, StoreUnavailable, codec
 from scheduler.store.codec import NodeRow, PlacementRow
 
-WORKLOAD = Workload("web-1", "nginx:1", 0, ("A=1", "B="), Resources(cpu=250, memory=None, disk=0))
+WORKLOAD = Workload("web-1", "nginx:1", WorkloadType.CONTAINER, ("A=1", "B="), Resources(cpu=250, memory=None, disk=0))
 STATUS = InstanceStatus("web-1", InstanceCode.RUNNING, None, Usage(1, 2, 3), "node-1")
 VIEW = NodeView("node-1", "10.0.0.1:7000", NodeState.READY,
                 NodeMetrics(memory_total=8 << 30, memory_free=0, cpu_load=12.5, cpu_cores=None,
@@ -92,6 +94,10 @@ CREATE TABLE events (revision INTEGER PRIMARY KEY, event BLOB NOT NULL);
 """
 
 
+# The previous release kept the wire's number as the workload type; migration makes it the enum.
+LEGACY_WORKLOAD = dataclasses.replace(WORKLOAD, type=0)
+
+
 def _legacy_file(directory, workload_blob=None) -> None:
     """A data directory as the previous release left it (pickled rows, schema "1")."""
     os.makedirs(directory, exist_ok=True)
@@ -102,7 +108,7 @@ def _legacy_file(directory, workload_blob=None) -> None:
                    [("schema", "1"), ("epoch", "old-epoch"), ("revision", "500")])
     db.execute("INSERT INTO nodes VALUES ('node-1', '10.0.0.1', 7000, 0, 2, 5.0)")
     db.execute("INSERT INTO placements VALUES ('web-1', 'node-1', 2, ?, ?)",
-               (workload_blob or dump(WORKLOAD), dump(STATUS)))
+               (workload_blob or dump(LEGACY_WORKLOAD), dump(STATUS)))
     db.execute("INSERT INTO events VALUES (501, ?)",
                (dump(Event(501, NodeEvent(NodeEventKind.JOINED, VIEW))),))
     db.commit()

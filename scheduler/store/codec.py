@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from .._proto import store_pb2
+from ..enum_maps import EnumMap
 from ..model import (
     Event,
     InstanceCode,
@@ -30,6 +31,7 @@ from ..model import (
     Resources,
     Usage,
     Workload,
+    WorkloadType,
 )
 
 FORMAT = 1  # StoredMeta.format this version writes; additive changes keep it (protobuf rules)
@@ -42,6 +44,30 @@ EVENTS = "events/"
 
 class FormatError(Exception):
     """The stored state is not something this version can read (a newer format, garbage)."""
+
+
+# -- enums, member by member (the stored numbers are a contract of their own) ------------------
+STATE = EnumMap(NodeState, "store.NodeState", store_pb2.NodeState.values(), {
+    NodeState.READY: store_pb2.READY, NodeState.LEFT: store_pb2.LEFT,
+    NodeState.LOST: store_pb2.LOST})
+CODE = EnumMap(InstanceCode, "store.InstanceCode", store_pb2.InstanceCode.values(), {
+    InstanceCode.WAITING: store_pb2.WAITING, InstanceCode.RUNNING: store_pb2.RUNNING,
+    InstanceCode.TERMINATED: store_pb2.TERMINATED})
+_Kind = store_pb2.NodeEvent.Kind
+KIND = EnumMap(NodeEventKind, "store.NodeEvent.Kind", _Kind.values(), {
+    NodeEventKind.JOINED: _Kind.Value("JOINED"), NodeEventKind.STATUS: _Kind.Value("STATUS"),
+    NodeEventKind.LEFT: _Kind.Value("LEFT"), NodeEventKind.LOST: _Kind.Value("LOST")})
+TYPE = EnumMap(WorkloadType, "store.Workload.type", [0], {WorkloadType.CONTAINER: 0})
+
+
+def _from_stored(mapping: EnumMap, value: int):
+    """The member for a stored number; ValueError (decode_state's FormatError, with the key)
+    for a number this version does not know."""
+    member = mapping.from_wire(value)
+    if member is None:
+        raise ValueError(f"{mapping.wire_name} {value} is unknown to this version "
+                          f"({mapping.known()})")
+    return member
 
 
 def node_key(node_id: str) -> str:
@@ -93,7 +119,7 @@ def encode_meta(epoch: str, revision: int) -> bytes:
 
 
 def encode_node(row: NodeRow) -> bytes:
-    return store_pb2.StoredNode(id=row.id, host=row.host, port=row.port, state=row.state.value,
+    return store_pb2.StoredNode(id=row.id, host=row.host, port=row.port, state=STATE.to_wire(row.state),
                                 generation=row.generation,
                                 last_seen_unix=row.last_seen).SerializeToString()
 
@@ -111,12 +137,13 @@ def encode_event(event: Event) -> bytes:
                                      instance=_status(body.status)).SerializeToString()
     assert isinstance(body, NodeEvent), f"only node and instance events are stored, not {body}"
     return store_pb2.StoredEvent(revision=event.revision, node=store_pb2.NodeEvent(
-        kind=body.kind.value, node=_view(body.node))).SerializeToString()
+        kind=KIND.to_wire(body.kind), node=_view(body.node))).SerializeToString()
 
 
 def _workload(workload: Workload) -> store_pb2.Workload:
     message = store_pb2.Workload(instance_id=workload.instance_id, image=workload.image,
-                                 type=workload.type, environment=workload.environment)
+                                 type=TYPE.to_wire(workload.type),
+                                 environment=workload.environment)
     if workload.resources is not None:
         resources = workload.resources
         message.resources.SetInParent()
@@ -130,7 +157,7 @@ def _workload(workload: Workload) -> store_pb2.Workload:
 def _status(status: InstanceStatus) -> store_pb2.InstanceStatus:
     usage = status.usage
     message = store_pb2.InstanceStatus(
-        instance_id=status.instance_id, code=status.code.value, node_id=status.node_id,
+        instance_id=status.instance_id, code=CODE.to_wire(status.code), node_id=status.node_id,
         usage=store_pb2.Usage(cpu=usage.cpu, memory=usage.memory, disk=usage.disk))
     if status.message is not None:
         message.message = status.message
@@ -141,7 +168,7 @@ _METRICS = ("memory_total", "memory_free", "cpu_load", "cpu_cores", "disk_total"
 
 
 def _view(view: NodeView) -> store_pb2.NodeView:
-    message = store_pb2.NodeView(id=view.id, address=view.address, state=view.state.value,
+    message = store_pb2.NodeView(id=view.id, address=view.address, state=STATE.to_wire(view.state),
                                  instance_ids=view.instance_ids,
                                  last_seen_unix=view.last_seen_unix)
     metrics = view.metrics
@@ -152,7 +179,7 @@ def _view(view: NodeView) -> store_pb2.NodeView:
             if value is not None:
                 setattr(message.metrics, name, value)
         for report in metrics.instances:
-            message.metrics.instances.add(instance_id=report.instance_id, code=report.code.value)
+            message.metrics.instances.add(instance_id=report.instance_id, code=CODE.to_wire(report.code))
     return message
 
 
@@ -190,7 +217,7 @@ def decode_state(items: Iterable[tuple[str, bytes]], retained: int) -> Restored:
 
 
 def _node_row(message: store_pb2.StoredNode) -> NodeRow:
-    return NodeRow(message.id, message.host, message.port, NodeState(message.state),
+    return NodeRow(message.id, message.host, message.port, _from_stored(STATE, message.state),
                    message.generation, message.last_seen_unix)
 
 
@@ -202,14 +229,14 @@ def _placement_row(message: store_pb2.StoredPlacement) -> PlacementRow:
                                  if workload.resources.HasField(name) else None
                                  for name in ("cpu", "memory", "disk")})
     return PlacementRow(
-        Workload(workload.instance_id, workload.image, workload.type,
+        Workload(workload.instance_id, workload.image, _from_stored(TYPE, workload.type),
                  tuple(workload.environment), resources),
         message.node_id, message.generation, _instance_status(message.latest))
 
 
 def _instance_status(message: store_pb2.InstanceStatus) -> InstanceStatus:
     usage = message.usage
-    return InstanceStatus(message.instance_id, InstanceCode(message.code),
+    return InstanceStatus(message.instance_id, _from_stored(CODE, message.code),
                           message.message if message.HasField("message") else None,
                           Usage(usage.cpu, usage.memory, usage.disk), message.node_id)
 
@@ -218,7 +245,7 @@ def _event(message: store_pb2.StoredEvent) -> Event:
     if message.HasField("instance"):
         return Event(message.revision, InstanceEvent(_instance_status(message.instance)))
     node = message.node
-    return Event(message.revision, NodeEvent(NodeEventKind(node.kind), _node_view(node.node)))
+    return Event(message.revision, NodeEvent(_from_stored(KIND, node.kind), _node_view(node.node)))
 
 
 def _node_view(message: store_pb2.NodeView) -> NodeView:
@@ -228,7 +255,7 @@ def _node_view(message: store_pb2.NodeView) -> NodeView:
         metrics = NodeMetrics(
             **{name: getattr(stored, name) if stored.HasField(name) else None
                for name in _METRICS},
-            instances=tuple(InstanceReport(report.instance_id, InstanceCode(report.code))
+            instances=tuple(InstanceReport(report.instance_id, _from_stored(CODE, report.code))
                             for report in stored.instances))
-    return NodeView(message.id, message.address, NodeState(message.state), metrics,
+    return NodeView(message.id, message.address, _from_stored(STATE, message.state), metrics,
                     tuple(message.instance_ids), message.last_seen_unix)

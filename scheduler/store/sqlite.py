@@ -10,6 +10,7 @@ refused, so a tampered file cannot run code.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import logging
@@ -130,8 +131,10 @@ def _legacy_writes(db: sqlite3.Connection, meta: dict[str, str]) -> Iterator[tup
             NodeRow(id_, host, port, model.NodeState(state), generation, last_seen))
     for workload, node_id, generation, latest in db.execute(
             "SELECT workload, node_id, generation, latest FROM placements"):
-        row = PlacementRow(_unpickle(workload, model.Workload), node_id, generation,
-                           _unpickle(latest, model.InstanceStatus))
+        workload = _unpickle(workload, model.Workload)
+        if isinstance(workload.type, int):  # the previous release kept the wire's number
+            workload = dataclasses.replace(workload, type=model.WorkloadType(workload.type))
+        row = PlacementRow(workload, node_id, generation, _unpickle(latest, model.InstanceStatus))
         yield codec.placement_key(row.workload.instance_id), codec.encode_placement(row)
     for revision, blob in db.execute("SELECT revision, event FROM events"):
         event = _unpickle(blob, model.Event)
