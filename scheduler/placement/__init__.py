@@ -4,7 +4,8 @@ No I/O, no event loop: plain data in, plain data out. The cluster state keeps a 
 current (nodes, readiness, metrics, instance counts, reservations); `plan` filters it
 (`feasible`), ranks what is left (`rank`) and returns a `Plan` to attempt in order.
 
-    table.py         NodeTable: one row per node, numpy columns, O(1) updates
+    table.py         NodeTable: one row per node, numpy columns, O(1) updates, and a log of
+                     the rows changed since a decision (what `kept` refreshes)
     requests.py      what feasibility and ranking count for a request (non-zero requests)
     reservations.py  Reservations: what is promised to instances the reports may not show yet
     feasible.py      Reason, reject_reason / reason_codes: who fits and why not;
@@ -13,7 +14,8 @@ current (nodes, readiness, metrics, instance counts, reservations); `plan` filte
                      (nodes without room for the placement last)
     kept.py          Kept: a request's codes and keys kept in the table between decisions,
                      refreshed where the table changed
-    plan.py          Plan, plan (over a table), plan_candidates (node by node, the reference)
+    plan.py          Plan, plan (over a table: the first 8 nodes by argmin, the rest only if
+                     all 8 refuse), plan_candidates (node by node, the reference)
 """
 from scheduler.placement.feasible import Candidate, Reason, node_reason, reserve_if_fits
 from scheduler.placement.plan import Plan, plan, plan_candidates
