@@ -65,7 +65,7 @@ DISTURBED = 0.25  # cores used by other processes in a window beyond which it is
 CONTROL_PERIOD = 0.5  # s between adjustments of the offered ingest rate
 BACKLOG_PER_STREAM = 8  # messages sent but not yet taken that the ingest feedback aims for
 STATUS_COUNTER = "orka_scheduler_status_messages_total"  # the scheduler's /metrics counter
-# scheduler.grpc_bridge.TLS_READ_BUFFER; not imported: that would load trio-asyncio in here.
+# scheduler._compat.TLS_READ_BUFFER; not imported: that would load trio-asyncio in here.
 SCHEDULER_TLS_READ_BUFFER = 4 * 1024
 
 

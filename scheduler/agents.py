@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from ._proto import node_agent_grpc
-from .cluster import Cluster, Node, Session
+from .cluster import Node, Session
 from .convert import instance_status_from_agent, signal_to_agent, workload_to_agent
 from .errors import InvalidArgument, RemoteError, Unavailable
 from .grpc_bridge import ClientChannel, PeerRefused, ServerStream
@@ -28,6 +28,29 @@ log = logging.getLogger(__name__)
 
 class Refused(Exception):
     """An Agent did not accept an instance: the reason, for the Controller's message."""
+
+
+class InstanceStream:
+    """One instance's Create stream from its Agent, in the core's terms.
+
+    `receive()` returns the next `InstanceStatus` (the Agent's own id field is not trusted);
+    it raises trio.EndOfChannel when the Agent ends the stream OK, RemoteError when the stream
+    fails, InvalidArgument for a status that does not convert. `cancel()` ends the call.
+    """
+
+    __slots__ = ("_stream", "instance_id", "node_id")
+
+    def __init__(self, stream: ServerStream, instance_id: str, node_id: str) -> None:
+        self._stream = stream
+        self.instance_id = instance_id
+        self.node_id = node_id
+
+    async def receive(self) -> InstanceStatus:
+        wire = await self._stream.receive()
+        return instance_status_from_agent(wire, self.instance_id, self.node_id)
+
+    def cancel(self) -> None:
+        self._stream.cancel()
 
 
 STREAMS_PER_CONNECTION = 90  # instance streams per connection: HTTP/2 peers often allow 100
@@ -70,7 +93,7 @@ class AgentLink:
         self._signals = connect()
         self._creates: list[_Connection] = []
 
-    def create(self, workload: Workload) -> ServerStream:
+    def create(self, workload: Workload) -> InstanceStream:
         connection = next((c for c in self._creates if c.streams < STREAMS_PER_CONNECTION), None)
         if connection is None:
             connection = self._connect()
@@ -80,8 +103,9 @@ class AgentLink:
         def ended() -> None:
             connection.streams -= 1
 
-        return connection.channel.server_stream(connection.workloads.Create,
-                                                workload_to_agent(workload), ended)
+        stream = connection.channel.server_stream(connection.workloads.Create,
+                                                  workload_to_agent(workload), ended)
+        return InstanceStream(stream, workload.instance_id, self.node_id)
 
     async def signal(self, instance_id: str, signal: Signal, timeout: float) -> None:
         request = signal_to_agent(instance_id, signal)
@@ -95,7 +119,7 @@ class AgentLink:
 class Agents:
     """The links to every node generation's Agent."""
 
-    def __init__(self, cluster: Cluster, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, ssl_context: ssl.SSLContext | None = None,
                  trust_domain: str = DEFAULT_TRUST_DOMAIN,
                  leading: Callable[[], bool] = lambda: True) -> None:
         """`leading()` False: this scheduler's leadership is over, no Agent may be called."""
@@ -103,7 +127,6 @@ class Agents:
         self._trust_domain = trust_domain
         self._leading = leading
         self._links: dict[int, AgentLink] = {}  # node generation -> link
-        cluster.on_generation_end.append(self._generation_ended)
 
     def link(self, node: Node) -> AgentLink:
         session = node.session
@@ -121,13 +144,15 @@ class Agents:
             link.close()
         self._links.clear()
 
-    def _generation_ended(self, node: Node, generation: int, why: str) -> None:
+    def generation_ended(self, node: Node, generation: int, why: str) -> None:
+        """The channels to that generation's Agent close: nothing more is sent to it."""
         link = self._links.pop(generation, None)
         if link is not None:
             link.close()
 
 
-async def attempt(link: AgentLink, workload: Workload, timeout: float) -> tuple[ServerStream, InstanceStatus]:
+async def attempt(link: AgentLink, workload: Workload,
+                  timeout: float) -> tuple[InstanceStream, InstanceStatus]:
     """Ask one Agent to create `workload`; its first status within `timeout` is acceptance.
 
     Raises Refused for a gRPC error, an empty stream or the timeout (the stream is cancelled).
@@ -142,10 +167,9 @@ async def attempt(link: AgentLink, workload: Workload, timeout: float) -> tuple[
                 raise Refused("ended the stream without a status") from None
             except RemoteError as err:
                 raise Refused(f"{err.status}: {err.message}") from None
-            try:
-                return stream, instance_status_from_agent(first, workload.instance_id, link.node_id)
             except InvalidArgument as err:
                 raise Refused(str(err)) from None
+            return stream, first
         raise Refused(f"no status within {timeout:g} s")
     except BaseException:
         stream.cancel()

@@ -14,12 +14,12 @@ while it does not lead it answers as a standby, its warm copy of the state kept 
 """
 from __future__ import annotations
 
-import gc
 import logging
 import random
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -31,13 +31,14 @@ from .api.agent import AgentApi
 from .api.cluster import ClusterApi
 from .api.scheduling import SchedulingApi
 from .api.standard import health_service, with_reflection
-from .cluster import Cluster, Node
+from .cluster import Cluster, Node, open_cluster
 from .cluster.registry import format_address
 from .config import Config
 from .events import EventLog
 from .grpc_bridge import Bridge, Limits, open_loop
-from .instances import Instances
+from .instances import Instances, open_instances
 from .leadership import Election, Term
+from .lifecycle import Lifecycle
 from .memory import release_freed_memory
 from .model import NodeState, Snapshot
 from .observability import Hooks, make_registry, serve_http
@@ -48,10 +49,6 @@ from .tls_setup import etcd_tls
 
 log = logging.getLogger(__name__)
 
-# Young collections every 50,000 allocations instead of 700, full ones rarely: with 10,000 nodes
-# the heap holds ~2 M tracked objects and a full pass takes ~1 s (bench/RESULTS.md: ingest +35 %,
-# LOST lateness p99 4.7 s -> 0.1 s). Cyclic garbage still goes, just in fewer, larger passes.
-GC_THRESHOLDS = (50_000, 20, 1_000)
 RESTORE_JITTER = 0.1  # fraction of node_timeout spreading the deadlines of restored nodes
 FINAL_COMMIT_TIMEOUT = 1.0  # s for the last commit of a leader that shuts down (then resigns)
 ROUTED = (agent_grpc.LifecycleServiceBase, agent_grpc.StatusUpdateServiceBase,
@@ -123,10 +120,11 @@ class Scheduler:
         return True, "ok"
 
 
-def build_core(config: Config, store: Store, agent_ssl: ssl.SSLContext | None,
-               leading: Callable[[], bool] = lambda: True) -> Core:
+@asynccontextmanager
+async def open_core(config: Config, store: Store, agent_ssl: ssl.SSLContext | None,
+                    leading: Callable[[], bool] = lambda: True) -> AsyncIterator[Core]:
     """A leadership's parts, continuing the state `store` holds; `leading()` False once the
-    leadership is over (no Agent is called then)."""
+    leadership is over (no Agent is called then). Their tasks end when the block exits."""
     restored = store.load()
     parts: dict = {}
 
@@ -134,26 +132,20 @@ def build_core(config: Config, store: Store, agent_ssl: ssl.SSLContext | None,
         return Snapshot(tuple(parts["cluster"].views()), parts["instances"].statuses())
 
     events = EventLog(config.events.retained, snapshot, restored.epoch,
-                      revision=restored.revision, history=restored.events)
-    events.on_publish.append(store.event_published)
-    cluster = parts["cluster"] = Cluster(
-        events,
-        node_timeout=config.liveness.node_timeout,
-        status_rate=config.liveness.status_rate,
-        status_burst=config.liveness.status_burst,
-    )
-    cluster.on_node_change.append(lambda node: store.save_node(
-        node.id, node.host, node.port, node.state, node.generation, node.last_seen_unix))
-    cluster.on_node_forgotten.append(store.delete_node)
-    agents = Agents(cluster, agent_ssl, config.tls.trust_domain, leading)
-    instances = parts["instances"] = Instances(
-        cluster, events, agents,
-        strategy=config.scheduling.strategy,
-        attempt_timeout=config.scheduling.attempt_timeout,
-        max_attempts=config.scheduling.max_attempts,
-        store=store,
-    )
-    return Core(events, cluster, instances, agents, store, restored)
+                      revision=restored.revision, history=restored.events,
+                      persist=store.event_published)
+    agents = Agents(agent_ssl, config.tls.trust_domain, leading)
+    liveness = config.liveness
+    async with open_cluster(events, node_timeout=liveness.node_timeout,
+                            status_rate=liveness.status_rate,
+                            status_burst=liveness.status_burst) as cluster, \
+            open_instances(cluster, events, agents, strategy=config.scheduling.strategy,
+                           attempt_timeout=config.scheduling.attempt_timeout,
+                           max_attempts=config.scheduling.max_attempts,
+                           store=store) as instances:
+        parts.update(cluster=cluster, instances=instances)
+        cluster.follow_ups = Lifecycle(store, agents, instances)
+        yield Core(events, cluster, instances, agents, store, restored)
 
 
 def restore(core: Core) -> None:
@@ -202,37 +194,35 @@ class Leader:
         """Serve one term until `stop` (then return) or until the term is cancelled."""
         scheduler, config = self._scheduler, self._scheduler.config
         store = Store(backend, config.events.retained)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(store.run)
-                if term is not None:
-                    store.on_fence_lost.append(term.end)
-                    # Everything every earlier leader wrote comes before our term record.
-                    await mirror.wait_for(await backend.open_term(scheduler.advertise))
-                leading = term.valid if term is not None else (lambda: True)
-                core = build_core(config, store, self._agent_ssl, leading)
-                await nursery.start(core.cluster.run)
-                await nursery.start(core.instances.run)
-                await store.begin(core.events.epoch, core.events.revision)
-                restore(core)
-                self._hooks.term_started(core)
-                scheduler.core = core
-                scheduler.leadership_changes += 1
-                self._bridge.route(core.routes(), leading)
-                self._serving.set(True)
-                if term is None:
-                    log.info("state in %s: epoch %s, revision %d", config.server.data_dir,
-                             core.events.epoch, core.events.revision)
-                else:
-                    log.info("became leader (epoch %s, revision %d), advertised as %s",
-                             core.events.epoch, core.events.revision, scheduler.advertise)
-                self.started.set()
-                await self._stop.wait()
-                with trio.move_on_after(FINAL_COMMIT_TIMEOUT):
-                    await store.commit_durably()
-                nursery.cancel_scope.cancel()
-        finally:
-            self._step_down(term)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            if term is not None:
+                store.on_fence_lost.append(term.end)
+                # Everything every earlier leader wrote comes before our term record.
+                await mirror.wait_for(await backend.open_term(scheduler.advertise))
+            leading = term.valid if term is not None else (lambda: True)
+            async with open_core(config, store, self._agent_ssl, leading) as core:
+                try:
+                    await store.begin(core.events.epoch, core.events.revision)
+                    restore(core)
+                    self._hooks.term_started(core)
+                    scheduler.core = core
+                    scheduler.leadership_changes += 1
+                    self._bridge.route(core.routes(), leading)
+                    self._serving.set(True)
+                    if term is None:
+                        log.info("state in %s: epoch %s, revision %d", config.server.data_dir,
+                                 core.events.epoch, core.events.revision)
+                    else:
+                        log.info("became leader (epoch %s, revision %d), advertised as %s",
+                                 core.events.epoch, core.events.revision, scheduler.advertise)
+                    self.started.set()
+                    await self._stop.wait()
+                    with trio.move_on_after(FINAL_COMMIT_TIMEOUT):
+                        await store.commit_durably()
+                finally:  # no call reaches the core while its tasks end
+                    self._step_down(term)
+            nursery.cancel_scope.cancel()
 
     def _step_down(self, term: Term | None) -> None:
         """Synchronous, so it runs in full even inside a cancelled term: no call in flight and
@@ -313,8 +303,6 @@ async def serve(
                                             scheduler.advertise)
                         leading.start_soon(election.run, lambda term: leader.lead(
                             EtcdBackend(client, mirror, term.leader), term, mirror))
-                    gc.freeze()  # start-up objects leave the collector's full passes
-                    gc.set_threshold(*GC_THRESHOLDS)
                     notifier.ready(scheduler.status_line())
                     nursery.start_soon(notifier.run, scheduler.status_line)
                     task_status.started(scheduler)

@@ -27,8 +27,10 @@ class EventLog:
     """Append-only, revisioned, bounded log of cluster events with any number of watchers."""
 
     def __init__(self, retained: int, snapshot: Callable[[], Snapshot], epoch: str | None = None,
-                 *, revision: int = 0, history: Iterable[Event] = ()) -> None:
-        """`epoch`, `revision` and `history` continue a previous run (see `store`)."""
+                 *, revision: int = 0, history: Iterable[Event] = (),
+                 persist: Callable[[Event], None] | None = None) -> None:
+        """`epoch`, `revision` and `history` continue a previous run (see `store`); `persist`
+        is called with every published event, in order (the store keeps what it must)."""
         if retained < 1:
             raise ValueError("retained must be at least 1")
         self.epoch = epoch or secrets.token_hex(8)
@@ -41,7 +43,7 @@ class EventLog:
         self._latest_status: dict[str, int] = {}  # node id -> revision of its newest STATUS
         self._changed: trio.Event | None = None  # created only while a watcher waits
         self.watchers = 0
-        self.on_publish: list[Callable[[Event], None]] = []  # e.g. persistence; keep them cheap
+        self._persist = persist  # hot path (every STATUS): keep it cheap
         for event in history:
             self._append(event)
 
@@ -71,8 +73,8 @@ class EventLog:
         self._append(event)
         if isinstance(body, NodeEvent) and body.kind is NodeEventKind.STATUS:
             self._latest_status[body.node.id] = self.revision
-        for hook in self.on_publish:
-            hook(event)
+        if self._persist is not None:
+            self._persist(event)
         if self._changed is not None:
             self._changed.set()
             self._changed = None

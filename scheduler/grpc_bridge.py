@@ -20,7 +20,6 @@ down) every call is answered UNAVAILABLE with the trailing metadata `orka-leader
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import logging
 import socket
 import ssl
@@ -31,7 +30,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import h2.connection
 import trio
 import trio_asyncio
 from google.protobuf.message import DecodeError
@@ -41,6 +39,7 @@ from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.server import Server, Stream
 
+from ._compat import drop_cancel_wrapper, loop_patches, run_callbacks_in_batches
 from .errors import Refusal, RemoteError
 from .grpc_listener import Limits, Listener, read_body
 from .logs import RateLimited
@@ -52,13 +51,7 @@ INBOX_BYTES = 256 << 10  # and their wire bytes (one always fits): 64 of 4 MiB w
 OUTBOX_SIZE = 64  # outbound messages buffered per call before trio waits for the writer
 DRAIN_BEFORE_CHECKPOINT = 32  # waiting messages taken in a row before yielding to other tasks
 LISTEN_BACKLOG = 4096  # pending connections: thousands of Agents reconnect at once after a restart
-TLS_READ_BUFFER = 4 * 1024  # per TLS connection; asyncio allocates 256 KiB (3/4 of an Agent's RSS)
 FLUSH_TIME = 0.05  # s after the last call ended on shutdown, for grpclib to write its trailers
-CALLBACKS_PER_CHECKPOINT = 64  # ready asyncio callbacks run back to back before trio's tasks run
-# How each of the last N closed streams of a connection ended (h2 keeps 65,536: 7.5 MiB on a
-# long-lived Controller or Agent connection). Needed only for frames still in flight when a
-# stream closed, which arrive within a round trip, not thousands of streams later.
-CLOSED_STREAMS_REMEMBERED = 1024
 
 _MESSAGE_PREFIX = struct.Struct(">?I")  # gRPC framing: compressed flag, message length
 LEADER_METADATA = "orka-leader"  # trailing metadata of a standby's answers: the leader's address
@@ -692,39 +685,11 @@ async def open_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
     "Unclosed connection" from a garbage-collected channel) into the loop's nursery, which ends
     the whole process; here such reports are logged, so nothing a peer does can crash us.
     """
-    # Measured per mTLS Agent: 367 KiB at 256 KiB, 143 at 32, 115 at 4 (a status is ~100 bytes;
-    # a larger TLS record is simply read in more steps).
-    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
-    h2.connection.H2Connection.MAX_CLOSED_STREAMS = CLOSED_STREAMS_REMEMBERED
-    async with trio_asyncio.open_loop() as loop:
-        loop.set_exception_handler(_log_asyncio_error)
-        _run_callbacks_in_batches(loop)
-        yield loop
-
-
-def _run_callbacks_in_batches(loop: Any) -> None:
-    """Let trio-asyncio's loop run every ready asyncio callback (up to a bound) per trio turn.
-
-    trio-asyncio runs *one* asyncio callback per trio checkpoint (`_main_loop_one` receives it
-    from a trio channel), so every step of grpclib -- a socket read, a future resolving, a task
-    resuming -- waits for a whole round of trio's scheduler. Here each turn runs the first
-    callback as trio-asyncio does (waiting for it, with its timers), then whatever else is
-    already queued, without yielding: the same callbacks in the same order, far fewer rounds.
-    Bounded so that trio's own tasks (liveness deadlines, handlers) still get their turn.
-    The loop looks `_main_loop_one` up on every iteration, so setting it on the instance works
-    on a running loop; trio-asyncio is pinned in pyproject.toml.
-    """
-    one = loop._main_loop_one
-
-    async def main_loop_one(no_wait: bool = False) -> None:
-        await one(no_wait)
-        for _ in range(CALLBACKS_PER_CHECKPOINT - 1):
-            try:
-                await one(no_wait=True)  # raises WouldBlock once nothing is queued
-            except trio.WouldBlock:
-                return
-
-    loop._main_loop_one = main_loop_one
+    with loop_patches():
+        async with trio_asyncio.open_loop() as loop:
+            loop.set_exception_handler(_log_asyncio_error)
+            run_callbacks_in_batches(loop)
+            yield loop
 
 
 def _log_asyncio_error(loop: asyncio.AbstractEventLoop, context: dict) -> None:
@@ -738,10 +703,7 @@ def _retrieve(future: asyncio.Future) -> None:
     request, reply and cancel scope, for a full garbage collection (bench/RESULTS.md, soak)."""
     if not future.cancelled():
         future.exception()
-    try:
-        del future.cancel
-    except AttributeError:  # not wrapped (trio-asyncio is pinned; see test_listener_contract)
-        pass
+    drop_cancel_wrapper(future)
 
 
 def _peer_host(stream: Stream) -> str:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import trio
 
-from scheduler.grpc_bridge import CALLBACKS_PER_CHECKPOINT, open_loop
+from scheduler._compat import CALLBACKS_PER_CHECKPOINT
+from scheduler.grpc_bridge import open_loop
 
 
 async def _warm_up(loop) -> None:
@@ -71,7 +72,7 @@ async def test_timers_and_tasks_still_run():
 async def test_a_long_lived_connection_remembers_a_bounded_number_of_closed_streams():
     # h2 remembers how each closed stream ended (65,536 of them, 7.5 MiB per connection); a
     # Controller's or an Agent's connection lives for months and carries millions of calls.
-    from scheduler.grpc_bridge import CLOSED_STREAMS_REMEMBERED
+    from scheduler._compat import CLOSED_STREAMS_REMEMBERED
     from tests.conftest import running_scheduler
     from tests.fakes import FakeController, open_channel
 

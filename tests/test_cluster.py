@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from scheduler.cluster import Cluster
+from scheduler.cluster import Cluster, FollowUps
+from scheduler.cluster import open_cluster as registry_cluster
 from scheduler.cluster.throttle import TokenBucket
 from scheduler.errors import AlreadyExists, NotFound
 from scheduler.events import EventLog
@@ -55,12 +56,10 @@ async def open_cluster(node_timeout: float = TIMEOUT, status_rate: float = 10.0,
                        status_burst: int = 20, retained: int = 100_000):
     holder: dict[str, Cluster] = {}
     events = RecordingLog(retained, lambda: Snapshot(tuple(holder["cluster"].views()), ()))
-    cluster = holder["cluster"] = Cluster(events, node_timeout=node_timeout,
-                                          status_rate=status_rate, status_burst=status_burst)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(cluster.run)
+    async with registry_cluster(events, node_timeout=node_timeout, status_rate=status_rate,
+                                status_burst=status_burst) as cluster:
+        holder["cluster"] = cluster
         yield cluster
-        nursery.cancel_scope.cancel()
 
 
 def metrics(*instances: tuple[str, InstanceCode], free: int = 4 << 30) -> NodeMetrics:
@@ -194,8 +193,12 @@ async def test_only_the_most_recently_departed_nodes_are_kept(autojump_clock, mo
 
     monkeypatch.setattr(registry, "DEPARTED_RETAINED", 2)
     forgotten: list[str] = []
+    class Recording(FollowUps):
+        def node_forgotten(self, node_id: str) -> None:
+            forgotten.append(node_id)
+
     async with open_cluster() as cluster:
-        cluster.on_node_forgotten.append(forgotten.append)
+        cluster.follow_ups = Recording()
         for name in ("a", "b", "c", "d"):
             cluster.join(name, "10.0.0.1", 7000)
         cluster.leave("a")

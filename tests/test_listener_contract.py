@@ -36,8 +36,8 @@ def test_pinned_versions():
         f"events and connection and copies H2Protocol.connection_made; {REVISIT} and this file")
     assert h2.__version__.startswith("4."), f"h2 {h2.__version__}: {REVISIT}"
     assert trio_asyncio.__version__.startswith("0.16"), (
-        f"trio-asyncio {trio_asyncio.__version__}: grpc_bridge._retrieve and "
-        "_run_callbacks_in_batches rely on its internals")
+        f"trio-asyncio {trio_asyncio.__version__}: _compat.drop_cancel_wrapper and "
+        "run_callbacks_in_batches rely on its internals")
 
 
 # -- h2 ------------------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def test_asyncio_ssl_protocol_internals_the_listener_uses():
 
 
 async def test_trio_asyncio_wraps_the_cancel_of_its_futures():
-    # grpc_bridge._retrieve deletes that wrapper to break a reference cycle per call.
+    # _compat.drop_cancel_wrapper deletes that wrapper to break a reference cycle per call.
     async def nothing() -> None:
         await trio.sleep(0)
 
@@ -191,5 +191,5 @@ async def test_trio_asyncio_wraps_the_cancel_of_its_futures():
         future = loop.trio_as_future(nothing)
         wrapped = getattr(future.cancel, "__name__", "") == "wrapped_cancel"
         await trio_asyncio.aio_as_trio(lambda: future)()
-    assert wrapped, "trio-asyncio no longer wraps future.cancel: grpc_bridge._retrieve's " \
+    assert wrapped, "trio-asyncio no longer wraps future.cancel: _compat.drop_cancel_wrapper's " \
                     "`del future.cancel` can go"

@@ -637,3 +637,25 @@ async def test_the_process_survives_a_reload(tmp_path, notify_path):
         await listener.until(lambda f: f.get("WATCHDOG") == "1")  # still alive and pinging
         process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0
+
+
+async def test_process_tuning_belongs_to_the_serve_command_not_to_serve():
+    # gc tuning is process-wide: `app.serve`, which every integration test and embedder calls,
+    # leaves the collector as it was; `orka-scheduler serve` tunes it once it has started.
+    import gc
+
+    from scheduler import cli
+
+    before = gc.get_threshold(), gc.get_freeze_count()
+    async with running_scheduler(make_config()):
+        pass
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+    source = Path(cli.__file__).read_text()
+    serve_command = source[source.index("def cmd_serve"):source.index("async def _wait_for_signals")]
+    assert "await serving.start(" in serve_command and "tune_gc()" in serve_command
+    try:
+        cli.tune_gc()
+        assert gc.get_threshold() == cli.GC_THRESHOLDS and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before[0])

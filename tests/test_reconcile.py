@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 import trio
 
 from scheduler.agents import Agents
-from scheduler.cluster import Cluster
+from scheduler.cluster import open_cluster
 from scheduler.events import EventLog
-from scheduler.instances import UNKNOWN_ANNOUNCED, UNKNOWN_RATE, Instances
+from scheduler.instances import UNKNOWN_ANNOUNCED, UNKNOWN_RATE, open_instances
+from scheduler.lifecycle import Lifecycle
 from scheduler.model import InstanceCode, InstanceEvent, InstanceReport, NodeMetrics, Snapshot
 
 
@@ -18,17 +19,28 @@ def reported(*ids: str) -> NodeMetrics:
                        tuple(InstanceReport(i, InstanceCode.RUNNING) for i in ids))
 
 
+class NoStore:
+    """Persistence is not under test here: the lifecycle's store calls do nothing."""
+
+    def save_node(self, *args) -> None:
+        pass
+
+    def delete_node(self, node_id: str) -> None:
+        pass
+
+
 @asynccontextmanager
 async def open_core():
-    """An event log, a running cluster (no rate limit) and the instances service: no sockets."""
+    """An event log, a running cluster (no rate limit) and the instances service, wired by the
+    scheduler's own Lifecycle: no sockets."""
     events = EventLog(100_000, lambda: Snapshot((), ()))
-    cluster = Cluster(events, node_timeout=30.0, status_rate=1e6, status_burst=10**6)
-    instances = Instances(cluster, events, Agents(cluster), strategy="spread",
-                          attempt_timeout=1.0, max_attempts=0)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(cluster.run)
+    agents = Agents()
+    async with open_cluster(events, node_timeout=30.0, status_rate=1e6,
+                            status_burst=10**6) as cluster, \
+            open_instances(cluster, events, agents, strategy="spread", attempt_timeout=1.0,
+                           max_attempts=0) as instances:
+        cluster.follow_ups = Lifecycle(NoStore(), agents, instances)
         yield events, cluster, instances
-        nursery.cancel_scope.cancel()
 
 
 def announcements(events: EventLog, code: InstanceCode | None = InstanceCode.RUNNING) -> list[str]:
@@ -61,7 +73,7 @@ async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number
 async def test_finished_instances_are_remembered_only_up_to_a_bound(autojump_clock, monkeypatch):
     # Instances on a node that left are finished: remembered for Stop/Destroy answers, but a
     # Controller that never destroys them must not grow the scheduler without bound.
-    import scheduler.instances as instances_module
+    import scheduler.instances.book as instances_module
     from scheduler.model import InstanceStatus, Workload
 
     monkeypatch.setattr(instances_module, "FINISHED_RETAINED", 2)

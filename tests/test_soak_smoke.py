@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.soak  # over 10 s: not in the default run; `python -m pytest -m soak`, .ci/run
 def test_soak_smoke() -> None:
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "soak.py"), "--minutes", "0.2", "--agents", "8",

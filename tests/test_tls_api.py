@@ -359,9 +359,9 @@ async def test_agent_and_controller_work_over_mtls(pki):
 
 
 async def test_a_status_far_larger_than_the_tls_read_buffer_is_applied(pki):
-    # grpc_bridge reads TLS through a small buffer (TLS_READ_BUFFER): a message spanning many
+    # the bridge reads TLS through a small buffer (_compat.TLS_READ_BUFFER): a message spanning many
     # TLS records must still arrive whole.
-    from scheduler.grpc_bridge import TLS_READ_BUFFER
+    from scheduler._compat import TLS_READ_BUFFER
 
     instances = {f"run-{number:05d}": 1 for number in range(3000)}
     big = status("node-1", instances=list(instances.items()))

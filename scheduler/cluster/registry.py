@@ -12,13 +12,18 @@ float); the scope picks it up when its old deadline fires, so the per-message ho
 trio deadline-heap push (measured: 7 % of ingest CPU), and a node that keeps reporting re-arms
 its scope once per `node_timeout`. Everything here is synchronous except that task, so a status
 message costs a few attribute writes and one event.
+
+What must follow each step outside the registry (persistence, the node's instances, the channels
+to its Agent) is not hooked in here: the registry calls its `FollowUps` at each step, and
+`scheduler.lifecycle` says, in one place and in order, what they are.
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -104,12 +109,47 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class FollowUps:
+    """What follows each step of a node's life outside the registry; nothing, here. The
+    scheduler's are `scheduler.lifecycle.Lifecycle`, which says what and in which order."""
+
+    def node_changed(self, node: Node) -> None:
+        """The node joined, left or was lost (its membership record changed)."""
+
+    def generation_ended(self, node: Node, generation: int, why: str) -> None:
+        """The node's generation is over (LEFT, LOST, rejoined from another address): `why` is
+        "left the cluster", "was lost (...)" or "rejoined from another address (...)"."""
+
+    def node_forgotten(self, node_id: str) -> None:
+        """A departed node is gone for good (see DEPARTED_RETAINED)."""
+
+    def instances_reported(self, node: Node) -> None:
+        """The node's reported instance list changed; may narrow `node.running`."""
+
+    def node_reported(self, node: Node) -> None:
+        """A valid status was applied (hot path: keep it O(1))."""
+
+
+@asynccontextmanager
+async def open_cluster(events: EventLog, *, node_timeout: float, status_rate: float,
+                       status_burst: int, clock: Callable[[], float] = time.time,
+                       ) -> AsyncIterator[Cluster]:
+    """A Cluster whose liveness tasks live in a nursery of their own, cancelled on exit."""
+    async with trio.open_nursery() as nursery:
+        try:
+            yield Cluster(events, nursery, node_timeout=node_timeout, status_rate=status_rate,
+                          status_burst=status_burst, clock=clock)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
 class Cluster:
-    """All nodes and their sessions. `run()` hosts the liveness tasks; call it first."""
+    """All nodes and their sessions; its liveness tasks run in `nursery` (see open_cluster)."""
 
     def __init__(
         self,
         events: EventLog,
+        nursery: trio.Nursery,
         *,
         node_timeout: float,
         status_rate: float,
@@ -126,22 +166,10 @@ class Cluster:
         self._sessions = 0
         self._generation = 0
         self.status_messages = 0  # valid statuses applied, for /metrics
-        self._nursery: trio.Nursery | None = None
+        self._nursery = nursery
         self._doomed: deque[trio.CancelScope] = deque()  # status streams of lost nodes, to end
         self._departed: dict[str, None] = {}  # LEFT/LOST node ids, the longest gone first
-        # (node, ended generation, why: "left the cluster", "was lost ...", "moved to ...")
-        self.on_generation_end: list[Callable[[Node, int, str], None]] = []
-        self.on_report: list[Callable[[Node], None]] = []  # hot path: keep hooks O(1)
-        self.on_instances_reported: list[Callable[[Node], None]] = []  # the list changed
-        self.on_node_change: list[Callable[[Node], None]] = []  # joined, left, lost (persistence)
-        self.on_node_forgotten: list[Callable[[str], None]] = []  # gone for good (persistence)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the sessions' tasks until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        self.follow_ups = FollowUps()  # the scheduler sets its Lifecycle here
 
     # -- membership ------------------------------------------------------------------------
 
@@ -151,7 +179,6 @@ class Cluster:
         Refused only while the node is READY with a live status stream; any other known node
         (stream gone, LOST, LEFT) joins again as a new session.
         """
-        assert self._nursery is not None, "Cluster.run() is not running"
         node = self.nodes.get(node_id)
         if node is not None and node.state is NodeState.READY and node.session is not None \
                 and node.session.stream is not None:
@@ -181,7 +208,6 @@ class Cluster:
 
     def _start_session(self, node: Node, deadline: float) -> Session:
         """Make `node` READY in a new session whose liveness deadline is `deadline`."""
-        assert self._nursery is not None, "Cluster.run() is not running"
         self._sessions += 1
         session = Session(
             number=self._sessions,
@@ -201,8 +227,7 @@ class Cluster:
         self.table.update_metrics(node.id, None)
         self.table.set_ready(node.id, True)
         self._nursery.start_soon(self._watch, node, session, name=f"liveness:{node.id}")
-        for hook in self.on_node_change:
-            hook(node)
+        self.follow_ups.node_changed(node)
         return session
 
     def _limiter(self, node: Node) -> TokenBucket:
@@ -234,8 +259,7 @@ class Cluster:
         self._end_session(node, "the node left the cluster")
         self._end_generation(node, "left the cluster")
         node.state = NodeState.LEFT
-        for hook in self.on_node_change:
-            hook(node)
+        self.follow_ups.node_changed(node)
         self.events.publish(NodeEvent(NodeEventKind.LEFT, node.view()))
         log.info("node %s left (instances: %s)", node_id, ", ".join(node.ids) or "none")
         self._departed_now(node)
@@ -247,8 +271,7 @@ class Cluster:
                           stream_later=True)
         self._end_generation(node, f"was lost (no valid status for {self.node_timeout:g} s)")
         node.state = NodeState.LOST
-        for hook in self.on_node_change:
-            hook(node)
+        self.follow_ups.node_changed(node)
         self.events.publish(NodeEvent(NodeEventKind.LOST, node.view()))
         log.warning("node %s lost: no valid status for %g s (instances: %s)", node.id,
                     self.node_timeout, ", ".join(node.ids) or "none")
@@ -262,8 +285,7 @@ class Cluster:
             forgotten = self.nodes.pop(gone)
             self.table.remove(gone)
             self.events.forget_node(gone)
-            for hook in self.on_node_forgotten:
-                hook(gone)
+            self.follow_ups.node_forgotten(gone)
             log.info("node %s forgotten: %s for longer than the %d most recently departed "
                      "nodes", gone, forgotten.state.name, DEPARTED_RETAINED)
 
@@ -293,7 +315,6 @@ class Cluster:
         """
         self._doomed.append(scope)
         if len(self._doomed) == 1:
-            assert self._nursery is not None
             self._nursery.start_soon(self._end_doomed_streams, name="sweep: lost nodes' streams")
 
     async def _end_doomed_streams(self) -> None:
@@ -304,8 +325,7 @@ class Cluster:
 
     def _end_generation(self, node: Node, why: str) -> None:
         """The node's instances and the channel to its Agent are over (LEFT, LOST, moved)."""
-        for hook in self.on_generation_end:
-            hook(node, node.generation, why)
+        self.follow_ups.generation_ended(node, node.generation, why)
 
     async def _watch(self, node: Node, session: Session) -> None:
         """The session's task: lives until the session ends; declares the node LOST on timeout."""
@@ -370,11 +390,9 @@ class Cluster:
             node.listed = {r.instance_id: r.code for r in reports}
             node.running = frozenset(instance_id for instance_id, code in node.listed.items()
                                      if code is not InstanceCode.TERMINATED)
-            for hook in self.on_instances_reported:
-                hook(node)  # may narrow `running` to what the node may speak for
+            self.follow_ups.instances_reported(node)  # may narrow `running` (its own only)
             self.count_instances(node)
-        for hook in self.on_report:
-            hook(node)
+        self.follow_ups.node_reported(node)
         self.events.publish(NodeEvent(NodeEventKind.STATUS, node.view()))
 
     def count_instances(self, node: Node) -> None:

@@ -1,0 +1,69 @@
+"""scheduler/_compat.py: each library assumption holds on the installed versions, and every
+patch lasts only as long as the loops that need it."""
+from __future__ import annotations
+
+import asyncio.sslproto
+import inspect
+import sys
+
+import h2.connection
+import trio
+import trio_asyncio
+
+from scheduler import _compat
+from scheduler.grpc_bridge import open_loop
+
+REVISIT = "revisit scheduler/_compat.py"
+
+
+def test_the_patched_attributes_exist_and_are_what_the_libraries_read():
+    # SSLProtocol allocates its read buffer from max_size; h2 prunes closed streams past
+    # MAX_CLOSED_STREAMS. If either is renamed, setting it would silently do nothing.
+    assert isinstance(asyncio.sslproto.SSLProtocol.max_size, int), REVISIT
+    assert "self.max_size" in inspect.getsource(asyncio.sslproto.SSLProtocol), REVISIT
+    assert isinstance(h2.connection.H2Connection.MAX_CLOSED_STREAMS, int), REVISIT
+    assert "MAX_CLOSED_STREAMS" in inspect.getsource(h2.connection.H2Connection), REVISIT
+
+
+async def test_trio_asyncio_runs_its_loop_through_main_loop_one():
+    async with trio_asyncio.open_loop() as loop:
+        assert inspect.iscoroutinefunction(loop._main_loop_one), REVISIT
+    source = inspect.getsource(sys.modules["trio_asyncio._base"])  # BaseTrioEventLoop's module
+    assert "await self._main_loop_one()" in source, \
+        f"the loop no longer calls _main_loop_one per turn; {REVISIT}"
+
+
+async def test_patches_last_only_while_a_loop_is_open_even_when_loops_overlap():
+    before = (asyncio.sslproto.SSLProtocol.max_size, h2.connection.H2Connection.MAX_CLOSED_STREAMS)
+    patched = (_compat.TLS_READ_BUFFER, _compat.CLOSED_STREAMS_REMEMBERED)
+    assert before != patched
+    first_open, first_close, second_close = trio.Event(), trio.Event(), trio.Event()
+    seen = []
+
+    async def first() -> None:
+        async with open_loop():
+            first_open.set()
+            seen.append((asyncio.sslproto.SSLProtocol.max_size,
+                         h2.connection.H2Connection.MAX_CLOSED_STREAMS))
+            await first_close.wait()
+        second_close.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first)
+            await first_open.wait()
+            async with open_loop():  # overlaps the first, and outlives it
+                first_close.set()
+                await second_close.wait()
+                seen.append((asyncio.sslproto.SSLProtocol.max_size,
+                             h2.connection.H2Connection.MAX_CLOSED_STREAMS))
+    assert seen == [patched, patched]
+    assert (asyncio.sslproto.SSLProtocol.max_size,
+            h2.connection.H2Connection.MAX_CLOSED_STREAMS) == before
+
+
+async def test_the_batching_goes_with_its_loop():
+    async with open_loop() as loop:
+        assert "_main_loop_one" in vars(loop), "set on the instance"
+    async with trio_asyncio.open_loop() as plain:
+        assert "_main_loop_one" not in vars(plain), "a plain loop is not batched"
