@@ -111,6 +111,23 @@ class IngestStatus(agent_grpc.StatusUpdateServiceBase):
                           "deadline": self._last[node_id] + self._timeout}), flush=True)
 
 
+def agent_workload(wire: controller_pb2.Workload) -> node_agent_pb2.Workload:
+    """The Controller's workload as the Agent's Create takes it."""
+    workload = node_agent_pb2.Workload(instance_id=wire.instance_id, type=wire.type,
+                                       image=wire.image, environment=wire.environment)
+    if wire.HasField("resource_limits"):  # same fields, another package: copy the bytes
+        workload.resource_limits.ParseFromString(wire.resource_limits.SerializeToString())
+    return workload
+
+
+def controller_status(status: node_agent_pb2.WorkloadStatus,
+                      node_id: str) -> controller_pb2.WorkloadStatus:
+    """An Agent's status as the Controller gets it: fields 1-3 are node_agent's, node_id = 4."""
+    out = controller_pb2.WorkloadStatus.FromString(status.SerializeToString())
+    out.node_id = node_id
+    return out
+
+
 class Relay(controller_grpc.SchedulingServiceBase):
     """Schedule → the fixed Agent's Create → its statuses back, with the node id added."""
 
@@ -129,19 +146,11 @@ class Relay(controller_grpc.SchedulingServiceBase):
         request = await stream.recv_message()
         if self._agent is None:
             raise GRPCError(Status.UNAVAILABLE, "no Agent has joined this relay yet")
-        wire = request.workload
-        workload = node_agent_pb2.Workload(instance_id=wire.instance_id, type=wire.type,
-                                           image=wire.image, environment=wire.environment)
-        if wire.HasField("resource_limits"):  # same fields, another package: copy the bytes
-            workload.resource_limits.ParseFromString(wire.resource_limits.SerializeToString())
         first = True
         async with self._agent.Create.open() as create:
-            await create.send_message(workload, end=True)
+            await create.send_message(agent_workload(request.workload), end=True)
             async for status in create:
-                # Fields 1-3 are node_agent's; controller adds node_id = 4.
-                out = controller_pb2.WorkloadStatus.FromString(status.SerializeToString())
-                out.node_id = self._node_id
-                await stream.send_message(out)
+                await stream.send_message(controller_status(status, self._node_id))
                 if first:
                     Counters.placements += 1
                     first = False
@@ -184,6 +193,13 @@ async def serve(kind: str, listen: str, agent: str | None, node_id: str,
     bound = server._server.sockets[0].getsockname()[1]
     print(json.dumps({"event": "ready", "port": bound}), flush=True)
 
+    await answer_until_stopped()
+    server.close()
+    await server.wait_closed()
+
+
+async def answer_until_stopped() -> None:
+    """Answer `stats` lines on stdin until EOF, SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -205,8 +221,6 @@ async def serve(kind: str, listen: str, agent: str | None, node_id: str,
     task = asyncio.ensure_future(control())
     await stop.wait()
     task.cancel()
-    server.close()
-    await server.wait_closed()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,8 @@ Figures (bars for a 2-core machine):
 
 --quick shrinks the fleets (see SIZES; 4 kills in figure 7, whose SQLite run is figure 2's,
 also at 1,000 nodes) and skips figure 6, the baselines of 4 and 5 and the
-baselines on the scheduler's stack (figures 1, 2; `--stack` adds them).
+baselines on the scheduler's stack (figures 1, 2; for 2 also the relay through the
+scheduler's grpc_bridge; `--stack` adds them).
 The last line of output is one JSON object with every figure.
 """
 from __future__ import annotations
@@ -572,14 +573,19 @@ async def figure_placement(sizes: Sizes, workdir: Path, profiler: Profiler) -> d
     result = {"nodes": nodes, "concurrency": sizes.placement_concurrency, "scheduler": ours,
               "baseline": base,
               "ratio": round(ours["placements_per_s"] / max(base["placements_per_s"], 1e-9), 3)}
-    if sizes.stack_baselines:  # the same relay on the scheduler's loop: the stack's cost
-        process = BaselineProcess(workdir, "relay", script="stack_baseline.py",
-                                  name="relay-stack")
-        async with process as relay:
-            stack = await placement_run("stack", relay.address, relay.pid, 1, sizes, workdir,
-                                        profiler)
-        result["stack"] = stack
-        result["stack_ratio"] = round(stack["placements_per_s"] / base["placements_per_s"], 3)
+    if sizes.stack_baselines:
+        # The same relay on the scheduler's loop (the stack's cost), then through the
+        # scheduler's bridge (a trio handler, the Agent called with ClientChannel: the
+        # bridge's per-call cost).
+        for name, extra in (("stack", ()), ("bridged", ("--bridged",))):
+            process = BaselineProcess(workdir, "relay", *extra, script="stack_baseline.py",
+                                      name=f"relay-{name}")
+            async with process as relay:
+                run = await placement_run(name, relay.address, relay.pid, 1, sizes, workdir,
+                                          profiler)
+            result[name] = run
+            result[f"{name}_ratio"] = round(run["placements_per_s"] / base["placements_per_s"],
+                                            3)
     return result
 
 
@@ -598,10 +604,11 @@ async def figure_decision() -> dict:
     rows = {}
     for line in lines[1:]:
         fields = line.split()
-        if len(fields) == 6 and fields[0].isdigit():
+        if len(fields) == 8 and fields[0].isdigit():
             rows[fields[0]] = {"p50_ms": float(fields[1]), "p99_ms": float(fields[2]),
                                "max_ms": float(fields[3]), "baseline_p50_ms": float(fields[4]),
-                               "speedup": float(fields[5].rstrip("x"))}
+                               "speedup": float(fields[5].rstrip("x")),
+                               "kept_p50_ms": float(fields[6]), "kept_p99_ms": float(fields[7])}
     result["table"] = rows
     result["detail"] = [line for line in lines[:-1]]
     return result
@@ -1071,7 +1078,8 @@ async def main(args: argparse.Namespace) -> dict:
         summary["decision_speedup_10k"] = d["table"].get("10000", {}).get("speedup")
         say(f"[3] decision p99: 100 nodes {d['decision_p99_ms_100']} ms, 1k "
             f"{d['decision_p99_ms_1k']} ms, 10k {d['decision_p99_ms_10k']} ms "
-            f"({summary['decision_speedup_10k']}x the per-node Python plan)")
+            f"({summary['decision_speedup_10k']}x the per-node Python plan); with the scores "
+            f"kept, after 4 status reports: 10k p99 {d.get('decision_kept_p99_ms_10k')} ms")
     if "ingest" in only:
         details["ingest"] = d = await figure_ingest(sizes, workdir, profiler)
         summary["ingest_msgs_per_s"] = d["scheduler"]["msgs_per_s"]
@@ -1094,11 +1102,14 @@ async def main(args: argparse.Namespace) -> dict:
         say(f"[2] placements with {d['nodes']} nodes, concurrency {d['concurrency']}: scheduler "
             f"{d['scheduler']['placements_per_s']}/s (latency {d['scheduler']['latency_ms']}, "
             f"errors {d['scheduler']['errors']}), bare relay {d['baseline']['placements_per_s']}/s"
-            f": ratio {d['ratio']}")
-        if "stack" in d:
-            summary["placement_stack_ratio"] = d["stack_ratio"]
-            say(f"[2] bare relay on trio-asyncio (stack): {d['stack']['placements_per_s']}/s, "
-                f"{d['stack_ratio']}x plain asyncio")
+            f": ratio {d['ratio']}; CPU per placement {d['scheduler']['cpu_ms_per_placement']} "
+            f"ms, bare relay {d['baseline']['cpu_ms_per_placement']} ms")
+        for name, what in (("stack", "bare relay on trio-asyncio (stack)"),
+                           ("bridged", "relay through the scheduler's bridge")):
+            if name in d:
+                summary[f"placement_{name}_ratio"] = d[f"{name}_ratio"]
+                say(f"[2] {what}: {d[name]['placements_per_s']}/s, {d[f'{name}_ratio']}x plain "
+                    f"asyncio; CPU per placement {d[name]['cpu_ms_per_placement']} ms")
     if "memory" in only:
         details["memory"] = d = await figure_memory(sizes, workdir, Path(args.pki_cache))
         summary["kib_per_agent"] = d["kib_per_agent"]

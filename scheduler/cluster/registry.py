@@ -87,6 +87,8 @@ class Node:
     ids: tuple[str, ...] = ()  # instance_ids(), kept by Cluster.count_instances (hot path)
     running: frozenset[str] = frozenset()  # reported and not TERMINATED in the latest status
     reported: tuple[InstanceReport, ...] | None = None  # its instance list; None: no status yet
+    listed: dict[str, InstanceCode] = field(default_factory=dict)  # `reported` indexed by id
+    # (read-only: replaced, never changed, when the list changes)
     limiter: TokenBucket | None = None  # its status rate, across sessions and generations
 
     @property
@@ -219,6 +221,7 @@ class Cluster:
         node.metrics = None  # a new session is placeable only once it reports
         node.running = frozenset()
         node.reported = None
+        node.listed = {}
         self.table.upsert(node.id)
         self.count_instances(node)
         self.table.update_metrics(node.id, None)
@@ -381,11 +384,12 @@ class Cluster:
         session.deadline = trio.current_time() + self.node_timeout
         self.table.update_metrics(node.id, metrics)
         if node.reported != reports:
-            # An Agent may list hundreds of TERMINATED instances for a while: filter them once
-            # per changed list, not on every placement on the node.
+            # An Agent may list hundreds of TERMINATED instances for a while: index them once
+            # per changed list, not on every placement on the node or every report.
             node.reported = reports
-            node.running = frozenset(r.instance_id for r in reports
-                                     if r.code is not InstanceCode.TERMINATED)
+            node.listed = {r.instance_id: r.code for r in reports}
+            node.running = frozenset(instance_id for instance_id, code in node.listed.items()
+                                     if code is not InstanceCode.TERMINATED)
             self.follow_ups.instances_reported(node)  # may narrow `running` (its own only)
             self.count_instances(node)
         self.follow_ups.node_reported(node)

@@ -144,7 +144,7 @@ class Attempts(Relays):
         instance.follower = send
         self._instances[instance.id] = instance
         self._reserved_on.setdefault(node.id, set()).add(instance)
-        if _listed(node, instance.id):  # a report overtook the Agent's first status
+        if instance.id in node.listed:  # a report overtook the Agent's first status
             self._release(instance)
         node.placed.add(instance.id)
         self.cluster.count_instances(node)
@@ -163,11 +163,6 @@ class Attempts(Relays):
         else:
             self.store.update_placement(previous.workload, previous.node.id, previous.generation,
                                         previous.latest)
-
-
-def _listed(node: Node, instance_id: str) -> bool:
-    """The node's last report lists the instance, so its free amounts account for it."""
-    return any(report.instance_id == instance_id for report in node.reported or ())
 
 
 def _describe(request) -> str:

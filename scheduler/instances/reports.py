@@ -37,12 +37,11 @@ class Reports(Book):
         held = self._reserved_on.get(node.id)
         if not held:
             return
-        reported = node.reported or ()
-        listed = {report.instance_id for report in reported}
+        listed = node.listed  # its free amounts account for these
         for instance in list(held):
             instance.reports_after += 1
             if instance.id in listed or \
-                    (not reported and instance.reports_after >= RESERVATION_REPORTS):
+                    (not listed and instance.reports_after >= RESERVATION_REPORTS):
                 self._release(instance)
 
     def restore(self, workload: Workload, node: Node, generation: int,
@@ -68,7 +67,7 @@ class Reports(Book):
                 return  # an Agent that never listed instances tells nothing (old Agents never do)
         else:
             self._lists_instances.add(node.id)
-        reported = {report.instance_id: report.code for report in reports}
+        reported = node.listed
         forgotten = self._forgotten_on.get(node.id, {})
         for instance_id in [i for i in forgotten if i not in reported]:
             del forgotten[instance_id]  # the Agent caught up: a later listing would be news

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from scheduler.model import NodeMetrics, Resources
-from scheduler.placement.dimensions import NAMES, column_amounts
+from scheduler.placement.dimensions import CPU, DISK, MEMORY, column_amounts
 from scheduler.placement.requests import summed
-from scheduler.placement.table import Columns, NodeTable, node_dimensions
+from scheduler.placement.table import Columns, Dimension, NodeTable, node_dimensions
 
 
 class Reason(enum.StrEnum):
@@ -38,7 +38,7 @@ class Reason(enum.StrEnum):
 FEASIBLE = 0  # reason code of a node that can take the request
 REASON_CODES = {Reason.NOT_READY: 1, Reason.MEMORY: 2, Reason.CPU: 3, Reason.DISK: 4}
 REASON_BY_CODE = (None, Reason.NOT_READY, Reason.MEMORY, Reason.CPU, Reason.DISK)
-_CHECKS = tuple((row, Reason(name)) for row, name in enumerate(NAMES))  # in check order
+_CHECKS = ((MEMORY, Reason.MEMORY), (CPU, Reason.CPU), (DISK, Reason.DISK))  # in check order
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +56,16 @@ def reject_reason(candidate: Candidate, request: Resources) -> Reason | None:
     """Why the node cannot take the request, or None if it can."""
     if not candidate.ready or candidate.metrics is None:
         return Reason.NOT_READY
-    dimensions = node_dimensions(candidate.metrics)
-    reserved = column_amounts(summed(candidate.reservations))
-    wanted = column_amounts(request)
+    return dimension_reason(node_dimensions(candidate.metrics),
+                            column_amounts(summed(candidate.reservations)),
+                            column_amounts(request))
+
+
+def dimension_reason(dimensions: tuple[Dimension, ...],
+                     reserved: tuple[float, ...],
+                     wanted: tuple[float, ...]) -> Reason | None:
+    """The first dimension a ready node with these (total, free) amounts cannot fit `wanted`
+    on after `reserved` (all in column units), or None if it fits."""
     for dimension, reason in _CHECKS:
         reported = dimensions[dimension]
         if wanted[dimension] > 0 and reported is not None:
@@ -77,9 +84,10 @@ def reason_codes(columns: Columns, wanted: tuple[float, ...]) -> np.ndarray:
     codes = np.zeros(len(columns.ids), dtype=np.int8)
     for dimension, reason in reversed(_CHECKS):  # later checks first: earlier ones overwrite
         if wanted[dimension] > 0:
-            left = columns.free[dimension] - columns.reserved[dimension] - wanted[dimension]
-            codes[left < 0] = REASON_CODES[reason]
-    codes[~columns.eligible] = REASON_CODES[Reason.NOT_READY]
+            left = columns.free[dimension] - columns.reserved[dimension]
+            left -= wanted[dimension]
+            np.copyto(codes, REASON_CODES[reason], where=left < 0)
+    np.copyto(codes, REASON_CODES[Reason.NOT_READY], where=~columns.eligible)
     return codes
 
 
@@ -92,17 +100,10 @@ def node_reason(table: NodeTable, node_id: str, request: Resources) -> Reason | 
     """
     if node_id not in table:
         return Reason.NOT_READY
-    row = table.row_of(node_id)
-    columns = table.columns()
-    if not columns.eligible[row]:
+    row = table.row(table.row_of(node_id))
+    if not row.eligible:
         return Reason.NOT_READY
-    wanted = column_amounts(request)
-    free, reserved = columns.free[:, row], columns.reserved[:, row]
-    for dimension, reason in _CHECKS:
-        # False for NaN: an unknown dimension never rejects.
-        if wanted[dimension] > 0 and free[dimension] - reserved[dimension] - wanted[dimension] < 0:
-            return reason
-    return None
+    return dimension_reason(row.dimensions, row.reserved, column_amounts(request))
 
 
 def reserve_if_fits(table: NodeTable, node_id: str, instance_id: str,

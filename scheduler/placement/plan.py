@@ -10,14 +10,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from scheduler.model import NO_RESOURCES, Resources
-from scheduler.placement.dimensions import amounts, column_amounts
+from scheduler.model import NO_RESOURCES, Resources, Strategy
 from scheduler.placement.feasible import (
-    FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reason_codes, reject_reason,
+    FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reject_reason,
 )
-from scheduler.placement.rank import Strategy, priority_positions, score, scores, sort_key
+from scheduler.placement.kept import Kept, kept_for
+from scheduler.placement.rank import priority_rows, score
+from scheduler.placement.dimensions import amounts
 from scheduler.placement.requests import ranking_request
-from scheduler.placement.table import Columns, NodeTable
+from scheduler.placement.table import Columns, NodeTable, column_amounts
 
 HEAD = 8  # nodes put in order up front; the rest only once all of these refused (rare)
 
@@ -33,18 +34,19 @@ class Plan:
     of 10,000 rejections costs more than the decision itself.
     """
 
-    __slots__ = ("_head", "_order", "_rest", "feasible_count", "_rejected_ids",
-                 "_rejected_codes", "_rejected", "_counts")
+    __slots__ = ("_head", "_order", "_rest", "feasible_count", "_ids", "_codes", "_rejected",
+                 "_counts")
 
-    def __init__(self, order: list[str], feasible_count: int, rejected_ids: Sequence[str],
-                 rejected_codes: Sequence[int], rest: Callable[[], list[str]] | None = None):
-        """`order` is the whole order, or with `rest` its head and how to get the whole."""
+    def __init__(self, order: list[str], feasible_count: int, ids: Sequence[str],
+                 codes: Sequence[int], rest: Callable[[], list[str]] | None = None):
+        """`order` is the whole order, or with `rest` its head and how to get the whole.
+        `ids` and `codes`: nodes and their reason codes; FEASIBLE ones are not rejections."""
         self._head = order
         self._order = order if rest is None else None
         self._rest = rest
         self.feasible_count = feasible_count  # feasible nodes, including those cut from `order`
-        self._rejected_ids = rejected_ids
-        self._rejected_codes = rejected_codes
+        self._ids = ids
+        self._codes = codes
         self._rejected: dict[str, Reason] | None = None
         self._counts: dict[Reason, int] | None = None
 
@@ -66,9 +68,11 @@ class Plan:
     def rejected(self) -> dict[str, Reason]:
         """Each infeasible node's id and its one reason."""
         if self._rejected is None:
-            codes = np.asarray(self._rejected_codes).tolist()
+            codes = np.asarray(self._codes, dtype=np.int64)
+            rows = np.flatnonzero(codes != FEASIBLE)
+            ids = np.asarray(self._ids, dtype=object)[rows].tolist()
             self._rejected = {
-                node_id: REASON_BY_CODE[code] for node_id, code in zip(self._rejected_ids, codes)
+                node_id: REASON_BY_CODE[code] for node_id, code in zip(ids, codes[rows].tolist())
             }
         return self._rejected
 
@@ -76,7 +80,7 @@ class Plan:
     def counts(self) -> dict[Reason, int]:
         """How many nodes each reason rejected (only reasons that occurred, in check order)."""
         if self._counts is None:
-            per_code = np.bincount(np.asarray(self._rejected_codes, dtype=np.int64),
+            per_code = np.bincount(np.asarray(self._codes, dtype=np.int64),
                                    minlength=len(REASON_BY_CODE))
             self._counts = {
                 REASON_BY_CODE[code]: int(count)
@@ -105,51 +109,47 @@ def plan(
 ) -> Plan:
     """Decide where `request` may go, over the table as it is now (max_attempts 0: no cut)."""
     _checked(request, strategy, max_attempts)
-    columns = table.columns()
-    codes = reason_codes(columns, column_amounts(request))
-    row_scores, no_room = scores(columns, column_amounts(ranking_request(request)))
-    feasible = codes == FEASIBLE
-    # Nodes with room in the strategy's order, then those without room most free first.
-    groups = [_Group(columns, np.flatnonzero(feasible & ~no_room), row_scores, strategy),
-              _Group(columns, np.flatnonzero(feasible & no_room), row_scores, Strategy.SPREAD)]
-    groups = [group for group in groups if group.size]
-    feasible_count = sum(group.size for group in groups)
-
-    def ordered(limit: int) -> list[str]:
-        order: list[str] = []
-        for group in groups:
-            if limit and len(order) >= limit:
-                break
-            order += group.ordered(limit - len(order) if limit else 0)
-        return order
-
-    rejected_rows = np.flatnonzero(~feasible)
-    rejected = (columns.ids[rejected_rows], codes[rejected_rows])
-    if (max_attempts and max_attempts <= HEAD) or feasible_count <= HEAD:
-        return Plan(ordered(max_attempts), feasible_count, *rejected)
-    return Plan(ordered(HEAD), feasible_count, *rejected, rest=lambda: ordered(max_attempts))
+    kept = kept_for(table, column_amounts(request), column_amounts(ranking_request(request)),
+                    strategy)
+    ranking = _Ranking(table.columns(), kept)
+    if (max_attempts and max_attempts <= HEAD) or ranking.size <= HEAD:
+        return Plan(ranking.ordered(max_attempts), ranking.size, ranking.ids, ranking.codes)
+    return Plan(ranking.ordered(HEAD), ranking.size, ranking.ids, ranking.codes,
+                rest=lambda: ranking.ordered(max_attempts))
 
 
-class _Group:
-    """Some feasible rows of a decision, ordered among themselves by one strategy."""
+class _Ranking:
+    """The feasible rows of one decision and their order: nodes with room in the strategy's
+    order, then those without room most free first.
 
-    __slots__ = ("size", "_ids", "_key", "_instances", "_id_rank", "_bound")
+    It keeps what it reads as it was at the decision: the ids column and the kept codes and
+    keys (which are never changed in place once handed out) and copies of the tie-breakers,
+    so a plan's later attempts follow the decision, whatever changed since.
+    """
 
-    def __init__(self, columns: Columns, rows: np.ndarray, row_scores: np.ndarray,
-                 strategy: Strategy) -> None:
-        # Fancy indexing copies: the plan stays valid when the table changes afterwards.
-        self.size = len(rows)
-        self._ids = columns.ids[rows]
-        self._key = sort_key(row_scores[rows], strategy)
-        self._instances = columns.instances[rows]
-        self._id_rank = columns.id_rank[rows]
+    __slots__ = ("size", "ids", "codes", "_groups", "_instances", "_id_rank", "_bound")
+
+    def __init__(self, columns: Columns, kept: Kept) -> None:
+        self.ids = columns.ids
+        self.codes, room_key, spill_key = kept.share()
+        self._groups = ((room_key, kept.with_room), (spill_key, kept.without_room))
+        self._instances = columns.instances.copy()
+        self._id_rank = columns.id_rank.copy()
         self._bound = columns.id_rank_bound
+        self.size = kept.with_room + kept.without_room
 
     def ordered(self, limit: int) -> list[str]:
         """The first `limit` node ids in priority order (0: all)."""
-        positions = priority_positions(self._key, self._instances, self._id_rank, self._bound,
-                                       limit)
-        return self._ids[positions].tolist()
+        order: list[str] = []
+        for key, size in self._groups:
+            wanted = limit - len(order) if limit else 0
+            if limit and wanted <= 0:
+                break
+            if size:
+                rows = priority_rows(key, size, self._instances, self._id_rank, self._bound,
+                                     wanted)
+                order += self.ids[rows].tolist()
+        return order
 
 
 def plan_candidates(
@@ -176,6 +176,6 @@ def plan_candidates(
     return Plan(
         order=[node_id for *_, node_id in chosen],
         feasible_count=len(ranked),
-        rejected_ids=[node_id for node_id, _ in rejected],
-        rejected_codes=[REASON_CODES[reason] for _, reason in rejected],
+        ids=[node_id for node_id, _ in rejected],
+        codes=[REASON_CODES[reason] for _, reason in rejected],
     )

@@ -16,10 +16,12 @@ from typing import NamedTuple
 import numpy as np
 
 from scheduler.model import MILLICORES_PER_CORE, NodeMetrics, Resources
-from scheduler.placement.dimensions import DIMENSIONS, NAMES, column_amounts
+from scheduler.placement.dimensions import CPU, DISK, MEMORY, NAMES, column_amounts
 from scheduler.placement.reservations import Reservations
 
+DIMENSIONS = len(NAMES)  # rows of the 2-D columns (placement/dimensions.py: which, in order)
 INITIAL_CAPACITY = 64  # rows allocated up front; doubled when full, so growth is amortised O(1)
+CHANGE_LOG_LIMIT = 1024  # changed rows logged for kept decisions; beyond, they compute afresh
 UNKNOWN = float("nan")  # a dimension the node does not report
 
 Dimension = tuple[float, float] | None  # (total, free) in column units, None = unknown
@@ -44,15 +46,26 @@ def node_dimensions(metrics: NodeMetrics) -> tuple[Dimension, ...]:
     return tuple(reported[name] for name in NAMES)
 
 
-class Columns(NamedTuple):
-    """Views of a table's live rows, valid until its next change: what one decision reads."""
+class Row(NamedTuple):
+    """One row as the plain per-node rules read it (`feasible.dimension_reason`,
+    `rank.dimension_score`): the same numbers as the columns, in column units."""
 
-    ids: np.ndarray  # object (n,): node id per row
+    eligible: bool  # READY and has reported a status
+    dimensions: tuple[Dimension, ...]  # (total, free) per dimension, or None
+    reserved: tuple[float, ...]  # promised, as declared
+    ranking_reserved: tuple[float, ...]  # promised, as ranking counts it
+
+
+class Columns(NamedTuple):
+    """Views of a table's live rows, valid until its next change: what one decision reads.
+    `ids` alone stays valid after changes too: the table copies it before it moves a row."""
+
+    ids: np.ndarray  # object (n,): node id per row, never changed in place once handed out
     eligible: np.ndarray  # bool (n,): READY and has reported a status
-    total: np.ndarray  # float64 (dimensions, n): capacity per dimension, NaN = unknown
-    free: np.ndarray  # float64 (dimensions, n): last reported free, NaN = unknown
-    reserved: np.ndarray  # float64 (dimensions, n): promised to instances the reports may not show
-    ranking_reserved: np.ndarray  # float64 (dimensions, n): the same promises as ranking counts them
+    total: np.ndarray  # float64 (3, n): capacity per dimension, NaN = unknown
+    free: np.ndarray  # float64 (3, n): last reported free, NaN = unknown
+    reserved: np.ndarray  # float64 (3, n): promised to instances the reports may not show
+    ranking_reserved: np.ndarray  # float64 (3, n): the same promises as ranking counts them
     known: np.ndarray  # int64 (n,): how many dimensions the node reports
     instances: np.ndarray  # int64 (n,): instances on the node, the first tie-breaker
     id_rank: np.ndarray  # int64 (n,): the node id's position in ascending order, last tie-breaker
@@ -76,16 +89,25 @@ class NodeTable:
         self._sorted_ids: list[str] = []  # position in this list = id_rank
         self._size = 0
         self._ids = np.empty(0, dtype=object)
+        self._ids_handed_out = False  # a decision may hold `_ids`: copy it before moving rows
         self._ready = np.zeros(0, dtype=bool)
         self._reported = np.zeros(0, dtype=bool)
-        self._total = np.empty((len(DIMENSIONS), 0))
-        self._free = np.empty((len(DIMENSIONS), 0))
-        self._reserved = np.zeros((len(DIMENSIONS), 0))
-        self._ranking_reserved = np.zeros((len(DIMENSIONS), 0))
+        self._eligible = np.zeros(0, dtype=bool)  # ready and reported, kept (not per decision)
+        self._total = np.empty((DIMENSIONS, 0))
+        self._free = np.empty((DIMENSIONS, 0))
+        self._reserved = np.zeros((DIMENSIONS, 0))
+        self._ranking_reserved = np.zeros((DIMENSIONS, 0))
         self._known = np.zeros(0, dtype=np.int64)
         self._instances = np.zeros(0, dtype=np.int64)
         self._id_rank = np.zeros(0, dtype=np.int64)
         self._resize(max(1, capacity))
+        # What changed since a decision, so one that keeps its scores (`plan`) refreshes only
+        # those rows: rows whose readiness, status or reservations changed, in order. `_layout`
+        # changes when rows are added, removed or moved: then every kept score is stale.
+        self._changed: list[int] = []
+        self._changes_dropped = 0  # changes trimmed from the front of `_changed`
+        self._layout = 0
+        self.kept: dict = {}  # decisions' kept scores per request (owned by `plan`)
 
     def __len__(self) -> int:
         return self._size
@@ -101,6 +123,30 @@ class NodeTable:
     def row_of(self, node_id: str) -> int:
         """The node's row in `columns()` until the next add or remove (KeyError if absent)."""
         return self._row[node_id]
+
+    def row(self, row: int) -> Row:
+        """What `columns` says of one row, in O(1)."""
+        total, free = self._total[:, row].tolist(), self._free[:, row].tolist()
+        return Row(
+            eligible=bool(self._eligible[row]),
+            dimensions=tuple(None if t != t else (t, f)  # NaN: unknown
+                             for t, f in zip(total, free)),
+            reserved=tuple(self._reserved[:, row].tolist()),
+            ranking_reserved=tuple(self._ranking_reserved[:, row].tolist()),
+        )
+
+    def change_mark(self) -> tuple[int, int]:
+        """Where the change log is now, for `changed_since`."""
+        return self._layout, self._changes_dropped + len(self._changed)
+
+    def changed_since(self, mark: tuple[int, int]) -> list[int] | None:
+        """Rows whose readiness, status or reservations changed since `mark`, in order (a row
+        may repeat); None when that is no longer known: rows were added, removed or moved, or
+        more than CHANGE_LOG_LIMIT changes were logged since."""
+        layout, position = mark
+        if layout != self._layout or position < self._changes_dropped:
+            return None
+        return self._changed[position - self._changes_dropped:]
 
     def node_ids(self) -> list[str]:
         """Every node in the table, in row order."""
@@ -125,6 +171,7 @@ class NodeTable:
         self._clear_metrics(row)
         self._instances[row] = 0
         self._copy_reserved(node_id, row)
+        self._layout += 1
         return True
 
     def remove(self, node_id: str) -> bool:
@@ -135,9 +182,12 @@ class NodeTable:
         rank = int(self._id_rank[row])
         del self._sorted_ids[rank]
         last = self._size - 1
+        if self._ids_handed_out:  # a plan may still read the old rows (see `Columns.ids`)
+            self._ids = self._ids.copy()
+            self._ids_handed_out = False
         if row != last:
-            for column in (self._ids, self._ready, self._reported, self._known, self._instances,
-                           self._id_rank):
+            for column in (self._ids, self._ready, self._reported, self._eligible, self._known,
+                           self._instances, self._id_rank):
                 column[row] = column[last]
             for column in (self._total, self._free, self._reserved, self._ranking_reserved):
                 column[:, row] = column[:, last]
@@ -146,11 +196,15 @@ class NodeTable:
         self._size = last
         ranks = self._id_rank[:last]
         ranks -= ranks > rank  # ids after the removed one move down by one
+        self._layout += 1
         return True
 
     def set_ready(self, node_id: str, ready: bool) -> None:
         """READY nodes may be chosen; LEFT and LOST ones are kept but rejected as not-ready."""
-        self._ready[self._row[node_id]] = ready
+        row = self._row[node_id]
+        self._ready[row] = ready
+        self._eligible[row] = ready and self._reported[row]
+        self._changed_row(row)
 
     def update_metrics(self, node_id: str, metrics: NodeMetrics | None) -> None:
         """Take the node's last good status; None: it has reported none (e.g. a new session)."""
@@ -167,6 +221,8 @@ class NodeTable:
                 known += 1
         self._known[row] = known
         self._reported[row] = True
+        self._eligible[row] = self._ready[row]
+        self._changed_row(row)
 
     def set_instance_count(self, node_id: str, count: int) -> None:
         """How many instances the node runs: fewer wins a tie between equal scores."""
@@ -190,9 +246,10 @@ class NodeTable:
     def columns(self) -> Columns:
         """The live rows as views, for one decision."""
         n = self._size
+        self._ids_handed_out = True
         return Columns(
             ids=self._ids[:n],
-            eligible=self._ready[:n] & self._reported[:n],
+            eligible=self._eligible[:n],
             total=self._total[:, :n],
             free=self._free[:, :n],
             reserved=self._reserved[:, :n],
@@ -213,12 +270,22 @@ class NodeTable:
         ledger = self._reservations
         self._reserved[:, row] = column_amounts(ledger.node_total(node_id))
         self._ranking_reserved[:, row] = column_amounts(ledger.node_ranking_total(node_id))
+        self._changed_row(row)
 
     def _clear_metrics(self, row: int) -> None:
         self._total[:, row] = UNKNOWN
         self._free[:, row] = UNKNOWN
         self._known[row] = 0
         self._reported[row] = False
+        self._eligible[row] = False
+        self._changed_row(row)
+
+    def _changed_row(self, row: int) -> None:
+        changed = self._changed
+        changed.append(row)
+        if len(changed) > CHANGE_LOG_LIMIT:
+            self._changes_dropped += len(changed)
+            changed.clear()
 
     def _resize(self, capacity: int) -> None:
         """Reallocate every column with room for `capacity` rows, keeping the live ones."""
@@ -233,6 +300,7 @@ class NodeTable:
         self._ids = grown(self._ids, None)
         self._ready = grown(self._ready, False)
         self._reported = grown(self._reported, False)
+        self._eligible = grown(self._eligible, False)
         self._total = grown(self._total, UNKNOWN)
         self._free = grown(self._free, UNKNOWN)
         self._reserved = grown(self._reserved, 0.0)

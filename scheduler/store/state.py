@@ -9,7 +9,9 @@ next run re-learns from rejoining Agents.
 Pending writes are kept one per key (the newest wins), so what waits for a commit is bounded by
 the size of the state itself, also while the backend is unavailable. A commit takes everything
 pending, in one transaction where the backend allows (etcd: chunks of at most 128 keys), so
-placements accepted together are committed together (group commit).
+placements accepted together are committed together (group commit): a durable writer wakes
+the committer and waits for its commit, which starts once every task runnable in the same
+tick has run; on SQLite too, where a commit's fixed cost is most of it.
 
 What is kept (layout and encodings: `codec`):
 - the epoch, and a revision checkpoint: the next run (or leader) continues the same epoch past
@@ -62,7 +64,7 @@ class Batch:
 
 
 class Backend(Protocol):
-    inline: bool  # commits synchronously and fast (SQLite): durable writes need no committer
+    inline: bool  # commits synchronously (SQLite): what is pending when run() ends, it commits
 
     def items(self) -> Iterable[tuple[str, bytes]]: ...
 
@@ -195,9 +197,6 @@ class Store:
     async def commit_durably(self) -> None:
         """Commit what is queued (the caller's writes included) before returning; raises
         Unavailable when the backend did not commit it (the writes stay queued)."""
-        if self.backend.inline and self._in_flight is None:
-            self.flush()
-            return
         if self._pending or self._trim_before is not None:
             commit = self._open
             self._urgent.set()

@@ -203,6 +203,37 @@ async def test_placements_accepted_together_are_one_commit_and_statuses_coalesce
         nursery.cancel_scope.cancel()
 
 
+async def test_on_sqlite_placements_accepted_together_share_one_transaction(tmp_path):
+    # A transaction's fixed cost is most of a placement's commit: those accepted in the same
+    # tick wait for one, and each is on disk (another connection reads it) when it returns.
+    backend = SqliteBackend(tmp_path)
+    store = Store(backend, retained=10)
+    reader = sqlite3.connect(backend.path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            await store.begin("epoch", 1)
+            before = store.commits
+            seen = []
+
+            async def place(number: int) -> None:
+                await store.save_placement(Workload(f"p-{number}", "img"), "n", 1, STATUS)
+                seen.append(reader.execute("SELECT COUNT(*) FROM state WHERE key = ?",
+                                           (codec.placement_key(f"p-{number}"),)).fetchone()[0])
+
+            async with trio.open_nursery() as placing:
+                for number in range(20):
+                    placing.start_soon(place, number)
+            assert store.commits - before == 1, "accepted in the same tick: one transaction"
+            assert seen == [1] * 20, "each durable when its writer goes on"
+            await store.save_placement(WORKLOAD, "node-1", 1, STATUS)
+            assert store.commits - before == 2, "a later one: its own"
+            nursery.cancel_scope.cancel()
+    finally:
+        reader.close()
+        backend.close()
+
+
 async def test_events_beyond_retained_are_trimmed():
     backend = ScriptedBackend()
     store = Store(backend, retained=3)
