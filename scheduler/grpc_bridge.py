@@ -268,8 +268,7 @@ class Call:
         except (StreamTerminatedError, ProtocolError) as err:  # the client went away
             error = GRPCError(Status.CANCELLED, f"request stream broke: {err}")
         except Exception as err:  # raised by `handle_inline`'s function: the trio side raises it
-            # Without its traceback, which holds this frame, which holds the inbox that holds it.
-            error = err.with_traceback(None)
+            error = err
         finally:
             inbox.close(error)
 
