@@ -7,6 +7,8 @@ messages in one DATA frame, so the scheduler reads them in one go.
 """
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import h2.events
 import pytest
 import trio
@@ -57,6 +59,20 @@ async def ended(client: RawH2, stream_id: int) -> tuple[str | None, str]:
     return client.status(stream_id), client.message(stream_id)
 
 
+@asynccontextmanager
+async def status_stream_of_a_node(config=None):
+    """A scheduler, node-1 joined, a Controller watching, and a raw status stream opened (no
+    message sent yet): yields (grpclib channel, events, raw client, stream id)."""
+    async with running_scheduler(config) as scheduler, open_channel(scheduler.port) as channel:
+        async with FakeController(channel).watch() as events:
+            await FakeAgent(channel, "node-1").join()
+            client = await RawH2.open(scheduler.port)
+            try:
+                yield channel, events, client, client.request(STATUS_PATH)
+            finally:
+                await client.aclose()
+
+
 BAD = {
     "invalid value": (status("node-1", mem_total=1 * MiB, mem_free=2 * MiB).SerializeToString(),
                       "memory.free"),
@@ -70,25 +86,19 @@ BAD = {
 async def test_a_bad_status_in_one_read_keeps_those_before_it_and_drops_those_after(
         bad, half_close):
     body, named = BAD[bad]
-    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
-        agent, controller = FakeAgent(channel, "node-1"), FakeController(channel)
+    async with status_stream_of_a_node() as (channel, events, client, stream_id):
         await FakeAgent(channel, "node-2").join()
-        async with controller.watch() as events:
-            await agent.join()
-            client = await RawH2.open(scheduler.port)
-            stream_id = client.request(STATUS_PATH)
-            client.h2.send_data(stream_id, framed(good(1), good(2), body, good(3), good(4)),
-                                end_stream=half_close)
-            await client.flush()
-            code, message = await ended(client, stream_id)
-            assert code == INVALID_ARGUMENT and named in message, (code, message)
-            await FakeAgent(channel, "marker").join()
-            assert await statuses_until(events, "marker") == [("node-1", 1), ("node-1", 2)], \
-                "the statuses before the bad one are applied, in order; none after it"
-            await client.aclose()
-        [node] = [n for n in await controller.list_nodes() if n.id == "node-1"]
+        client.h2.send_data(stream_id, framed(good(1), good(2), body, good(3), good(4)),
+                            end_stream=half_close)
+        await client.flush()
+        code, message = await ended(client, stream_id)
+        assert code == INVALID_ARGUMENT and named in message, (code, message)
+        await FakeAgent(channel, "marker").join()
+        assert await statuses_until(events, "marker") == [("node-1", 1), ("node-1", 2)], \
+            "the statuses before the bad one are applied, in order; none after it"
+        [node] = [n for n in await FakeController(channel).list_nodes() if n.id == "node-1"]
         assert node.memory_free == 2 * MiB
-        await agent.join()  # the stream is over: the node may join again
+        await FakeAgent(channel, "node-1").join()  # the stream is over: the node may join again
 
 
 async def test_statuses_a_stream_sends_after_a_newer_stream_replaced_it_are_not_applied():
@@ -122,46 +132,33 @@ async def test_statuses_a_stream_sends_after_a_newer_stream_replaced_it_are_not_
 async def test_a_throttled_status_in_one_read_waits_and_keeps_its_place():
     rate, burst = 10.0, 2
     config = make_config(liveness={"status_rate": rate, "status_burst": burst})
-    async with running_scheduler(config) as scheduler, open_channel(scheduler.port) as channel:
-        agent, controller = FakeAgent(channel, "node-1"), FakeController(channel)
-        async with controller.watch() as events:
-            await agent.join()
-            client = await RawH2.open(scheduler.port)
-            stream_id = client.request(STATUS_PATH)
-            started = trio.current_time()
-            client.h2.send_data(stream_id, framed(*(good(i) for i in range(1, 7))),
-                                end_stream=True)
-            await client.flush()
-            await client.read(5, until=lambda _: client.status(stream_id) is not None)
-            took = trio.current_time() - started
-            assert client.status(stream_id) == "0", client.message(stream_id)
-            replies = [e for e in client.events if isinstance(e, h2.events.DataReceived)]
-            assert replies and replies[0].data[5:] == agent_pb2.Empty().SerializeToString()
-            await FakeAgent(channel, "marker").join()
-            assert [free for _, free in await statuses_until(events, "marker")] == \
-                [1, 2, 3, 4, 5, 6], "delayed, never dropped or reordered"
-            assert took >= 0.75 * (6 - burst) / rate, took
-            await client.aclose()
+    async with status_stream_of_a_node(config) as (channel, events, client, stream_id):
+        started = trio.current_time()
+        client.h2.send_data(stream_id, framed(*(good(i) for i in range(1, 7))), end_stream=True)
+        await client.flush()
+        await client.read(5, until=lambda _: client.status(stream_id) is not None)
+        took = trio.current_time() - started
+        assert client.status(stream_id) == "0", client.message(stream_id)
+        replies = [e for e in client.events if isinstance(e, h2.events.DataReceived)]
+        assert replies and replies[0].data[5:] == agent_pb2.Empty().SerializeToString()
+        await FakeAgent(channel, "marker").join()
+        assert [free for _, free in await statuses_until(events, "marker")] == \
+            [1, 2, 3, 4, 5, 6], "delayed, never dropped or reordered"
+        assert took >= 0.75 * (6 - burst) / rate, took
 
 
 async def test_leaving_while_a_status_waits_for_the_rate_limit_drops_it():
     config = make_config(liveness={"status_rate": 1.0, "status_burst": 1})
-    async with running_scheduler(config) as scheduler, open_channel(scheduler.port) as channel:
-        agent, controller = FakeAgent(channel, "node-1"), FakeController(channel)
-        async with controller.watch() as events:
-            await agent.join()
-            client = await RawH2.open(scheduler.port)
-            stream_id = client.request(STATUS_PATH)
-            client.h2.send_data(stream_id, framed(good(1), good(2), good(3)))
-            await client.flush()
-            assert (await wait_event(events, "STATUS", "node-1")).node.node.memory_free == MiB
-            await agent.leave()  # statuses 2 and 3 wait for the node's rate limit
-            code, message = await ended(client, stream_id)
-            assert code == ABORTED and "left" in message, (code, message)
-            await trio.sleep(2.5)  # past the wait of both
-            await FakeAgent(channel, "marker").join()
-            assert await statuses_until(events, "marker") == []
-            await client.aclose()
+    async with status_stream_of_a_node(config) as (channel, events, client, stream_id):
+        client.h2.send_data(stream_id, framed(good(1), good(2), good(3)))
+        await client.flush()
+        assert (await wait_event(events, "STATUS", "node-1")).node.node.memory_free == MiB
+        await FakeAgent(channel, "node-1").leave()  # 2 and 3 wait for the node's rate limit
+        code, message = await ended(client, stream_id)
+        assert code == ABORTED and "left" in message, (code, message)
+        await trio.sleep(2.5)  # past the wait of both
+        await FakeAgent(channel, "marker").join()
+        assert await statuses_until(events, "marker") == []
 
 
 async def test_a_stream_ended_by_a_refused_status_leaves_nothing_for_the_garbage_collector():
