@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 INBOX_SIZE = 64  # inbound messages buffered per call before the reader waits for trio
 INBOX_BYTES = 256 << 10  # and their wire bytes (one always fits): 64 of 4 MiB were 256 MiB
 OUTBOX_SIZE = 64  # outbound messages buffered per call before trio waits for the writer
-DRAIN_BEFORE_CHECKPOINT = 32  # waiting messages taken in a row before yielding to other tasks
+DRAIN_BEFORE_CHECKPOINT = 32  # messages taken (or handled) in a row before yielding to others
 LISTEN_BACKLOG = 4096  # pending connections: thousands of Agents reconnect at once after a restart
 TLS_READ_BUFFER = 4 * 1024  # per TLS connection; asyncio allocates 256 KiB (3/4 of an Agent's RSS)
 FLUSH_TIME = 0.05  # s after the last call ended on shutdown, for grpclib to write its trailers
@@ -120,6 +120,7 @@ class Inbound:
         # side still reads: the rule for handling a message on the asyncio side.
         self._readers_waiting = self._receive._state.receive_tasks
         self.handle: Callable[[Any], Any] | None = None
+        self._handled = 0  # messages handled on the asyncio side since it last yielded
         self._room = asyncio.Event()  # set by trio whenever it takes a message
         self._error: BaseException | None = None
         self._drained = 0  # messages taken without a checkpoint since the last one
@@ -133,6 +134,10 @@ class Inbound:
         if self.handle is not None and self._readers_waiting:
             message = self.handle(message)
             if message is None:
+                self._handled += 1
+                if self._handled >= DRAIN_BEFORE_CHECKPOINT:  # a long read: let others run
+                    self._handled = 0
+                    await asyncio.sleep(0)
                 return True
             message = _Handled(message)
         while self._bytes and self._bytes + size > self._max_bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 import trio_asyncio
 
-from scheduler.grpc_bridge import Inbound, open_loop
+from scheduler.grpc_bridge import DRAIN_BEFORE_CHECKPOINT, Inbound, open_loop
 
 aio = trio_asyncio.aio_as_trio
 
@@ -108,3 +108,22 @@ async def test_no_message_is_handled_once_the_trio_side_was_cancelled():
         assert scope.cancelled_caught
         assert [m for m, _ in handle.seen] == [1], handle.seen
         inbox.abandon()
+
+
+async def test_a_long_read_handled_where_it_is_put_lets_other_callbacks_run():
+    async with open_loop() as loop, trio.open_nursery() as nursery:
+        inbox, handle = Inbound(capacity=1000), Recorder()
+        inbox.handle = handle
+        nursery.start_soon(inbox.receive, name="reader")
+        await trio.testing.wait_all_tasks_blocked()
+        count = 3 * DRAIN_BEFORE_CHECKPOINT
+
+        async def put() -> None:
+            loop.call_soon(lambda: handle.seen.append((-1, "another callback")))
+            for message in range(count):
+                assert await inbox.put(message, 1)
+        await aio(put)()
+        order = [m for m, _ in handle.seen]
+        assert order.index(-1) <= DRAIN_BEFORE_CHECKPOINT, order
+        assert [m for m in order if m >= 0] == list(range(count))
+        nursery.cancel_scope.cancel()
