@@ -4,7 +4,10 @@ Everything else is trio. A handler is a trio function `async def handler(call: C
 turns it into a grpclib handler that crosses from asyncio into trio **once per call**. Streamed
 messages never cross per message: inbound messages are handed to trio with a non-blocking
 `send_nowait` on a trio memory channel, outbound ones with `put_nowait` on an asyncio queue; a
-loop waits on the other loop's primitive only when the buffer between them is full.
+loop waits on the other loop's primitive only when the buffer between them is full. A handler
+may go further and have inbound messages handled where they are decoded (`Call.handle_inline`):
+asyncio's callbacks run inside trio's run, so synchronous core code can be called from them, and
+its trio task is then woken only for what it must wait for, not per message.
 
 The bridge also owns what every call has in common: the peer's address and identity, decoding
 errors answered INVALID_ARGUMENT (grpclib would answer UNKNOWN), a message size and time limit,
@@ -49,7 +52,7 @@ log = logging.getLogger(__name__)
 INBOX_SIZE = 64  # inbound messages buffered per call before the reader waits for trio
 INBOX_BYTES = 256 << 10  # and their wire bytes (one always fits): 64 of 4 MiB were 256 MiB
 OUTBOX_SIZE = 64  # outbound messages buffered per call before trio waits for the writer
-DRAIN_BEFORE_CHECKPOINT = 32  # waiting messages taken in a row before yielding to other tasks
+DRAIN_BEFORE_CHECKPOINT = 32  # messages taken (or handled) in a row before yielding to others
 LISTEN_BACKLOG = 4096  # pending connections: thousands of Agents reconnect at once after a restart
 FLUSH_TIME = 0.05  # s after the last call ended on shutdown, for grpclib to write its trailers
 
@@ -80,16 +83,37 @@ class _End:
 _END = _End()
 
 
+@dataclass(frozen=True)
+class _Handled:
+    """What `Inbound.handle` made of a message on the asyncio side, for the trio side."""
+
+    result: Any
+
+
 class Inbound:
     """Messages produced on asyncio and consumed by trio, without crossing loops per message.
 
     The asyncio side `put`s (waiting only while the buffer is full: `capacity` messages, or
     `max_bytes` of their sizes) and finally `close`s, optionally with the error that ended the
     source; the trio side `receive`s, and gets `trio.EndOfChannel` or that error at the end.
+
+    With a `handle` function, every message goes through it exactly once, in order: on the
+    asyncio side as it is put, while the trio side waits in `receive` with nothing queued (no
+    wake-up of trio at all), else on the trio side as it is received. `handle` returns None
+    once it dealt with the message, or what the trio side must get from `receive` instead (the
+    messages after it then queue until the trio side asks for the next one). What it raises on
+    the asyncio side ends the source with that error, after the messages before it.
     """
 
     def __init__(self, capacity: int = INBOX_SIZE, max_bytes: int = INBOX_BYTES) -> None:
         self._send, self._receive = trio.open_memory_channel(capacity)
+        # The trio tasks blocked in `receive` (trio's own record, read without building its
+        # statistics object per message). A task is removed the moment it is handed a message
+        # or cancelled, so "one waits" means every earlier message is dealt with and the trio
+        # side still reads: the rule for handling a message on the asyncio side.
+        self._readers_waiting = self._receive._state.receive_tasks
+        self.handle: Callable[[Any], Any] | None = None
+        self._handled = 0  # messages handled on the asyncio side since it last yielded
         self._room = asyncio.Event()  # set by trio whenever it takes a message
         self._error: BaseException | None = None
         self._drained = 0  # messages taken without a checkpoint since the last one
@@ -98,8 +122,17 @@ class Inbound:
         self._sizes: deque[int] = deque()  # of each message waiting, oldest first
 
     async def put(self, message: Any, size: int = 0) -> bool:
-        """asyncio side: hand one message (of `size` bytes on the wire) over; False once the
-        trio side stopped reading."""
+        """asyncio side: hand one message (of `size` bytes on the wire) over, or handle it here
+        (see the class); False once the trio side stopped reading."""
+        if self.handle is not None and self._readers_waiting:
+            message = self.handle(message)
+            if message is None:
+                self._handled += 1
+                if self._handled >= DRAIN_BEFORE_CHECKPOINT:  # a long read: let others run
+                    self._handled = 0
+                    await asyncio.sleep(0)
+                return True
+            message = _Handled(message)
         while self._bytes and self._bytes + size > self._max_bytes:
             self._room.clear()
             await self._room.wait()
@@ -127,24 +160,31 @@ class Inbound:
         Messages already waiting are taken without a trip through trio's scheduler (measured:
         one wake-up per message was most of trio's 31 % of ingest CPU); every
         `DRAIN_BEFORE_CHECKPOINT` such messages it still yields, so no stream starves others.
+        With a `handle` function, messages it deals with are not returned: the next is taken.
         """
-        try:
+        while True:
             try:
-                if self._drained >= DRAIN_BEFORE_CHECKPOINT:
-                    raise trio.WouldBlock
-                message = self._receive.receive_nowait()
-                self._drained += 1
-            except trio.WouldBlock:
-                self._drained = 0
-                message = await self._receive.receive()
-        except trio.EndOfChannel:
-            if self._error is not None:
-                raise self._error from None
-            raise
-        self._bytes -= self._sizes.popleft()
-        if not self._room.is_set():
-            self._room.set()
-        return message
+                try:
+                    if self._drained >= DRAIN_BEFORE_CHECKPOINT:
+                        raise trio.WouldBlock
+                    message = self._receive.receive_nowait()
+                    self._drained += 1
+                except trio.WouldBlock:
+                    self._drained = 0
+                    message = await self._receive.receive()
+            except trio.EndOfChannel:
+                if self._error is not None:
+                    raise self._error from None
+                raise
+            self._bytes -= self._sizes.popleft()
+            if not self._room.is_set():
+                self._room.set()
+            if type(message) is _Handled:
+                return message.result
+            if self.handle is not None:
+                message = self.handle(message)
+            if message is not None:
+                return message
 
     def abandon(self) -> None:
         """trio side: stop reading; the producer's next `put` returns False."""
@@ -176,6 +216,19 @@ class Call:
         assert self._inbox is not None, f"{self.method} has no request stream"
         return await self._inbox.receive()
 
+    def handle_inline(self, handle: Callable[[Any], Any]) -> None:
+        """Have every request message go through synchronous `handle`, where the bridge decodes
+        it whenever this call's trio task waits in `receive` with nothing queued (a batch read
+        at once is handled without waking it), else in `receive`: once each, in order.
+
+        `handle` returns None when it dealt with the message, or what `receive` must return
+        instead (something to wait for, in this task); what it raises ends the request stream
+        with that error, which `receive` raises after the messages before it were handled. It
+        runs only while the task still reads: not after the task was cancelled or finished.
+        """
+        assert self._inbox is not None, f"{self.method} has no request stream"
+        self._inbox.handle = handle
+
     def __aiter__(self) -> Call:
         return self
 
@@ -202,7 +255,7 @@ class Call:
         """Read request messages (asyncio) and hand them to trio without crossing loops."""
         inbox = self._inbox
         assert inbox is not None
-        error: GRPCError | None = None
+        error: Exception | None = None
         try:
             while True:
                 message, size = await receive(stream)
@@ -212,6 +265,8 @@ class Call:
             error = err
         except (StreamTerminatedError, ProtocolError) as err:  # the client went away
             error = GRPCError(Status.CANCELLED, f"request stream broke: {err}")
+        except Exception as err:  # raised by `handle_inline`'s function: the trio side raises it
+            error = err
         finally:
             inbox.close(error)
 

@@ -6,15 +6,18 @@ the cluster registry.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import trio
 
 from .._proto import agent_grpc, agent_pb2
-from ..cluster import Cluster
+from ..cluster import Cluster, Node, Session, StatusStream
 from ..errors import Aborted, InvalidArgument
 from ..grpc_bridge import Call, TrioHandler, routes
 from ..security import check_node
 from ..convert import node_id_from_wire, node_status_from_wire, port_from_wire
+from ..model import InstanceReport, NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +58,68 @@ class AgentApi:
 
         The stream belongs to the node of its first message. A newer stream for the node, a
         leave, a loss or a rejoin ends this one with ABORTED and the reason.
+
+        Messages are validated and applied where the bridge decodes them (`_StatusStream.take`,
+        synchronous): this task owns the stream's lifetime and its cancellation, and wakes only
+        for a status that must wait for the node's rate limit, and for the stream's end.
         """
-        cluster = self.cluster
-        node = session = stream = None
+        status = _StatusStream(self.cluster, call.identity)
         try:
-            with trio.CancelScope() as scope:
-                async for message in call:
-                    node_id, metrics, reports = node_status_from_wire(message)
-                    check_node(call.identity, node_id)  # every message, not just the first
-                    if stream is None:
-                        node, session, stream = cluster.attach_stream(node_id, scope)
-                    elif node_id != node.id:
-                        raise InvalidArgument(f"this status stream belongs to node {node.id}; "
-                                              f"got a status for {node_id}")
-                    wait = session.limiter.delay(trio.current_time())
-                    if wait:
-                        await trio.sleep(wait)
-                    cluster.report(node, session, metrics, reports)
+            with status.scope:
+                call.handle_inline(status.take)
+                async for held in call:
+                    await trio.sleep(held.wait)
+                    status.apply(held)
         finally:
-            if stream is not None:
-                cluster.detach_stream(session, stream)
-        if scope.cancelled_caught:
-            raise Aborted(f"status stream of node {node.id} ended: {stream.ended_because}")
+            status.detach()
+        if status.scope.cancelled_caught:
+            assert status.node is not None and status.stream is not None
+            raise Aborted(f"status stream of node {status.node.id} ended: "
+                          f"{status.stream.ended_because}")
         return EMPTY
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A valid status that may be applied only `wait` seconds from now (the node's rate limit).
+    Waiting, rather than dropping, throttles the Agent: its stream is not read meanwhile."""
+
+    wait: float
+    metrics: NodeMetrics
+    reports: tuple[InstanceReport, ...]
+
+
+class _StatusStream:
+    """One status stream as the registry sees it: the node of its first message, the session
+    it feeds, and the `StatusStream` record whose scope (this one) ends it."""
+
+    def __init__(self, cluster: Cluster, identity: Any) -> None:
+        self.cluster = cluster
+        self.identity = identity
+        self.scope = trio.CancelScope()
+        self.node: Node | None = None
+        self.session: Session | None = None
+        self.stream: StatusStream | None = None
+
+    def take(self, message: agent_pb2.NodeStatus) -> _Held | None:
+        """Validate one message, check the caller speaks for its node (every message, not
+        just the first), and apply it; or hold it, if the node's rate limit says to wait."""
+        node_id, metrics, reports = node_status_from_wire(message)
+        check_node(self.identity, node_id)
+        if self.stream is None:
+            self.node, self.session, self.stream = self.cluster.attach_stream(node_id, self.scope)
+        elif node_id != self.node.id:
+            raise InvalidArgument(f"this status stream belongs to node {self.node.id}; "
+                                  f"got a status for {node_id}")
+        wait = self.session.limiter.delay(trio.current_time())
+        if wait:
+            return _Held(wait, metrics, reports)
+        self.cluster.report(self.node, self.session, metrics, reports)
+        return None
+
+    def apply(self, held: _Held) -> None:
+        self.cluster.report(self.node, self.session, held.metrics, held.reports)
+
+    def detach(self) -> None:
+        if self.stream is not None:
+            self.cluster.detach_stream(self.session, self.stream)
