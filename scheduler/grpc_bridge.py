@@ -92,7 +92,7 @@ class Inbound:
 
     The asyncio side `put`s (waiting only while the buffer is full: `capacity` messages, or
     `max_bytes` of their sizes) and finally `close`s, optionally with the error that ended the
-    source; the trio side `receive`s, and gets `trio.EndOfChannel` or that error at the end.
+    source; the trio side `receive`s, and gets that error (once), then `trio.EndOfChannel`.
     """
 
     def __init__(self, capacity: int = INBOX_SIZE, max_bytes: int = INBOX_BYTES) -> None:
@@ -145,13 +145,21 @@ class Inbound:
                 self._drained = 0
                 message = await self._receive.receive()
         except trio.EndOfChannel:
-            if self._error is not None:
-                raise self._error from None
-            raise
+            if self._error is None:
+                raise
+            raise self._hand_over_error() from None
         self._bytes -= self._sizes.popleft()
         if not self._room.is_set():
             self._room.set()
         return message
+
+    def _hand_over_error(self) -> BaseException:
+        """The source's error, once (a later `receive` gets EndOfChannel): raised, its
+        traceback holds `receive`'s frame, so neither this inbox nor that frame may keep it --
+        else a cycle holds the stream and its messages until a full collection."""
+        error, self._error = self._error, None
+        assert error is not None
+        return error
 
     def abandon(self) -> None:
         """trio side: stop reading; the producer's next `put` returns False."""
@@ -586,12 +594,14 @@ class ClientChannel:
     async def unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         """Call a unary method of a generated stub (e.g. `stub.Signal`) bound to this channel."""
         async def call() -> Any:
+            stream = method.open(timeout=timeout)
             try:
-                async with method.open(timeout=timeout) as stream:
+                async with stream:
                     await self._start(stream)
                     await stream.send_message(request, end=True)
                     return await stream.recv_message()
             finally:
+                _forget_error(stream)
                 self._reclose()
         try:
             return await trio_asyncio.aio_as_trio(call)()
@@ -651,15 +661,24 @@ class ServerStream:
                  on_end: Callable[[], None] | None = None) -> None:
         self._channel = channel
         self._inbound = Inbound()
+        self._on_end = on_end
         loop = trio_asyncio.current_loop.get()
-        self._task = loop.create_task(self._read(method, request))
-        if on_end is not None:
-            self._task.add_done_callback(lambda _: on_end())
+        self._task: asyncio.Task | None = loop.create_task(self._read(method, request))
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        # A cancelled task keeps its CancelledError, whose traceback holds `_read`'s frame,
+        # which holds this object: without letting go of the task, every stream cancelled
+        # (the relay cancels each one it ends) waited in a cycle for a full collection.
+        self._task = None
+        if self._on_end is not None:
+            self._on_end()
 
     async def _read(self, method: Any, request: Any) -> None:
         error = None
+        stream = method.open()
         try:
-            async with method.open() as stream:
+            async with stream:
                 await self._channel._start(stream)
                 await stream.send_message(request, end=True)
                 async for reply in stream:
@@ -671,6 +690,7 @@ class ServerStream:
         except BaseException as err:
             error = self._channel._remote_error(err)
         finally:
+            _forget_error(stream)
             self._inbound.close(error)
             self._channel._reclose()
 
@@ -681,7 +701,15 @@ class ServerStream:
     def cancel(self) -> None:
         """Stop reading and cancel the call (the peer sees it cancelled)."""
         self._inbound.abandon()
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _forget_error(stream: Any) -> None:
+    """Let a grpclib client stream forget the error that broke it, once raised: its `Wrapper`
+    keeps it, and its traceback holds the frames that hold the stream (a cycle per call to an
+    Agent that reset or dropped it, with its buffers, until a full collection)."""
+    stream._wrapper._error = None
 
 
 @asynccontextmanager
