@@ -175,13 +175,19 @@ class Call:
     or `async for`. Streaming replies are sent with `await send(message)`.
     """
 
-    def __init__(self, method: str, peer_host: str, identity: Any, request: Any = None) -> None:
+    __slots__ = ("method", "peer_host", "identity", "request", "_inbox", "_outbox",
+                 "_outbox_room")
+
+    def __init__(self, method: str, peer_host: str, identity: Any, request: Any = None,
+                 *, streaming_replies: bool = False) -> None:
         self.method = method
         self.peer_host = peer_host
         self.identity = identity
         self.request = request
         self._inbox: Inbound | None = None
-        self._outbox: asyncio.Queue = asyncio.Queue()  # bounded by `send`, so _END always fits
+        # Only a server-streaming call has one (an asyncio.Queue is ~2.5 KiB: four deques, and
+        # every Agent holds a status stream for good). Bounded by `send`, so _END always fits.
+        self._outbox: asyncio.Queue | None = asyncio.Queue() if streaming_replies else None
         self._outbox_room: trio.Event | None = None  # set by the writer when the outbox drains
 
     # -- trio side -------------------------------------------------------------------------
@@ -202,13 +208,16 @@ class Call:
 
     async def send(self, message: Any) -> None:
         """Queue one reply message; waits only while the client reads slower than we write."""
-        while self._outbox.qsize() >= OUTBOX_SIZE:
+        outbox = self._outbox
+        assert outbox is not None, f"{self.method} does not stream replies"
+        while outbox.qsize() >= OUTBOX_SIZE:
             self._outbox_room = trio.Event()
             await self._outbox_room.wait()
-        self._outbox.put_nowait(message)
+        outbox.put_nowait(message)
 
     def _finish(self) -> None:
-        self._outbox.put_nowait(_END)
+        if self._outbox is not None:
+            self._outbox.put_nowait(_END)
 
     # -- asyncio side ----------------------------------------------------------------------
 
@@ -233,6 +242,7 @@ class Call:
     async def _write_replies(self, stream: Stream) -> None:
         """Send what trio queued; everything waiting goes out in one write (see send_messages)."""
         outbox = self._outbox
+        assert outbox is not None
         while True:
             batch = [await outbox.get()]
             while not outbox.empty():
@@ -373,7 +383,8 @@ class Bridge:
                 raise bridge._refusal()  # no need to read the request, nor to cross to trio
             call = None
             try:
-                call = Call(path, *bridge._peer(stream, path))
+                call = Call(path, *bridge._peer(stream, path),
+                            streaming_replies=cardinality.server_streaming)
                 await run(call, stream)
             except GRPCError as error:
                 if error.status in REFUSALS:
