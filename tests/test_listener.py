@@ -176,6 +176,24 @@ async def test_controllers_may_hold_many_calls_agents_the_usual_hundred(pki):
         assert await advertised_streams(scheduler.port, agent) == CONCURRENT_STREAMS
 
 
+async def test_a_connections_settings_are_compact_and_changed_settings_acknowledged():
+    # h2 keeps each setting's values in a deque (~770 bytes; ~11 KiB of every Agent's
+    # connection); the listener's are lists that behave the same.
+    from scheduler.grpc_listener import _SettingValues
+
+    config = make_config(server={"controller_streams": 5_000})
+    async with running_scheduler(config) as scheduler, open_channel(scheduler.port) as channel:
+        await FakeController(channel).list_nodes()  # the peer is known: the limit is changed
+        await FakeController(channel).list_nodes()  # and acknowledged by now
+        [processor] = server_connections()
+        h2_connection = processor.connection._connection
+        local, remote = h2_connection.local_settings, h2_connection.remote_settings
+        assert local.max_concurrent_streams == 5_000
+        for settings in (local, remote):
+            assert all(type(values) is _SettingValues and len(values) == 1
+                       for values in settings._settings.values()), settings._settings
+
+
 async def test_a_plaintext_controller_holds_more_calls_than_the_usual_hundred():
     watches = CONCURRENT_STREAMS + 50
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
