@@ -617,7 +617,17 @@ class ClientChannel:
         try:
             return await trio_asyncio.aio_as_trio(call)()
         except BaseException as err:
-            raise self._remote_error(err) from err
+            error = self._remote_error(err)
+            if error is err:  # cancellation or a bug: as it is
+                raise
+            # Neither may keep what holds it: `err`'s traceback holds trio-asyncio's frames,
+            # which hold the asyncio future that holds `err`; and `error`'s holds this frame
+            # (a cycle per failed Signal, with its stream, until a full collection).
+            err.__traceback__ = None
+            try:
+                raise error from err
+            finally:
+                del error
 
     async def _start(self, stream: Any) -> None:
         """Open the call (connecting if needed) and check the peer before sending anything."""

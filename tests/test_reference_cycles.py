@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 
-import grpclib.server
+import grpclib.client
 import pytest
 import trio
 from grpclib.exceptions import GRPCError
@@ -26,11 +26,12 @@ CALLS = 4  # of each kind: one would pass by luck if a collection happened to ru
 
 
 def ours(thing: object) -> bool:
-    """An object of the scheduler's process: its own modules (not the generated messages, which
-    the tests' clients make too) and grpclib's server side."""
+    """One of the scheduler's own objects: of its modules (not a generated message: the tests'
+    fake Agents and Controllers make those too), or a call it made to an Agent."""
+    if isinstance(thing, grpclib.client.Stream):
+        return thing._method_name.startswith("/node_agent.")
     module = type(thing).__module__ or ""
-    return ((module.startswith("scheduler.") and not module.startswith("scheduler._proto"))
-            or isinstance(thing, grpclib.server.Stream))
+    return module.startswith("scheduler.") and not module.startswith("scheduler._proto")
 
 
 @contextmanager
@@ -44,7 +45,7 @@ def garbage():
     try:
         yield found
         gc.collect()
-        found.extend(sorted({type(o).__qualname__ for o in gc.garbage if ours(o)}))
+        found.extend(sorted({f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage if ours(o)}))
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
@@ -74,7 +75,7 @@ async def test_join_status_stream_and_leave():
                 with pytest.raises(GRPCError):
                     await agent.join("Not A Node Id!")  # refused
             await settle()
-        assert left == []
+        assert left == [], left
 
 
 async def test_schedule_with_its_create_relay_to_the_end():
@@ -88,7 +89,7 @@ async def test_schedule_with_its_create_relay_to_the_end():
                     _, error = await call.result()  # TERMINATED, the call ends OK
                     assert error is None, error
             await settle()
-        assert left == []
+        assert left == [], left
 
 
 async def test_schedule_the_controller_hangs_up_on():
@@ -104,7 +105,7 @@ async def test_schedule_the_controller_hangs_up_on():
             for i in range(CALLS):
                 assert await destroy_instance(channel, f"web-{i}") is None
             await settle()
-        assert left == []
+        assert left == [], left
 
 
 async def test_a_create_stream_the_agent_breaks():
@@ -115,7 +116,7 @@ async def test_a_create_stream_the_agent_breaks():
                 async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
                     await call.result()
             await settle()
-        assert left == []
+        assert left == [], left
 
 
 async def test_watch_and_list_nodes():
@@ -130,4 +131,26 @@ async def test_watch_and_list_nodes():
                     await wait_event(events, "JOINED", "node-1")
                 await agent.leave()
             await settle()
-        assert left == []
+        assert left == [], left
+
+
+async def test_signals_the_agent_refuses_or_cannot_take():
+    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel, \
+            open_nodes(channel, scheduler, ("n1", "accept", {})) as [node]:
+        for i in range(CALLS):
+            async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
+                await call.until(RUNNING)
+                await call.cancel()
+        node.workloads._running.clear()  # the Agent forgot them: NOT_FOUND
+        with garbage() as left:
+            for i in range(CALLS // 2):
+                await destroy_instance(channel, f"web-{i}")
+            await settle()
+        assert left == [], left
+        await node.workloads.stop()  # and now it is gone: UNAVAILABLE
+        node.workloads._server = None
+        with garbage() as left:
+            for i in range(CALLS // 2, CALLS):
+                await destroy_instance(channel, f"web-{i}")
+            await settle()
+        assert left == [], left
