@@ -9,7 +9,7 @@ climbed 66 -> 180 MiB (bench/RESULTS.md). Each test runs calls of one kind, then
 from __future__ import annotations
 
 import gc
-from contextlib import contextmanager
+from contextlib import asynccontextmanager
 
 import grpclib.client
 import pytest
@@ -23,6 +23,7 @@ from tests.fakes import FakeAgent, FakeController, destroy_instance, drop_stream
 
 RUNNING = controller_pb2.Status.RUNNING
 CALLS = 4  # of each kind: one would pass by luck if a collection happened to run in between
+SETTLE = 0.3  # s for the scheduler to finish calls the client saw end (its tasks, its relays)
 
 
 def ours(thing: object) -> bool:
@@ -34,34 +35,39 @@ def ours(thing: object) -> bool:
     return module.startswith("scheduler.") and not module.startswith("scheduler._proto")
 
 
-@contextmanager
-def garbage():
-    """Yields a list that, at the end of the block, holds the scheduler's objects that only a
-    full collection would have freed (everything else having been freed when it ended)."""
-    found: list[str] = []
+@asynccontextmanager
+async def nothing_left_in_cycles():
+    """Fails if the block's calls leave any of the scheduler's objects that only a full
+    collection would free (everything else having been freed when it ended)."""
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
-        yield found
+        yield
+        await trio.sleep(SETTLE)
         gc.collect()
-        found.extend(sorted({f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage if ours(o)}))
+        left = sorted({f"{type(o).__module__}.{type(o).__qualname__}"
+                       for o in gc.garbage if ours(o)})
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+    assert left == [], f"left in reference cycles: {left}"
 
 
-async def settle() -> None:
-    """Time for the scheduler to finish the calls the client saw end (its tasks, its relays)."""
-    await trio.sleep(0.3)
+@asynccontextmanager
+async def one_node(mode: str = "accept"):
+    """A scheduler, a client channel to it and one node whose Agent behaves as `mode`."""
+    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel, \
+            open_nodes(channel, scheduler, ("n1", mode, {})) as [node]:
+        yield channel, node
 
 
 async def test_join_status_stream_and_leave():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         agent = FakeAgent(channel, "node-1")
         await agent.join()
-        with garbage() as left:
+        async with nothing_left_in_cycles():
             for _ in range(CALLS):
                 await agent.join()
                 stream = await agent.report()
@@ -74,55 +80,41 @@ async def test_join_status_stream_and_leave():
             for _ in range(CALLS):
                 with pytest.raises(GRPCError):
                     await agent.join("Not A Node Id!")  # refused
-            await settle()
-        assert left == [], left
 
 
 async def test_schedule_with_its_create_relay_to_the_end():
-    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel, \
-            open_nodes(channel, scheduler, ("n1", "accept", {})):
-        with garbage() as left:
-            for i in range(CALLS):
-                async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
-                    await call.until(RUNNING)
-                    assert await destroy_instance(channel, f"web-{i}") is None
-                    _, error = await call.result()  # TERMINATED, the call ends OK
-                    assert error is None, error
-            await settle()
-        assert left == [], left
+    async with one_node() as (channel, _), nothing_left_in_cycles():
+        for i in range(CALLS):
+            async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
+                await call.until(RUNNING)
+                assert await destroy_instance(channel, f"web-{i}") is None
+                _, error = await call.result()  # TERMINATED, the call ends OK
+                assert error is None, error
 
 
 async def test_schedule_the_controller_hangs_up_on():
     # What the Controller does with follow=False: it hangs up after the acceptance; the relay
     # goes on until the instance ends.
-    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel, \
-            open_nodes(channel, scheduler, ("n1", "accept", {})):
-        with garbage() as left:
-            for i in range(CALLS):
-                async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
-                    await call.until(RUNNING)
-                    await call.cancel()
-            for i in range(CALLS):
-                assert await destroy_instance(channel, f"web-{i}") is None
-            await settle()
-        assert left == [], left
+    async with one_node() as (channel, _), nothing_left_in_cycles():
+        for i in range(CALLS):
+            async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
+                await call.until(RUNNING)
+                await call.cancel()
+        for i in range(CALLS):
+            assert await destroy_instance(channel, f"web-{i}") is None
 
 
 async def test_a_create_stream_the_agent_breaks():
-    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel, \
-            open_nodes(channel, scheduler, ("n1", "die", {})):
-        with garbage() as left:
-            for i in range(CALLS):
-                async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
-                    await call.result()
-            await settle()
-        assert left == [], left
+    async with one_node("die") as (channel, _), nothing_left_in_cycles():
+        for i in range(CALLS):
+            async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
+                await call.result()
 
 
 async def test_watch_and_list_nodes():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         controller, agent = FakeController(channel), FakeAgent(channel, "node-1")
-        with garbage() as left:
+        async with nothing_left_in_cycles():
             for _ in range(CALLS):
                 await controller.list_nodes()
             for _ in range(CALLS):
@@ -130,27 +122,20 @@ async def test_watch_and_list_nodes():
                     await agent.join()
                     await wait_event(events, "JOINED", "node-1")
                 await agent.leave()
-            await settle()
-        assert left == [], left
 
 
 async def test_signals_the_agent_refuses_or_cannot_take():
-    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel, \
-            open_nodes(channel, scheduler, ("n1", "accept", {})) as [node]:
+    async with one_node() as (channel, node):
         for i in range(CALLS):
             async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
                 await call.until(RUNNING)
                 await call.cancel()
         node.workloads._running.clear()  # the Agent forgot them: NOT_FOUND
-        with garbage() as left:
+        async with nothing_left_in_cycles():
             for i in range(CALLS // 2):
                 await destroy_instance(channel, f"web-{i}")
-            await settle()
-        assert left == [], left
         await node.workloads.stop()  # and now it is gone: UNAVAILABLE
         node.workloads._server = None
-        with garbage() as left:
+        async with nothing_left_in_cycles():
             for i in range(CALLS // 2, CALLS):
                 await destroy_instance(channel, f"web-{i}")
-            await settle()
-        assert left == [], left
