@@ -139,3 +139,11 @@ async def test_signals_the_agent_refuses_or_cannot_take():
         async with nothing_left_in_cycles():
             for i in range(CALLS // 2, CALLS):
                 await destroy_instance(channel, f"web-{i}")
+
+
+async def test_a_schedule_no_node_takes():
+    async with one_node("refuse") as (channel, _), nothing_left_in_cycles():
+        for i in range(CALLS):
+            async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
+                _, error = await call.result()
+                assert error is not None
