@@ -95,7 +95,7 @@ class Inbound:
 
     The asyncio side `put`s (waiting only while the buffer is full: `capacity` messages, or
     `max_bytes` of their sizes) and finally `close`s, optionally with the error that ended the
-    source; the trio side `receive`s, and gets `trio.EndOfChannel` or that error at the end.
+    source; the trio side `receive`s, and gets that error (once), then `trio.EndOfChannel`.
 
     With a `handle` function, every message goes through it exactly once, in order: on the
     asyncio side as it is put, while the trio side waits in `receive` with nothing queued (no
@@ -173,9 +173,9 @@ class Inbound:
                     self._drained = 0
                     message = await self._receive.receive()
             except trio.EndOfChannel:
-                if self._error is not None:
-                    raise self._error from None
-                raise
+                if self._error is None:
+                    raise
+                raise self._hand_over_error() from None
             self._bytes -= self._sizes.popleft()
             if not self._room.is_set():
                 self._room.set()
@@ -185,6 +185,14 @@ class Inbound:
                 message = self.handle(message)
             if message is not None:
                 return message
+
+    def _hand_over_error(self) -> BaseException:
+        """The source's error, once (a later `receive` gets EndOfChannel): raised, its
+        traceback holds `receive`'s frame, so neither this inbox nor that frame may keep it --
+        else a cycle holds the stream and its messages until a full collection."""
+        error, self._error = self._error, None
+        assert error is not None
+        return error
 
     def abandon(self) -> None:
         """trio side: stop reading; the producer's next `put` returns False."""
@@ -200,13 +208,19 @@ class Call:
     or `async for`. Streaming replies are sent with `await send(message)`.
     """
 
-    def __init__(self, method: str, peer_host: str, identity: Any, request: Any = None) -> None:
+    __slots__ = ("method", "peer_host", "identity", "request", "_inbox", "_outbox",
+                 "_outbox_room")
+
+    def __init__(self, method: str, peer_host: str, identity: Any, request: Any = None,
+                 *, streaming_replies: bool = False) -> None:
         self.method = method
         self.peer_host = peer_host
         self.identity = identity
         self.request = request
         self._inbox: Inbound | None = None
-        self._outbox: asyncio.Queue = asyncio.Queue()  # bounded by `send`, so _END always fits
+        # Only a server-streaming call has one (an asyncio.Queue is ~2.5 KiB: four deques, and
+        # every Agent holds a status stream for good). Bounded by `send`, so _END always fits.
+        self._outbox: asyncio.Queue | None = asyncio.Queue() if streaming_replies else None
         self._outbox_room: trio.Event | None = None  # set by the writer when the outbox drains
 
     # -- trio side -------------------------------------------------------------------------
@@ -240,13 +254,16 @@ class Call:
 
     async def send(self, message: Any) -> None:
         """Queue one reply message; waits only while the client reads slower than we write."""
-        while self._outbox.qsize() >= OUTBOX_SIZE:
+        outbox = self._outbox
+        assert outbox is not None, f"{self.method} does not stream replies"
+        while outbox.qsize() >= OUTBOX_SIZE:
             self._outbox_room = trio.Event()
             await self._outbox_room.wait()
-        self._outbox.put_nowait(message)
+        outbox.put_nowait(message)
 
     def _finish(self) -> None:
-        self._outbox.put_nowait(_END)
+        if self._outbox is not None:
+            self._outbox.put_nowait(_END)
 
     # -- asyncio side ----------------------------------------------------------------------
 
@@ -273,6 +290,7 @@ class Call:
     async def _write_replies(self, stream: Stream) -> None:
         """Send what trio queued; everything waiting goes out in one write (see send_messages)."""
         outbox = self._outbox
+        assert outbox is not None
         while True:
             batch = [await outbox.get()]
             while not outbox.empty():
@@ -413,7 +431,8 @@ class Bridge:
                 raise bridge._refusal()  # no need to read the request, nor to cross to trio
             call = None
             try:
-                call = Call(path, *bridge._peer(stream, path))
+                call = Call(path, *bridge._peer(stream, path),
+                            streaming_replies=cardinality.server_streaming)
                 await run(call, stream)
             except GRPCError as error:
                 if error.status in REFUSALS:
@@ -634,17 +653,29 @@ class ClientChannel:
     async def unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         """Call a unary method of a generated stub (e.g. `stub.Signal`) bound to this channel."""
         async def call() -> Any:
+            stream = method.open(timeout=timeout)
             try:
-                async with method.open(timeout=timeout) as stream:
+                async with stream:
                     await self._start(stream)
                     await stream.send_message(request, end=True)
                     return await stream.recv_message()
             finally:
+                _forget_error(stream)
                 self._reclose()
         try:
             return await trio_asyncio.aio_as_trio(call)()
         except BaseException as err:
-            raise self._remote_error(err) from err
+            error = self._remote_error(err)
+            if error is err:  # cancellation or a bug: as it is
+                raise
+            # Neither may keep what holds it: `err`'s traceback holds trio-asyncio's frames,
+            # which hold the asyncio future that holds `err`; and `error`'s holds this frame
+            # (a cycle per failed Signal, with its stream, until a full collection).
+            err.__traceback__ = None
+            try:
+                raise error from err
+            finally:
+                del error
 
     async def _start(self, stream: Any) -> None:
         """Open the call (connecting if needed) and check the peer before sending anything."""
@@ -699,15 +730,24 @@ class ServerStream:
                  on_end: Callable[[], None] | None = None) -> None:
         self._channel = channel
         self._inbound = Inbound()
+        self._on_end = on_end
         loop = trio_asyncio.current_loop.get()
-        self._task = loop.create_task(self._read(method, request))
-        if on_end is not None:
-            self._task.add_done_callback(lambda _: on_end())
+        self._task: asyncio.Task | None = loop.create_task(self._read(method, request))
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        # A cancelled task keeps its CancelledError, whose traceback holds `_read`'s frame,
+        # which holds this object: without letting go of the task, every stream cancelled
+        # (the relay cancels each one it ends) waited in a cycle for a full collection.
+        self._task = None
+        if self._on_end is not None:
+            self._on_end()
 
     async def _read(self, method: Any, request: Any) -> None:
         error = None
+        stream = method.open()
         try:
-            async with method.open() as stream:
+            async with stream:
                 await self._channel._start(stream)
                 await stream.send_message(request, end=True)
                 async for reply in stream:
@@ -719,6 +759,7 @@ class ServerStream:
         except BaseException as err:
             error = self._channel._remote_error(err)
         finally:
+            _forget_error(stream)
             self._inbound.close(error)
             self._channel._reclose()
 
@@ -729,7 +770,15 @@ class ServerStream:
     def cancel(self) -> None:
         """Stop reading and cancel the call (the peer sees it cancelled)."""
         self._inbound.abandon()
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _forget_error(stream: Any) -> None:
+    """Let a grpclib client stream forget the error that broke it, once raised: its `Wrapper`
+    keeps it, and its traceback holds the frames that hold the stream (a cycle per call to an
+    Agent that reset or dropped it, with its buffers, until a full collection)."""
+    stream._wrapper._error = None
 
 
 @asynccontextmanager

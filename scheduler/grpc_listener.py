@@ -45,6 +45,7 @@ from typing import Any
 
 import h2.connection
 import h2.exceptions
+import h2.settings
 from grpclib.config import Configuration
 from grpclib.protocol import Connection, EventsProcessor, H2Protocol, Stream, _set_nodelay
 from grpclib.server import Handler, Server
@@ -556,12 +557,46 @@ class _Stream(Stream):
         await super().send_headers(headers, end_stream)
 
 
+class _SettingValues(list):
+    """One HTTP/2 setting's values, the current one first, then those not yet acknowledged:
+    what h2 keeps in a `collections.deque`, whose first block alone is ~770 bytes."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+class _Settings(h2.settings.Settings):
+    """h2's settings with a list per setting, not a deque: a connection has two of these
+    with 7-9 settings each, and the deques were ~11 KiB of every Agent's connection
+    (tracemalloc). h2 only appends to, reads the first of, and pops the first of each."""
+
+    def __init__(self, client: bool = True, initial_values: dict | None = None) -> None:
+        super().__init__(client, initial_values)
+        self._settings = {key: _SettingValues(values) for key, values in self._settings.items()}
+
+    def __setitem__(self, key: Any, value: int) -> None:
+        super().__setitem__(key, value)  # validates; makes a deque for a setting it lacked
+        values = self._settings[key]
+        if not isinstance(values, _SettingValues):
+            self._settings[key] = _SettingValues(values)
+
+
 class _H2Connection(h2.connection.H2Connection):
-    """h2's connection, refusing a stream beyond the concurrent limit alone.
+    """h2's connection, refusing a stream beyond the concurrent limit alone, with compact
+    settings (`_Settings`).
 
     h2 treats the HEADERS of one stream too many as a connection error (TooManyStreamsError);
     RFC 9113 §5.1.2 allows a stream error, REFUSED_STREAM, which a client may retry at once.
     """
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config=config)
+        client = self.config.client_side
+        self.local_settings = _Settings(client=client, initial_values={
+            key: self.local_settings[key] for key in self.local_settings})
+        self.remote_settings = _Settings(client=not client)
 
     def _receive_headers_frame(self, frame):
         try:

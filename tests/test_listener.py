@@ -23,9 +23,9 @@ import pytest
 import trio
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import EventsProcessor
-from grpclib.server import Handler
 
 from scheduler._proto import agent_pb2, controller_pb2
+from scheduler.grpc_listener import _Handler as ListenerHandler
 from tests.conftest import make_config, running_scheduler
 from tests.fakes import FakeAgent, FakeController, open_channel, wait_until
 from tests.raw_h2 import RawH2, prefix
@@ -49,9 +49,10 @@ CONCURRENT_STREAMS = 100  # what the scheduler advertises to Agents (h2's defaul
 
 
 def server_connections() -> list[EventsProcessor]:
-    """grpclib's per-connection event processors of the server(s) in this process, still open."""
+    """grpclib's per-connection event processors of the scheduler's listener(s) in this process
+    (fake Agents are plain grpclib servers: an earlier test's may linger; they do not count)."""
     return [p for p in gc.get_objects() if isinstance(p, EventsProcessor)
-            and isinstance(p.handler, Handler) and hasattr(p, "processors")]
+            and isinstance(p.handler, ListenerHandler) and hasattr(p, "processors")]
 
 
 def streams_held() -> int:
@@ -181,6 +182,24 @@ async def test_controllers_may_hold_many_calls_agents_the_usual_hundred(pki):
         agent = client_ctx(pki, pki.agent("node-1"))
         assert await advertised_streams(scheduler.port, controller) == 5_000
         assert await advertised_streams(scheduler.port, agent) == CONCURRENT_STREAMS
+
+
+async def test_a_connections_settings_are_compact_and_changed_settings_acknowledged():
+    # h2 keeps each setting's values in a deque (~770 bytes; ~11 KiB of every Agent's
+    # connection); the listener's are lists that behave the same.
+    from scheduler.grpc_listener import _SettingValues
+
+    config = make_config(server={"controller_streams": 5_000})
+    async with running_scheduler(config) as scheduler, open_channel(scheduler.port) as channel:
+        await FakeController(channel).list_nodes()  # the peer is known: the limit is changed
+        await FakeController(channel).list_nodes()  # and acknowledged by now
+        [processor] = server_connections()
+        h2_connection = processor.connection._connection
+        local, remote = h2_connection.local_settings, h2_connection.remote_settings
+        assert local.max_concurrent_streams == 5_000
+        for settings in (local, remote):
+            assert all(type(values) is _SettingValues and len(values) == 1
+                       for values in settings._settings.values()), settings._settings
 
 
 async def test_a_plaintext_controller_holds_more_calls_than_the_usual_hundred():

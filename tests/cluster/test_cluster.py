@@ -381,6 +381,23 @@ async def test_ten_thousand_silent_nodes_are_all_lost_exactly_at_their_deadlines
                 f"{body.node.id} lost at {at}, its deadline was {expected}"
 
 
+async def test_one_task_keeps_every_deadline_whatever_the_number_of_sessions(autojump_clock):
+    # A trio task per session held ~3.5 KiB per node for its whole life (bench figure 5).
+    async with open_cluster() as cluster:
+        nursery = cluster._nursery
+        before = len(nursery.child_tasks)
+        for i in range(1000):
+            cluster.join(f"node-{i}", "10.0.0.1", 7000)
+        cluster.join("node-0", "10.0.0.1", 7000)  # a rejoin: its first session's entry is stale
+        await trio.sleep(1)
+        assert len(nursery.child_tasks) == before
+        await trio.sleep(TIMEOUT)
+        assert all(n.state is NodeState.LOST for n in cluster.nodes.values())
+        assert len(cluster.events.node_events(NodeEventKind.LOST)) == 1000, \
+            "one LOST per node: the ended session's deadline is dropped, not acted on"
+        assert cluster._deadlines == [], "nothing is kept for sessions that ended"
+
+
 # -- TokenBucket -----------------------------------------------------------------------------
 
 def test_token_bucket_allows_a_burst_then_spaces_messages_at_the_rate():
