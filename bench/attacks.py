@@ -25,6 +25,7 @@ second) were served, and LOST events of legitimate nodes. Goals: growth <= 64 MB
 MB 10 s after, p99 <= 250 ms, 0 LOST, every new connection served. The last line is one JSON
 object with everything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import ssl
 import statistics
 import struct
@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout: scheduler, bench
@@ -57,8 +56,7 @@ from hyperframe.frame import ContinuationFrame, HeadersFrame  # noqa: E402
 from bench.run import Profiler, SchedulerProcess, ensure_pki, rss_kib, say  # noqa: E402
 from scheduler.sim.simulator import AgentProcesses, node_ids, raise_fd_limit  # noqa: E402
 
-ATTACKS = ("rapid_reset", "partial_messages", "continuation", "idle_connections",
-           "unknown_flood")
+ATTACKS = ("rapid_reset", "partial_messages", "continuation", "idle_connections", "unknown_flood")
 LEGIT_AGENTS = 200
 ATTACKER = "evil-r"  # the compromised node's id
 ATTACKER_ADDRESS = "127.0.0.2"  # and its own address: the legitimate cluster is on 127.0.0.1
@@ -74,8 +72,10 @@ MIB = 1 << 20
 
 # --- the attacker (a child process) -----------------------------------------------------------
 
+
 def agent_context(pki: Path, node_id: str = ATTACKER) -> ssl.SSLContext:
-    from scheduler import pki as pki_module, security
+    from scheduler import pki as pki_module
+    from scheduler import security
 
     paths = pki_module.PkiPaths.load(pki)
     pair = paths.agent(node_id)
@@ -85,24 +85,34 @@ def agent_context(pki: Path, node_id: str = ATTACKER) -> ssl.SSLContext:
 class RawH2:
     """One HTTP/2 connection spoken frame by frame over TLS (what gRPC libraries never send)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 port: int) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
+    ) -> None:
         self.reader, self.writer, self.port = reader, writer, port
         self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
         self.closed = asyncio.Event()
         self.goaways = 0
         self.answered: set[int] = set()  # streams the server ended or reset
 
     @classmethod
     async def open(cls, port: int, context: ssl.SSLContext) -> RawH2:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(
-            "127.0.0.1", port, ssl=context, server_hostname="localhost",
-            local_addr=(ATTACKER_ADDRESS, 0)), 15)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                "127.0.0.1",
+                port,
+                ssl=context,
+                server_hostname="localhost",
+                local_addr=(ATTACKER_ADDRESS, 0),
+            ),
+            15,
+        )
         connection = cls(reader, writer, port)
         connection.h2.initiate_connection()
-        connection.h2.remote_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] \
-            = __import__("collections").deque([2**31 - 1])  # an attacker ignores the limit
+        connection.h2.remote_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = (
+            __import__("collections").deque([2**31 - 1])
+        )  # an attacker ignores the limit
         writer.write(connection.h2.data_to_send())
         asyncio.ensure_future(connection._read())
         return connection
@@ -120,8 +130,9 @@ class RawH2:
                     elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                         self.answered.add(event.stream_id)
                     elif isinstance(event, h2.events.DataReceived):
-                        self.h2.acknowledge_received_data(event.flow_controlled_length,
-                                                          event.stream_id)
+                        self.h2.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
                 self.send()
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
@@ -130,9 +141,14 @@ class RawH2:
             self.writer.close()
 
     def headers(self, path: str = JOIN) -> list[tuple[str, str]]:
-        return [(":method", "POST"), (":scheme", "https"), (":path", path),
-                (":authority", f"127.0.0.1:{self.port}"), ("content-type", "application/grpc"),
-                ("te", "trailers")]
+        return [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", path),
+            (":authority", f"127.0.0.1:{self.port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
 
     def send(self) -> None:
         data = self.h2.data_to_send()
@@ -144,13 +160,12 @@ class RawH2:
             await self.writer.drain()
 
 
-async def reconnecting(port: int, context: ssl.SSLContext, stop: float, counts: dict,
-                       use) -> None:
+async def reconnecting(port: int, context: ssl.SSLContext, stop: float, counts: dict, use) -> None:
     """Open a connection, run `use(connection)` until it closes, again until `stop`."""
     while time.monotonic() < stop:
         try:
             connection = await RawH2.open(port, context)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ssl.SSLError):
             counts["connect_failures"] = counts.get("connect_failures", 0) + 1
             await asyncio.sleep(0.05)
             continue
@@ -197,8 +212,11 @@ async def partial_messages(port: int, pki: Path, seconds: float) -> dict:
                 left[stream_id] = announced - 1
                 counts["streams"] += 1
             for stream_id, remaining in list(left.items()):
-                room = min(remaining, connection.h2.local_flow_control_window(stream_id),
-                           connection.h2.max_outbound_frame_size)
+                room = min(
+                    remaining,
+                    connection.h2.local_flow_control_window(stream_id),
+                    connection.h2.max_outbound_frame_size,
+                )
                 if room > 0:
                     connection.h2.send_data(stream_id, b"x" * room)
                     left[stream_id] = remaining - room
@@ -219,7 +237,8 @@ async def continuation(port: int, pki: Path, seconds: float) -> dict:
         stream_id = connection.h2.get_next_available_stream_id()
         block = connection.h2.encoder.encode(connection.headers())
         frames = [HeadersFrame(stream_id, block)] + [
-            ContinuationFrame(stream_id, b"\x40\x01x\x00" * 4096) for _ in range(63)]
+            ContinuationFrame(stream_id, b"\x40\x01x\x00" * 4096) for _ in range(63)
+        ]
         connection.writer.write(b"".join(frame.serialize() for frame in frames))
         counts["header_blocks"] += 1
         await connection.drain()
@@ -242,7 +261,8 @@ async def idle_connections(port: int, pki: Path, seconds: float, other_ca: Path)
         while time.monotonic() < stop:
             try:
                 reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", port, local_addr=(ATTACKER_ADDRESS, 0))
+                    "127.0.0.1", port, local_addr=(ATTACKER_ADDRESS, 0)
+                )
             except OSError:
                 await asyncio.sleep(0.1)
                 continue
@@ -255,9 +275,16 @@ async def idle_connections(port: int, pki: Path, seconds: float, other_ca: Path)
     async def bad_handshakes() -> None:
         while time.monotonic() < stop:
             with contextlib.suppress(OSError, ssl.SSLError, asyncio.TimeoutError):
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                    "127.0.0.1", port, ssl=bad, server_hostname="localhost",
-                    local_addr=(ATTACKER_ADDRESS, 0)), 5)
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        "127.0.0.1",
+                        port,
+                        ssl=bad,
+                        server_hostname="localhost",
+                        local_addr=(ATTACKER_ADDRESS, 0),
+                    ),
+                    5,
+                )
                 await asyncio.wait_for(reader.read(1), 5)
                 writer.close()
             counts["bad_handshakes"] += 1
@@ -277,8 +304,12 @@ async def unknown_flood(port: int, pki: Path, seconds: float) -> dict:
 
         async def _create_connection(self):
             _, protocol = await self._loop.create_connection(
-                self._protocol_factory, self._host, self._port, ssl=self._ssl,
-                local_addr=(ATTACKER_ADDRESS, 0))
+                self._protocol_factory,
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                local_addr=(ATTACKER_ADDRESS, 0),
+            )
             return protocol
 
     counts = {"joins": 0, "statuses": 0, "errors": 0}
@@ -289,8 +320,10 @@ async def unknown_flood(port: int, pki: Path, seconds: float) -> dict:
     number = 0
     while time.monotonic() < stop:
         try:
-            await lifecycle.JoinCluster(agent_pb2.ConnectionRequest(
-                id=ATTACKER, port=random.randint(1024, 65535)), timeout=5)
+            await lifecycle.JoinCluster(
+                agent_pb2.ConnectionRequest(id=ATTACKER, port=random.randint(1024, 65535)),
+                timeout=5,
+            )
             counts["joins"] += 1
             async with statuses.UpdateNodeStatus.open(timeout=5) as stream:
                 for _ in range(20):  # the status burst; then rejoin from a new port
@@ -302,7 +335,7 @@ async def unknown_flood(port: int, pki: Path, seconds: float) -> dict:
                     await stream.send_message(message)
                     counts["statuses"] += 1
                 await stream.cancel()
-        except (GRPCError, StreamTerminatedError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, GRPCError, StreamTerminatedError, OSError):
             counts["errors"] += 1
             await asyncio.sleep(0.01)
     channel.close()
@@ -317,6 +350,7 @@ async def attacker(kind: str, port: int, pki: Path, seconds: float, other_ca: Pa
 
 
 # --- the legitimate cluster, watched ---------------------------------------------------------
+
 
 class Watch:
     """The Controller's view while attacks run: ListNodes latencies, fresh connections, LOST."""
@@ -334,8 +368,10 @@ class Watch:
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(task()) for task in
-                       (self._list, self._probe, self._sample, self._watch)]
+        self._tasks = [
+            asyncio.ensure_future(task())
+            for task in (self._list, self._probe, self._sample, self._watch)
+        ]
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -380,8 +416,11 @@ class Watch:
             with contextlib.suppress(Exception):
                 async for _, event in self.controller.watch():
                     kind = event.WhichOneof("event")
-                    if kind == "node" and event.node.kind == 3 \
-                            and event.node.node.id.startswith("legit-"):
+                    if (
+                        kind == "node"
+                        and event.node.kind == 3
+                        and event.node.node.id.startswith("legit-")
+                    ):
                         self.lost.append(event.node.node.id)
                     elif kind == "instance":
                         self.instance_events += 1
@@ -398,22 +437,43 @@ def p99(values: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-async def run_attack(kind: str, watch: Watch, scheduler: SchedulerProcess, pki: Path,
-                     other_ca: Path, seconds: float, workdir: Path, profiler: Profiler) -> dict:
+async def run_attack(
+    kind: str,
+    watch: Watch,
+    scheduler: SchedulerProcess,
+    pki: Path,
+    other_ca: Path,
+    seconds: float,
+    workdir: Path,
+    profiler: Profiler,
+) -> dict:
     await asyncio.sleep(3)
     now = time.monotonic()
     baseline = statistics.median(watch.rss_between(now - 3, now))
     lost_before, events_before = len(watch.lost), watch.instance_events
     log_before = scheduler.log.stat().st_size
-    store = [scheduler.workdir / "attacks-data" / name
-             for name in ("state.sqlite3", "state.sqlite3-wal")]
+    store = [
+        scheduler.workdir / "attacks-data" / name for name in ("state.sqlite3", "state.sqlite3-wal")
+    ]
     store_before = sum(path.stat().st_size for path in store if path.exists())
     say(f"{kind}: baseline RSS {baseline / 1024:.0f} MB, attacking for {seconds:g} s")
     started = time.monotonic()
     child = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__)), "attacker", kind, "--port", str(scheduler.port),
-        "--pki", str(pki), "--other-ca", str(other_ca), "--seconds", str(seconds),
-        stdout=asyncio.subprocess.PIPE, stderr=open(workdir / f"attacker-{kind}.log", "wb"))
+        sys.executable,
+        str(Path(__file__)),
+        "attacker",
+        kind,
+        "--port",
+        str(scheduler.port),
+        "--pki",
+        str(pki),
+        "--other-ca",
+        str(other_ca),
+        "--seconds",
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=open(workdir / f"attacker-{kind}.log", "wb"),
+    )
     async with profiler.window(f"attack-{kind}", scheduler.pid, seconds):
         out, _ = await child.communicate()
     ended = time.monotonic()
@@ -426,20 +486,25 @@ async def run_attack(kind: str, watch: Watch, scheduler: SchedulerProcess, pki: 
     probes = [served for at, served in watch.probes if started <= at <= ended]
     log_lines = scheduler.log.read_bytes()[log_before:].decode(errors="replace").splitlines()
     result = {
-        "attack": kind, "seconds": round(ended - started, 1),
+        "attack": kind,
+        "seconds": round(ended - started, 1),
         "rss_baseline_mb": round(baseline / 1024, 1),
         "rss_growth_during_mb": round((max(during) - baseline) / 1024, 1),
         "rss_growth_after_mb": round((statistics.median(after) - baseline) / 1024, 1),
         "listnodes_p99_ms": round(p99(latencies) * 1000, 1) if latencies else None,
-        "listnodes_calls": len(latencies), "listnodes_failed": len(failed),
+        "listnodes_calls": len(latencies),
+        "listnodes_failed": len(failed),
         "new_connections": {"tried": len(probes), "served": sum(probes)},
         "lost": len(watch.lost) - lost_before,
         "instance_events": watch.instance_events - events_before,
-        "scheduler_log": {"lines": len(log_lines),
-                          "warnings": sum(" WARNING " in line for line in log_lines),
-                          "bytes": sum(len(line) + 1 for line in log_lines)},
-        "store_growth_kb": round((sum(p.stat().st_size for p in store if p.exists())
-                                  - store_before) / 1024, 1),
+        "scheduler_log": {
+            "lines": len(log_lines),
+            "warnings": sum(" WARNING " in line for line in log_lines),
+            "bytes": sum(len(line) + 1 for line in log_lines),
+        },
+        "store_growth_kb": round(
+            (sum(p.stat().st_size for p in store if p.exists()) - store_before) / 1024, 1
+        ),
         "attacker": attacker_counts,
     }
     result["goals_met"] = goals_met(result)
@@ -448,11 +513,15 @@ async def run_attack(kind: str, watch: Watch, scheduler: SchedulerProcess, pki: 
 
 def goals_met(result: dict) -> bool:
     p99_ms = result["listnodes_p99_ms"]
-    return (result["rss_growth_during_mb"] <= GOALS["rss_growth_during_mb"]
-            and result["rss_growth_after_mb"] <= GOALS["rss_growth_after_mb"]
-            and p99_ms is not None and p99_ms <= GOALS["listnodes_p99_ms"]
-            and result["listnodes_failed"] == 0 and result["lost"] == 0
-            and result["new_connections"]["served"] == result["new_connections"]["tried"])
+    return (
+        result["rss_growth_during_mb"] <= GOALS["rss_growth_during_mb"]
+        and result["rss_growth_after_mb"] <= GOALS["rss_growth_after_mb"]
+        and p99_ms is not None
+        and p99_ms <= GOALS["listnodes_p99_ms"]
+        and result["listnodes_failed"] == 0
+        and result["lost"] == 0
+        and result["new_connections"]["served"] == result["new_connections"]["tried"]
+    )
 
 
 async def main(args: argparse.Namespace) -> dict:
@@ -469,12 +538,20 @@ async def main(args: argparse.Namespace) -> dict:
 
     other_ca = workdir / "other-ca"
     pki_module.init_pki(other_ca, agents=[ATTACKER])
-    say(f"attacks on orka-scheduler: logs in {workdir}, {os.cpu_count()} cores, load "
-        f"{os.getloadavg()[0]:.2f}")
+    say(
+        f"attacks on orka-scheduler: logs in {workdir}, {os.cpu_count()} cores, load "
+        f"{os.getloadavg()[0]:.2f}"
+    )
     results = []
     async with SchedulerProcess(workdir, "attacks", pki=pki) as scheduler:
-        async with AgentProcesses(LEGIT_AGENTS, scheduler.address, rate=1.0, prefix="legit",
-                                  pki=pki, log_file=workdir / "agents.log") as fleet:
+        async with AgentProcesses(
+            LEGIT_AGENTS,
+            scheduler.address,
+            rate=1.0,
+            prefix="legit",
+            pki=pki,
+            log_file=workdir / "agents.log",
+        ) as fleet:
             while (await fleet.stats())["streaming"] < LEGIT_AGENTS:
                 await asyncio.sleep(0.5)
             say(f"{LEGIT_AGENTS} legitimate Agents streaming")
@@ -483,14 +560,20 @@ async def main(args: argparse.Namespace) -> dict:
             try:
                 await asyncio.sleep(5)
                 for kind in only:
-                    result = await run_attack(kind, watch, scheduler, pki, other_ca,
-                                              args.seconds, workdir, profiler)
+                    result = await run_attack(
+                        kind, watch, scheduler, pki, other_ca, args.seconds, workdir, profiler
+                    )
                     results.append(result)
                     print(json.dumps(result), flush=True)
             finally:
                 await watch.close()
-    summary = {"attacks": results, "all_goals_met": all(r["goals_met"] for r in results),
-               "goals": GOALS, "legit_agents": LEGIT_AGENTS, "seconds_each": args.seconds}
+    summary = {
+        "attacks": results,
+        "all_goals_met": all(r["goals_met"] for r in results),
+        "goals": GOALS,
+        "legit_agents": LEGIT_AGENTS,
+        "seconds_each": args.seconds,
+    }
     print(json.dumps(summary), flush=True)
     return summary
 
@@ -505,18 +588,21 @@ def cli(argv: list[str] | None = None) -> None:
         parser.add_argument("--other-ca", type=Path, required=True)
         parser.add_argument("--seconds", type=float, default=20.0)
         args = parser.parse_args(argv[1:])
-        counts = asyncio.run(attacker(args.kind, args.port, args.pki, args.seconds,
-                                      args.other_ca))
+        counts = asyncio.run(attacker(args.kind, args.port, args.pki, args.seconds, args.other_ca))
         print(json.dumps(counts), flush=True)
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", metavar="ATTACKS", help=f"comma-separated subset of {ATTACKS}")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each attack")
-    parser.add_argument("--pki-cache", metavar="DIR",
-                        default=str(Path(tempfile.gettempdir()) / "orka-bench-pki"),
-                        help="development PKI reused between runs (agent certificates)")
-    parser.add_argument("--profile", metavar="DIR",
-                        help="record py-spy stacks of the scheduler during each attack")
+    parser.add_argument(
+        "--pki-cache",
+        metavar="DIR",
+        default=str(Path(tempfile.gettempdir()) / "orka-bench-pki"),
+        help="development PKI reused between runs (agent certificates)",
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", help="record py-spy stacks of the scheduler during each attack"
+    )
     asyncio.run(main(parser.parse_args(argv)))
 
 

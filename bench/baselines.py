@@ -25,6 +25,7 @@ each line `stats` on stdin with `{"event": "stats", "messages": N, "placements":
 
 Never imports trio: it must run on a plain asyncio loop, like the simulator.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,21 +108,32 @@ class IngestStatus(agent_grpc.StatusUpdateServiceBase):
 
     def _lost(self, node_id: str) -> None:
         del self._timers[node_id]
-        print(json.dumps({"event": "lost", "node": node_id, "time": time.time(),
-                          "deadline": self._last[node_id] + self._timeout}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "event": "lost",
+                    "node": node_id,
+                    "time": time.time(),
+                    "deadline": self._last[node_id] + self._timeout,
+                }
+            ),
+            flush=True,
+        )
 
 
 def agent_workload(wire: controller_pb2.Workload) -> node_agent_pb2.Workload:
     """The Controller's workload as the Agent's Create takes it."""
-    workload = node_agent_pb2.Workload(instance_id=wire.instance_id, type=wire.type,
-                                       image=wire.image, environment=wire.environment)
+    workload = node_agent_pb2.Workload(
+        instance_id=wire.instance_id, type=wire.type, image=wire.image, environment=wire.environment
+    )
     if wire.HasField("resource_limits"):  # same fields, another package: copy the bytes
         workload.resource_limits.ParseFromString(wire.resource_limits.SerializeToString())
     return workload
 
 
-def controller_status(status: node_agent_pb2.WorkloadStatus,
-                      node_id: str) -> controller_pb2.WorkloadStatus:
+def controller_status(
+    status: node_agent_pb2.WorkloadStatus, node_id: str
+) -> controller_pb2.WorkloadStatus:
     """An Agent's status as the Controller gets it: fields 1-3 are node_agent's, node_id = 4."""
     out = controller_pb2.WorkloadStatus.FromString(status.SerializeToString())
     out.node_id = node_id
@@ -164,20 +176,28 @@ class Relay(controller_grpc.SchedulingServiceBase):
         raise GRPCError(Status.UNIMPLEMENTED, "baseline relay")
 
 
-async def serve(kind: str, listen: str, agent: str | None, node_id: str,
-                node_timeout: float | None = None, pki: str | None = None,
-                tls_read_buffer: int | None = None) -> None:
+async def serve(
+    kind: str,
+    listen: str,
+    agent: str | None,
+    node_id: str,
+    node_timeout: float | None = None,
+    pki: str | None = None,
+    tls_read_buffer: int | None = None,
+) -> None:
     raise_fd_limit()
     if tls_read_buffer is not None:
         asyncio.sslproto.SSLProtocol.max_size = tls_read_buffer
     host, _, port = listen.rpartition(":")
     ssl_context = None
     if pki is not None:  # mTLS as the scheduler serves it: the scheduler's certificate
-        from scheduler import pki as pki_module, security
+        from scheduler import pki as pki_module
+        from scheduler import security
 
         paths = pki_module.PkiPaths.load(pki)
-        ssl_context = security.server_ssl_context(paths.ca, paths.scheduler.cert,
-                                                  paths.scheduler.key)
+        ssl_context = security.server_ssl_context(
+            paths.ca, paths.scheduler.cert, paths.scheduler.key
+        )
     if kind == "ingest":
         handlers = [IngestLifecycle(), IngestStatus(node_timeout)]
     else:
@@ -188,8 +208,9 @@ async def serve(kind: str, listen: str, agent: str | None, node_id: str,
         handlers = [relay, IngestLifecycle(relay.use), IngestStatus()]
     server = Server(handlers)
     # host/port, not sock=: asyncio then sets TCP_NODELAY on accepted connections.
-    await server.start(host.strip("[]"), int(port), backlog=BACKLOG, reuse_address=True,
-                       ssl=ssl_context)
+    await server.start(
+        host.strip("[]"), int(port), backlog=BACKLOG, reuse_address=True, ssl=ssl_context
+    )
     bound = server._server.sockets[0].getsockname()[1]
     print(json.dumps({"event": "ready", "port": bound}), flush=True)
 
@@ -213,9 +234,17 @@ async def answer_until_stopped() -> None:
             if not line:
                 break
             if line.strip() == b"stats":
-                print(json.dumps({"event": "stats", "messages": Counters.messages,
-                                  "placements": Counters.placements, "time": time.time()}),
-                      flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "event": "stats",
+                            "messages": Counters.messages,
+                            "placements": Counters.placements,
+                            "time": time.time(),
+                        }
+                    ),
+                    flush=True,
+                )
         stop.set()
 
     task = asyncio.ensure_future(control())
@@ -229,15 +258,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
     parser.add_argument("--agent", metavar="HOST:PORT", help="relay: the fixed Agent")
     parser.add_argument("--node-id", default="baseline-node", help="relay: node_id in statuses")
-    parser.add_argument("--node-timeout", type=float, default=None,
-                        help="ingest: report nodes silent this long (liveness baseline)")
-    parser.add_argument("--pki", metavar="DIR",
-                        help="serve mTLS with the scheduler certificate of this PKI directory")
-    parser.add_argument("--tls-read-buffer", type=int, metavar="BYTES",
-                        help="asyncio's TLS read buffer per connection (default 256 KiB)")
+    parser.add_argument(
+        "--node-timeout",
+        type=float,
+        default=None,
+        help="ingest: report nodes silent this long (liveness baseline)",
+    )
+    parser.add_argument(
+        "--pki",
+        metavar="DIR",
+        help="serve mTLS with the scheduler certificate of this PKI directory",
+    )
+    parser.add_argument(
+        "--tls-read-buffer",
+        type=int,
+        metavar="BYTES",
+        help="asyncio's TLS read buffer per connection (default 256 KiB)",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.kind, args.listen, args.agent, args.node_id, args.node_timeout,
-                      args.pki, args.tls_read_buffer))
+    asyncio.run(
+        serve(
+            args.kind,
+            args.listen,
+            args.agent,
+            args.node_id,
+            args.node_timeout,
+            args.pki,
+            args.tls_read_buffer,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ disturbs one disturbs the other.
     git archive main | tar -x -C /tmp/before
     python bench/ingest_ab.py --other /tmp/before [--agents 1000] [--rate 2] [--windows 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="orka-ab-"))
     other = Path(args.other).resolve()
     wrapper = workdir / "other.py"  # `python other.py serve ...` runs the other checkout
-    wrapper.write_text(f"import sys\nsys.path.insert(0, {str(other)!r})\n"
-                       "from scheduler.cli import main\nmain(sys.argv[1:])\n")
+    wrapper.write_text(
+        f"import sys\nsys.path.insert(0, {str(other)!r})\n"
+        "from scheduler.cli import main\nmain(sys.argv[1:])\n"
+    )
     names = ("this", "other")
     async with AsyncExitStack() as stack:
         schedulers, fleets = {}, {}
@@ -41,31 +44,44 @@ async def main(args: argparse.Namespace) -> None:
             if name == "other":
                 process.wrapper = str(wrapper)
             schedulers[name] = await stack.enter_async_context(process)
-            fleets[name] = await stack.enter_async_context(run.AgentProcesses(
-                args.agents, process.address, rate=args.rate, processes=1, raw=True,
-                prefix=name, log_file=workdir / f"{name}-agents.log"))
+            fleets[name] = await stack.enter_async_context(
+                run.AgentProcesses(
+                    args.agents,
+                    process.address,
+                    rate=args.rate,
+                    processes=1,
+                    raw=True,
+                    prefix=name,
+                    log_file=workdir / f"{name}-agents.log",
+                )
+            )
         for name in names:
             stats = await run.wait_streaming(fleets[name], args.agents, 60)
             run.say(f"{name}: {stats['streaming']} streams up")
         await asyncio.sleep(args.warmup)
         results: dict[str, list[float]] = {name: [] for name in names}
         for window in range(args.windows):
-            before = {name: await run.scrape_counter(schedulers[name].metrics_port,
-                                                     run.STATUS_COUNTER) for name in names}
+            before = {
+                name: await run.scrape_counter(schedulers[name].metrics_port, run.STATUS_COUNTER)
+                for name in names
+            }
             cpu = run.CpuWindow({name: schedulers[name].pid for name in names})
             await asyncio.sleep(args.window)
             shares = cpu.stop()
             for name in names:
-                after = await run.scrape_counter(schedulers[name].metrics_port,
-                                                 run.STATUS_COUNTER)
+                after = await run.scrape_counter(schedulers[name].metrics_port, run.STATUS_COUNTER)
                 taken = (after[0] - before[name][0]) / (after[1] - before[name][1])
                 us = shares[name] / taken * 1e6
                 results[name].append(us)
-                run.say(f"window {window + 1} {name}: {taken:.0f} msgs/s, {shares[name]} cores,"
-                        f" {us:.1f} µs/msg (others {shares['others']} cores)")
+                run.say(
+                    f"window {window + 1} {name}: {taken:.0f} msgs/s, {shares[name]} cores,"
+                    f" {us:.1f} µs/msg (others {shares['others']} cores)"
+                )
         medians = {name: statistics.median(values) for name, values in results.items()}
-        run.say(f"median µs per status: this {medians['this']:.1f}, other "
-                f"{medians['other']:.1f} ({other}); this/other {medians['this'] / medians['other']:.3f}")
+        run.say(
+            f"median µs per status: this {medians['this']:.1f}, other "
+            f"{medians['other']:.1f} ({other}); this/other {medians['this'] / medians['other']:.3f}"
+        )
 
 
 def cli(argv: list[str] | None = None) -> None:

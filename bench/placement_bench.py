@@ -11,6 +11,7 @@ and adding / removing a node.
 The last line of output is one JSON object: decision_p99_ms_100, decision_p99_ms_1k,
 decision_p99_ms_10k.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from scheduler.model import MIB, NodeMetrics, Resources  # noqa: E402
 from scheduler.placement import (  # noqa: E402
-    Candidate, NodeTable, Strategy, plan, plan_candidates,
+    Candidate,
+    NodeTable,
+    Strategy,
+    plan,
+    plan_candidates,
 )
 
 SEED = 20240601  # fixed: runs are comparable
@@ -97,8 +102,13 @@ def time_decisions(decide, count: int, rng: random.Random, before=None) -> list[
     return samples
 
 
-def report_some(table: NodeTable, node_ids: list[str], statuses: list[NodeMetrics],
-                rng: random.Random, count: int = STATUSES_BETWEEN) -> None:
+def report_some(
+    table: NodeTable,
+    node_ids: list[str],
+    statuses: list[NodeMetrics],
+    rng: random.Random,
+    count: int = STATUSES_BETWEEN,
+) -> None:
     """Status reports of `count` random nodes: what changes between two placements."""
     for _ in range(count):
         table.update_metrics(rng.choice(node_ids), rng.choice(statuses))
@@ -108,24 +118,39 @@ def main() -> None:
     rng = random.Random(SEED)
     result = {}
     statuses = [random_metrics(rng) for _ in range(1_000)]
-    print(f"{'nodes':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'ref p50 ms':>11} {'ratio':>7}"
-          f"   after {STATUSES_BETWEEN} status reports: {'p50 ms':>7} {'p99 ms':>7}")
+    print(
+        f"{'nodes':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'ref p50 ms':>11} {'ratio':>7}"
+        f"   after {STATUSES_BETWEEN} status reports: {'p50 ms':>7} {'p99 ms':>7}"
+    )
     for label, size in SIZES.items():
         table, candidates = build(size, rng)
         node_ids = table.node_ids()
         plan(table)  # warm-up: ranks node ids once, as the first decision after joins would
         # The bar is for a decision that scores every row: the first for a request, or one
         # after nodes joined or were forgotten (the table keeps no scores then).
-        fast = time_decisions(lambda r, s, m: plan(table, r, s, m), DECISIONS[label], rng,
-                              before=table.kept.clear)
-        kept = time_decisions(lambda r, s, m: plan(table, r, s, m), DECISIONS[label], rng,
-                              before=lambda: report_some(table, node_ids, statuses, rng))
-        slow = time_decisions(lambda r, s, m: plan_candidates(candidates, r, s, m),
-                              BASELINE_DECISIONS[label], rng)
+        fast = time_decisions(
+            lambda r, s, m, t=table: plan(t, r, s, m),
+            DECISIONS[label],
+            rng,
+            before=table.kept.clear,
+        )
+        kept = time_decisions(
+            lambda r, s, m, t=table: plan(t, r, s, m),
+            DECISIONS[label],
+            rng,
+            before=lambda t=table, ids=node_ids: report_some(t, ids, statuses, rng),
+        )
+        slow = time_decisions(
+            lambda r, s, m, c=candidates: plan_candidates(c, r, s, m),
+            BASELINE_DECISIONS[label],
+            rng,
+        )
         p50, p99, ref_p50 = percentile(fast, 0.5), percentile(fast, 0.99), percentile(slow, 0.5)
-        print(f"{size:>6} {p50:>8.3f} {p99:>8.3f} {max(fast):>8.3f} {ref_p50:>11.3f} "
-              f"{ref_p50 / p50:>6.0f}x   {'':>{len(str(STATUSES_BETWEEN)) + 22}}"
-              f"{percentile(kept, 0.5):>7.3f} {percentile(kept, 0.99):>7.3f}")
+        print(
+            f"{size:>6} {p50:>8.3f} {p99:>8.3f} {max(fast):>8.3f} {ref_p50:>11.3f} "
+            f"{ref_p50 / p50:>6.0f}x   {'':>{len(str(STATUSES_BETWEEN)) + 22}}"
+            f"{percentile(kept, 0.5):>7.3f} {percentile(kept, 0.99):>7.3f}"
+        )
         result[f"decision_p99_ms_{label}"] = round(p99, 4)
         result[f"decision_kept_p99_ms_{label}"] = round(percentile(kept, 0.99), 4)
 
@@ -142,8 +167,10 @@ def main() -> None:
     for node_id in joins:
         table.remove(node_id)
     remove_us = (time.perf_counter() - start) / JOINS * 1e6
-    print(f"10k nodes: update_metrics {per_update_us:.2f} µs per status message, "
-          f"upsert {join_us:.1f} µs, remove {remove_us:.1f} µs per node")
+    print(
+        f"10k nodes: update_metrics {per_update_us:.2f} µs per status message, "
+        f"upsert {join_us:.1f} µs, remove {remove_us:.1f} µs per node"
+    )
     print(json.dumps(result))
 
 

@@ -28,6 +28,7 @@ and its last 10,000 terminated instances; RSS grows until those are full, so in 
 slope measures filling them, not a leak. `--events-retained 5000` fills the log within a
 minute, leaving the second half's slope to leaks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,6 +76,7 @@ def say(text: str) -> None:
 
 # --- the Controller's view ------------------------------------------------------------------
 
+
 @dataclass
 class View:
     """What the Controller knows from WatchEvents alone."""
@@ -99,17 +101,19 @@ class View:
                 self.resumed_by_snapshot += 1
             self.nodes = {n.id: STATES[n.state] for n in event.snapshot.nodes}
             self.instances = {
-                s.instance_id: (CODES[s.status.code], s.node_id) for s in event.snapshot.instances}
+                s.instance_id: (CODES[s.status.code], s.node_id) for s in event.snapshot.instances
+            }
         else:
             if event.epoch == self.epoch and event.revision <= self.revision:
-                self.anomaly(f"revision went back: {event.revision} after {self.revision} "
-                             f"({kind})")
+                self.anomaly(f"revision went back: {event.revision} after {self.revision} ({kind})")
             if kind == "node":
                 node = event.node.node
                 state = KIND_STATE[event.node.kind]
                 if event.node.kind != 1 and STATES[node.state] != state:
-                    self.anomaly(f"node event kind {event.node.kind} for {node.id} carries "
-                                 f"state {STATES[node.state]}")
+                    self.anomaly(
+                        f"node event kind {event.node.kind} for {node.id} carries "
+                        f"state {STATES[node.state]}"
+                    )
                 if event.node.kind == 1 and self.nodes.get(node.id) in ("LEFT", "LOST"):
                     self.anomaly(f"STATUS of {node.id} after it was {self.nodes[node.id]}")
                 self.nodes[node.id] = state
@@ -124,8 +128,9 @@ class View:
             self.anomalies.append(text)
 
 
-async def watch_forever(controller: SimController, view: View, cut_every: float,
-                        ready: asyncio.Event) -> None:
+async def watch_forever(
+    controller: SimController, view: View, cut_every: float, ready: asyncio.Event
+) -> None:
     """Follow WatchEvents; resume with (epoch, revision) after every break; cut the stream
     on purpose every `cut_every` s (0: never) to exercise resuming."""
     rng = random.Random(7)
@@ -144,14 +149,17 @@ async def watch_forever(controller: SimController, view: View, cut_every: float,
                         break  # closing the generator cancels the stream
                 else:
                     view.breaks += 1
-        except (GRPCError, StreamTerminatedError, OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, GRPCError, StreamTerminatedError, OSError) as err:
             view.breaks += 1
-            say(f"watch broke: {type(err).__name__}: {err}; resuming after "
-                f"{view.epoch}/{view.revision}")
+            say(
+                f"watch broke: {type(err).__name__}: {err}; resuming after "
+                f"{view.epoch}/{view.revision}"
+            )
             await asyncio.sleep(0.2)
 
 
 # --- the simulated fleet --------------------------------------------------------------------
+
 
 @dataclass
 class Group:
@@ -178,8 +186,16 @@ class Fleet:
         name = "core" if core else f"churn{self._number:03d}"
         self._number += 1
         behaviour = Behaviour(lifetime=None if core else LIFETIME)
-        fleet = AgentProcesses(count, self.address, rate=REPORT_RATE, processes=1, prefix=name,
-                               pki=self.pki, behaviour=behaviour, log_file=self.log_file)
+        fleet = AgentProcesses(
+            count,
+            self.address,
+            rate=REPORT_RATE,
+            processes=1,
+            prefix=name,
+            pki=self.pki,
+            behaviour=behaviour,
+            log_file=self.log_file,
+        )
         await fleet.start()
         group = Group(name, fleet, node_ids(count, name), core)
         self.live[name] = group
@@ -215,12 +231,12 @@ class Fleet:
         return held
 
     async def close(self) -> None:
-        await asyncio.gather(*(g.fleet.close() for g in self.live.values()),
-                             return_exceptions=True)
+        await asyncio.gather(*(g.fleet.close() for g in self.live.values()), return_exceptions=True)
 
 
-async def churn(fleet: Fleet, stop_at: float, churn_agents: int, rng: random.Random,
-                period: float) -> None:
+async def churn(
+    fleet: Fleet, stop_at: float, churn_agents: int, rng: random.Random, period: float
+) -> None:
     """Every ~`period` s: a new group joins, or one leaves, or one is killed."""
     while time.monotonic() < stop_at:
         await asyncio.sleep(rng.uniform(0.5, 1.5) * period)
@@ -245,6 +261,7 @@ async def churn(fleet: Fleet, stop_at: float, churn_agents: int, rng: random.Ran
 
 # --- the Controller's work --------------------------------------------------------------------
 
+
 @dataclass
 class Work:
     placements: int = 0
@@ -263,8 +280,7 @@ async def place(controller: SimController, workload: controller_pb2.Workload) ->
     started = time.perf_counter()
     try:
         async with controller.scheduling.Schedule.open(timeout=10.0) as stream:
-            await stream.send_message(controller_pb2.SchedulingRequest(workload=workload),
-                                      end=True)
+            await stream.send_message(controller_pb2.SchedulingRequest(workload=workload), end=True)
             status = await stream.recv_message()
             if status is not None:
                 placement.first_status_s = time.perf_counter() - started
@@ -274,13 +290,19 @@ async def place(controller: SimController, workload: controller_pb2.Workload) ->
                 await stream.cancel()
     except GRPCError as err:
         placement.error = f"{err.status.name}: {err.message}"
-    except (asyncio.TimeoutError, StreamTerminatedError, StreamClosedError, OSError) as err:
+    except (TimeoutError, StreamTerminatedError, StreamClosedError, OSError) as err:
         placement.error = placement.error or f"{type(err).__name__}: {err}"
     return placement
 
 
-async def schedule_loop(controller: SimController, work: Work, stop_at: float,
-                        concurrency: int, pause: float, memory: int) -> None:
+async def schedule_loop(
+    controller: SimController,
+    work: Work,
+    stop_at: float,
+    concurrency: int,
+    pause: float,
+    memory: int,
+) -> None:
     run = f"{time.time_ns() % 10**9:09d}"
     number = 0
 
@@ -304,26 +326,36 @@ async def schedule_loop(controller: SimController, work: Work, stop_at: float,
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def destroy_loop(controller: SimController, work: Work, view: View, stop_at: float,
-                       rng: random.Random, period: float) -> None:
+async def destroy_loop(
+    controller: SimController,
+    work: Work,
+    view: View,
+    stop_at: float,
+    rng: random.Random,
+    period: float,
+) -> None:
     """Every ~`period` s, destroy a random sample of the instances placed and still running."""
     while time.monotonic() < stop_at:
         await asyncio.sleep(period)
-        live = [i for i, (code, node) in view.instances.items()
-                if code != "TERMINATED" and i in work.placed and view.nodes.get(node) == "READY"]
+        live = [
+            i
+            for i, (code, node) in view.instances.items()
+            if code != "TERMINATED" and i in work.placed and view.nodes.get(node) == "READY"
+        ]
         gate = asyncio.Semaphore(8)
 
-        async def destroy(instance_id: str) -> None:
+        async def destroy(instance_id: str, gate: asyncio.Semaphore = gate) -> None:
             async with gate:
                 try:
                     await controller.scheduling.Destroy(
-                        controller_pb2.WorkloadInstance(instance_id=instance_id), timeout=5.0)
+                        controller_pb2.WorkloadInstance(instance_id=instance_id), timeout=5.0
+                    )
                     work.destroys += 1
                     work.placed.pop(instance_id, None)
                 except GRPCError as err:
                     key = err.status.name
                     work.destroy_errors[key] = work.destroy_errors.get(key, 0) + 1
-                except (StreamTerminatedError, OSError, asyncio.TimeoutError) as err:
+                except (TimeoutError, StreamTerminatedError, OSError) as err:
                     key = type(err).__name__
                     work.destroy_errors[key] = work.destroy_errors.get(key, 0) + 1
 
@@ -337,6 +369,7 @@ async def rss_loop(pid: int, samples: list[tuple[float, int]], every: float) -> 
 
 
 # --- the check ----------------------------------------------------------------------------------
+
 
 def compare(view: View, fleet: Fleet, held: dict[str, list[str]]) -> list[str]:
     mismatches: list[str] = []
@@ -360,17 +393,24 @@ def compare(view: View, fleet: Fleet, held: dict[str, list[str]]) -> list[str]:
         for instance_id in instances:
             code, where = view.instances.get(instance_id, (None, None))
             if code is None or code == "TERMINATED" or where != node:
-                mismatches.append(f"instance {instance_id}: held by {node}, view says "
-                                  f"{code} on {where!r}")
+                mismatches.append(
+                    f"instance {instance_id}: held by {node}, view says {code} on {where!r}"
+                )
     for instance_id, (code, node) in sorted(view.instances.items()):
-        if code in ("RUNNING", "WAITING") and view.nodes.get(node) == "READY" \
-                and instance_id not in held.get(node, ()):
-            mismatches.append(f"instance {instance_id}: view says {code} on READY {node}, "
-                              f"its Agent does not hold it")
+        if (
+            code in ("RUNNING", "WAITING")
+            and view.nodes.get(node) == "READY"
+            and instance_id not in held.get(node, ())
+        ):
+            mismatches.append(
+                f"instance {instance_id}: view says {code} on READY {node}, "
+                f"its Agent does not hold it"
+            )
     return mismatches
 
 
 # --- the run --------------------------------------------------------------------------------------
+
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit()
@@ -383,11 +423,17 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 
         pki = workdir / "pki"
         pki_module.init_pki(pki)
-    say(f"soak: {args.minutes} min, {args.agents} agents, "
-        f"{'plaintext' if pki is None else 'mTLS'}, logs in {workdir}")
-    scheduler = SchedulerProcess(workdir, "scheduler", pki=pki,
-                                 liveness={"node_timeout": NODE_TIMEOUT},
-                                 scheduling={"attempt_timeout": 2.0})
+    say(
+        f"soak: {args.minutes} min, {args.agents} agents, "
+        f"{'plaintext' if pki is None else 'mTLS'}, logs in {workdir}"
+    )
+    scheduler = SchedulerProcess(
+        workdir,
+        "scheduler",
+        pki=pki,
+        liveness={"node_timeout": NODE_TIMEOUT},
+        scheduling={"attempt_timeout": 2.0},
+    )
     if args.events_retained:
         with scheduler.config.open("a") as config:
             config.write(f"[events]\nretained = {args.events_retained}\n")
@@ -401,31 +447,40 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         core = max(1, args.agents // 2)
         churn_agents = max(1, args.agents - core)
         await fleet.start_group(core, core=True)
-        say(f"core group up: {core} nodes; scheduler pid {scheduler.pid}, "
-            f"RSS {rss_kib(scheduler.pid)} KiB")
+        say(
+            f"core group up: {core} nodes; scheduler pid {scheduler.pid}, "
+            f"RSS {rss_kib(scheduler.pid)} KiB"
+        )
         ready = asyncio.Event()
         rss_every = 10.0 if seconds >= 120 else max(1.0, seconds / 12)
         tasks.append(asyncio.ensure_future(rss_loop(scheduler.pid, rss, rss_every)))
-        tasks.append(asyncio.ensure_future(
-            watch_forever(controller, view, min(60.0, max(2.0, seconds / 4)), ready)))
+        tasks.append(
+            asyncio.ensure_future(
+                watch_forever(controller, view, min(60.0, max(2.0, seconds / 4)), ready)
+            )
+        )
         await asyncio.wait_for(ready.wait(), 30)
         started = time.monotonic()
         stop_at = started + seconds
         period = min(5.0, max(0.7, seconds / 20))
         workers = [
             asyncio.ensure_future(churn(fleet, stop_at, churn_agents, rng, period)),
-            asyncio.ensure_future(schedule_loop(controller, work, stop_at, args.concurrency,
-                                                args.pause, args.memory)),
-            asyncio.ensure_future(destroy_loop(controller, work, view, stop_at, rng,
-                                               min(5.0, period))),
+            asyncio.ensure_future(
+                schedule_loop(controller, work, stop_at, args.concurrency, args.pause, args.memory)
+            ),
+            asyncio.ensure_future(
+                destroy_loop(controller, work, view, stop_at, rng, min(5.0, period))
+            ),
         ]
 
         async def progress() -> None:
             while True:
                 await asyncio.sleep(30 if seconds >= 120 else max(2.0, seconds / 3))
-                say(f"progress: {len(fleet.running_nodes())} nodes live, {work.placements} "
+                say(
+                    f"progress: {len(fleet.running_nodes())} nodes live, {work.placements} "
                     f"placed, {work.destroys} destroyed, {view.events} events, RSS "
-                    f"{rss[-1][1] if rss else 0} KiB")
+                    f"{rss[-1][1] if rss else 0} KiB"
+                )
 
         tasks.append(asyncio.ensure_future(progress()))
         await asyncio.gather(*workers)
@@ -448,7 +503,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         snapshot_diff = [
             f"node {n}: view {view.nodes.get(n)}, snapshot {fresh.nodes.get(n)}"
             for n in sorted(set(view.nodes) | set(fresh.nodes))
-            if view.nodes.get(n) != fresh.nodes.get(n)]
+            if view.nodes.get(n) != fresh.nodes.get(n)
+        ]
+
         # The scheduler forgets finished instances (docs/DECISIONS.md): destroyed ones at once,
         # terminated ones and those of nodes that left or were lost beyond the newest 10,000.
         # A snapshot may omit those; the view keeps them TERMINATED or on a LEFT/LOST node.
@@ -460,12 +517,17 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             f"instance {i}: view {view.instances.get(i)}, snapshot {fresh.instances.get(i)}"
             for i in sorted(set(view.instances) | set(fresh.instances))
             if view.instances.get(i) != fresh.instances.get(i)
-            and not (i not in fresh.instances and finished(i))]
-        say(f"fresh snapshot: {len(fresh.nodes)} nodes, {len(fresh.instances)} instances "
-            f"({sum(c == 'TERMINATED' for c, _n in fresh.instances.values())} TERMINATED)")
+            and not (i not in fresh.instances and finished(i))
+        ]
+        say(
+            f"fresh snapshot: {len(fresh.nodes)} nodes, {len(fresh.instances)} instances "
+            f"({sum(c == 'TERMINATED' for c, _n in fresh.instances.values())} TERMINATED)"
+        )
         if snapshot_diff:
-            say(f"{len(snapshot_diff)} differences between the view and a fresh snapshot "
-                f"(first 20):")
+            say(
+                f"{len(snapshot_diff)} differences between the view and a fresh snapshot "
+                f"(first 20):"
+            )
             for line in snapshot_diff[:20]:
                 say(f"  {line}")
         mismatches += [f"snapshot: {line}" for line in snapshot_diff]
@@ -483,12 +545,16 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     points = second_half if len(second_half) >= 3 else rss
     slope_per_min = slope([(t / 60, kib) for t, kib in points]) if len(points) >= 2 else 0.0
     held_count = sum(len(v) for v in held.values())
-    say(f"view: {len(view.nodes)} nodes ({sum(s == 'READY' for s in view.nodes.values())} "
+    say(
+        f"view: {len(view.nodes)} nodes ({sum(s == 'READY' for s in view.nodes.values())} "
         f"READY), {len(view.instances)} instances; Agents hold {held_count}; "
         f"{view.snapshots} snapshots, {view.resumes} resumes ({view.resumed_by_snapshot} "
-        f"answered by a snapshot), {view.breaks} breaks")
-    say(f"work: {work.placements} placed, schedule errors {work.schedule_errors}; "
-        f"{work.destroys} destroyed, destroy errors {work.destroy_errors}")
+        f"answered by a snapshot), {view.breaks} breaks"
+    )
+    say(
+        f"work: {work.placements} placed, schedule errors {work.schedule_errors}; "
+        f"{work.destroys} destroyed, destroy errors {work.destroy_errors}"
+    )
     say(f"RSS samples (KiB): {[kib for _t, kib in rss]}")
     if view.anomalies:
         say(f"{len(view.anomalies)} protocol anomalies (first 10): {view.anomalies[:10]}")
@@ -499,11 +565,16 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     else:
         say("view equals the truth: 0 mismatches")
     return {
-        "minutes": args.minutes, "mismatches": len(mismatches),
-        "rss_start_kib": rss[0][1] if rss else 0, "rss_end_kib": end_rss,
+        "minutes": args.minutes,
+        "mismatches": len(mismatches),
+        "rss_start_kib": rss[0][1] if rss else 0,
+        "rss_end_kib": end_rss,
         "rss_slope_kib_per_min": round(slope_per_min, 1),
-        "placements": work.placements, "destroys": work.destroys,
-        "joins": fleet.joins, "leaves": fleet.leaves, "kills": fleet.kills,
+        "placements": work.placements,
+        "destroys": work.destroys,
+        "joins": fleet.joins,
+        "leaves": fleet.leaves,
+        "kills": fleet.kills,
         "events": view.events,
     }
 
@@ -511,18 +582,32 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, required=True)
-    parser.add_argument("--agents", type=int, default=60,
-                        help="simulated Agents: half a stable core, half churning")
-    parser.add_argument("--insecure", action="store_true",
-                        help="plaintext gRPC (default: mTLS with a generated PKI)")
+    parser.add_argument(
+        "--agents", type=int, default=60, help="simulated Agents: half a stable core, half churning"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC (default: mTLS with a generated PKI)",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="Schedule calls in flight")
-    parser.add_argument("--pause", type=float, default=0.05,
-                        help="s each scheduling worker waits between calls")
-    parser.add_argument("--memory", type=int, default=MEMORY_MIB,
-                        help="MiB per instance (small values let a node reach 100 instances)")
-    parser.add_argument("--events-retained", type=int, default=0, metavar="N",
-                        help="the scheduler's [events] retained (default: its own, 100000); "
-                             "a small log saturates early, so the RSS slope shows leaks only")
+    parser.add_argument(
+        "--pause", type=float, default=0.05, help="s each scheduling worker waits between calls"
+    )
+    parser.add_argument(
+        "--memory",
+        type=int,
+        default=MEMORY_MIB,
+        help="MiB per instance (small values let a node reach 100 instances)",
+    )
+    parser.add_argument(
+        "--events-retained",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the scheduler's [events] retained (default: its own, 100000); "
+        "a small log saturates early, so the RSS slope shows leaks only",
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     result = asyncio.run(soak(args))

@@ -20,6 +20,7 @@ into a trio task and its reply queue, the Create call's asyncio reader task and 
 
 Same protocol on stdin/stdout as bench/baselines.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout: scheduler, bench
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent.parent)
+)  # run from a checkout: scheduler, bench
 
 import trio  # noqa: E402
 import trio_asyncio  # noqa: E402
@@ -59,8 +62,9 @@ class BridgedRelay:
     async def schedule(self, call: Call) -> None:
         if self._channel is None:
             raise GRPCError(Status.UNAVAILABLE, "no Agent has joined this relay yet")
-        stream = self._channel.server_stream(self._stub.Create,
-                                             baselines.agent_workload(call.request.workload))
+        stream = self._channel.server_stream(
+            self._stub.Create, baselines.agent_workload(call.request.workload)
+        )
         first = True
         try:
             while True:
@@ -86,18 +90,31 @@ async def serve_bridged(listen: str, node_id: str) -> None:
     relay = BridgedRelay(node_id)
     bridge = Bridge()
     servables = [
-        bridge.servable(controller_grpc.SchedulingServiceBase, {
-            "Schedule": relay.schedule, "Stop": relay.unimplemented,
-            "Destroy": relay.unimplemented}),
+        bridge.servable(
+            controller_grpc.SchedulingServiceBase,
+            {
+                "Schedule": relay.schedule,
+                "Stop": relay.unimplemented,
+                "Destroy": relay.unimplemented,
+            },
+        ),
         baselines.IngestLifecycle(relay.use),
         baselines.IngestStatus(),
     ]
     host, _, port = listen.rpartition(":")
     shutdown = trio.Event()
     async with open_loop(), trio.open_nursery() as nursery:
-        bound = await nursery.start(functools.partial(
-            bridge.serve, servables, host.strip("[]"), int(port), None, shutdown=shutdown,
-            grace=BRIDGED_GRACE))
+        bound = await nursery.start(
+            functools.partial(
+                bridge.serve,
+                servables,
+                host.strip("[]"),
+                int(port),
+                None,
+                shutdown=shutdown,
+                grace=BRIDGED_GRACE,
+            )
+        )
         print(json.dumps({"event": "ready", "port": bound}), flush=True)
         await trio_asyncio.aio_as_trio(baselines.answer_until_stopped)()
         shutdown.set()
@@ -107,9 +124,10 @@ async def main(args: argparse.Namespace) -> None:
     if args.bridged:
         await serve_bridged(args.listen, args.node_id)
         return
-    serve = functools.partial(baselines.serve, args.kind, args.listen, None, args.node_id,
-                              args.node_timeout, args.pki)
-    async with (trio_asyncio.open_loop() if args.stock else open_loop()):
+    serve = functools.partial(
+        baselines.serve, args.kind, args.listen, None, args.node_id, args.node_timeout, args.pki
+    )
+    async with trio_asyncio.open_loop() if args.stock else open_loop():
         await trio_asyncio.aio_as_trio(serve)()
 
 
@@ -117,10 +135,16 @@ def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=["ingest", "relay"])
     loops = parser.add_mutually_exclusive_group()
-    loops.add_argument("--stock", action="store_true",
-                       help="trio-asyncio's own open_loop, without the bridge's batching")
-    loops.add_argument("--bridged", action="store_true",
-                       help="relay: Schedule as a trio handler through the scheduler's bridge")
+    loops.add_argument(
+        "--stock",
+        action="store_true",
+        help="trio-asyncio's own open_loop, without the bridge's batching",
+    )
+    loops.add_argument(
+        "--bridged",
+        action="store_true",
+        help="relay: Schedule as a trio handler through the scheduler's bridge",
+    )
     parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
     parser.add_argument("--node-id", default="baseline-node", help="relay: node_id in statuses")
     parser.add_argument("--node-timeout", type=float, default=None)

@@ -7,6 +7,7 @@ scheduler's stack that is the scheduler's own work (bench/RESULTS.md, issue 15 p
 
     python bench/status_core.py [--nodes 1000] [--rounds 20] [--profile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,12 +39,15 @@ def status(node_id: str) -> agent_pb2.NodeStatus:
 async def main(args: argparse.Namespace) -> None:
     config = Config().replace(
         server={"listen": "127.0.0.1:0", "data_dir": tempfile.mkdtemp(prefix="orka-core-")},
-        liveness={"node_timeout": 120.0, "status_rate": 1e6, "status_burst": 1_000_000})
+        liveness={"node_timeout": 120.0, "status_rate": 1e6, "status_burst": 1_000_000},
+    )
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
-        scheduler = await nursery.start(lambda task_status: serve(
-            config, ssl_context=None, authorize=None, shutdown=shutdown,
-            task_status=task_status))
+        scheduler = await nursery.start(
+            lambda task_status: serve(
+                config, ssl_context=None, authorize=None, shutdown=shutdown, task_status=task_status
+            )
+        )
         cluster = scheduler.cluster
         streams = []
         for i in range(args.nodes):
@@ -59,8 +63,10 @@ async def main(args: argparse.Namespace) -> None:
         if profile is not None:
             profile.disable()
         took = time.process_time() - started
-        print(f"{took / (args.nodes * args.rounds) * 1e6:.1f} µs of CPU per status "
-              f"({args.nodes} nodes x {args.rounds} rounds)")
+        print(
+            f"{took / (args.nodes * args.rounds) * 1e6:.1f} µs of CPU per status "
+            f"({args.nodes} nodes x {args.rounds} rounds)"
+        )
         if profile is not None:
             pstats.Stats(profile).sort_stats("tottime").print_stats(15)
         shutdown.set()

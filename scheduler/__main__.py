@@ -1,4 +1,5 @@
 """`python -m scheduler` is `orka-scheduler`."""
+
 import sys
 
 from .cli import main

@@ -13,6 +13,7 @@ subclasses, are checked in tests/test_listener_contract.py.
   instance (it goes with the loop).
 - `drop_cancel_wrapper(future)`: removes the `cancel` trio-asyncio wraps around a future.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +36,8 @@ CALLBACKS_PER_CHECKPOINT = 64  # ready asyncio callbacks run back to back before
 
 _PATCHES: tuple[tuple[type, str, object], ...] = (
     (asyncio.sslproto.SSLProtocol, "max_size", TLS_READ_BUFFER),
-    (h2.connection.H2Connection, "MAX_CLOSED_STREAMS", CLOSED_STREAMS_REMEMBERED))
+    (h2.connection.H2Connection, "MAX_CLOSED_STREAMS", CLOSED_STREAMS_REMEMBERED),
+)
 _open_loops = 0
 _saved: list[Any] = []
 

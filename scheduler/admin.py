@@ -15,6 +15,7 @@ refused our certificate, or it could not be reached at all.
 leader (`scheduler.follow`), one stderr line per switch, for up to `--timeout` seconds; they
 give up at once when no scheduler answers at any address (nothing runs there).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -88,8 +89,10 @@ def _local_address(config: Config, path: str | None) -> str:
         return DEFAULT_ADDRESS
     server = config.server
     if server.port == 0:
-        raise Refusal(f"{path}: server.listen has port 0 (a new port at every start): give "
-                      "--address HOST:PORT")
+        raise Refusal(
+            f"{path}: server.listen has port 0 (a new port at every start): give "
+            "--address HOST:PORT"
+        )
     host = "127.0.0.1" if server.host in WILDCARDS else server.host
     return f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
 
@@ -105,16 +108,20 @@ def _credentials(args, config: Config) -> tuple[Path, Path, Path]:
         cert, key = Path(args.cert), Path(args.key)
         names = ("--cert", "--key")
     elif tls.configured:
-        raise Refusal(f"{args.config} names the scheduler's own certificate ([tls]), which may "
-                      "not call in: give --cert and --key of a Controller certificate from the "
-                      f"CA {tls.ca}")
+        raise Refusal(
+            f"{args.config} names the scheduler's own certificate ([tls]), which may "
+            "not call in: give --cert and --key of a Controller certificate from the "
+            f"CA {tls.ca}"
+        )
     else:
         cert, key = pki / "controllers" / "controller.pem", pki / "controllers" / "controller.key"
         names = ("development PKI", "development PKI")
         if not cert.exists():
-            raise Refusal(f"no controller certificate at {cert}: pass --config with the "
-                          "scheduler's configuration, or --ca/--cert/--key, or --insecure for "
-                          "a plaintext scheduler")
+            raise Refusal(
+                f"no controller certificate at {cert}: pass --config with the "
+                "scheduler's configuration, or --ca/--cert/--key, or --insecure for "
+                "a plaintext scheduler"
+            )
     if args.ca:
         ca, ca_name = Path(args.ca), "--ca"
     elif tls.configured:
@@ -146,14 +153,28 @@ def format_nodes(nodes) -> str:
         cpu = f"{node.cpu_load:.0f}%"
         if node.cpu_cores:
             cpu += f" of {node.cpu_cores}"
-        memory = (f"{node.memory_free / GIB:.1f}/{node.memory_total / GIB:.1f} GiB"
-                  if node.memory_total else "-")
+        memory = (
+            f"{node.memory_free / GIB:.1f}/{node.memory_total / GIB:.1f} GiB"
+            if node.memory_total
+            else "-"
+        )
         seen = f"{max(0.0, now - node.last_seen_unix):.0f}s ago" if node.last_seen_unix else "-"
-        rows.append((node.id, NODE_STATES.get(node.state, str(node.state)), node.address, cpu,
-                     memory, str(len(node.instance_ids)), seen))
+        rows.append(
+            (
+                node.id,
+                NODE_STATES.get(node.state, str(node.state)),
+                node.address,
+                cpu,
+                memory,
+                str(len(node.instance_ids)),
+                seen,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-             for row in rows)
+    lines = (
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    )
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -162,8 +183,10 @@ def format_event(event) -> str:
     kind = event.WhichOneof("event")
     prefix = f"{event.revision:>8}"
     if kind == "snapshot":
-        return (f"{prefix} SNAPSHOT {len(event.snapshot.nodes)} nodes, "
-                f"{len(event.snapshot.instances)} instances (epoch {event.epoch})")
+        return (
+            f"{prefix} SNAPSHOT {len(event.snapshot.nodes)} nodes, "
+            f"{len(event.snapshot.instances)} instances (epoch {event.epoch})"
+        )
     if kind == "node":
         node = event.node.node
         extra = f" instances: {', '.join(node.instance_ids)}" if node.instance_ids else ""
@@ -171,22 +194,31 @@ def format_event(event) -> str:
         return f"{prefix} {kind_name:<8} node {node.id} {node.address}{extra}"
     status = event.instance
     message = f" ({status.status.message})" if status.status.HasField("message") else ""
-    return (f"{prefix} INSTANCE {status.instance_id} on {status.node_id}: "
-            f"{STATUS_CODES.get(status.status.code, status.status.code)}{message}")
+    return (
+        f"{prefix} INSTANCE {status.instance_id} on {status.node_id}: "
+        f"{STATUS_CODES.get(status.status.code, status.status.code)}{message}"
+    )
 
 
 async def _nodes(args, schedulers: Channels) -> int:
     deadline = asyncio.get_running_loop().time() + args.timeout
-    reply = await call(schedulers.leader, lambda address: schedulers.cluster(address).ListNodes,
-                       controller_pb2.Empty(), idempotent=True, deadline=deadline, give_up=True,
-                       report=note)
+    reply = await call(
+        schedulers.leader,
+        lambda address: schedulers.cluster(address).ListNodes,
+        controller_pb2.Empty(),
+        idempotent=True,
+        deadline=deadline,
+        give_up=True,
+        report=note,
+    )
     emit(format_nodes(reply.nodes))
     return 0
 
 
 async def _watch(args, schedulers: Channels) -> int:
-    async for event in watch_events(schedulers, args.epoch, args.after, patience=args.timeout,
-                                    give_up=True, report=note):
+    async for event in watch_events(
+        schedulers, args.epoch, args.after, patience=args.timeout, give_up=True, report=note
+    ):
         emit(format_event(event))
     return 0
 
@@ -264,19 +296,25 @@ def explain(err: BaseException, scheduler: Target, address: str) -> str:
     """One line for a failure to talk to the scheduler at `address`: what happened, and what
     to do."""
     if isinstance(err, ssl.SSLCertVerificationError):
-        return (f"the scheduler at {address} answered, but its certificate is not signed by the "
-                f"CA in {scheduler.ca} ({err.verify_message}): use the scheduler's CA (--config "
-                "with the scheduler's configuration, or --ca)")
+        return (
+            f"the scheduler at {address} answered, but its certificate is not signed by the "
+            f"CA in {scheduler.ca} ({err.verify_message}): use the scheduler's CA (--config "
+            "with the scheduler's configuration, or --ca)"
+        )
     if isinstance(err, ssl.SSLError) and err.reason == "WRONG_VERSION_NUMBER":
-        return (f"{address} answered in plaintext, not TLS: the scheduler runs with --insecure; "
-                "add --insecure")
+        return (
+            f"{address} answered in plaintext, not TLS: the scheduler runs with --insecure; "
+            "add --insecure"
+        )
     if isinstance(err, StreamTerminatedError):
         if scheduler.tls is None:
             if speaks_tls(*host_port(address)):
                 return f"the scheduler at {address} speaks TLS: drop --insecure"
             return f"the scheduler at {address} closed the connection: {err}"
-        return (f"the scheduler at {address} closed the connection after the TLS handshake: "
-                f"it does not accept the certificate {scheduler.cert} (from another CA?)")
+        return (
+            f"the scheduler at {address} closed the connection after the TLS handshake: "
+            f"it does not accept the certificate {scheduler.cert} (from another CA?)"
+        )
     return f"cannot reach the scheduler at {address}: {err}"
 
 
@@ -286,8 +324,10 @@ def speaks_tls(host: str, port: int) -> bool:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT) as raw, \
-                context.wrap_socket(raw):
+        with (
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT) as raw,
+            context.wrap_socket(raw),
+        ):
             return True
     except (OSError, ValueError):
         return False
@@ -303,33 +343,63 @@ def cmd_watch(args) -> int:
 
 def add_commands(commands) -> None:
     """Register `nodes` and `watch` on the CLI's subparsers."""
-    for name, func, text in (("nodes", cmd_nodes, "list the nodes (ListNodes)"),
-                             ("watch", cmd_watch, "print cluster events as they come")):
+    for name, func, text in (
+        ("nodes", cmd_nodes, "list the nodes (ListNodes)"),
+        ("watch", cmd_watch, "print cluster events as they come"),
+    ):
         sub = commands.add_parser(
-            name, help=text, description=f"{text[0].upper()}{text[1:]}, as a Controller. "
+            name,
+            help=text,
+            description=f"{text[0].upper()}{text[1:]}, as a Controller. "
             "With no options: the scheduler of `serve` with no config, on this host, with the "
-            "development PKI's Controller certificate.")
-        sub.add_argument("--config", metavar="FILE",
-                         help="the scheduler's configuration: its listen port, [tls] CA and "
-                              "data_dir (whose development PKI holds a Controller certificate)")
-        sub.add_argument("--address", metavar="HOST:PORT[,HOST:PORT...]",
-                         help=f"the scheduler (default: the listen port of --config on this "
-                              f"host, else {DEFAULT_ADDRESS}); several, comma-separated: the "
-                              "schedulers of one cluster, whose leader is followed")
-        sub.add_argument("--insecure", action="store_true",
-                         help="plaintext, for a scheduler run with --insecure")
-        sub.add_argument("--ca", metavar="FILE",
-                         help="cluster CA (PEM; default: tls.ca or the development PKI's)")
+            "development PKI's Controller certificate.",
+        )
+        sub.add_argument(
+            "--config",
+            metavar="FILE",
+            help="the scheduler's configuration: its listen port, [tls] CA and "
+            "data_dir (whose development PKI holds a Controller certificate)",
+        )
+        sub.add_argument(
+            "--address",
+            metavar="HOST:PORT[,HOST:PORT...]",
+            help=f"the scheduler (default: the listen port of --config on this "
+            f"host, else {DEFAULT_ADDRESS}); several, comma-separated: the "
+            "schedulers of one cluster, whose leader is followed",
+        )
+        sub.add_argument(
+            "--insecure", action="store_true", help="plaintext, for a scheduler run with --insecure"
+        )
+        sub.add_argument(
+            "--ca",
+            metavar="FILE",
+            help="cluster CA (PEM; default: tls.ca or the development PKI's)",
+        )
         sub.add_argument("--cert", metavar="FILE", help="a Controller certificate (PEM)")
         sub.add_argument("--key", metavar="FILE", help="its private key (PEM)")
         if name == "nodes":
-            sub.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                             help="for the answer, following the leader (default 10)")
+            sub.add_argument(
+                "--timeout",
+                type=float,
+                default=10.0,
+                metavar="SECONDS",
+                help="for the answer, following the leader (default 10)",
+            )
         else:
-            sub.add_argument("--timeout", type=float, default=WATCH_TIMEOUT, metavar="SECONDS",
-                             help="to find the leader, at the start and after losing it "
-                                  f"(default {WATCH_TIMEOUT:g})")
+            sub.add_argument(
+                "--timeout",
+                type=float,
+                default=WATCH_TIMEOUT,
+                metavar="SECONDS",
+                help="to find the leader, at the start and after losing it "
+                f"(default {WATCH_TIMEOUT:g})",
+            )
             sub.add_argument("--epoch", default="", help="resume in this epoch ...")
-            sub.add_argument("--after", type=int, default=0, metavar="REVISION",
-                             help="... after this revision (default: a snapshot first)")
+            sub.add_argument(
+                "--after",
+                type=int,
+                default=0,
+                metavar="REVISION",
+                help="... after this revision (default: a snapshot first)",
+            )
         sub.set_defaults(func=func)

@@ -4,6 +4,7 @@ The Agent's address is the peer IP of its JoinCluster call and the port it decla
 are opened on first use and closed when the node's generation ends (LEFT, LOST, or a rejoin
 from another address); a rejoin from the same address keeps them, and the instance streams.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,9 +20,9 @@ from .cluster import Node, Session
 from .convert import instance_status_from_agent, signal_to_agent, workload_to_agent
 from .errors import InvalidArgument, RemoteError, Unavailable
 from .grpc_bridge import ClientChannel, PeerRefused, ServerStream
+from .model import InstanceStatus, Signal, Workload
 from .names import DEFAULT_TRUST_DOMAIN
 from .security import IdentityError, verify_agent_peer
-from .model import InstanceStatus, Signal, Workload
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,14 @@ class AgentLink:
     a connection of their own: Stop and Destroy never queue behind instance streams.
     """
 
-    def __init__(self, node_id: str, session: Session, ssl_context: ssl.SSLContext | None,
-                 trust_domain: str = DEFAULT_TRUST_DOMAIN,
-                 leading: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        session: Session,
+        ssl_context: ssl.SSLContext | None,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        leading: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.node_id = node_id
 
         def verify(peercert: dict | None) -> None:
@@ -103,8 +109,9 @@ class AgentLink:
         def ended() -> None:
             connection.streams -= 1
 
-        stream = connection.channel.server_stream(connection.workloads.Create,
-                                                  workload_to_agent(workload), ended)
+        stream = connection.channel.server_stream(
+            connection.workloads.Create, workload_to_agent(workload), ended
+        )
         return InstanceStream(stream, workload.instance_id, self.node_id)
 
     async def signal(self, instance_id: str, signal: Signal, timeout: float) -> None:
@@ -119,9 +126,12 @@ class AgentLink:
 class Agents:
     """The links to every node generation's Agent."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None,
-                 trust_domain: str = DEFAULT_TRUST_DOMAIN,
-                 leading: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext | None = None,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        leading: Callable[[], bool] = lambda: True,
+    ) -> None:
         """`leading()` False: this scheduler's leadership is over, no Agent may be called."""
         self._ssl = ssl_context
         self._trust_domain = trust_domain
@@ -134,8 +144,9 @@ class Agents:
             raise Unavailable(f"node {node.id} is {node.state.name}: its Agent cannot be called")
         link = self._links.get(node.generation)
         if link is None:
-            link = self._links[node.generation] = AgentLink(node.id, session, self._ssl,
-                                                            self._trust_domain, self._leading)
+            link = self._links[node.generation] = AgentLink(
+                node.id, session, self._ssl, self._trust_domain, self._leading
+            )
         return link
 
     def close(self) -> None:
@@ -151,8 +162,9 @@ class Agents:
             link.close()
 
 
-async def attempt(link: AgentLink, workload: Workload,
-                  timeout: float) -> tuple[InstanceStream, InstanceStatus]:
+async def attempt(
+    link: AgentLink, workload: Workload, timeout: float
+) -> tuple[InstanceStream, InstanceStatus]:
     """Ask one Agent to create `workload`; its first status within `timeout` is acceptance.
 
     Raises Refused for a gRPC error, an empty stream or the timeout (the stream is cancelled).

@@ -12,6 +12,7 @@ bridge routes the scheduler's services to it meanwhile. With `store.backend = "s
 is one term, the whole process. With "etcd" the process campaigns (`leadership.Election`), and
 while it does not lead it answers as a standby, its warm copy of the state kept by a `Mirror`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,12 @@ log = logging.getLogger(__name__)
 
 RESTORE_JITTER = 0.1  # fraction of node_timeout spreading the deadlines of restored nodes
 FINAL_COMMIT_TIMEOUT = 1.0  # s for the last commit of a leader that shuts down (then resigns)
-ROUTED = (agent_grpc.LifecycleServiceBase, agent_grpc.StatusUpdateServiceBase,
-          controller_grpc.ClusterServiceBase, controller_grpc.SchedulingServiceBase)
+ROUTED = (
+    agent_grpc.LifecycleServiceBase,
+    agent_grpc.StatusUpdateServiceBase,
+    controller_grpc.ClusterServiceBase,
+    controller_grpc.SchedulingServiceBase,
+)
 
 
 @dataclass
@@ -67,9 +72,11 @@ class Core:
     restored: Restored
 
     def routes(self) -> dict:
-        return {**AgentApi(self.cluster).routes(),
-                **ClusterApi(self.cluster, self.events).routes(),
-                **SchedulingApi(self.instances).routes()}
+        return {
+            **AgentApi(self.cluster).routes(),
+            **ClusterApi(self.cluster, self.events).routes(),
+            **SchedulingApi(self.instances).routes(),
+        }
 
 
 @dataclass
@@ -108,8 +115,10 @@ class Scheduler:
         if self.core is None:
             return f"standby, leader at {self.leader() or '(none yet)'}, port {self.port}"
         counts = self.core.cluster.count_by_state()
-        return (f"{counts[NodeState.READY]} nodes ready, {counts[NodeState.LOST]} lost, "
-                f"{len(self.core.instances.statuses())} instances, port {self.port}")
+        return (
+            f"{counts[NodeState.READY]} nodes ready, {counts[NodeState.LOST]} lost, "
+            f"{len(self.core.instances.statuses())} instances, port {self.port}"
+        )
 
     def health(self) -> tuple[bool, str]:
         """(healthy, text) for /healthz: only a leader that is not draining is healthy."""
@@ -121,8 +130,12 @@ class Scheduler:
 
 
 @asynccontextmanager
-async def open_core(config: Config, store: Store, agent_ssl: ssl.SSLContext | None,
-                    leading: Callable[[], bool] = lambda: True) -> AsyncIterator[Core]:
+async def open_core(
+    config: Config,
+    store: Store,
+    agent_ssl: ssl.SSLContext | None,
+    leading: Callable[[], bool] = lambda: True,
+) -> AsyncIterator[Core]:
     """A leadership's parts, continuing the state `store` holds; `leading()` False once the
     leadership is over (no Agent is called then). Their tasks end when the block exits."""
     restored = store.load()
@@ -131,18 +144,33 @@ async def open_core(config: Config, store: Store, agent_ssl: ssl.SSLContext | No
     def snapshot() -> Snapshot:
         return Snapshot(tuple(parts["cluster"].views()), parts["instances"].statuses())
 
-    events = EventLog(config.events.retained, snapshot, restored.epoch,
-                      revision=restored.revision, history=restored.events,
-                      persist=store.event_published)
+    events = EventLog(
+        config.events.retained,
+        snapshot,
+        restored.epoch,
+        revision=restored.revision,
+        history=restored.events,
+        persist=store.event_published,
+    )
     agents = Agents(agent_ssl, config.tls.trust_domain, leading)
     liveness = config.liveness
-    async with open_cluster(events, node_timeout=liveness.node_timeout,
-                            status_rate=liveness.status_rate,
-                            status_burst=liveness.status_burst) as cluster, \
-            open_instances(cluster, events, agents, strategy=config.scheduling.strategy,
-                           attempt_timeout=config.scheduling.attempt_timeout,
-                           max_attempts=config.scheduling.max_attempts,
-                           store=store) as instances:
+    async with (
+        open_cluster(
+            events,
+            node_timeout=liveness.node_timeout,
+            status_rate=liveness.status_rate,
+            status_burst=liveness.status_burst,
+        ) as cluster,
+        open_instances(
+            cluster,
+            events,
+            agents,
+            strategy=config.scheduling.strategy,
+            attempt_timeout=config.scheduling.attempt_timeout,
+            max_attempts=config.scheduling.max_attempts,
+            store=store,
+        ) as instances,
+    ):
         parts.update(cluster=cluster, instances=instances)
         cluster.follow_ups = Lifecycle(store, agents, instances)
         yield Core(events, cluster, instances, agents, store, restored)
@@ -155,16 +183,29 @@ def restore(core: Core) -> None:
         return
     jitter = cluster.node_timeout * RESTORE_JITTER
     for row in restored.nodes:
-        cluster.restore(Node(row.id, row.host, row.port, row.state, last_seen_unix=row.last_seen,
-                             generation=row.generation), jitter=random.uniform(0, jitter))
+        cluster.restore(
+            Node(
+                row.id,
+                row.host,
+                row.port,
+                row.state,
+                last_seen_unix=row.last_seen,
+                generation=row.generation,
+            ),
+            jitter=random.uniform(0, jitter),
+        )
     for placement in restored.placements:
         node = cluster.nodes.get(placement.node_id)
         if node is not None:
-            core.instances.restore(placement.workload, node, placement.generation,
-                                   placement.latest)
-    log.info("restored epoch %s at revision %d: %d nodes (awaiting rejoin within %g s), "
-             "%d placements", restored.epoch, restored.revision, len(restored.nodes),
-             cluster.node_timeout, len(restored.placements))
+            core.instances.restore(placement.workload, node, placement.generation, placement.latest)
+    log.info(
+        "restored epoch %s at revision %d: %d nodes (awaiting rejoin within %g s), %d placements",
+        restored.epoch,
+        restored.revision,
+        len(restored.nodes),
+        cluster.node_timeout,
+        len(restored.placements),
+    )
 
 
 def advertised_address(config: Config, port: int) -> str:
@@ -181,8 +222,15 @@ def advertised_address(config: Config, port: int) -> str:
 class Leader:
     """Runs terms: builds the core, routes calls to it, and tears it down when the term ends."""
 
-    def __init__(self, scheduler: Scheduler, bridge: Bridge, serving, hooks: Hooks,
-                 agent_ssl: ssl.SSLContext | None, stop: trio.Event) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        bridge: Bridge,
+        serving,
+        hooks: Hooks,
+        agent_ssl: ssl.SSLContext | None,
+        stop: trio.Event,
+    ) -> None:
         self._scheduler = scheduler
         self._bridge = bridge
         self._serving = serving
@@ -213,11 +261,19 @@ class Leader:
                     self._bridge.route(core.routes(), leading)
                     self._serving.set(True)
                     if term is None:
-                        log.info("state in %s: epoch %s, revision %d", config.server.data_dir,
-                                 core.events.epoch, core.events.revision)
+                        log.info(
+                            "state in %s: epoch %s, revision %d",
+                            config.server.data_dir,
+                            core.events.epoch,
+                            core.events.revision,
+                        )
                     else:
-                        log.info("became leader (epoch %s, revision %d), advertised as %s",
-                                 core.events.epoch, core.events.revision, scheduler.advertise)
+                        log.info(
+                            "became leader (epoch %s, revision %d), advertised as %s",
+                            core.events.epoch,
+                            core.events.revision,
+                            scheduler.advertise,
+                        )
                     self.started.set()
                     await self._stop.wait()
                     with trio.move_on_after(FINAL_COMMIT_TIMEOUT):
@@ -230,8 +286,11 @@ class Leader:
         """Synchronous, so it runs in full even inside a cancelled term: no call in flight and
         no Agent call outlives this."""
         core, self._scheduler.core = self._scheduler.core, None
-        why = (f"stepped down: {term.ended}" if term is not None and term.ended else
-               "stepped down: the leadership ended")
+        why = (
+            f"stepped down: {term.ended}"
+            if term is not None and term.ended
+            else "stepped down: the leadership ended"
+        )
         self._bridge.unroute(why)
         self._serving.set(False)
         if core is not None:
@@ -255,11 +314,17 @@ async def serve(
     scheduler = Scheduler(config, shutdown=shutdown)
     notifier = notifier or Notifier()
     server = config.server
-    bridge = scheduler.bridge = Bridge(authorize, Limits(
-        max_connections=server.max_connections, handshake_timeout=server.handshake_timeout,
-        message_timeout=server.message_timeout, max_message_bytes=server.max_message_bytes,
-        connection_rate_per_ip=server.connection_rate_per_ip,
-        controller_streams=server.controller_streams))
+    bridge = scheduler.bridge = Bridge(
+        authorize,
+        Limits(
+            max_connections=server.max_connections,
+            handshake_timeout=server.handshake_timeout,
+            message_timeout=server.message_timeout,
+            max_message_bytes=server.max_message_bytes,
+            connection_rate_per_ip=server.connection_rate_per_ip,
+            controller_streams=server.controller_streams,
+        ),
+    )
     health, serving = health_service()
     serving.set(False)  # NOT_SERVING until this scheduler leads
     servables = with_reflection([bridge.routed(base) for base in ROUTED] + [health])
@@ -282,8 +347,12 @@ async def serve(
             observability = config.observability
             if observability.http_host is not None:
                 scheduler.http_port = await nursery.start(
-                    serve_http, observability.http_host, observability.http_port, registry,
-                    scheduler.health)
+                    serve_http,
+                    observability.http_host,
+                    observability.http_port,
+                    registry,
+                    scheduler.health,
+                )
             async with trio.open_nursery() as leading:
                 if sqlite:  # leads before it listens: no call finds it without a core
                     leading.start_soon(leader.lead, backend)
@@ -291,29 +360,43 @@ async def serve(
                 async with trio.open_nursery() as grpc:
                     scheduler.port = await grpc.start(
                         lambda task_status: bridge.serve(
-                            servables, config.server.host, config.server.port, ssl_context,
-                            shutdown=shutdown, grace=config.server.shutdown_grace,
-                            task_status=task_status),
+                            servables,
+                            config.server.host,
+                            config.server.port,
+                            ssl_context,
+                            shutdown=shutdown,
+                            grace=config.server.shutdown_grace,
+                            task_status=task_status,
+                        ),
                     )
                     scheduler.advertise = advertised_address(config, scheduler.port)
-                    log.info("listening on %s port %d (%s)", config.server.host or "*",
-                             scheduler.port,
-                             "TLS, client certificates required" if ssl_context else "PLAINTEXT")
+                    log.info(
+                        "listening on %s port %d (%s)",
+                        config.server.host or "*",
+                        scheduler.port,
+                        "TLS, client certificates required" if ssl_context else "PLAINTEXT",
+                    )
                     if not sqlite:
                         assert client is not None  # made above, with the mirror
                         _follow(scheduler, bridge, mirror)
-                        election = Election(client, mirror.election, config.etcd.lease_ttl,
-                                            scheduler.advertise)
-                        leading.start_soon(election.run, lambda term: leader.lead(
-                            EtcdBackend(client, mirror, term.leader), term, mirror))
+                        election = Election(
+                            client, mirror.election, config.etcd.lease_ttl, scheduler.advertise
+                        )
+                        leading.start_soon(
+                            election.run,
+                            lambda term: leader.lead(
+                                EtcdBackend(client, mirror, term.leader), term, mirror
+                            ),
+                        )
                     notifier.ready(scheduler.status_line())
                     nursery.start_soon(notifier.run, scheduler.status_line)
                     task_status.started(scheduler)
                     await shutdown.wait()
                     serving.set(False)
                     notifier.stopping()
-                    log.info("draining: ending streams, giving them %g s",
-                             config.server.shutdown_grace)
+                    log.info(
+                        "draining: ending streams, giving them %g s", config.server.shutdown_grace
+                    )
                 # The listener has drained and closed: the last commit, resign; a standby
                 # just stops campaigning.
                 stop_leading.set()
@@ -339,14 +422,18 @@ async def _close_at_exit(client: Callable[[], etcd.EtcdClient | None]) -> None:
 
 def _follow(scheduler: Scheduler, bridge: Bridge, mirror: Mirror) -> None:
     """Standby answers name the leader that etcd's election shows (never this process)."""
+
     def leader() -> str:
         address = mirror.leader
         return "" if address == scheduler.advertise and not scheduler.leading else address
 
     def changed(address: str) -> None:
         # Not while shutting down: our own resignation is no news for a standby to report.
-        if not scheduler.leading and not scheduler.shutdown.is_set() \
-                and address != scheduler.advertise:
+        if (
+            not scheduler.leading
+            and not scheduler.shutdown.is_set()
+            and address != scheduler.advertise
+        ):
             log.info("standby, leader at %s", address or "(none yet)")
 
     scheduler.leader = leader

@@ -10,6 +10,7 @@ to a default), types are checked (an int is accepted where a float is expected, 
 an int), and durations are seconds as floats. `config.example.toml` at the repository root
 documents every key with its default; a test keeps the two in sync.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -281,15 +282,26 @@ class ServerConfig:
             1 <= self.max_message_bytes <= MAX_MESSAGE_BYTES_LIMIT,
             f"must be 1-{MAX_MESSAGE_BYTES_LIMIT} bytes",
         )
-        _require(self, "max_connections", self.max_connections >= MIN_CONNECTIONS,
-                 f"must be an integer >= {MIN_CONNECTIONS}")
+        _require(
+            self,
+            "max_connections",
+            self.max_connections >= MIN_CONNECTIONS,
+            f"must be an integer >= {MIN_CONNECTIONS}",
+        )
         _seconds(self, "handshake_timeout")
         _seconds(self, "message_timeout")
-        _require(self, "connection_rate_per_ip",
-                 math.isfinite(self.connection_rate_per_ip) and self.connection_rate_per_ip >= 0,
-                 "must be a number of connections per second >= 0 (0: no limit)")
-        _require(self, "controller_streams", self.controller_streams >= MIN_CONTROLLER_STREAMS,
-                 f"must be an integer >= {MIN_CONTROLLER_STREAMS}")
+        _require(
+            self,
+            "connection_rate_per_ip",
+            math.isfinite(self.connection_rate_per_ip) and self.connection_rate_per_ip >= 0,
+            "must be a number of connections per second >= 0 (0: no limit)",
+        )
+        _require(
+            self,
+            "controller_streams",
+            self.controller_streams >= MIN_CONTROLLER_STREAMS,
+            f"must be an integer >= {MIN_CONTROLLER_STREAMS}",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,8 +435,9 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _require(self, "backend", self.backend in STORE_BACKENDS,
-                 f"must be {_one_of(STORE_BACKENDS)}")
+        _require(
+            self, "backend", self.backend in STORE_BACKENDS, f"must be {_one_of(STORE_BACKENDS)}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,30 +463,45 @@ class EtcdConfig:
         for endpoint in self.endpoints:
             given, sep, rest = endpoint.partition("://")
             if not sep or given not in ("http", "https"):
-                raise ConfigError("etcd.endpoints", f'each must be "http://HOST:PORT" or '
-                                  f'"https://HOST:PORT", got {_show(endpoint)}')
+                raise ConfigError(
+                    "etcd.endpoints",
+                    f'each must be "http://HOST:PORT" or '
+                    f'"https://HOST:PORT", got {_show(endpoint)}',
+                )
             if given != scheme:
                 advice = "set (TLS): use https://" if self.ca else "empty: set it for https://"
-                raise ConfigError("etcd.endpoints",
-                                  f"{_show(endpoint)} is {given}, but etcd.ca is {advice}")
+                raise ConfigError(
+                    "etcd.endpoints", f"{_show(endpoint)} is {given}, but etcd.ca is {advice}"
+                )
             host, port = parse_host_port(rest.rstrip("/"), "etcd.endpoints")
             if port == 0:
-                raise ConfigError("etcd.endpoints",
-                                  f"must name a port 1-65535, got {_show(endpoint)}")
+                raise ConfigError(
+                    "etcd.endpoints", f"must name a port 1-65535, got {_show(endpoint)}"
+                )
             addresses.append((host, port))
         object.__setattr__(self, "addresses", tuple(addresses))
-        _require(self, "prefix", bool(_ETCD_PREFIX.fullmatch(self.prefix)),
-                 'must be a key prefix like "/orka" (starts with "/", no trailing "/")')
-        _require(self, "lease_ttl", math.isfinite(self.lease_ttl) and
-                 self.lease_ttl >= MIN_LEASE_TTL,
-                 f"must be a number of seconds >= {MIN_LEASE_TTL:g}")
+        _require(
+            self,
+            "prefix",
+            bool(_ETCD_PREFIX.fullmatch(self.prefix)),
+            'must be a key prefix like "/orka" (starts with "/", no trailing "/")',
+        )
+        _require(
+            self,
+            "lease_ttl",
+            math.isfinite(self.lease_ttl) and self.lease_ttl >= MIN_LEASE_TTL,
+            f"must be a number of seconds >= {MIN_LEASE_TTL:g}",
+        )
         for name in ("ca", "cert", "key"):
             value = getattr(self, name)
             object.__setattr__(self, name, os.path.expanduser(value) if value else "")
         if bool(self.cert) != bool(self.key):
             missing = "key" if self.cert else "cert"
-            raise ConfigError(f"etcd.{missing}", "must be set together with etcd."
-                              f"{'cert' if missing == 'key' else 'key'} (a client certificate)")
+            raise ConfigError(
+                f"etcd.{missing}",
+                "must be set together with etcd."
+                f"{'cert' if missing == 'key' else 'key'} (a client certificate)",
+            )
         if self.cert and not self.ca:
             raise ConfigError("etcd.ca", "must be set when etcd.cert and etcd.key are (TLS)")
 

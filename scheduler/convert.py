@@ -3,6 +3,7 @@
 Every `*_from_wire` function either returns a domain object or raises `InvalidArgument` naming
 the field, so handlers stay thin and the core never sees protobuf.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,41 +41,78 @@ MAX_BYTES = {"memory": 1 << 50, "disk": 1 << 53}
 # The three StatusCode enums (agent.proto, controller.proto, node_agent.proto) are separate types
 # that happen to agree; each gets its own map.
 _AgentCode = agent_pb2.StatusCode
-AGENT_CODE = EnumMap(InstanceCode, "agent.StatusCode", _AgentCode.values(), {
-    InstanceCode.WAITING: _AgentCode.WAITING,
-    InstanceCode.RUNNING: _AgentCode.RUNNING,
-    InstanceCode.TERMINATED: _AgentCode.TERMINATED})
+AGENT_CODE = EnumMap(
+    InstanceCode,
+    "agent.StatusCode",
+    _AgentCode.values(),
+    {
+        InstanceCode.WAITING: _AgentCode.WAITING,
+        InstanceCode.RUNNING: _AgentCode.RUNNING,
+        InstanceCode.TERMINATED: _AgentCode.TERMINATED,
+    },
+)
 _ControllerCode = controller_pb2.Status.StatusCode
-CONTROLLER_CODE = EnumMap(InstanceCode, "controller.StatusCode", _ControllerCode.values(), {
-    InstanceCode.WAITING: _ControllerCode.WAITING,
-    InstanceCode.RUNNING: _ControllerCode.RUNNING,
-    InstanceCode.TERMINATED: _ControllerCode.TERMINATED})
+CONTROLLER_CODE = EnumMap(
+    InstanceCode,
+    "controller.StatusCode",
+    _ControllerCode.values(),
+    {
+        InstanceCode.WAITING: _ControllerCode.WAITING,
+        InstanceCode.RUNNING: _ControllerCode.RUNNING,
+        InstanceCode.TERMINATED: _ControllerCode.TERMINATED,
+    },
+)
 _NodeAgentCode = node_agent_pb2.Status.StatusCode
-NODE_AGENT_CODE = EnumMap(InstanceCode, "node_agent.StatusCode", _NodeAgentCode.values(), {
-    InstanceCode.WAITING: _NodeAgentCode.WAITING,
-    InstanceCode.RUNNING: _NodeAgentCode.RUNNING,
-    InstanceCode.TERMINATED: _NodeAgentCode.TERMINATED})
+NODE_AGENT_CODE = EnumMap(
+    InstanceCode,
+    "node_agent.StatusCode",
+    _NodeAgentCode.values(),
+    {
+        InstanceCode.WAITING: _NodeAgentCode.WAITING,
+        InstanceCode.RUNNING: _NodeAgentCode.RUNNING,
+        InstanceCode.TERMINATED: _NodeAgentCode.TERMINATED,
+    },
+)
 _State = controller_pb2.Node.State
-NODE_STATE = EnumMap(NodeState, "controller.Node.State", _State.values(), {
-    NodeState.READY: _State.READY,
-    NodeState.LEFT: _State.LEFT,
-    NodeState.LOST: _State.LOST})
+NODE_STATE = EnumMap(
+    NodeState,
+    "controller.Node.State",
+    _State.values(),
+    {NodeState.READY: _State.READY, NodeState.LEFT: _State.LEFT, NodeState.LOST: _State.LOST},
+)
 _Kind = controller_pb2.NodeEvent.Kind
-NODE_EVENT_KIND = EnumMap(NodeEventKind, "controller.NodeEvent.Kind", _Kind.values(), {
-    NodeEventKind.JOINED: _Kind.JOINED,
-    NodeEventKind.STATUS: _Kind.STATUS,
-    NodeEventKind.LEFT: _Kind.LEFT,
-    NodeEventKind.LOST: _Kind.LOST})
+NODE_EVENT_KIND = EnumMap(
+    NodeEventKind,
+    "controller.NodeEvent.Kind",
+    _Kind.values(),
+    {
+        NodeEventKind.JOINED: _Kind.JOINED,
+        NodeEventKind.STATUS: _Kind.STATUS,
+        NodeEventKind.LEFT: _Kind.LEFT,
+        NodeEventKind.LOST: _Kind.LOST,
+    },
+)
 _Signal = node_agent_pb2.WorkloadSignal.Signal
-SIGNAL = EnumMap(Signal, "node_agent.WorkloadSignal.Signal", _Signal.values(), {
-    Signal.STOP: _Signal.STOP,
-    Signal.KILL: _Signal.KILL})
+SIGNAL = EnumMap(
+    Signal,
+    "node_agent.WorkloadSignal.Signal",
+    _Signal.values(),
+    {Signal.STOP: _Signal.STOP, Signal.KILL: _Signal.KILL},
+)
 _ControllerType = controller_pb2.Workload.Type
-CONTROLLER_TYPE = EnumMap(WorkloadType, "controller.Workload.Type", _ControllerType.values(), {
-    WorkloadType.CONTAINER: _ControllerType.CONTAINER})
+CONTROLLER_TYPE = EnumMap(
+    WorkloadType,
+    "controller.Workload.Type",
+    _ControllerType.values(),
+    {WorkloadType.CONTAINER: _ControllerType.CONTAINER},
+)
 _NodeAgentType = node_agent_pb2.Workload.Type
-NODE_AGENT_TYPE = EnumMap(WorkloadType, "node_agent.Workload.Type", _NodeAgentType.values(), {
-    WorkloadType.CONTAINER: _NodeAgentType.CONTAINER})
+NODE_AGENT_TYPE = EnumMap(
+    WorkloadType,
+    "node_agent.Workload.Type",
+    _NodeAgentType.values(),
+    {WorkloadType.CONTAINER: _NodeAgentType.CONTAINER},
+)
 
 
 def node_id_from_wire(value: str, field: str = "id") -> str:
@@ -110,15 +148,18 @@ def _pair(message, name: str) -> tuple[int | None, int | None]:
     if part.total == 0:
         return None, None
     if part.total > MAX_BYTES[name]:
-        raise InvalidArgument(f"{name}.total ({part.total} bytes) exceeds {MAX_BYTES[name]} "
-                              f"({MAX_BYTES[name] >> 50} PiB): no node has that much")
+        raise InvalidArgument(
+            f"{name}.total ({part.total} bytes) exceeds {MAX_BYTES[name]} "
+            f"({MAX_BYTES[name] >> 50} PiB): no node has that much"
+        )
     if part.free > part.total:
         raise InvalidArgument(f"{name}.free ({part.free}) exceeds {name}.total ({part.total})")
     return part.total, part.free
 
 
 def node_status_from_wire(
-        message: agent_pb2.NodeStatus) -> tuple[str, NodeMetrics, tuple[InstanceReport, ...]]:
+    message: agent_pb2.NodeStatus,
+) -> tuple[str, NodeMetrics, tuple[InstanceReport, ...]]:
     """Validate one NodeStatus; return (node id, metrics, instance reports). Unreported
     dimensions stay None; the metrics hold no reports (see `Cluster.report`)."""
     node_id = node_id_from_wire(message.id)
@@ -133,15 +174,18 @@ def node_status_from_wire(
         cpu_cores = message.cpu_load.cores or None
     reports = message.instances
     if len(reports) > MAX_REPORTED_INSTANCES:
-        raise InvalidArgument(f"instances lists {len(reports)} entries; at most "
-                              f"{MAX_REPORTED_INSTANCES} are accepted")
+        raise InvalidArgument(
+            f"instances lists {len(reports)} entries; at most {MAX_REPORTED_INSTANCES} are accepted"
+        )
     instances = tuple(
-        InstanceReport(instance_id_from_wire(r.instance_id, "instances.instance_id"),
-                       _code(r.code))
+        InstanceReport(instance_id_from_wire(r.instance_id, "instances.instance_id"), _code(r.code))
         for r in reports
     )
-    return node_id, NodeMetrics(memory_total, memory_free, cpu_load, cpu_cores,
-                                disk_total, disk_free), instances
+    return (
+        node_id,
+        NodeMetrics(memory_total, memory_free, cpu_load, cpu_cores, disk_total, disk_free),
+        instances,
+    )
 
 
 def _code(value: int) -> InstanceCode:
@@ -152,6 +196,7 @@ def _code(value: int) -> InstanceCode:
 
 
 # -- to the Controller -----------------------------------------------------------------------
+
 
 def node_to_wire(view: NodeView) -> controller_pb2.Node:
     node = controller_pb2.Node(
@@ -213,20 +258,26 @@ def workload_from_wire(request: controller_pb2.SchedulingRequest) -> Workload:
     if not wire.image:
         raise InvalidArgument("workload.image is empty: name the image to run")
     if len(wire.image) > MAX_IMAGE_CHARS:
-        raise InvalidArgument(f"workload.image is {len(wire.image)} characters; "
-                              f"at most {MAX_IMAGE_CHARS} are accepted")
+        raise InvalidArgument(
+            f"workload.image is {len(wire.image)} characters; "
+            f"at most {MAX_IMAGE_CHARS} are accepted"
+        )
     workload_type = CONTROLLER_TYPE.from_wire(wire.type)
     if workload_type is None:
         raise InvalidArgument(f"workload.type {wire.type} is unknown ({CONTROLLER_TYPE.known()})")
     if len(wire.environment) > MAX_ENV_ENTRIES:
-        raise InvalidArgument(f"workload.environment has {len(wire.environment)} entries; "
-                              f"at most {MAX_ENV_ENTRIES} are accepted")
+        raise InvalidArgument(
+            f"workload.environment has {len(wire.environment)} entries; "
+            f"at most {MAX_ENV_ENTRIES} are accepted"
+        )
     for index, entry in enumerate(wire.environment):
         if not entry:
             raise InvalidArgument(f"workload.environment[{index}] is empty")
         if len(entry) > MAX_ENV_ENTRY_CHARS:
-            raise InvalidArgument(f"workload.environment[{index}] is {len(entry)} characters; "
-                                  f"at most {MAX_ENV_ENTRY_CHARS} are accepted")
+            raise InvalidArgument(
+                f"workload.environment[{index}] is {len(entry)} characters; "
+                f"at most {MAX_ENV_ENTRY_CHARS} are accepted"
+            )
     resources = None
     if wire.HasField("resource_limits"):
         limits = wire.resource_limits
@@ -235,17 +286,21 @@ def workload_from_wire(request: controller_pb2.SchedulingRequest) -> Workload:
             if limits.HasField(name):
                 value = getattr(limits, name)
                 if value < 0:
-                    raise InvalidArgument(f"workload.resource_limits.{name} is {value}; "
-                                          "must be >= 0")
+                    raise InvalidArgument(
+                        f"workload.resource_limits.{name} is {value}; must be >= 0"
+                    )
                 values[name] = value
         resources = Resources(**values)
     return Workload(instance_id, wire.image, workload_type, tuple(wire.environment), resources)
 
 
 def workload_to_agent(workload: Workload) -> node_agent_pb2.Workload:
-    wire = node_agent_pb2.Workload(instance_id=workload.instance_id,
-                                   type=NODE_AGENT_TYPE.to_wire(workload.type),
-                                   image=workload.image, environment=workload.environment)
+    wire = node_agent_pb2.Workload(
+        instance_id=workload.instance_id,
+        type=NODE_AGENT_TYPE.to_wire(workload.type),
+        image=workload.image,
+        environment=workload.environment,
+    )
     if workload.resources is not None:
         limits = wire.resource_limits
         limits.SetInParent()
@@ -256,13 +311,15 @@ def workload_to_agent(workload: Workload) -> node_agent_pb2.Workload:
     return wire
 
 
-def instance_status_from_agent(wire: node_agent_pb2.WorkloadStatus, instance_id: str,
-                               node_id: str) -> InstanceStatus:
+def instance_status_from_agent(
+    wire: node_agent_pb2.WorkloadStatus, instance_id: str, node_id: str
+) -> InstanceStatus:
     """An Agent's WorkloadStatus for `instance_id`; the Agent's own id field is not trusted."""
     code = NODE_AGENT_CODE.from_wire(wire.status.code)
     if code is None:
-        raise InvalidArgument(f"Agent on {node_id} sent unknown status code "
-                              f"{wire.status.code} for {instance_id}")
+        raise InvalidArgument(
+            f"Agent on {node_id} sent unknown status code {wire.status.code} for {instance_id}"
+        )
     usage = wire.resource_usage
     return InstanceStatus(
         instance_id=instance_id,

@@ -6,6 +6,7 @@ out member by member. An `EnumMap` checks at import that its mapping covers ever
 and every wire value exactly once, so a member added on either side fails at start-up, not on
 the first message that carries it.
 """
+
 from __future__ import annotations
 
 import enum
@@ -21,8 +22,9 @@ class EnumMap(Generic[D, W]):
 
     __slots__ = ("wire_name", "_to_wire", "_from_wire")
 
-    def __init__(self, domain: type[D], wire_name: str, wire_values: Iterable[int],
-                 pairs: dict[D, W]) -> None:
+    def __init__(
+        self, domain: type[D], wire_name: str, wire_values: Iterable[int], pairs: dict[D, W]
+    ) -> None:
         self.wire_name = wire_name
         if set(pairs) != set(domain) or sorted(pairs.values()) != sorted(wire_values):
             raise TypeError(f"{domain.__name__} <-> {wire_name} is not one-to-one: {pairs}")

@@ -3,6 +3,7 @@
 Raised anywhere in the core; only the bridge turns them into grpclib's `GRPCError`, so the core
 does not depend on grpclib.
 """
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ a broken connection) is tried on the next endpoint, each endpoint once; when non
 `StoreUnavailable`. Writes retried this way are idempotent puts and deletes, so a write that
 was applied but whose answer was lost does no harm when applied again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,9 @@ def range_end(prefix: bytes) -> bytes:
 class EtcdClient:
     """Calls to an etcd cluster, tried on each endpoint in turn."""
 
-    def __init__(self, addresses: tuple[tuple[str, int], ...],
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, addresses: tuple[tuple[str, int], ...], ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._channels = [ClientChannel(host, port, ssl_context) for host, port in addresses]
         self._current = 0
 
@@ -77,12 +79,15 @@ class EtcdClient:
                     self._current = (used + 1) % len(self._channels)
         raise StoreUnavailable(f"etcd did not answer {what} ({'; '.join(errors)})")
 
-    async def _unary(self, stub_class: type, method: str, request: Any,
-                     timeout: float | None = CALL_TIMEOUT) -> Any:
+    async def _unary(
+        self, stub_class: type, method: str, request: Any, timeout: float | None = CALL_TIMEOUT
+    ) -> Any:
         async def call() -> Any:
             channel = self._channels[self._current]
-            return await channel.unary(getattr(channel.stub(stub_class), method), request,
-                                       timeout=timeout)
+            return await channel.unary(
+                getattr(channel.stub(stub_class), method), request, timeout=timeout
+            )
+
         return await self._call(method, call)
 
     # -- KV ------------------------------------------------------------------------------------
@@ -95,8 +100,11 @@ class EtcdClient:
         items: list[kv_pb2.KeyValue] = []
         key, end, revision = prefix, range_end(prefix), 0
         while True:
-            response = await self._unary(rpc_grpc.KVStub, "Range", rpc_pb2.RangeRequest(
-                key=key, range_end=end, limit=RANGE_PAGE, revision=revision))
+            response = await self._unary(
+                rpc_grpc.KVStub,
+                "Range",
+                rpc_pb2.RangeRequest(key=key, range_end=end, limit=RANGE_PAGE, revision=revision),
+            )
             revision = revision or response.header.revision
             items.extend(response.kvs)
             if not response.more or not response.kvs:
@@ -106,8 +114,11 @@ class EtcdClient:
     def watch(self, prefix: bytes, start_revision: int) -> ServerStream:
         """Every change under `prefix` from `start_revision` on (the current endpoint)."""
         channel = self._channels[self._current]
-        request = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
-            key=prefix, range_end=range_end(prefix), start_revision=start_revision))
+        request = rpc_pb2.WatchRequest(
+            create_request=rpc_pb2.WatchCreateRequest(
+                key=prefix, range_end=range_end(prefix), start_revision=start_revision
+            )
+        )
         return channel.server_stream(channel.stub(rpc_grpc.WatchStub).Watch, request)
 
     def next_endpoint(self) -> None:
@@ -117,8 +128,9 @@ class EtcdClient:
     # -- Lease ---------------------------------------------------------------------------------
 
     async def grant(self, ttl: int) -> int:
-        response = await self._unary(rpc_grpc.LeaseStub, "LeaseGrant",
-                                     rpc_pb2.LeaseGrantRequest(TTL=ttl))
+        response = await self._unary(
+            rpc_grpc.LeaseStub, "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl)
+        )
         if response.error:
             raise EtcdError(f"LeaseGrant: {response.error}")
         return response.ID
@@ -129,15 +141,17 @@ class EtcdClient:
         One short LeaseKeepAlive stream per renewal (send one, half-close, read one): renewals
         are seconds apart, and each then has a deadline and moves to another endpoint on its
         own, which one long stream would not."""
-        response = await self._unary(rpc_grpc.LeaseStub, "LeaseKeepAlive",
-                                     rpc_pb2.LeaseKeepAliveRequest(ID=lease))
+        response = await self._unary(
+            rpc_grpc.LeaseStub, "LeaseKeepAlive", rpc_pb2.LeaseKeepAliveRequest(ID=lease)
+        )
         return response.TTL
 
     async def revoke(self, lease: int) -> None:
         """Best effort: a lease that cannot be revoked expires by itself."""
         try:
-            await self._unary(rpc_grpc.LeaseStub, "LeaseRevoke",
-                              rpc_pb2.LeaseRevokeRequest(ID=lease))
+            await self._unary(
+                rpc_grpc.LeaseStub, "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=lease)
+            )
         except (EtcdError, StoreUnavailable) as err:  # NOT_FOUND: it expired already
             log.info("lease %x not revoked (%s); it expires by itself", lease, err)
 
@@ -146,17 +160,20 @@ class EtcdClient:
     async def campaign(self, name: bytes, lease: int, value: bytes) -> v3election_pb2.LeaderKey:
         """Wait until this campaigner leads `name` (no deadline: it waits for the leader)."""
         response = await self._unary(
-            v3election_grpc.ElectionStub, "Campaign",
-            v3election_pb2.CampaignRequest(name=name, lease=lease, value=value), timeout=None)
+            v3election_grpc.ElectionStub,
+            "Campaign",
+            v3election_pb2.CampaignRequest(name=name, lease=lease, value=value),
+            timeout=None,
+        )
         return response.leader
 
     async def resign(self, leader: v3election_pb2.LeaderKey) -> bool:
         """Best effort: False if etcd did not answer (the lease then expires by itself)."""
         try:
-            await self._unary(v3election_grpc.ElectionStub, "Resign",
-                              v3election_pb2.ResignRequest(leader=leader))
+            await self._unary(
+                v3election_grpc.ElectionStub, "Resign", v3election_pb2.ResignRequest(leader=leader)
+            )
             return True
         except (EtcdError, StoreUnavailable) as err:
             log.warning("resigning failed (%s); the leadership ends with its lease", err)
             return False
-

@@ -10,6 +10,7 @@ falls so far behind that its next event left the ring gets a fresh snapshot in-b
 more than `COALESCE_BACKLOG` events behind skips STATUS events of a node that a later STATUS of
 the same node supersedes; it never skips JOINED, LEFT, LOST or instance events.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -26,9 +27,16 @@ COALESCE_BACKLOG = 1024  # events behind the head before a watcher may skip supe
 class EventLog:
     """Append-only, revisioned, bounded log of cluster events with any number of watchers."""
 
-    def __init__(self, retained: int, snapshot: Callable[[], Snapshot], epoch: str | None = None,
-                 *, revision: int = 0, history: Iterable[Event] = (),
-                 persist: Callable[[Event], None] | None = None) -> None:
+    def __init__(
+        self,
+        retained: int,
+        snapshot: Callable[[], Snapshot],
+        epoch: str | None = None,
+        *,
+        revision: int = 0,
+        history: Iterable[Event] = (),
+        persist: Callable[[Event], None] | None = None,
+    ) -> None:
         """`epoch`, `revision` and `history` continue a previous run (see `store`); `persist`
         is called with every published event, in order (the store keeps what it must)."""
         if retained < 1:
@@ -63,7 +71,7 @@ class EventLog:
         if len(self._events) - self._start > self._retained:
             self._start += 1
             if self._start >= self._retained:  # compact now and then: amortised O(1)
-                del self._events[:self._start], self._revisions[:self._start]
+                del self._events[: self._start], self._revisions[: self._start]
                 self._start = 0
 
     def publish(self, body: NodeEvent | InstanceEvent) -> Event:

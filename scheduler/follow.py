@@ -18,6 +18,7 @@ simulator looks for as long as it runs.
 simulated Agents and Controller. Those run plain asyncio in their own processes: nothing here
 imports trio or trio_asyncio (see STYLE.md).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -134,8 +135,12 @@ class Backoff:
     """Waits between retries: from `first` doubling to at most `largest`, each drawn in
     [half, all] of the step (jitter: clients that failed together do not retry together)."""
 
-    def __init__(self, first: float = FIRST_RETRY, largest: float = LARGEST_RETRY,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        first: float = FIRST_RETRY,
+        largest: float = LARGEST_RETRY,
+        rng: random.Random | None = None,
+    ) -> None:
         self.first, self.largest = first, largest
         self._step = first
         self._rng = rng or random.Random()
@@ -184,8 +189,9 @@ def unreachable(err: BaseException) -> bool:
     """A failure to reach a scheduler (refused, reset, connection lost): worth trying another
     address. Not a TLS refusal (the same everywhere), nor a deadline (the caller's to judge:
     a TimeoutError is an OSError)."""
-    return (isinstance(err, (OSError, StreamTerminatedError))
-            and not isinstance(err, (ssl.SSLError, TimeoutError)))
+    return isinstance(err, (OSError, StreamTerminatedError)) and not isinstance(
+        err, (ssl.SSLError, TimeoutError)
+    )
 
 
 def forget_wakeup(err: BaseException) -> None:
@@ -235,10 +241,15 @@ def refusal(
     return None
 
 
-async def retry(leader: Leader, attempt: Callable[[str], Awaitable[T]], *,
-                deadline: float | None = None, give_up: bool = False,
-                report: Callable[[str], None] | None = None,
-                backoff: Backoff | None = None) -> T:
+async def retry(
+    leader: Leader,
+    attempt: Callable[[str], Awaitable[T]],
+    *,
+    deadline: float | None = None,
+    give_up: bool = False,
+    report: Callable[[str], None] | None = None,
+    backoff: Backoff | None = None,
+) -> T:
     """`attempt(address)` at the current address until it returns; NotServing moves on.
 
     `deadline` (loop time): GaveUp rather than wait past it. `give_up`: GaveUp as soon as no
@@ -252,16 +263,24 @@ async def retry(leader: Leader, attempt: Callable[[str], Awaitable[T]], *,
             result = await attempt(address)
         except NotServing as failure:
             first = first or failure
-            await wait_to_retry(leader, first, failure, backoff, deadline=deadline,
-                                give_up=give_up, report=report)
+            await wait_to_retry(
+                leader, first, failure, backoff, deadline=deadline, give_up=give_up, report=report
+            )
             continue
         leader.served(address)
         return result
 
 
-async def wait_to_retry(leader: Leader, first: NotServing, failure: NotServing,
-                        backoff: Backoff, *, deadline: float | None, give_up: bool,
-                        report: Callable[[str], None] | None) -> None:
+async def wait_to_retry(
+    leader: Leader,
+    first: NotServing,
+    failure: NotServing,
+    backoff: Backoff,
+    *,
+    deadline: float | None,
+    give_up: bool,
+    report: Callable[[str], None] | None,
+) -> None:
     """After `failure` (`first`: the search's first): move the leader, then sleep the
     backoff, or raise GaveUp."""
     line = leader.failed(failure.address, failure.hint)
@@ -275,8 +294,9 @@ async def wait_to_retry(leader: Leader, first: NotServing, failure: NotServing,
     await asyncio.sleep(delay)
 
 
-async def call_once(method: Any, request: Any, address: str, *, idempotent: bool,
-                    timeout: float | None = None) -> Any:
+async def call_once(
+    method: Any, request: Any, address: str, *, idempotent: bool, timeout: float | None = None
+) -> Any:
     """One unary call of stub `method` (its channel at `address`); NotServing when that
     scheduler did not serve it (see `refusal`)."""
     stream = None
@@ -294,15 +314,24 @@ async def call_once(method: Any, request: Any, address: str, *, idempotent: bool
         raise failure from err
 
 
-async def call(leader: Leader, method: Callable[[str], Any], request: Any, *,
-               idempotent: bool, deadline: float | None = None, give_up: bool = False,
-               report: Callable[[str], None] | None = None) -> Any:
+async def call(
+    leader: Leader,
+    method: Callable[[str], Any],
+    request: Any,
+    *,
+    idempotent: bool,
+    deadline: float | None = None,
+    give_up: bool = False,
+    report: Callable[[str], None] | None = None,
+) -> Any:
     """One unary call on the leader: `method(address)` is the stub method at that address.
     With a `deadline` (loop time) each attempt gets what is left of it (asyncio.TimeoutError
     when a scheduler takes it all)."""
+
     async def attempt(address: str) -> Any:
-        return await call_once(method(address), request, address, idempotent=idempotent,
-                               timeout=remaining(deadline))
+        return await call_once(
+            method(address), request, address, idempotent=idempotent, timeout=remaining(deadline)
+        )
 
     return await retry(leader, attempt, deadline=deadline, give_up=give_up, report=report)
 
@@ -314,10 +343,15 @@ def remaining(deadline: float | None) -> float | None:
     return max(0.0, deadline - asyncio.get_running_loop().time())
 
 
-async def watch_events(schedulers: Channels, epoch: str = "", after: int = 0, *,
-                       patience: float | None = None, give_up: bool = False,
-                       report: Callable[[str], None] | None = None,
-                       ) -> AsyncIterator[controller_pb2.ClusterEvent]:
+async def watch_events(
+    schedulers: Channels,
+    epoch: str = "",
+    after: int = 0,
+    *,
+    patience: float | None = None,
+    give_up: bool = False,
+    report: Callable[[str], None] | None = None,
+) -> AsyncIterator[controller_pb2.ClusterEvent]:
     """Every ClusterEvent of the cluster, from the leader, following it across failovers.
 
     At each switch the watch resumes after the last event it yielded: the epoch continues
@@ -337,7 +371,8 @@ async def watch_events(schedulers: Channels, epoch: str = "", after: int = 0, *,
             async with schedulers.cluster(address).WatchEvents.open() as stream:
                 await send_request(stream, address)
                 await stream.send_message(
-                    controller_pb2.WatchRequest(epoch=epoch, after_revision=after), end=True)
+                    controller_pb2.WatchRequest(epoch=epoch, after_revision=after), end=True
+                )
                 async for event in stream:
                     if since is not None:
                         leader.served(address)
@@ -357,8 +392,9 @@ async def watch_events(schedulers: Channels, epoch: str = "", after: int = 0, *,
             since = loop.time()
         first = first or failure
         deadline = None if patience is None else since + patience
-        await wait_to_retry(leader, first, failure, backoff, deadline=deadline,
-                            give_up=give_up, report=report)
+        await wait_to_retry(
+            leader, first, failure, backoff, deadline=deadline, give_up=give_up, report=report
+        )
 
 
 async def health(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> int | None:
@@ -378,8 +414,11 @@ class Channels:
     """One grpclib channel per scheduler address, opened on first use, and the Leader among
     them: what a Controller-like client (admin commands, simulated Controller) holds."""
 
-    def __init__(self, scheduler: Leader | str | tuple[str, int] | Sequence[str],
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Leader | str | tuple[str, int] | Sequence[str],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.leader = Leader.of(scheduler)
         self._ssl = ssl_context
         self._channels: dict[str, Channel] = {}

@@ -20,11 +20,11 @@ handlers of the current leadership (`route`). Without one (a standby, or a leade
 down) every call is answered UNAVAILABLE with the trailing metadata `orka-leader: <address>`
 (SPEC §4.1), and `unroute` ends every such call in flight the same way.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import struct
 from collections import deque
@@ -58,6 +58,7 @@ FLUSH_TIME = 0.05  # s after the last call ended on shutdown, for grpclib to wri
 
 _MESSAGE_PREFIX = struct.Struct(">?I")  # gRPC framing: compressed flag, message length
 LEADER_METADATA = "orka-leader"  # trailing metadata of a standby's answers: the leader's address
+DEFAULT_LIMITS = Limits()  # the listener's defaults (tests and tools that build a Bridge alone)
 
 Authorize = Callable[[Any, str], Any]
 """(ssl object or None, method path) -> the caller's identity; raises GRPCError to refuse.
@@ -208,11 +209,17 @@ class Call:
     or `async for`. Streaming replies are sent with `await send(message)`.
     """
 
-    __slots__ = ("method", "peer_host", "identity", "request", "_inbox", "_outbox",
-                 "_outbox_room")
+    __slots__ = ("method", "peer_host", "identity", "request", "_inbox", "_outbox", "_outbox_room")
 
-    def __init__(self, method: str, peer_host: str, identity: Any, request: Any = None,
-                 *, streaming_replies: bool = False) -> None:
+    def __init__(
+        self,
+        method: str,
+        peer_host: str,
+        identity: Any,
+        request: Any = None,
+        *,
+        streaming_replies: bool = False,
+    ) -> None:
         self.method = method
         self.peer_host = peer_host
         self.identity = identity
@@ -267,8 +274,9 @@ class Call:
 
     # -- asyncio side ----------------------------------------------------------------------
 
-    async def _pump_requests(self, stream: Stream,
-                             receive: Callable[[Stream], Awaitable[tuple[Any, int]]]) -> None:
+    async def _pump_requests(
+        self, stream: Stream, receive: Callable[[Stream], Awaitable[tuple[Any, int]]]
+    ) -> None:
         """Read request messages (asyncio) and hand them to trio without crossing loops."""
         inbox = self._inbox
         assert inbox is not None
@@ -322,8 +330,10 @@ async def send_messages(stream: Stream, messages: list[Any]) -> None:
     if not stream._send_initial_metadata_done:
         await stream.send_initial_metadata()
     encode, send_type = stream._codec.encode, stream._send_type
-    data = b"".join(_MESSAGE_PREFIX.pack(False, len(body)) + body
-                    for body in (encode(message, send_type) for message in messages))
+    data = b"".join(
+        _MESSAGE_PREFIX.pack(False, len(body)) + body
+        for body in (encode(message, send_type) for message in messages)
+    )
     await stream._stream.send_data(data)
 
 
@@ -338,8 +348,9 @@ class Codec(ProtoCodec):
             return message_type.FromString(data)
         except DecodeError as err:
             name = message_type.DESCRIPTOR.full_name
-            raise GRPCError(Status.INVALID_ARGUMENT,
-                            f"message does not decode as {name}: {err}") from None
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"message does not decode as {name}: {err}"
+            ) from None
 
 
 class Bridge:
@@ -348,7 +359,7 @@ class Bridge:
     Keeps the cancel scope of every call in flight so shutdown can end them cleanly.
     """
 
-    def __init__(self, authorize: Authorize | None = None, limits: Limits = Limits()) -> None:
+    def __init__(self, authorize: Authorize | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self._authorize = authorize
         self._max_message_bytes = limits.max_message_bytes
         self._message_timeout = limits.message_timeout
@@ -385,12 +396,15 @@ class Bridge:
     def routed(self, base: type) -> Any:
         """A grpclib servable for generated `base` whose calls go to the handlers that `route`
         installs, or are answered `NotLeading` while none are."""
-        mapping = {path: spec._replace(func=self._adapt(path, spec, None))
-                   for path, spec in base.__mapping__(_AnyName()).items()}
+        mapping = {
+            path: spec._replace(func=self._adapt(path, spec, None))
+            for path, spec in base.__mapping__(_AnyName()).items()
+        }
         return _Servable(mapping)
 
-    def route(self, handlers: Mapping[str, TrioHandler],
-              leading: Callable[[], bool] = lambda: True) -> None:
+    def route(
+        self, handlers: Mapping[str, TrioHandler], leading: Callable[[], bool] = lambda: True
+    ) -> None:
         """Serve routed calls with `handlers` (method path -> trio handler) while `leading()`:
         checked as each call starts, so a leader whose renew deadline has passed serves
         nothing more even before its term has unwound."""
@@ -411,8 +425,9 @@ class Bridge:
         leader = self.leader()
         return NotLeading(f"{self._not_leading}; leader at {leader or '(none yet)'}", leader)
 
-    def _adapt(self, path: str, spec: Handler,
-               handler: TrioHandler | None) -> Callable[[Stream], Awaitable[None]]:
+    def _adapt(
+        self, path: str, spec: Handler, handler: TrioHandler | None
+    ) -> Callable[[Stream], Awaitable[None]]:
         """`handler` None: a routed method (looked up per call)."""
         cardinality: Cardinality = spec.cardinality
         bridge = self
@@ -423,23 +438,28 @@ class Bridge:
             except NotLeading as refusal:
                 if not stream._send_trailing_metadata_done:
                     await stream.send_trailing_metadata(
-                        status=refusal.status, status_message=refusal.message,
-                        metadata=refusal.trailers)
+                        status=refusal.status,
+                        status_message=refusal.message,
+                        metadata=refusal.trailers,
+                    )
 
         async def serve_call(stream: Stream) -> None:
             if handler is None and path not in bridge._routes:
                 raise bridge._refusal()  # no need to read the request, nor to cross to trio
             call = None
             try:
-                call = Call(path, *bridge._peer(stream, path),
-                            streaming_replies=cardinality.server_streaming)
+                call = Call(
+                    path,
+                    *bridge._peer(stream, path),
+                    streaming_replies=cardinality.server_streaming,
+                )
                 await run(call, stream)
             except GRPCError as error:
                 if error.status in REFUSALS:
                     bridge._log_refusal(stream, path, call, error)
                 # Without its traceback: that holds the frames that hold the call's future,
                 # which holds the error (a cycle per refused call, until a full collection).
-                raise error.with_traceback(None)
+                raise error.with_traceback(None)  # noqa: B904 (it is the error, not a new one)
 
         async def run(call: Call, stream: Stream) -> None:
             if cardinality.client_streaming:
@@ -476,15 +496,21 @@ class Bridge:
                 if await stream._stream.recv_data(5):
                     # As grpc-go: a second message is a cardinality violation. Unread, it
                     # would also hold the client's flow-control window, and the call, for good.
-                    raise GRPCError(Status.INVALID_ARGUMENT, f"{path} takes one request "
-                                    "message; the client sent more")
+                    raise GRPCError(
+                        Status.INVALID_ARGUMENT,
+                        f"{path} takes one request message; the client sent more",
+                    )
         except TimeoutError:
-            raise GRPCError(Status.DEADLINE_EXCEEDED, f"{path}: the request message did not "
-                            f"arrive and end within {self._message_timeout:g} s "
-                            "(server.message_timeout)") from None
+            raise GRPCError(
+                Status.DEADLINE_EXCEEDED,
+                f"{path}: the request message did not "
+                f"arrive and end within {self._message_timeout:g} s "
+                "(server.message_timeout)",
+            ) from None
         except AssertionError:  # grpclib's way of saying the stream ended inside a prefix
-            raise GRPCError(Status.INVALID_ARGUMENT, f"{path}: the request stream ended inside "
-                            "a message prefix") from None
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"{path}: the request stream ended inside a message prefix"
+            ) from None
         return request
 
     def _log_refusal(self, stream: Stream, path: str, call: Call | None, error: GRPCError) -> None:
@@ -498,8 +524,15 @@ class Bridge:
             ssl_object = stream._stream._transport.get_extra_info("ssl_object")
             identity = identify(ssl_object) if identify is not None else None
         who = str(identity) if identity is not None else "no valid identity"
-        self._refusals.warning((host, who, path), "refused %s from %s (%s): %s: %s", path, host,
-                               who, error.status.name, error.message)
+        self._refusals.warning(
+            (host, who, path),
+            "refused %s from %s (%s): %s: %s",
+            path,
+            host,
+            who,
+            error.status.name,
+            error.message,
+        )
 
     async def _receive(self, stream: Stream) -> tuple[Any, int]:
         """One request message and its size, refusing an oversized one *before* buffering it;
@@ -514,29 +547,37 @@ class Bridge:
         try:
             prefix = await h2_stream.recv_data(5)
         except AssertionError:  # grpclib's way of saying the stream ended inside it
-            raise GRPCError(Status.INVALID_ARGUMENT,
-                            "the request stream ended inside a message prefix") from None
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, "the request stream ended inside a message prefix"
+            ) from None
         if not prefix:
             return None, 0
         compressed, length = _MESSAGE_PREFIX.unpack(prefix)
         if compressed:
             raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
         if length > self._max_message_bytes:
-            raise GRPCError(Status.RESOURCE_EXHAUSTED,
-                            f"message of {length} bytes exceeds the limit of "
-                            f"{self._max_message_bytes} (server.max_message_bytes)")
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"message of {length} bytes exceeds the limit of "
+                f"{self._max_message_bytes} (server.max_message_bytes)",
+            )
         try:
             if h2_stream.buffer._acked_size >= length:  # hot path: it came with its prefix
                 data = await h2_stream.recv_data(length)
             else:
                 data = await read_body(h2_stream, length, self._message_timeout)
         except AssertionError:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"the request stream ended inside a "
-                            f"message of {length} bytes") from None
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"the request stream ended inside a message of {length} bytes",
+            ) from None
         except TimeoutError:
-            raise GRPCError(Status.DEADLINE_EXCEEDED, f"a request message of {length} bytes "
-                            f"was not complete within {self._message_timeout:g} s "
-                            "(server.message_timeout)") from None
+            raise GRPCError(
+                Status.DEADLINE_EXCEEDED,
+                f"a request message of {length} bytes "
+                f"was not complete within {self._message_timeout:g} s "
+                "(server.message_timeout)",
+            ) from None
         return self._codec.decode(data, stream._recv_type), length
 
     def _peer(self, stream: Stream, path: str) -> tuple[str, Any]:
@@ -595,7 +636,8 @@ class Bridge:
         # "::" (or "") means every interface of both families: asyncio makes IPv6 sockets
         # V6ONLY, so a literal "::" would not accept IPv4 clients.
         await trio_asyncio.aio_as_trio(server.start_listener)(
-            listener, None if host in ("", "::") else host, port)
+            listener, None if host in ("", "::") else host, port
+        )
         bound = server._server.sockets[0].getsockname()[1]
         task_status.started(bound)
         try:
@@ -639,9 +681,14 @@ class ClientChannel:
     connection, TLS, timeout) surface as `RemoteError` with the status a person would expect.
     """
 
-    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None,
-                 verify_peer: Callable[[Any], None] | None = None,
-                 may_send: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        verify_peer: Callable[[Any], None] | None = None,
+        may_send: Callable[[], bool] = lambda: True,
+    ) -> None:
         """`verify_peer(peercert)` raises to refuse a peer before any request is sent to it;
         `may_send()` False refuses to send any request (a leader past its renew deadline)."""
         self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -652,6 +699,7 @@ class ClientChannel:
 
     async def unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         """Call a unary method of a generated stub (e.g. `stub.Signal`) bound to this channel."""
+
         async def call() -> Any:
             stream = method.open(timeout=timeout)
             try:
@@ -662,6 +710,7 @@ class ClientChannel:
             finally:
                 _forget_error(stream)
                 self._reclose()
+
         try:
             return await trio_asyncio.aio_as_trio(call)()
         except BaseException as err:
@@ -689,8 +738,9 @@ class ClientChannel:
         if self._verify_peer is not None:
             self._verify_peer(stream.peer.cert())
 
-    def server_stream(self, method: Any, request: Any,
-                      on_end: Callable[[], None] | None = None) -> ServerStream:
+    def server_stream(
+        self, method: Any, request: Any, on_end: Callable[[], None] | None = None
+    ) -> ServerStream:
         """Start a server-streaming call (e.g. `stub.Create`); read it with `receive()`.
 
         `on_end()` is called once the call is over, however it ended."""
@@ -708,13 +758,17 @@ class ClientChannel:
 
     def _remote_error(self, err: BaseException) -> BaseException:
         if isinstance(err, GRPCError):
-            return RemoteError(err.status.name, err.message or f"{err.status.name} from {self.target}")
+            return RemoteError(
+                err.status.name, err.message or f"{err.status.name} from {self.target}"
+            )
         if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
             return RemoteError("DEADLINE_EXCEEDED", f"{self.target} did not answer in time")
         if isinstance(err, StreamTerminatedError):
             return RemoteError("UNAVAILABLE", f"the stream from {self.target} broke: {err}")
         if isinstance(err, (OSError, ssl.SSLError, ProtocolError)):
-            return RemoteError("UNAVAILABLE", f"cannot reach {self.target}: {err or type(err).__name__}")
+            return RemoteError(
+                "UNAVAILABLE", f"cannot reach {self.target}: {err or type(err).__name__}"
+            )
         if isinstance(err, PeerRefused):
             return RemoteError("UNAVAILABLE", f"refused the peer at {self.target}: {err}")
         return err  # cancellation and bugs propagate unchanged
@@ -726,8 +780,13 @@ class ClientChannel:
 class ServerStream:
     """One server-streaming call being read by an asyncio task; `cancel()` ends it at once."""
 
-    def __init__(self, channel: ClientChannel, method: Any, request: Any,
-                 on_end: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        channel: ClientChannel,
+        method: Any,
+        request: Any,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
         self._channel = channel
         self._inbound = Inbound()
         self._on_end = on_end
@@ -826,8 +885,13 @@ class _Server(Server):
         if self._server is not None:
             raise RuntimeError("Server is already started")
         self._server = await self._loop.create_server(
-            listener.protocol_factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG,
-            start_serving=False)
+            listener.protocol_factory,
+            host,
+            port,
+            reuse_address=True,
+            backlog=LISTEN_BACKLOG,
+            start_serving=False,
+        )
         listener.serve(self._server, LISTEN_BACKLOG)
         self._server_closed_fut = self._loop.create_future()
 

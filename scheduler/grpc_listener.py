@@ -29,6 +29,7 @@ docs/DECISIONS.md). Only the bridge (`grpc_bridge`) imports it.
 It relies on internals of grpclib 0.4.9 and h2 4.x (both pinned in pyproject.toml);
 tests/test_listener_contract.py fails loudly if an upgrade changes any of them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,8 +55,8 @@ from h2.settings import SettingCodes
 from h2.stream import StreamClosedBy
 from hyperframe.frame import RstStreamFrame
 
-from .throttle import TokenBucket
 from .logs import RateLimited
+from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -105,23 +106,35 @@ class Listener:
     `identify(ssl_object)` names a TLS peer (an object with `kind` and `name`) or returns None.
     """
 
-    def __init__(self, server: Server, limits: Limits, ssl_context: ssl.SSLContext | None,
-                 identify: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        limits: Limits,
+        ssl_context: ssl.SSLContext | None,
+        identify: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.limits = limits
         self.max_connections = connection_cap(limits.max_connections)
         self.ssl_context = ssl_context
         self._server = server
         self._identify = identify
-        self.grpc_config = Configuration(http2_connection_window_size=CONNECTION_WINDOW,
-                                         http2_stream_window_size=STREAM_WINDOW).__for_server__()
+        self.grpc_config = Configuration(
+            http2_connection_window_size=CONNECTION_WINDOW, http2_stream_window_size=STREAM_WINDOW
+        ).__for_server__()
         self._pending: dict[_Tls, None] = {}  # handshakes in progress, oldest first
         self._open: dict[_Http2, None] = {}  # established connections, oldest first
         self._agents: dict[str, dict[_Http2, None]] = {}  # node id -> its Agent's connections
         self._peers: dict[str, TokenBucket] = {}  # address -> its new connections, idlest first
-        self.counts = {"refused": 0, "refused_rate": 0, "closed_idle": 0,
-                       "closed_handshakes": 0, "closed_agent_excess": 0,
-                       "rapid_reset_goaways": 0, "header_block_goaways": 0,
-                       "protocol_errors": 0}
+        self.counts = {
+            "refused": 0,
+            "refused_rate": 0,
+            "closed_idle": 0,
+            "closed_handshakes": 0,
+            "closed_agent_excess": 0,
+            "rapid_reset_goaways": 0,
+            "header_block_goaways": 0,
+            "protocol_errors": 0,
+        }
         self._log = RateLimited(log, LOG_INTERVAL)
 
     def protocol_factory(self) -> asyncio.BaseProtocol:
@@ -150,8 +163,12 @@ class Listener:
             except OSError as error:
                 if error.errno not in _OUT_OF_RESOURCES:
                     raise
-                self._log.warning("accept", "cannot accept connections: %s; accepting again "
-                                  "in %g s", error.strerror, ACCEPT_RETRY)
+                self._log.warning(
+                    "accept",
+                    "cannot accept connections: %s; accepting again in %g s",
+                    error.strerror,
+                    ACCEPT_RETRY,
+                )
                 loop.remove_reader(sock.fileno())
                 loop.call_later(ACCEPT_RETRY, self._resume, loop, sock, server)
                 return
@@ -159,8 +176,11 @@ class Listener:
                 conn.close()
                 continue
             conn.setblocking(False)
-            loop.create_task(loop._accept_connection2(
-                self.protocol_factory, conn, {"peername": addr}, None, server))
+            loop.create_task(
+                loop._accept_connection2(
+                    self.protocol_factory, conn, {"peername": addr}, None, server
+                )
+            )
 
     def _resume(self, loop: Any, sock: socket.socket, server: asyncio.AbstractServer) -> None:
         if server.sockets:  # not closed meanwhile
@@ -181,13 +201,22 @@ class Listener:
         if bucket.take(now):
             return True
         self.counts["refused_rate"] += 1
-        self._log.warning(("rate", host), "refused a new connection from %s: more than %g a "
-                          "second from that address (server.connection_rate_per_ip)", host, rate)
+        self._log.warning(
+            ("rate", host),
+            "refused a new connection from %s: more than %g a "
+            "second from that address (server.connection_rate_per_ip)",
+            host,
+            rate,
+        )
         return False
 
     def statistics(self) -> dict[str, int]:
-        return {"connections": len(self._open), "pending_handshakes": len(self._pending),
-                "max_connections": self.max_connections, **self.counts}
+        return {
+            "connections": len(self._open),
+            "pending_handshakes": len(self._pending),
+            "max_connections": self.max_connections,
+            **self.counts,
+        }
 
     def close_all(self) -> None:
         """Close every connection at once (shutdown, after calls were given their grace)."""
@@ -205,9 +234,14 @@ class Listener:
         if len(self._pending) >= PENDING_HANDSHAKES:
             oldest = next(iter(self._pending))
             self.counts["closed_handshakes"] += 1
-            self._log.warning("handshakes", "%d TLS handshakes in progress: closed the oldest "
-                              "(from %s) for a new connection from %s", PENDING_HANDSHAKES,
-                              oldest.peer, tls.peer)
+            self._log.warning(
+                "handshakes",
+                "%d TLS handshakes in progress: closed the oldest "
+                "(from %s) for a new connection from %s",
+                PENDING_HANDSHAKES,
+                oldest.peer,
+                tls.peer,
+            )
             oldest.abort()
         self._pending[tls] = None
         return True
@@ -256,11 +290,17 @@ class Listener:
             oldest = next(iter(connections))
             connections.pop(oldest)
             self.counts["closed_agent_excess"] += 1
-            self._log.warning(("agent", node_id), "node %s's Agent opened more than %d "
-                              "connections: closed its oldest (from %s)", node_id,
-                              AGENT_CONNECTIONS, oldest.peer)
-            oldest.close(ErrorCodes.ENHANCE_YOUR_CALM,
-                         f"more than {AGENT_CONNECTIONS} connections of this Agent")
+            self._log.warning(
+                ("agent", node_id),
+                "node %s's Agent opened more than %d connections: closed its oldest (from %s)",
+                node_id,
+                AGENT_CONNECTIONS,
+                oldest.peer,
+            )
+            oldest.close(
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                f"more than {AGENT_CONNECTIONS} connections of this Agent",
+            )
 
     def _make_room(self, peer: str) -> bool:
         """Below the cap, or made so by closing the oldest pending handshake or idle connection."""
@@ -276,15 +316,24 @@ class Listener:
             idle = next((http2 for http2 in self._open if http2.idle), None)
             if idle is None:
                 self.counts["refused"] += 1
-                self._log.warning("limit", "%d connections (server.max_connections): refused "
-                                  "a new one from %s (no idle connection to close)",
-                                  self.max_connections, peer)
+                self._log.warning(
+                    "limit",
+                    "%d connections (server.max_connections): refused "
+                    "a new one from %s (no idle connection to close)",
+                    self.max_connections,
+                    peer,
+                )
                 return False
             self.counts["closed_idle"] += 1
             idle.close(ErrorCodes.NO_ERROR, "connection limit reached; this one was idle")
             why = f"closed the oldest idle connection (from {idle.peer})"
-        self._log.warning("limit", "%d connections (server.max_connections): %s for a new one "
-                          "from %s", self.max_connections, why, peer)
+        self._log.warning(
+            "limit",
+            "%d connections (server.max_connections): %s for a new one from %s",
+            self.max_connections,
+            why,
+            peer,
+        )
         return True
 
     # -- grpclib's objects for one connection ----------------------------------------------------
@@ -292,14 +341,20 @@ class Listener:
     def new_handler(self) -> _Handler:
         server = self._server
         server.__gc_step__()  # grpclib's own bookkeeping: forgets handlers of closed connections
-        handler = _Handler(server._mapping, server._codec, server._status_details_codec,
-                           server.__dispatch__)
+        handler = _Handler(
+            server._mapping, server._codec, server._status_details_codec, server.__dispatch__
+        )
         server._handlers.add(handler)
         return handler
 
     def log_violation(self, http2: _Http2, what: str) -> None:
-        self._log.warning(("violation", http2.peer), "closed the connection of %s (%s): %s",
-                          http2.peer, http2.identity or "no identity", what)
+        self._log.warning(
+            ("violation", http2.peer),
+            "closed the connection of %s (%s): %s",
+            http2.peer,
+            http2.identity or "no identity",
+            what,
+        )
 
 
 def connection_cap(configured: int) -> int:
@@ -317,8 +372,13 @@ def connection_cap(configured: int) -> int:
         return configured
     share = max(1, soft // DESCRIPTOR_SHARE)
     if share < configured:  # information, not a fault: most hosts default to far fewer files
-        log.info("server.max_connections %d lowered to %d: this process may open only %d "
-                 "files (raise LimitNOFILE / ulimit -n for more)", configured, share, soft)
+        log.info(
+            "server.max_connections %d lowered to %d: this process may open only %d "
+            "files (raise LimitNOFILE / ulimit -n for more)",
+            configured,
+            share,
+            soft,
+        )
     return min(configured, share)
 
 
@@ -328,9 +388,15 @@ class _Tls(asyncio.sslproto.SSLProtocol):
 
     def __init__(self, listener: Listener, app: _Http2) -> None:
         timeout = listener.limits.handshake_timeout
-        super().__init__(asyncio.get_event_loop(), app, listener.ssl_context, None,
-                         server_side=True, ssl_handshake_timeout=timeout,
-                         ssl_shutdown_timeout=timeout)
+        super().__init__(
+            asyncio.get_event_loop(),
+            app,
+            listener.ssl_context,
+            None,
+            server_side=True,
+            ssl_handshake_timeout=timeout,
+            ssl_shutdown_timeout=timeout,
+        )
         self.listener = listener
         self.peer = ""
         app.tls = self
@@ -407,8 +473,7 @@ class _Http2(H2Protocol):
             h2_connection.increment_flow_control_window(CONNECTION_WINDOW - initial)
         if STREAM_WINDOW != initial:
             h2_connection.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
-        self.connection = _Connection(h2_connection, transport, config=self.config,
-                                      protocol=self)
+        self.connection = _Connection(h2_connection, transport, config=self.config, protocol=self)
         self.connection.flush()
         self.connection.initialize()
         self.handler = self.listener.new_handler()
@@ -458,14 +523,17 @@ class _Http2(H2Protocol):
                 self._header_timer.cancel()
             self._header_block = pending[0]
             self._header_timer = asyncio.get_event_loop().call_later(
-                self.listener.limits.message_timeout, self._header_block_expired)
+                self.listener.limits.message_timeout, self._header_block_expired
+            )
 
     def _header_block_expired(self) -> None:
         self._header_timer = None
         if not self.closed and self.connection._connection.incoming_buffer._headers_buffer:
             self.listener.counts["header_block_goaways"] += 1
-            self._violation(f"a header block not completed within "
-                            f"{self.listener.limits.message_timeout:g} s (server.message_timeout)")
+            self._violation(
+                f"a header block not completed within "
+                f"{self.listener.limits.message_timeout:g} s (server.message_timeout)"
+            )
 
     def rapid_reset(self, stream_id: int) -> None:
         """The peer reset a stream before any answer: one token, GOAWAY when none is left
@@ -475,8 +543,11 @@ class _Http2(H2Protocol):
         self._resets_at = now
         if tokens < 1.0:
             self.listener.counts["rapid_reset_goaways"] += 1
-            self._violation(f"more than {RAPID_RESETS} streams reset before an answer "
-                            f"(then {RAPID_RESET_RATE:g}/s)", stream_id)
+            self._violation(
+                f"more than {RAPID_RESETS} streams reset before an answer "
+                f"(then {RAPID_RESET_RATE:g}/s)",
+                stream_id,
+            )
         else:
             self._resets = tokens - 1.0
 
@@ -489,8 +560,9 @@ class _Http2(H2Protocol):
         if self.closed:
             return
         try:
-            self.connection._connection.close_connection(error_code, why.encode()[:256],
-                                                         last_stream_id)
+            self.connection._connection.close_connection(
+                error_code, why.encode()[:256], last_stream_id
+            )
             self.connection.flush()
         except (h2.exceptions.ProtocolError, AttributeError):
             pass  # the connection is closing already
@@ -536,14 +608,21 @@ class _Connection(Connection):
     """grpclib's connection state, knowing its protocol (for the buffer of incomplete
     messages), with streams that remember whether they were answered."""
 
-    def __init__(self, h2_connection: h2.connection.H2Connection, transport: Any, *,
-                 config: Configuration, protocol: _Http2) -> None:
+    def __init__(
+        self,
+        h2_connection: h2.connection.H2Connection,
+        transport: Any,
+        *,
+        config: Configuration,
+        protocol: _Http2,
+    ) -> None:
         super().__init__(h2_connection, transport, config=config)
         self.protocol: _Http2 | None = protocol
 
     def create_stream(self, *, stream_id: int | None = None, wrapper: Any = None) -> _Stream:
-        return _Stream(self, self._connection, self._transport, stream_id=stream_id,
-                       wrapper=wrapper)
+        return _Stream(
+            self, self._connection, self._transport, stream_id=stream_id, wrapper=wrapper
+        )
 
 
 class _Stream(Stream):
@@ -594,8 +673,10 @@ class _H2Connection(h2.connection.H2Connection):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config=config)
         client = self.config.client_side
-        self.local_settings = _Settings(client=client, initial_values={
-            key: self.local_settings[key] for key in self.local_settings})
+        self.local_settings = _Settings(
+            client=client,
+            initial_values={key: self.local_settings[key] for key in self.local_settings},
+        )
         self.remote_settings = _Settings(client=not client)
 
     def _receive_headers_frame(self, frame):

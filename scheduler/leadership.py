@@ -12,6 +12,7 @@ After a term, the lease is revoked (or left to expire) and a new campaign starts
 lease: the next term's leader key, and so its fence, is a new one, so a write of an old term
 still in flight somewhere can never pass the new fence.
 """
+
 from __future__ import annotations
 
 import logging
@@ -105,17 +106,22 @@ class Election:
                 nursery.cancel_scope.cancel()
                 return True
             nursery.cancel_scope.cancel()
-        why = (term.ended if term is not None and term.ended else
-               "etcd says the lease is gone" if lease_gone else
-               f"lease not renewed for {window:g} s (renew deadline)")
+        why = (
+            term.ended
+            if term is not None and term.ended
+            else "etcd says the lease is gone"
+            if lease_gone
+            else f"lease not renewed for {window:g} s (renew deadline)"
+        )
         if term is not None:
             log.warning("stepped down: %s", why)
         else:
             log.info("campaign ended: %s", why)
         return False
 
-    async def _keep_alive(self, lease: int, scope: trio.CancelScope,
-                          lease_gone: list[bool]) -> None:
+    async def _keep_alive(
+        self, lease: int, scope: trio.CancelScope, lease_gone: list[bool]
+    ) -> None:
         """Renew every RENEW_FRACTION of the lease; each answered renewal moves the deadline."""
         interval = self._lease_ttl * RENEW_FRACTION
         window = self._lease_ttl * DEADLINE_FRACTION

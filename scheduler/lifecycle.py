@@ -23,6 +23,7 @@ calls the `Lifecycle` below, which does what follows outside the registry, in th
 A placement's own steps (accepted, its statuses, its end) are in `instances`, which owns them:
 `Instances._accept` and `Instances._relay` say them in order.
 """
+
 from __future__ import annotations
 
 from .agents import Agents
@@ -40,8 +41,9 @@ class Lifecycle(FollowUps):
         self._instances = instances
 
     def node_changed(self, node: Node) -> None:
-        self._store.save_node(node.id, node.host, node.port, node.state, node.generation,
-                              node.last_seen_unix)
+        self._store.save_node(
+            node.id, node.host, node.port, node.state, node.generation, node.last_seen_unix
+        )
 
     def generation_ended(self, node: Node, generation: int, why: str) -> None:
         self._agents.generation_ended(node, generation, why)

@@ -1,4 +1,5 @@
 """Operator logs: one line per meaningful event, as text or JSON lines."""
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,13 @@ class Repeating:
     many attempts failed since; and, if it had repeated, one line when it is over. Not one
     line per attempt: etcd down for an hour would otherwise write tens of thousands."""
 
-    def __init__(self, logger: logging.Logger, level: int = logging.WARNING,
-                 every: float = REPEAT_EVERY, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        level: int = logging.WARNING,
+        every: float = REPEAT_EVERY,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self._logger = logger
         self._level = level
         self._every = every
@@ -71,15 +77,24 @@ class Repeating:
             return
         self._unlogged += 1
         if now - self._logged >= self._every:
-            self._logger.log(self._level, message + " (%d more times in %.0f s)", *args,
-                             self._unlogged, now - self._logged)
+            self._logger.log(
+                self._level,
+                message + " (%d more times in %.0f s)",
+                *args,
+                self._unlogged,
+                now - self._logged,
+            )
             self._logged, self._unlogged = now, 0
 
     def over(self, message: str, *args: object) -> None:
         """The problem is over: say so (INFO) if it had repeated; nothing otherwise."""
         if self._since is not None and self._count > 1:
-            self._logger.info(message + " (after %d failed attempts in %.0f s)", *args,
-                              self._count, self._clock() - self._since)
+            self._logger.info(
+                message + " (after %d failed attempts in %.0f s)",
+                *args,
+                self._count,
+                self._clock() - self._since,
+            )
         self._since, self._unlogged, self._count = None, 0, 0
 
 
@@ -128,8 +143,13 @@ class RateLimited:
     logged are forgotten beyond `keys`.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 10.0, keys: int = 1024,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        keys: int = 1024,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self._logger = logger
         self._throttle = _Throttle(interval, keys, clock)
 
@@ -155,8 +175,9 @@ class Repeats(logging.Filter):
     dropped a connection with 100 calls being answered got one "socket.send() raised
     exception." line per answer."""
 
-    def __init__(self, interval: float = 10.0, keys: int = 256,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, interval: float = 10.0, keys: int = 256, clock: Clock = time.monotonic
+    ) -> None:
         super().__init__()
         self._throttle = _Throttle(interval, keys, clock)
 

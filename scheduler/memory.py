@@ -8,6 +8,7 @@ the free pages (in process: 74 -> 58 MB, in 2.8 ms). It is called only when RSS 
 TRIM_AFTER_GROWTH since the last call, looked at every LOOK_EVERY seconds, so a steady
 scheduler never pays for it. Where there is no glibc (musl, macOS) nothing is done.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -39,8 +40,9 @@ def glibc_trim() -> Callable[[int], int] | None:
         return None
 
 
-async def release_freed_memory(trim: Callable[[int], int] | None = None,
-                               rss: Callable[[], int] = rss_bytes) -> None:
+async def release_freed_memory(
+    trim: Callable[[int], int] | None = None, rss: Callable[[], int] = rss_bytes
+) -> None:
     """Run until cancelled: trim the heap whenever RSS grew by TRIM_AFTER_GROWTH."""
     trim = trim or glibc_trim()
     if trim is None or not os.path.exists("/proc/self/statm"):

@@ -4,6 +4,7 @@ The core never sees protobuf; `scheduler.convert` translates at the edge. Units 
 wire contract: node metrics in bytes and percent, workload requests in millicores and MiB.
 `None` always means *unknown* (an older Agent does not report it), never zero.
 """
+
 from __future__ import annotations
 
 import enum

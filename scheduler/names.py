@@ -4,6 +4,7 @@ domains (SPEC §3).
 One rule each, shared by request validation, the PKI and identity checks, so a name that is
 valid in a JoinCluster call is also valid in a certificate and the other way round.
 """
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 The core keeps plain integer counters (a status message costs one `+= 1`, no lock); a custom
 collector reads them at scrape time. Only the scheduling latency is a real histogram.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,11 +29,16 @@ class SchedulerCollector:
 
     def collect(self):
         scheduler = self.scheduler
-        yield GaugeMetricFamily("orka_scheduler_leader", "1 while this scheduler leads, else 0",
-                                value=1 if scheduler.leading else 0)
-        yield CounterMetricFamily("orka_scheduler_leadership_changes",
-                                  "Leaderships this scheduler won (terms started)",
-                                  value=scheduler.leadership_changes)
+        yield GaugeMetricFamily(
+            "orka_scheduler_leader",
+            "1 while this scheduler leads, else 0",
+            value=1 if scheduler.leading else 0,
+        )
+        yield CounterMetricFamily(
+            "orka_scheduler_leadership_changes",
+            "Leaderships this scheduler won (terms started)",
+            value=scheduler.leadership_changes,
+        )
         bridge = scheduler.bridge
         connections = bridge.connection_statistics() if bridge is not None else None
         if connections is not None:
@@ -45,49 +51,69 @@ class SchedulerCollector:
         for state, count in cluster.count_by_state().items():
             nodes.add_metric([state.name.lower()], count)
         yield nodes
-        yield CounterMetricFamily("orka_scheduler_status_messages",
-                                  "Valid node status messages applied",
-                                  value=cluster.status_messages)
-        placements = CounterMetricFamily("orka_scheduler_placements",
-                                         "Schedule requests by outcome", labels=["outcome"])
+        yield CounterMetricFamily(
+            "orka_scheduler_status_messages",
+            "Valid node status messages applied",
+            value=cluster.status_messages,
+        )
+        placements = CounterMetricFamily(
+            "orka_scheduler_placements", "Schedule requests by outcome", labels=["outcome"]
+        )
         for outcome, count in instances.placements.items():
             placements.add_metric([outcome], count)
         yield placements
-        attempts = CounterMetricFamily("orka_scheduler_attempts",
-                                       "Create attempts on Agents by outcome", labels=["outcome"])
+        attempts = CounterMetricFamily(
+            "orka_scheduler_attempts", "Create attempts on Agents by outcome", labels=["outcome"]
+        )
         for outcome, count in instances.attempts.items():
             attempts.add_metric([outcome], count)
         yield attempts
-        yield GaugeMetricFamily("orka_scheduler_instances",
-                                "Instances known (placed, not destroyed)",
-                                value=len(instances.statuses()))
-        yield GaugeMetricFamily("orka_scheduler_watchers", "Connected WatchEvents streams",
-                                value=events.watchers)
+        yield GaugeMetricFamily(
+            "orka_scheduler_instances",
+            "Instances known (placed, not destroyed)",
+            value=len(instances.statuses()),
+        )
+        yield GaugeMetricFamily(
+            "orka_scheduler_watchers", "Connected WatchEvents streams", value=events.watchers
+        )
         # Counted, not revision - first + 1: revisions jump after a restart (see events.py).
-        yield GaugeMetricFamily("orka_scheduler_event_log_size", "Events retained for replay",
-                                value=len(events))
-        yield GaugeMetricFamily("orka_scheduler_event_revision", "Revision of the newest event",
-                                value=events.revision)
+        yield GaugeMetricFamily(
+            "orka_scheduler_event_log_size", "Events retained for replay", value=len(events)
+        )
+        yield GaugeMetricFamily(
+            "orka_scheduler_event_revision", "Revision of the newest event", value=events.revision
+        )
 
 
-CONNECTIONS_CLOSED = ("refused", "refused_rate", "closed_idle", "closed_handshakes",
-                      "closed_agent_excess", "rapid_reset_goaways", "header_block_goaways",
-                      "protocol_errors")  # the listener's counts: why a connection ended early
+CONNECTIONS_CLOSED = (
+    "refused",
+    "refused_rate",
+    "closed_idle",
+    "closed_handshakes",
+    "closed_agent_excess",
+    "rapid_reset_goaways",
+    "header_block_goaways",
+    "protocol_errors",
+)  # the listener's counts: why a connection ended early
 
 
 def connection_metrics(statistics: dict[str, int]):
     """The gRPC listener's connections, and those it refused or closed to stay within bounds."""
-    open_ = GaugeMetricFamily("orka_scheduler_connections", "gRPC connections",
-                              labels=["state"])
+    open_ = GaugeMetricFamily("orka_scheduler_connections", "gRPC connections", labels=["state"])
     open_.add_metric(["open"], statistics["connections"])
     open_.add_metric(["handshaking"], statistics["pending_handshakes"])
     yield open_
-    yield GaugeMetricFamily("orka_scheduler_connections_limit",
-                            "Connections served at once (server.max_connections, as lowered "
-                            "to the file-descriptor limit)", value=statistics["max_connections"])
-    closed = CounterMetricFamily("orka_scheduler_connections_ended",
-                                 "Connections refused or closed by the listener's limits",
-                                 labels=["reason"])
+    yield GaugeMetricFamily(
+        "orka_scheduler_connections_limit",
+        "Connections served at once (server.max_connections, as lowered "
+        "to the file-descriptor limit)",
+        value=statistics["max_connections"],
+    )
+    closed = CounterMetricFamily(
+        "orka_scheduler_connections_ended",
+        "Connections refused or closed by the listener's limits",
+        labels=["reason"],
+    )
     for reason in CONNECTIONS_CLOSED:
         closed.add_metric([reason], statistics[reason])
     yield closed
@@ -109,19 +135,30 @@ def make_registry(scheduler) -> tuple[CollectorRegistry, Hooks]:
     """A registry with the process's metrics (`scheduler`: app.Scheduler), and its hooks."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(SchedulerCollector(scheduler))
-    latency = Histogram("orka_scheduler_scheduling_seconds",
-                        "Time from a Schedule request to an Agent's acceptance",
-                        buckets=LATENCY_BUCKETS, registry=registry)
-    commits = Histogram("orka_scheduler_store_commit_seconds",
-                        "Time of one commit of the durable state (an etcd Txn, a SQLite "
-                        "transaction) made by the committer", buckets=LATENCY_BUCKETS,
-                        registry=registry)
+    latency = Histogram(
+        "orka_scheduler_scheduling_seconds",
+        "Time from a Schedule request to an Agent's acceptance",
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+    commits = Histogram(
+        "orka_scheduler_store_commit_seconds",
+        "Time of one commit of the durable state (an etcd Txn, a SQLite "
+        "transaction) made by the committer",
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
     return registry, Hooks(latency, commits)
 
 
-async def serve_http(host: str, port: int, registry: CollectorRegistry,
-                     health: Callable[[], tuple[bool, str]],
-                     *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_http(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    health: Callable[[], tuple[bool, str]],
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve GET /metrics and GET /healthz until cancelled; report the bound port."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
@@ -155,8 +192,9 @@ async def _read_head(stream: trio.SocketStream) -> bytes | None:
     return data
 
 
-def _respond(head: bytes, registry: CollectorRegistry,
-             health: Callable[[], tuple[bool, str]]) -> bytes:
+def _respond(
+    head: bytes, registry: CollectorRegistry, health: Callable[[], tuple[bool, str]]
+) -> bytes:
     request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].decode("latin-1")
     parts = request_line.split()
     if len(parts) != 3:
@@ -175,8 +213,15 @@ def _respond(head: bytes, registry: CollectorRegistry,
 
 
 def _response(status: int, content_type: str, body: bytes) -> bytes:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-              503: "Service Unavailable"}[status]
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        503: "Service Unavailable",
+    }[status]
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode("latin-1") + body

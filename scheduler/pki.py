@@ -18,6 +18,7 @@ this CA, unexpired, matching its key and the names it would get now) and issues 
 `serve` may call it on every start. `issue_agent` / `issue_controller` always issue a fresh pair: an
 operator asking for a certificate wants a new one (a lost or leaked key).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -134,14 +135,32 @@ def init_pki(
 
     _make_private_dir(paths.directory)
     ca = _ensure_ca(paths)
-    _ensure_leaf(ca, paths.scheduler, Identity("scheduler", "", trust_domain), hosts,
-                 (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH), days)
+    _ensure_leaf(
+        ca,
+        paths.scheduler,
+        Identity("scheduler", "", trust_domain),
+        hosts,
+        (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+        days,
+    )
     for node_id in agents:
-        _ensure_leaf(ca, _agent_pair(paths, node_id), Identity("agent", node_id, trust_domain),
-                     _agent_sans(node_id), _AGENT_USAGES, days)
+        _ensure_leaf(
+            ca,
+            _agent_pair(paths, node_id),
+            Identity("agent", node_id, trust_domain),
+            _agent_sans(node_id),
+            _AGENT_USAGES,
+            days,
+        )
     for name in controllers:
-        _ensure_leaf(ca, _controller_pair(paths, name), Identity("controller", name, trust_domain),
-                     (), _CONTROLLER_USAGES, days)
+        _ensure_leaf(
+            ca,
+            _controller_pair(paths, name),
+            Identity("controller", name, trust_domain),
+            (),
+            _CONTROLLER_USAGES,
+            days,
+        )
     return paths
 
 
@@ -159,8 +178,14 @@ def issue_agent(
     _check_name(node_id, "node id")
     paths = _existing_pki(directory, trust_domain)
     pair = _agent_pair(paths, node_id)
-    _issue_leaf(_load_ca(paths), pair, Identity("agent", node_id, paths.trust_domain),
-                _agent_sans(node_id), _AGENT_USAGES, days)
+    _issue_leaf(
+        _load_ca(paths),
+        pair,
+        Identity("agent", node_id, paths.trust_domain),
+        _agent_sans(node_id),
+        _AGENT_USAGES,
+        days,
+    )
     return pair
 
 
@@ -175,8 +200,14 @@ def issue_controller(
     _check_name(name, "controller name")
     paths = _existing_pki(directory, trust_domain)
     pair = _controller_pair(paths, name)
-    _issue_leaf(_load_ca(paths), pair, Identity("controller", name, paths.trust_domain),
-                (), _CONTROLLER_USAGES, days)
+    _issue_leaf(
+        _load_ca(paths),
+        pair,
+        Identity("controller", name, paths.trust_domain),
+        (),
+        _CONTROLLER_USAGES,
+        days,
+    )
     return pair
 
 
@@ -186,13 +217,15 @@ def read_trust_domain(directory: str | os.PathLike[str]) -> str:
     try:
         trust_domain = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        raise PkiError(f"{path} is missing: is {directory} a PKI made by "
-                       f"'orka-scheduler certs init'?") from None
+        raise PkiError(
+            f"{path} is missing: is {directory} a PKI made by 'orka-scheduler certs init'?"
+        ) from None
     except (OSError, UnicodeDecodeError) as error:
         raise PkiError(f"cannot read {path}: {error}") from None
     if not valid_trust_domain(trust_domain):
-        raise PkiError(f"{path} holds {trust_domain!r}, not a trust domain: expected "
-                       f"{TRUST_DOMAIN_RULE}")
+        raise PkiError(
+            f"{path} holds {trust_domain!r}, not a trust domain: expected {TRUST_DOMAIN_RULE}"
+        )
     return trust_domain
 
 
@@ -213,8 +246,10 @@ class _Ca:
 
 def _pair(directory: Path, stem: str) -> CertPair:
     if len(f"{stem}.pem") > NAME_MAX:
-        raise PkiError(f"name {stem[:20]!r}... ({len(stem)} characters) is too long for a file "
-                       f"name: certificates can be issued for names of up to {NAME_MAX - 4}")
+        raise PkiError(
+            f"name {stem[:20]!r}... ({len(stem)} characters) is too long for a file "
+            f"name: certificates can be issued for names of up to {NAME_MAX - 4}"
+        )
     return CertPair(directory / f"{stem}.pem", directory / f"{stem}.key")
 
 
@@ -241,12 +276,15 @@ def _check_name(name: object, what: str) -> None:
 def _existing_pki(directory: str | os.PathLike[str], trust_domain: str | None) -> PkiPaths:
     paths = PkiPaths.load(directory)
     if trust_domain is not None and trust_domain != paths.trust_domain:
-        raise PkiError(f"the CA in {paths.directory} belongs to trust domain "
-                       f"{paths.trust_domain!r}, not {trust_domain!r}")
+        raise PkiError(
+            f"the CA in {paths.directory} belongs to trust domain "
+            f"{paths.trust_domain!r}, not {trust_domain!r}"
+        )
     return paths
 
 
 # --- the CA ------------------------------------------------------------------------------------
+
 
 def _ensure_ca(paths: PkiPaths) -> _Ca:
     """Load the CA in `paths`, or create it if neither of its files exists."""
@@ -254,17 +292,20 @@ def _ensure_ca(paths: PkiPaths) -> _Ca:
     if td_file.exists():
         recorded = read_trust_domain(paths.directory)
         if recorded != paths.trust_domain:
-            raise PkiError(f"the CA in {paths.directory} belongs to trust domain {recorded!r}, "
-                           f"not {paths.trust_domain!r}: pass trust_domain={recorded!r} or use "
-                           f"another directory")
+            raise PkiError(
+                f"the CA in {paths.directory} belongs to trust domain {recorded!r}, "
+                f"not {paths.trust_domain!r}: pass trust_domain={recorded!r} or use "
+                f"another directory"
+            )
     if paths.ca.exists() or paths.ca_key.exists():
         ca = _load_ca(paths)
     else:
         ca = _new_ca(paths.trust_domain)
         # Key first: a crash in between leaves a lone key, which _load_ca reports.
         _write_file(paths.ca_key, _key_pem(ca.key), KEY_MODE, replace=False)
-        _write_file(paths.ca, ca.cert.public_bytes(serialization.Encoding.PEM), CERT_MODE,
-                    replace=False)
+        _write_file(
+            paths.ca, ca.cert.public_bytes(serialization.Encoding.PEM), CERT_MODE, replace=False
+        )
     if not td_file.exists():
         _write_file(td_file, f"{paths.trust_domain}\n".encode("ascii"), CERT_MODE)
     return ca
@@ -283,10 +324,10 @@ def _new_ca(trust_domain: str) -> _Ca:
         .not_valid_before(not_before)
         .not_valid_after(not_before + CLOCK_SKEW + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
-                       critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
+        .add_extension(
+            _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, SIGNATURE_HASH)
     )
     return _Ca(cert, key)
@@ -296,8 +337,10 @@ def _load_ca(paths: PkiPaths) -> _Ca:
     for path in (paths.ca, paths.ca_key):
         if not path.exists():
             other = paths.ca_key if path == paths.ca else paths.ca
-            raise PkiError(f"{path} is missing but {other} exists: restore it, or remove "
-                           f"{other} to create a new CA (every certificate must then be reissued)")
+            raise PkiError(
+                f"{path} is missing but {other} exists: restore it, or remove "
+                f"{other} to create a new CA (every certificate must then be reissued)"
+            )
     try:
         cert = x509.load_pem_x509_certificate(paths.ca.read_bytes())
         key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
@@ -312,8 +355,15 @@ def _load_ca(paths: PkiPaths) -> _Ca:
 
 # --- leaf certificates -------------------------------------------------------------------------
 
-def _ensure_leaf(ca: _Ca, pair: CertPair, identity: Identity, sans: Iterable[x509.GeneralName],
-                 usages: tuple[x509.ObjectIdentifier, ...], days: int) -> None:
+
+def _ensure_leaf(
+    ca: _Ca,
+    pair: CertPair,
+    identity: Identity,
+    sans: Iterable[x509.GeneralName],
+    usages: tuple[x509.ObjectIdentifier, ...],
+    days: int,
+) -> None:
     sans = list(sans)
     if not _usable_leaf(ca, pair, [x509.UniformResourceIdentifier(identity.uri), *sans]):
         _issue_leaf(ca, pair, identity, sans, usages, days)
@@ -329,12 +379,22 @@ def _usable_leaf(ca: _Ca, pair: CertPair, names: list[x509.GeneralName]) -> bool
         found = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return False
-    return (isinstance(key, ec.EllipticCurvePrivateKey) and _key_matches(cert, key)
-            and set(found) == set(names) and cert.not_valid_after_utc > _now())
+    return (
+        isinstance(key, ec.EllipticCurvePrivateKey)
+        and _key_matches(cert, key)
+        and set(found) == set(names)
+        and cert.not_valid_after_utc > _now()
+    )
 
 
-def _issue_leaf(ca: _Ca, pair: CertPair, identity: Identity, sans: Iterable[x509.GeneralName],
-                usages: tuple[x509.ObjectIdentifier, ...], days: int) -> None:
+def _issue_leaf(
+    ca: _Ca,
+    pair: CertPair,
+    identity: Identity,
+    sans: Iterable[x509.GeneralName],
+    usages: tuple[x509.ObjectIdentifier, ...],
+    days: int,
+) -> None:
     _check_days(days)
     key = ec.generate_private_key(CURVE)
     not_before = _now() - CLOCK_SKEW
@@ -356,10 +416,11 @@ def _issue_leaf(ca: _Ca, pair: CertPair, identity: Identity, sans: Iterable[x509
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.UniformResourceIdentifier(identity.uri), *sans]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri), *sans]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(authority, critical=False)
         .sign(ca.key, SIGNATURE_HASH)
     )
@@ -404,8 +465,10 @@ def _valid_hostname(text: str) -> bool:
     if not text or len(text) > 253 or not text.isascii():
         return False
     return all(
-        0 < len(label) <= 63 and label.replace("-", "").isalnum()
-        and not label.startswith("-") and not label.endswith("-")
+        0 < len(label) <= 63
+        and label.replace("-", "").isalnum()
+        and not label.startswith("-")
+        and not label.endswith("-")
         for label in text.split(".")
     )
 
@@ -420,23 +483,35 @@ def _is_ip(text: str) -> bool:
 
 # --- small helpers -----------------------------------------------------------------------------
 
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
 def _name(common_name: str, trust_domain: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"orka {trust_domain}"[:MAX_NAME_ATTRIBUTE]),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name[:MAX_NAME_ATTRIBUTE]),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(
+                NameOID.ORGANIZATION_NAME, f"orka {trust_domain}"[:MAX_NAME_ATTRIBUTE]
+            ),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:MAX_NAME_ATTRIBUTE]),
+        ]
+    )
 
 
-def _key_usage(*, digital_signature: bool = False, key_cert_sign: bool = False,
-               crl_sign: bool = False) -> x509.KeyUsage:
+def _key_usage(
+    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
+) -> x509.KeyUsage:
     return x509.KeyUsage(
-        digital_signature=digital_signature, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=key_cert_sign,
-        crl_sign=crl_sign, encipher_only=False, decipher_only=False,
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
@@ -445,8 +520,9 @@ def _key_matches(cert: x509.Certificate, key: CaKey) -> bool:
 
 
 def _key_pem(key: CaKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _make_private_dir(path: Path) -> None:
@@ -481,7 +557,9 @@ def _write_file(path: Path, data: bytes, mode: int, *, replace: bool = True) -> 
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise PkiError(f"{path} appeared while it was being created: is another "
-                               f"'certs init' running on {path.parent}?") from None
+                raise PkiError(
+                    f"{path} appeared while it was being created: is another "
+                    f"'certs init' running on {path.parent}?"
+                ) from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
 """Keeping the most recent N of something that would otherwise grow with churn."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

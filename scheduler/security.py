@@ -11,6 +11,7 @@ Host names play no part in identity: the scheduler dials an Agent at the peer IP
 JoinCluster call, which its certificate rarely names, so client contexts skip host-name checks
 and callers check the URI SAN with `verify_agent_peer` instead.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,11 +34,13 @@ KINDS: tuple[Kind, ...] = ("agent", "controller", "scheduler")
 SPIFFE_SCHEME = "spiffe://"
 
 # Probes and tooling: any member of the cluster may ask whether the scheduler is up.
-OPEN_SERVICES = frozenset({
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
-})
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
 # The one proto package each kind may call; the scheduler's own certificate calls nothing.
 _PACKAGE_OF_KIND = {"agent": "scheduler.agent", "controller": "scheduler.controller"}
 _WHY_NOT = {
@@ -59,6 +62,7 @@ class TlsSetupError(Exception):
 
 
 # --- SSL contexts ------------------------------------------------------------------------------
+
 
 def server_ssl_context(ca: PathLike, cert: PathLike, key: PathLike) -> ssl.SSLContext:
     """The gRPC listener's context: client certificates from the cluster CA are required."""
@@ -111,11 +115,14 @@ def _load(context: ssl.SSLContext, ca: PathLike, cert: PathLike, key: PathLike) 
         context.load_cert_chain(cert, key)
         context.load_verify_locations(cafile=ca)
     except OSError as error:  # ssl.SSLError is an OSError
-        raise TlsSetupError(f"cannot load TLS files (ca={os.fspath(ca)}, cert={os.fspath(cert)}, "
-                            f"key={os.fspath(key)}): {error}") from None
+        raise TlsSetupError(
+            f"cannot load TLS files (ca={os.fspath(ca)}, cert={os.fspath(cert)}, "
+            f"key={os.fspath(key)}): {error}"
+        ) from None
 
 
 # --- identities --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -148,16 +155,22 @@ class Identity:
 def identity_from_peercert(peercert: dict | None, trust_domain: str) -> Identity:
     """The identity named by a verified peer certificate, as `SSLObject.getpeercert()` gives it."""
     if not peercert:
-        raise IdentityError("the peer presented no verified certificate: a certificate from "
-                            "the cluster CA is required")
+        raise IdentityError(
+            "the peer presented no verified certificate: a certificate from "
+            "the cluster CA is required"
+        )
     uris = [value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"]
     if not uris:
-        raise IdentityError(f"the peer's certificate has no URI SAN, so it names no identity: "
-                            f"expected one of {_expected_forms(trust_domain)}")
+        raise IdentityError(
+            f"the peer's certificate has no URI SAN, so it names no identity: "
+            f"expected one of {_expected_forms(trust_domain)}"
+        )
     if len(uris) > 1:
-        raise IdentityError(f"the peer's certificate has {len(uris)} URI SANs "
-                            f"({', '.join(_quote(uri) for uri in uris)}): an identity "
-                            f"certificate carries exactly one")
+        raise IdentityError(
+            f"the peer's certificate has {len(uris)} URI SANs "
+            f"({', '.join(_quote(uri) for uri in uris)}): an identity "
+            f"certificate carries exactly one"
+        )
     return _parse_spiffe_id(uris[0], trust_domain)
 
 
@@ -168,8 +181,10 @@ def verify_agent_peer(peercert: dict | None, trust_domain: str, node_id: str) ->
     except IdentityError as error:
         raise IdentityError(f"the Agent dialed for node {_quote(node_id)}: {error}") from None
     if identity.kind != "agent" or identity.name != node_id:
-        raise IdentityError(f"the Agent dialed for node {_quote(node_id)} presented the "
-                            f"certificate of {identity}: is another node at that address?")
+        raise IdentityError(
+            f"the Agent dialed for node {_quote(node_id)} presented the "
+            f"certificate of {identity}: is another node at that address?"
+        )
     return identity
 
 
@@ -178,27 +193,39 @@ def _parse_spiffe_id(uri: str, trust_domain: str) -> Identity:
     case in both (go-spiffe and the other reference libraries refuse anything else), so an ID
     that differs from ours only by case is not ours."""
     if not uri.startswith(SPIFFE_SCHEME):
-        lowercase = " (SPIFFE IDs are lower case in scheme and trust domain)" \
-            if uri[:len(SPIFFE_SCHEME)].lower() == SPIFFE_SCHEME else ""
-        raise IdentityError(f"the peer's URI SAN {_quote(uri)} is not a SPIFFE ID{lowercase}: "
-                            f"expected one of {_expected_forms(trust_domain)}")
-    authority, _, path = uri[len(SPIFFE_SCHEME):].partition("/")
+        lowercase = (
+            " (SPIFFE IDs are lower case in scheme and trust domain)"
+            if uri[: len(SPIFFE_SCHEME)].lower() == SPIFFE_SCHEME
+            else ""
+        )
+        raise IdentityError(
+            f"the peer's URI SAN {_quote(uri)} is not a SPIFFE ID{lowercase}: "
+            f"expected one of {_expected_forms(trust_domain)}"
+        )
+    authority, _, path = uri[len(SPIFFE_SCHEME) :].partition("/")
     if authority != trust_domain:
-        lowercase = " (SPIFFE trust domains are lower case)" \
-            if authority.lower() == trust_domain else ""
-        raise IdentityError(f"the peer's identity {_quote(uri)} belongs to trust domain "
-                            f"{_quote(authority)}, not this cluster's {trust_domain!r}{lowercase}")
+        lowercase = (
+            " (SPIFFE trust domains are lower case)" if authority.lower() == trust_domain else ""
+        )
+        raise IdentityError(
+            f"the peer's identity {_quote(uri)} belongs to trust domain "
+            f"{_quote(authority)}, not this cluster's {trust_domain!r}{lowercase}"
+        )
     match path.split("/"):
         case ["scheduler"]:
             return Identity("scheduler", "", trust_domain)
         case ["agent" | "controller" as kind, name]:
             if not valid_node_id(name):
                 what = "node id" if kind == "agent" else "controller name"
-                raise IdentityError(f"the peer's identity {_quote(uri)} has an invalid {what} "
-                                    f"{_quote(name)}: expected {NODE_ID_RULE}")
+                raise IdentityError(
+                    f"the peer's identity {_quote(uri)} has an invalid {what} "
+                    f"{_quote(name)}: expected {NODE_ID_RULE}"
+                )
             return Identity(kind, name, trust_domain)
-    raise IdentityError(f"the peer's identity {_quote(uri)} is of no known kind: expected one of "
-                        f"{_expected_forms(trust_domain)}")
+    raise IdentityError(
+        f"the peer's identity {_quote(uri)} is of no known kind: expected one of "
+        f"{_expected_forms(trust_domain)}"
+    )
 
 
 def _expected_forms(trust_domain: str) -> str:
@@ -224,18 +251,21 @@ class IdentityCache:
     def __init__(self) -> None:
         # ssl object -> (trust domain, identity or refusal message)
         self._by_connection: weakref.WeakKeyDictionary[object, tuple[str, Identity | str]] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
 
-    def identity_for(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None,
-                     trust_domain: str) -> Identity:
+    def identity_for(
+        self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None, trust_domain: str
+    ) -> Identity:
         """The identity of the connection's peer; raises `IdentityError` if it has none."""
         if ssl_object is None:
             raise IdentityError("the connection is not TLS, so the peer has no identity")
         entry = self._by_connection.get(ssl_object)
         if entry is None or entry[0] != trust_domain:
             try:
-                found: Identity | str = identity_from_peercert(ssl_object.getpeercert(),
-                                                               trust_domain)
+                found: Identity | str = identity_from_peercert(
+                    ssl_object.getpeercert(), trust_domain
+                )
             except IdentityError as error:
                 found = str(error)  # the message, not the exception: no traceback kept alive
             entry = (trust_domain, found)
@@ -250,6 +280,7 @@ class IdentityCache:
 
 # --- authorization -----------------------------------------------------------------------------
 
+
 def authorize(identity: Identity | None, method_path: str) -> None:
     """Allow `identity` to call `method_path` ("/package.Service/Method") or raise
     PERMISSION_DENIED.
@@ -260,17 +291,20 @@ def authorize(identity: Identity | None, method_path: str) -> None:
     service = _service_of(method_path)
     if identity is None:
         raise PermissionDenied(
-            f"a peer without a verified identity may not call {_quote(method_path)}")
+            f"a peer without a verified identity may not call {_quote(method_path)}"
+        )
     if service is None:
         raise PermissionDenied(
-            f"{identity} may not call {_quote(method_path)}: not a gRPC method path")
+            f"{identity} may not call {_quote(method_path)}: not a gRPC method path"
+        )
     if service in OPEN_SERVICES:
         return
     package = service.rpartition(".")[0]
     if package == _PACKAGE_OF_KIND.get(identity.kind):
         return
     raise PermissionDenied(
-        f"{identity} may not call {_quote(method_path)}: {_WHY_NOT[identity.kind]}")
+        f"{identity} may not call {_quote(method_path)}: {_WHY_NOT[identity.kind]}"
+    )
 
 
 class Authorizer:
@@ -285,8 +319,9 @@ class Authorizer:
         self.trust_domain = trust_domain
         self._identities = IdentityCache()
 
-    def __call__(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None,
-                 method_path: str) -> Identity:
+    def __call__(
+        self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None, method_path: str
+    ) -> Identity:
         try:
             identity = self._identities.identity_for(ssl_object, self.trust_domain)
         except IdentityError as error:
@@ -315,7 +350,8 @@ def check_node(identity: Identity | None, node_id: str) -> None:
         return
     raise PermissionDenied(
         f"{identity} may not speak for node {_quote(node_id)}: an Agent may send "
-                    f"only the node id its certificate names")
+        f"only the node id its certificate names"
+    )
 
 
 def _service_of(method_path: str) -> str | None:

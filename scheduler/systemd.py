@@ -4,6 +4,7 @@ Silent when `NOTIFY_SOCKET` is unset (not under systemd). The watchdog pings at 
 interval systemd gives in `WATCHDOG_USEC`, from a trio task: if trio stalls, pings stop and
 systemd restarts the service, which is the point.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """Per-node rate limits: a token bucket that says how long a sender must wait, or whether an
 action is allowed now."""
+
 from __future__ import annotations
 
 

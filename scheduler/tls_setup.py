@@ -6,6 +6,7 @@ Configured files are checked before use (`configured_files`, also run by `check-
 missing file, a key that is not the certificate's or an expired certificate is reported with
 its key and path instead of as an OpenSSL error.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -103,8 +104,9 @@ def check_ca(path: Path, name: str) -> None:
         raise ConfigError(name, f"{path} holds no PEM certificate") from None
 
 
-def check_pair(cert_path: Path, key_path: Path, cert_name: str, key_name: str,
-               now: dt.datetime | None = None) -> None:
+def check_pair(
+    cert_path: Path, key_path: Path, cert_name: str, key_name: str, now: dt.datetime | None = None
+) -> None:
     """A PEM certificate valid at `now`, and its unencrypted private key; else ConfigError
     naming the key (`cert_name` or `key_name`) and the path at fault."""
     cert_pem, key_pem = _read(cert_path, cert_name), _read(key_path, key_name)
@@ -115,21 +117,29 @@ def check_pair(cert_path: Path, key_path: Path, cert_name: str, key_name: str,
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:  # encrypted: the scheduler runs unattended, nobody can type a passphrase
-        raise ConfigError(key_name, f"{key_path} is encrypted: give an unencrypted key "
-                                    "(readable by the scheduler's user only)") from None
+        raise ConfigError(
+            key_name,
+            f"{key_path} is encrypted: give an unencrypted key "
+            "(readable by the scheduler's user only)",
+        ) from None
     except (ValueError, UnsupportedAlgorithm):
         raise ConfigError(key_name, f"{key_path} holds no PEM private key") from None
     if cert.public_key() != key.public_key():
-        raise ConfigError(key_name, f"{key_path} is not the private key of {cert_name} "
-                                    f"({cert_path})")
+        raise ConfigError(
+            key_name, f"{key_path} is not the private key of {cert_name} ({cert_path})"
+        )
     now = now or dt.datetime.now(dt.UTC)
     if cert.not_valid_after_utc < now:
-        raise ConfigError(cert_name, f"{cert_path} expired on "
-                                     f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        raise ConfigError(
+            cert_name, f"{cert_path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
     if cert.not_valid_before_utc > now:
-        raise ConfigError(cert_name, f"{cert_path} is not valid before "
-                                     f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this "
-                                     "machine's clock right?)")
+        raise ConfigError(
+            cert_name,
+            f"{cert_path} is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this "
+            "machine's clock right?)",
+        )
 
 
 def _read(path: Path, name: str) -> bytes:
@@ -151,10 +161,15 @@ def tls_files(config: Config) -> TlsFiles:
     directory = development_pki(config)
     fresh = not (directory / "ca.pem").exists()
     paths = pki.init_pki(directory, trust_domain=tls.trust_domain)
-    log.warning("%s development PKI in %s (no [tls] paths configured): give Agents a "
-                "certificate with `orka-scheduler certs issue agent NODE_ID --dir %s`; the "
-                "Controller's is %s", "created a" if fresh else "using the", directory, directory,
-                paths.controller("controller").cert)
+    log.warning(
+        "%s development PKI in %s (no [tls] paths configured): give Agents a "
+        "certificate with `orka-scheduler certs issue agent NODE_ID --dir %s`; the "
+        "Controller's is %s",
+        "created a" if fresh else "using the",
+        directory,
+        directory,
+        paths.controller("controller").cert,
+    )
     pair = paths.scheduler
     return TlsFiles(paths.ca, pair.cert, pair.key)
 
@@ -165,16 +180,21 @@ def server_tls(config: Config) -> tuple[ssl.SSLContext, security.Authorizer, ssl
     server = security.server_ssl_context(files.ca, files.cert, files.key)
     agent = None
     if config.tls.agent_plaintext:
-        log.warning("dialing Agents WITHOUT TLS (tls.agent_plaintext = true): Agent identities "
-                    "are not checked on those calls")
+        log.warning(
+            "dialing Agents WITHOUT TLS (tls.agent_plaintext = true): Agent identities "
+            "are not checked on those calls"
+        )
     else:
         agent = security.client_ssl_context(files.ca, files.cert, files.key)
     return server, security.Authorizer(config.tls.trust_domain), agent
 
 
-async def reload_on_sighup(config: Config, server: ssl.SSLContext | None,
-                           agent: ssl.SSLContext | None,
-                           etcd: ssl.SSLContext | None = None) -> None:
+async def reload_on_sighup(
+    config: Config,
+    server: ssl.SSLContext | None,
+    agent: ssl.SSLContext | None,
+    etcd: ssl.SSLContext | None = None,
+) -> None:
     """SIGHUP: load the certificate files again (rotation): [tls]'s for gRPC, [etcd]'s for
     etcd. Established connections and streams are untouched; new handshakes use the new
     certificates. A bad file is logged and the running material kept."""
@@ -192,11 +212,15 @@ async def reload_on_sighup(config: Config, server: ssl.SSLContext | None,
                 try:
                     loaded = reload_etcd_tls(config, etcd)
                 except (ConfigError, ssl.SSLError, OSError) as err:
-                    log.error("SIGHUP: etcd certificates NOT reloaded, keeping the current "
-                              "ones: %s", err)
+                    log.error(
+                        "SIGHUP: etcd certificates NOT reloaded, keeping the current ones: %s", err
+                    )
                 else:
-                    log.info("SIGHUP: reloaded etcd TLS certificates from %s (used by new "
-                             "connections to etcd)", loaded)
+                    log.info(
+                        "SIGHUP: reloaded etcd TLS certificates from %s (used by new "
+                        "connections to etcd)",
+                        loaded,
+                    )
 
 
 def _reload_grpc(config: Config, server: ssl.SSLContext, agent: ssl.SSLContext | None) -> None:

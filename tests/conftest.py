@@ -3,6 +3,7 @@
 Policy (after trio-websocket's tests): localhost only, port 0, a fail_after guard on every
 I/O test, MockClock where only time matters (no sockets).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -18,8 +19,12 @@ IO_GUARD = 20  # s: no socket test may hang longer than this
 
 def make_config(**sections) -> Config:
     sections.setdefault("server", {})
-    sections["server"] = {"listen": "127.0.0.1:0", "shutdown_grace": 2.0,
-                          "data_dir": tempfile.mkdtemp(prefix="orka-test-"), **sections["server"]}
+    sections["server"] = {
+        "listen": "127.0.0.1:0",
+        "shutdown_grace": 2.0,
+        "data_dir": tempfile.mkdtemp(prefix="orka-test-"),
+        **sections["server"],
+    }
     sections["observability"] = {"http_listen": "127.0.0.1:0", **sections.get("observability", {})}
     return Config().replace(**sections)
 
@@ -30,9 +35,15 @@ async def running_scheduler(config: Config | None = None, **tls):
     config = config or make_config()
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
-        scheduler = await nursery.start(lambda task_status: serve(
-            config, ssl_context=tls.get("ssl_context"), authorize=tls.get("authorize"),
-            shutdown=shutdown, task_status=task_status))
+        scheduler = await nursery.start(
+            lambda task_status: serve(
+                config,
+                ssl_context=tls.get("ssl_context"),
+                authorize=tls.get("authorize"),
+                shutdown=shutdown,
+                task_status=task_status,
+            )
+        )
         scheduler.shutdown = shutdown
         try:
             with trio.fail_after(IO_GUARD):

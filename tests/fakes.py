@@ -3,6 +3,7 @@
 They are grpclib clients on the trio-asyncio loop of the test; crossing loops per message is
 fine here (tests), never in the scheduler itself.
 """
+
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
@@ -18,8 +19,17 @@ from scheduler._proto import agent_grpc, agent_pb2, controller_grpc, controller_
 aio = trio_asyncio.aio_as_trio
 
 
-def status(node_id: str, *, mem_total=8 << 30, mem_free=4 << 30, load=10.0, cores=4,
-           disk_total=None, disk_free=None, instances=()) -> agent_pb2.NodeStatus:
+def status(
+    node_id: str,
+    *,
+    mem_total=8 << 30,
+    mem_free=4 << 30,
+    load=10.0,
+    cores=4,
+    disk_total=None,
+    disk_free=None,
+    instances=(),
+) -> agent_pb2.NodeStatus:
     """A NodeStatus; `cores=0`, no disk and no instances is what an old Agent sends."""
     message = agent_pb2.NodeStatus(id=node_id)
     if mem_total is not None:
@@ -67,11 +77,13 @@ class StatusStream:
 
     async def finish(self) -> agent_pb2.Empty:
         """Half-close and return the reply, raising GRPCError on a non-OK status."""
+
         async def done():
             await self._stream.end()
             reply = await self._stream.recv_message()
             await self._stream.recv_trailing_metadata()
             return reply
+
         try:
             return await aio(done)()
         finally:
@@ -88,6 +100,7 @@ class StatusStream:
             except GRPCError as err:
                 return err
             return None
+
         return await aio(wait)()
 
     async def cancel(self) -> None:
@@ -109,13 +122,16 @@ class FakeAgent:
         self.statuses = agent_grpc.StatusUpdateServiceStub(channel)
 
     async def join(self, node_id: str | None = None, port: int | None = None) -> None:
-        request = agent_pb2.ConnectionRequest(id=node_id if node_id is not None else self.node_id,
-                                              port=self.port if port is None else port)
+        request = agent_pb2.ConnectionRequest(
+            id=node_id if node_id is not None else self.node_id,
+            port=self.port if port is None else port,
+        )
         await aio(self.lifecycle.JoinCluster)(request)
 
     async def leave(self, node_id: str | None = None) -> None:
         await aio(self.lifecycle.LeaveCluster)(
-            agent_pb2.DisconnectionNotice(id=node_id if node_id is not None else self.node_id))
+            agent_pb2.DisconnectionNotice(id=node_id if node_id is not None else self.node_id)
+        )
 
     async def open_stream(self) -> StatusStream:
         return await StatusStream(self.statuses).open()
@@ -149,8 +165,10 @@ class FakeController:
         async def pump():
             try:
                 async with self.cluster.WatchEvents.open() as stream:
-                    await stream.send_message(controller_pb2.WatchRequest(
-                        epoch=epoch, after_revision=after_revision), end=True)
+                    await stream.send_message(
+                        controller_pb2.WatchRequest(epoch=epoch, after_revision=after_revision),
+                        end=True,
+                    )
                     async for event in stream:
                         send.send_nowait(event)
             except (StreamTerminatedError, GRPCError) as err:
@@ -194,11 +212,14 @@ class FakeWorkloadAgent:
         from grpclib.const import Cardinality, Handler
 
         from scheduler._proto import node_agent_pb2 as pb
+
         return {
             "/node_agent.WorkloadService/Create": Handler(
-                self._create, Cardinality.UNARY_STREAM, pb.Workload, pb.WorkloadStatus),
+                self._create, Cardinality.UNARY_STREAM, pb.Workload, pb.WorkloadStatus
+            ),
             "/node_agent.WorkloadService/Signal": Handler(
-                self._signal, Cardinality.UNARY_UNARY, pb.WorkloadSignal, pb.Empty),
+                self._signal, Cardinality.UNARY_UNARY, pb.WorkloadSignal, pb.Empty
+            ),
         }
 
     async def _create(self, stream) -> None:
@@ -207,6 +228,7 @@ class FakeWorkloadAgent:
         from grpclib.exceptions import GRPCError
 
         from scheduler._proto import node_agent_pb2 as pb
+
         workload = await stream.recv_message()
         self.created.append(workload.instance_id)
         self.workloads.append(workload)
@@ -247,6 +269,7 @@ class FakeWorkloadAgent:
         from grpclib.exceptions import GRPCError
 
         from scheduler._proto import node_agent_pb2 as pb
+
         request = await stream.recv_message()
         self.signals.append((request.instance_id, request.signal))
         done = self._running.get(request.instance_id)
@@ -257,11 +280,14 @@ class FakeWorkloadAgent:
 
     async def start(self) -> int:
         """Serve on 127.0.0.1:0 (in the current trio-asyncio loop); return the port."""
+
         async def start():
             from grpclib.server import Server
+
             self._server = Server([self])
             await self._server.start("127.0.0.1", 0)
             return self._server._server.sockets[0].getsockname()[1]
+
         self.port = await aio(start)()
         return self.port
 
@@ -269,6 +295,7 @@ class FakeWorkloadAgent:
         async def stop():
             self._server.close()
             await self._server.wait_closed()
+
         await aio(stop)()
 
 
@@ -288,9 +315,18 @@ async def drop_stream(stream: StatusStream) -> None:
 
 # -- Schedule calls and Agent nodes (tests of SPEC §2.2) ---------------------------------------
 
-def scheduling_request(instance_id: str = "web-1", *, image: str = "nginx:1.27", type: int = 0,
-                       environment=(), cpu=None, memory=None, disk=None,
-                       workload: bool = True) -> controller_pb2.SchedulingRequest:
+
+def scheduling_request(
+    instance_id: str = "web-1",
+    *,
+    image: str = "nginx:1.27",
+    type: int = 0,
+    environment=(),
+    cpu=None,
+    memory=None,
+    disk=None,
+    workload: bool = True,
+) -> controller_pb2.SchedulingRequest:
     """A SchedulingRequest; cpu in millicores, memory and disk in MiB (None: not requested)."""
     request = controller_pb2.SchedulingRequest()
     if not workload:
@@ -314,8 +350,12 @@ class ScheduleCall:
     for OK.
     """
 
-    def __init__(self, channel: Channel, request: controller_pb2.SchedulingRequest,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        request: controller_pb2.SchedulingRequest,
+        timeout: float | None = None,
+    ) -> None:
         self._stub = controller_grpc.SchedulingServiceStub(channel)
         self._request = request
         self._timeout = timeout
@@ -367,7 +407,8 @@ class ScheduleCall:
             reply = await self.next()
             assert reply is not None, (
                 f"Schedule ended ({self.error!r}) before status code {code}; "
-                f"got {[r.status.code for r in self.received]}")
+                f"got {[r.status.code for r in self.received]}"
+            )
             if reply.status.code == code:
                 return reply
 
@@ -395,8 +436,9 @@ class _Ended:
 
 
 @asynccontextmanager
-async def open_schedule(channel: Channel, request: controller_pb2.SchedulingRequest,
-                        timeout: float | None = None):
+async def open_schedule(
+    channel: Channel, request: controller_pb2.SchedulingRequest, timeout: float | None = None
+):
     """Open a Schedule call; yield its ScheduleCall; cancel it if still open at the end."""
     call = await ScheduleCall(channel, request, timeout).start()
     try:
@@ -407,8 +449,9 @@ async def open_schedule(channel: Channel, request: controller_pb2.SchedulingRequ
             task.cancel()
 
 
-async def schedule(channel: Channel, request: controller_pb2.SchedulingRequest, *,
-                   until_code: int | None = None):
+async def schedule(
+    channel: Channel, request: controller_pb2.SchedulingRequest, *, until_code: int | None = None
+):
     """Run one Schedule call: to its end (returns (statuses, error)), or, with `until_code`,
     until that status arrives (returns (statuses, None), leaving the instance running)."""
     async with open_schedule(channel, request) as call:
@@ -448,8 +491,9 @@ class RecordingWorkloadAgent(FakeWorkloadAgent):
     shared by several Agents (the order attempts were made across nodes), and can refuse
     Signals: `signal_refusal = (Status, message)`."""
 
-    def __init__(self, node_id: str, journal: list | None = None, mode: str = "accept",
-                 refuse_status=None) -> None:
+    def __init__(
+        self, node_id: str, journal: list | None = None, mode: str = "accept", refuse_status=None
+    ) -> None:
         super().__init__(mode, refuse_status)
         self.node_id = node_id
         self.journal = journal if journal is not None else []
@@ -469,6 +513,7 @@ class RecordingWorkloadAgent(FakeWorkloadAgent):
         import asyncio
 
         from scheduler._proto import node_agent_pb2 as pb
+
         workload = await stream.recv_message()
         self.created.append(workload.instance_id)
         self.workloads.append(workload)
@@ -482,8 +527,10 @@ class RecordingWorkloadAgent(FakeWorkloadAgent):
 
     async def crash(self, instance_id: str) -> None:
         """Break the Create stream of `instance_id` (mode "crash") with RST_STREAM."""
+
         async def crash():
             self._crashes[instance_id].set()
+
         await aio(crash)()
 
     async def _signal(self, stream) -> None:
@@ -509,8 +556,14 @@ class _Journaled(list):
 class Node:
     """A node as the scheduler sees it: an Agent client (join, status) and its WorkloadService."""
 
-    def __init__(self, channel: Channel, node_id: str, mode: str = "accept",
-                 refuse_status=None, journal: list | None = None) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        node_id: str,
+        mode: str = "accept",
+        refuse_status=None,
+        journal: list | None = None,
+    ) -> None:
         self.node_id = node_id
         self.workloads = RecordingWorkloadAgent(node_id, journal, mode, refuse_status)
         self.agent: FakeAgent | None = None
@@ -581,13 +634,15 @@ async def open_nodes(channel: Channel, scheduler, *specs, journal: list | None =
 async def make_channel(port: int, **options) -> Channel:
     """One more grpclib channel to 127.0.0.1:port on the current trio-asyncio loop (use inside
     `open_channel`), with Channel options such as `codec=` or `config=`. Close it yourself."""
+
     async def make() -> Channel:
         return Channel("127.0.0.1", port, **options)
+
     return await aio(make)()
 
 
 def event_kind(event: controller_pb2.ClusterEvent) -> str:
-    """"SNAPSHOT", "INSTANCE", or the node event's kind ("JOINED", "STATUS", "LEFT", "LOST")."""
+    """ "SNAPSHOT", "INSTANCE", or the node event's kind ("JOINED", "STATUS", "LEFT", "LOST")."""
     which = event.WhichOneof("event")
     if which == "node":
         return controller_pb2.NodeEvent.Kind.Name(event.node.kind)
@@ -614,6 +669,7 @@ async def stream_outcome(stream: StatusStream):
     StreamTerminatedError from recv_message and reports the real status only when the call's
     context exits. The stream is released afterwards.
     """
+
     async def wait():
         try:
             await stream._stream.recv_message()
@@ -628,10 +684,12 @@ async def stream_outcome(stream: StatusStream):
                 return status
             raise
         return None
+
     return await aio(wait)()
 
 
 # -- Faults and fuzzing (tests/test_faults.py, tests/test_fuzz.py) ------------------------------
+
 
 class BytesCodec:
     """A grpclib codec that sends and returns bytes as they are, to put any payload on the wire
@@ -657,6 +715,7 @@ class KillableWorkloadAgent(RecordingWorkloadAgent):
             self._server = _TrackingServer([self])
             await self._server.start("127.0.0.1", port)
             return self._server._server.sockets[0].getsockname()[1]
+
         self.port = await aio(start)()
         return self.port
 
@@ -669,6 +728,7 @@ class KillableWorkloadAgent(RecordingWorkloadAgent):
             server.close()  # stop listening; cancels the handlers (the "process" is gone)
             server.abort_connections()
             await asyncio.wait_for(server.wait_closed(), 5)
+
         await aio(kill)()
 
 
@@ -691,8 +751,9 @@ class _TrackingServer(Server):
                 transport.abort()
 
 
-async def open_node(channel: Channel, scheduler, node_id: str, workloads: FakeWorkloadAgent,
-                    **metrics) -> Node:
+async def open_node(
+    channel: Channel, scheduler, node_id: str, workloads: FakeWorkloadAgent, **metrics
+) -> Node:
     """Start one node whose WorkloadService is `workloads` (e.g. a KillableWorkloadAgent), join
     it and report one status that the scheduler has applied; close it with `Node.close()`."""
     node = Node(channel, node_id)

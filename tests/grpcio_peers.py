@@ -5,6 +5,7 @@ framing details differ. The grpcio client is synchronous, so each call runs in a
 (`trio.to_thread.run_sync`) with its own deadline: a thread cannot be cancelled, the deadline
 bounds it instead.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,17 +40,21 @@ class GrpcioController:
         self._schedule = self.channel.unary_stream(
             SERVICE + "Schedule",
             request_serializer=controller_pb2.SchedulingRequest.SerializeToString,
-            response_deserializer=controller_pb2.WorkloadStatus.FromString)
+            response_deserializer=controller_pb2.WorkloadStatus.FromString,
+        )
         self._unary = {
             name: self.channel.unary_unary(
                 SERVICE + name,
                 request_serializer=controller_pb2.WorkloadInstance.SerializeToString,
-                response_deserializer=controller_pb2.Empty.FromString)
+                response_deserializer=controller_pb2.Empty.FromString,
+            )
             for name in ("Stop", "Destroy")
         }
         self._list = self.channel.unary_unary(
-            LIST, request_serializer=serialize,
-            response_deserializer=controller_pb2.NodeList.FromString)
+            LIST,
+            request_serializer=serialize,
+            response_deserializer=controller_pb2.NodeList.FromString,
+        )
 
     def schedule(self, request, timeout: float = CALL_DEADLINE):
         """The response iterator of a Schedule call (also the call: code(), details())."""
@@ -57,6 +62,7 @@ class GrpcioController:
 
     async def next(self, responses):
         """The next status, or None at the end of the stream (OK or not: see code())."""
+
         def step():
             try:
                 return next(responses)
@@ -64,22 +70,27 @@ class GrpcioController:
                 return None
             except grpc.RpcError:
                 return None
+
         return await trio.to_thread.run_sync(step)
 
     async def signal(self, name: str, instance_id: str):
         """Stop or Destroy; None if OK, else the grpc.RpcError."""
+
         def call():
             try:
-                self._unary[name](controller_pb2.WorkloadInstance(instance_id=instance_id),
-                                  timeout=CALL_DEADLINE)
+                self._unary[name](
+                    controller_pb2.WorkloadInstance(instance_id=instance_id), timeout=CALL_DEADLINE
+                )
             except grpc.RpcError as err:
                 return err
             return None
+
         return await trio.to_thread.run_sync(call)
 
     async def list_nodes(self) -> list[controller_pb2.Node]:
         reply = await trio.to_thread.run_sync(
-            lambda: self._list(controller_pb2.Empty(), timeout=CALL_DEADLINE))
+            lambda: self._list(controller_pb2.Empty(), timeout=CALL_DEADLINE)
+        )
         return list(reply.nodes)
 
     def close(self) -> None:
@@ -92,9 +103,11 @@ async def watch(channel: grpc.Channel, epoch: str = "", after_revision: int = 0)
 
     If the call ends, its last item is the grpc.RpcError.
     """
-    call = channel.unary_stream(WATCH, request_serializer=serialize,
-                                response_deserializer=controller_pb2.ClusterEvent.FromString)(
-        controller_pb2.WatchRequest(epoch=epoch, after_revision=after_revision))
+    call = channel.unary_stream(
+        WATCH,
+        request_serializer=serialize,
+        response_deserializer=controller_pb2.ClusterEvent.FromString,
+    )(controller_pb2.WatchRequest(epoch=epoch, after_revision=after_revision))
     send, receive = trio.open_memory_channel(math.inf)
     token = trio.lowlevel.current_trio_token()
 

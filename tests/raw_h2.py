@@ -5,6 +5,7 @@ streams than the server allows, header blocks that never end, messages cut short
 it step by step: queue frames with the `h2` connection, `flush()` them, `read()` what came
 back. It acknowledges DATA it receives, so a server reply never stalls on flow control.
 """
+
 from __future__ import annotations
 
 import collections
@@ -33,7 +34,8 @@ class RawH2:
         self.stream = stream
         self.port = port
         self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
         self.events: list[h2.events.Event] = []  # everything the server sent, in order
         self.closed = False  # the server closed the connection
         self.send_failed = False  # a write found the connection closed
@@ -48,25 +50,38 @@ class RawH2:
         client.h2.initiate_connection()
         await client.flush()
         # The settings exchange first: nothing else may come between a header block's frames.
-        await client.read(5, until=lambda events: any(
-            isinstance(e, h2.events.RemoteSettingsChanged) for e in events))
+        await client.read(
+            5,
+            until=lambda events: any(
+                isinstance(e, h2.events.RemoteSettingsChanged) for e in events
+            ),
+        )
         return client
 
     def request(self, path: str, *, end_stream: bool = False, extra=()) -> int:
         """Queue the HEADERS of a new gRPC call; return its stream id."""
         stream_id = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(stream_id, [
-            (":method", "POST"), (":scheme", "http"), (":path", path),
-            (":authority", f"127.0.0.1:{self.port}"), *GRPC_HEADERS, *extra],
-            end_stream=end_stream)
+        self.h2.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", f"127.0.0.1:{self.port}"),
+                *GRPC_HEADERS,
+                *extra,
+            ],
+            end_stream=end_stream,
+        )
         return stream_id
 
     def ignore_stream_limit(self) -> None:
         """Let this client open more streams than the server allows (h2 would refuse to)."""
         from h2.settings import SettingCodes
 
-        self.h2.remote_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS] = \
-            collections.deque([2**31 - 1])
+        self.h2.remote_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS] = collections.deque(
+            [2**31 - 1]
+        )
 
     def raw_frames(self, *frames) -> None:
         """Queue hyperframe frames as they are (h2 would refuse to build them)."""
@@ -79,8 +94,10 @@ class RawH2:
         block = self.h2.encoder.encode([(":method", "POST"), (":path", path)])
         self.h2.highest_outbound_stream_id = stream_id  # the stream is h2's no longer
         headers = HeadersFrame(stream_id, block)
-        frames = [headers] + [ContinuationFrame(stream_id, b"\x40\x01x\x00" * (chunk // 4))
-                              for _ in range(continuations)]
+        frames = [headers] + [
+            ContinuationFrame(stream_id, b"\x40\x01x\x00" * (chunk // 4))
+            for _ in range(continuations)
+        ]
         self.raw_frames(*frames)
         return stream_id
 
@@ -111,26 +128,32 @@ class RawH2:
                     events = []
                 for event in events:
                     if isinstance(event, h2.events.DataReceived):
-                        self.h2.acknowledge_received_data(event.flow_controlled_length,
-                                                          event.stream_id)
+                        self.h2.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
                 self.events.extend(events)
                 await self.flush()
         return self.events[start:]
 
     def goaway(self) -> h2.events.ConnectionTerminated | None:
-        return next((e for e in self.events if isinstance(e, h2.events.ConnectionTerminated)),
-                    None)
+        return next((e for e in self.events if isinstance(e, h2.events.ConnectionTerminated)), None)
 
     def resets(self, code: h2.errors.ErrorCodes | None = None) -> list[int]:
         """Stream ids the server reset (with `code`, if given)."""
-        return [e.stream_id for e in self.events if isinstance(e, h2.events.StreamReset)
-                and (code is None or e.error_code == code)]
+        return [
+            e.stream_id
+            for e in self.events
+            if isinstance(e, h2.events.StreamReset) and (code is None or e.error_code == code)
+        ]
 
     def header(self, stream_id: int, name: str) -> str | None:
         """A response header or trailer the server sent on a stream (the first seen)."""
         for event in self.events:
-            if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)) \
-                    and event.stream_id == stream_id and name in dict(event.headers):
+            if (
+                isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived))
+                and event.stream_id == stream_id
+                and name in dict(event.headers)
+            ):
                 return dict(event.headers)[name]
         return None
 

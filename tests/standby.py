@@ -5,6 +5,7 @@
 Plain asyncio, no trio: the simulator's driver processes use it directly, the trio tests
 through `trio_asyncio.aio_as_trio`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,8 +17,12 @@ from grpclib.server import Server
 from scheduler._proto import agent_grpc, controller_grpc
 from scheduler.follow import LEADER_METADATA
 
-SERVICES = (agent_grpc.LifecycleServiceBase, agent_grpc.StatusUpdateServiceBase,
-            controller_grpc.SchedulingServiceBase, controller_grpc.ClusterServiceBase)
+SERVICES = (
+    agent_grpc.LifecycleServiceBase,
+    agent_grpc.StatusUpdateServiceBase,
+    controller_grpc.SchedulingServiceBase,
+    controller_grpc.ClusterServiceBase,
+)
 
 
 class _AnyMethod:
@@ -45,9 +50,11 @@ class FakeStandby:
         return f"127.0.0.1:{self.port}"
 
     def __mapping__(self):
-        return {path: handler._replace(func=self._refuse(path.rsplit("/", 1)[1]))
-                for service in SERVICES
-                for path, handler in service.__mapping__(_AnyMethod()).items()}
+        return {
+            path: handler._replace(func=self._refuse(path.rsplit("/", 1)[1]))
+            for service in SERVICES
+            for path, handler in service.__mapping__(_AnyMethod()).items()
+        }
 
     def _refuse(self, method: str):
         async def refuse(stream) -> None:
@@ -56,7 +63,9 @@ class FakeStandby:
             await stream.send_trailing_metadata(
                 status=Status.UNAVAILABLE,
                 status_message=f"standby: not the leader; leader at {leader or '(none yet)'}",
-                metadata={LEADER_METADATA: leader} if leader else None)
+                metadata={LEADER_METADATA: leader} if leader else None,
+            )
+
         return refuse
 
     async def start(self, port: int = 0) -> int:

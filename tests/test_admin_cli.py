@@ -4,6 +4,7 @@ The commands run as real subprocesses (`python -m scheduler ...`) against a sche
 on 127.0.0.1:0 in the test's own trio run; the formatters are also tested on hand-built
 protobuf messages. Every subprocess test is guarded by the scheduler's fail_after.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -45,8 +46,14 @@ def environment(**extra: str) -> dict[str, str]:
 async def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     """Run `orka-scheduler ARGS` to its end (with `env` added to the environment); stdout and
     stderr captured as text."""
-    result = await trio.run_process(command(*args), capture_stdout=True, capture_stderr=True,
-                                    check=False, env=environment(**env), cwd=REPO)
+    result = await trio.run_process(
+        command(*args),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=environment(**env),
+        cwd=REPO,
+    )
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     return result
 
@@ -57,9 +64,10 @@ def table(text: str) -> list[dict[str, str]]:
     starts = [header.index(name) for name in COLUMNS]
     assert starts == sorted(starts), header
     bounds = list(zip(starts, starts[1:] + [None], strict=True))
-    return [{name: row[start:end].strip()
-             for name, (start, end) in zip(COLUMNS, bounds, strict=True)}
-            for row in rows]
+    return [
+        {name: row[start:end].strip() for name, (start, end) in zip(COLUMNS, bounds, strict=True)}
+        for row in rows
+    ]
 
 
 class LineReader:
@@ -102,13 +110,30 @@ def unused_port() -> socket.socket:
 
 # -- nodes ---------------------------------------------------------------------------------------
 
+
 async def test_nodes_prints_a_table_with_one_row_per_node():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         streams = [
-            await join_with_status(channel, scheduler, "node-a", 7001,
-                                   mem_total=8 * GIB, mem_free=2 * GIB, load=25.0, cores=4),
-            await join_with_status(channel, scheduler, "node-b", 7002,
-                                   mem_total=16 * GIB, mem_free=12 * GIB, load=5.0, cores=8),
+            await join_with_status(
+                channel,
+                scheduler,
+                "node-a",
+                7001,
+                mem_total=8 * GIB,
+                mem_free=2 * GIB,
+                load=25.0,
+                cores=4,
+            ),
+            await join_with_status(
+                channel,
+                scheduler,
+                "node-b",
+                7002,
+                mem_total=16 * GIB,
+                mem_free=12 * GIB,
+                load=5.0,
+                cores=8,
+            ),
         ]
         result = await run_cli("nodes", "--insecure", "--address", f"127.0.0.1:{scheduler.port}")
         for stream in streams:
@@ -119,7 +144,9 @@ async def test_nodes_prints_a_table_with_one_row_per_node():
     assert header.split() == " ".join(COLUMNS).split(), header
     rows = table(result.stdout)
     assert [(r["NODE"], r["STATE"], r["ADDRESS"]) for r in rows] == [
-        ("node-a", "READY", "127.0.0.1:7001"), ("node-b", "READY", "127.0.0.1:7002")]
+        ("node-a", "READY", "127.0.0.1:7001"),
+        ("node-b", "READY", "127.0.0.1:7002"),
+    ]
     assert [r["MEMORY FREE/TOTAL"] for r in rows] == ["2.0/8.0 GiB", "12.0/16.0 GiB"]
     assert [r["CPU"] for r in rows] == ["25% of 4", "5% of 8"]
     assert all(r["INSTANCES"] == "0" for r in rows)
@@ -158,7 +185,8 @@ async def test_nodes_with_only_ca_asks_for_the_certificate_and_key(tmp_path):
     assert result.returncode != 0 and half.returncode != 0
     assert "Traceback" not in result.stderr + half.stderr, result.stderr + half.stderr
     assert result.stderr.strip() == (
-        "orka-scheduler: --ca needs --cert and --key too (a Controller certificate from that CA)")
+        "orka-scheduler: --ca needs --cert and --key too (a Controller certificate from that CA)"
+    )
     assert half.stderr.strip() == "orka-scheduler: give --cert and --key together"
 
 
@@ -169,19 +197,25 @@ async def test_nodes_with_a_malformed_address_exits_with_one_line():
         "a malformed --address ends in a traceback: the ConfigError of parse_host_port "
         "(admin.py, reading --address) must end as one line, like the GRPCError, OSError, "
         "TimeoutError and SSLError that admin's run() catches (or parse the address in "
-        f"argparse). stderr was:\n{result.stderr}")
+        f"argparse). stderr was:\n{result.stderr}"
+    )
     assert result.returncode != 0
     assert "--address" in result.stderr
 
 
 # -- watch ---------------------------------------------------------------------------------------
 
+
 async def test_watch_prints_a_snapshot_then_joins_as_they_happen():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         await join_with_status(channel, scheduler, "node-a", 7001)
         process = await trio.lowlevel.open_process(
             command("watch", "--insecure", "--address", f"127.0.0.1:{scheduler.port}"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=REPO)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment(),
+            cwd=REPO,
+        )
         try:
             out = LineReader(process.stdout)
             snapshot = await out.line()
@@ -206,7 +240,11 @@ async def test_watch_exits_1_with_one_line_when_the_scheduler_stops():
     async with running_scheduler() as scheduler:
         process = await trio.lowlevel.open_process(
             command("watch", "--insecure", "--address", f"127.0.0.1:{scheduler.port}"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=REPO)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment(),
+            cwd=REPO,
+        )
         try:
             await LineReader(process.stdout).line_with("SNAPSHOT")
             scheduler.shutdown.set()
@@ -225,6 +263,7 @@ async def test_watch_exits_1_with_one_line_when_the_scheduler_stops():
 
 # -- TLS, --config and what the errors say -----------------------------------------------------
 
+
 @asynccontextmanager
 async def tls_scheduler(data_dir: Path):
     """A scheduler with mutual TLS and its development PKI in `data_dir`/pki, as `serve` makes."""
@@ -237,8 +276,10 @@ async def tls_scheduler(data_dir: Path):
 def config_file(tmp_path: Path, scheduler, tls: str = "") -> Path:
     """The running scheduler's configuration as its operator would have written it."""
     path = tmp_path / "scheduler.toml"
-    path.write_text(f'[server]\nlisten = "127.0.0.1:{scheduler.port}"\n'
-                    f'data_dir = "{scheduler.config.server.data_dir}"\n{tls}')
+    path.write_text(
+        f'[server]\nlisten = "127.0.0.1:{scheduler.port}"\n'
+        f'data_dir = "{scheduler.config.server.data_dir}"\n{tls}'
+    )
     return path
 
 
@@ -257,7 +298,8 @@ async def test_insecure_against_a_tls_scheduler_says_drop_insecure(tmp_path):
         for name in ("nodes", "watch"):
             result = await run_cli(name, "--insecure", "--address", address)
             assert one_line(result) == (
-                f"orka-scheduler: the scheduler at {address} speaks TLS: drop --insecure")
+                f"orka-scheduler: the scheduler at {address} speaks TLS: drop --insecure"
+            )
 
 
 async def test_tls_against_a_plaintext_scheduler_says_add_insecure(tmp_path):
@@ -265,8 +307,10 @@ async def test_tls_against_a_plaintext_scheduler_says_add_insecure(tmp_path):
         init_pki(scheduler.config.server.data_dir / "pki")  # credentials for the client
         address = f"127.0.0.1:{scheduler.port}"
         result = await run_cli("nodes", "--config", str(config_file(tmp_path, scheduler)))
-    assert one_line(result) == (f"orka-scheduler: {address} answered in plaintext, not TLS: the "
-                                "scheduler runs with --insecure; add --insecure")
+    assert one_line(result) == (
+        f"orka-scheduler: {address} answered in plaintext, not TLS: the "
+        "scheduler runs with --insecure; add --insecure"
+    )
 
 
 async def test_config_gives_the_address_and_pki_of_a_scheduler_with_another_data_dir(tmp_path):
@@ -277,35 +321,50 @@ async def test_config_gives_the_address_and_pki_of_a_scheduler_with_another_data
     async with tls_scheduler(tmp_path / "data") as scheduler:
         address = f"127.0.0.1:{scheduler.port}"
         config = config_file(tmp_path, scheduler)
-        listed = await run_cli("nodes", "--config", str(config),
-                               STATE_DIRECTORY=str(tmp_path / "default-state"))
+        listed = await run_cli(
+            "nodes", "--config", str(config), STATE_DIRECTORY=str(tmp_path / "default-state")
+        )
         assert listed.returncode == 0, listed.stderr
         assert listed.stdout.split() == " ".join(COLUMNS).split()  # reached, no nodes yet
 
-        wrong = await run_cli("nodes", "--address", address,
-                              STATE_DIRECTORY=str(tmp_path / "default-state"))
+        wrong = await run_cli(
+            "nodes", "--address", address, STATE_DIRECTORY=str(tmp_path / "default-state")
+        )
     line = one_line(wrong)
     assert line.startswith(
         f"orka-scheduler: the scheduler at {address} answered, but its "
-        f"certificate is not signed by the CA in {default_pki / 'ca.pem'} ("), line
+        f"certificate is not signed by the CA in {default_pki / 'ca.pem'} ("
+    ), line
     assert "cannot reach" not in line and "--config" in line, line
 
 
 async def test_config_with_tls_files_takes_its_ca_and_asks_for_a_controller_certificate(tmp_path):
     async with tls_scheduler(tmp_path / "data") as scheduler:
         pki = tmp_path / "data" / "pki"
-        config = config_file(tmp_path, scheduler, tls=(
-            f'[tls]\nca = "{pki / "ca.pem"}"\ncert = "{pki / "scheduler.pem"}"\n'
-            f'key = "{pki / "scheduler.key"}"\n'))
+        config = config_file(
+            tmp_path,
+            scheduler,
+            tls=(
+                f'[tls]\nca = "{pki / "ca.pem"}"\ncert = "{pki / "scheduler.pem"}"\n'
+                f'key = "{pki / "scheduler.key"}"\n'
+            ),
+        )
         refused = await run_cli("nodes", "--config", str(config))
         controller = pki / "controllers"
-        listed = await run_cli("nodes", "--config", str(config),
-                               "--cert", str(controller / "controller.pem"),
-                               "--key", str(controller / "controller.key"))
+        listed = await run_cli(
+            "nodes",
+            "--config",
+            str(config),
+            "--cert",
+            str(controller / "controller.pem"),
+            "--key",
+            str(controller / "controller.key"),
+        )
     assert one_line(refused) == (
         f"orka-scheduler: {config} names the scheduler's own certificate ([tls]), which may not "
         "call in: give --cert and --key of a Controller certificate from the CA "
-        f"{pki / 'ca.pem'}")
+        f"{pki / 'ca.pem'}"
+    )
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.split() == " ".join(COLUMNS).split()
 
@@ -314,26 +373,53 @@ async def test_a_certificate_the_scheduler_does_not_trust_is_named(tmp_path):
     stranger = init_pki(tmp_path / "stranger").controller("controller")
     async with tls_scheduler(tmp_path / "data") as scheduler:
         address = f"127.0.0.1:{scheduler.port}"
-        result = await run_cli("nodes", "--address", address,
-                               "--ca", str(tmp_path / "data" / "pki" / "ca.pem"),
-                               "--cert", str(stranger.cert), "--key", str(stranger.key))
+        result = await run_cli(
+            "nodes",
+            "--address",
+            address,
+            "--ca",
+            str(tmp_path / "data" / "pki" / "ca.pem"),
+            "--cert",
+            str(stranger.cert),
+            "--key",
+            str(stranger.key),
+        )
     assert one_line(result) == (
         f"orka-scheduler: the scheduler at {address} closed the connection after the TLS "
-        f"handshake: it does not accept the certificate {stranger.cert} (from another CA?)")
+        f"handshake: it does not accept the certificate {stranger.cert} (from another CA?)"
+    )
 
 
 async def test_unusable_client_files_are_named_before_connecting(tmp_path):
     pki = init_pki(tmp_path / "pki")
     controller = pki.controller("controller")
     with trio.fail_after(IO_GUARD):
-        missing = await run_cli("nodes", "--address", "127.0.0.1:1", "--ca", str(pki.ca),
-                                "--cert", str(tmp_path / "absent.pem"),
-                                "--key", str(controller.key))
-        mismatched = await run_cli("nodes", "--address", "127.0.0.1:1", "--ca", str(pki.ca),
-                                   "--cert", str(controller.cert), "--key", str(pki.ca_key))
+        missing = await run_cli(
+            "nodes",
+            "--address",
+            "127.0.0.1:1",
+            "--ca",
+            str(pki.ca),
+            "--cert",
+            str(tmp_path / "absent.pem"),
+            "--key",
+            str(controller.key),
+        )
+        mismatched = await run_cli(
+            "nodes",
+            "--address",
+            "127.0.0.1:1",
+            "--ca",
+            str(pki.ca),
+            "--cert",
+            str(controller.cert),
+            "--key",
+            str(pki.ca_key),
+        )
     assert one_line(missing) == f"orka-scheduler: --cert: {tmp_path / 'absent.pem'}: no such file"
-    assert one_line(mismatched) == (f"orka-scheduler: --key: {pki.ca_key} is not the private key "
-                                    f"of --cert ({controller.cert})")
+    assert one_line(mismatched) == (
+        f"orka-scheduler: --key: {pki.ca_key} is not the private key of --cert ({controller.cert})"
+    )
 
 
 async def test_a_config_listening_on_port_0_needs_an_address(tmp_path):
@@ -341,8 +427,10 @@ async def test_a_config_listening_on_port_0_needs_an_address(tmp_path):
     config.write_text('[server]\nlisten = "127.0.0.1:0"\n')
     with trio.fail_after(IO_GUARD):
         result = await run_cli("nodes", "--config", str(config))
-    assert one_line(result) == (f"orka-scheduler: {config}: server.listen has port 0 (a new port "
-                                "at every start): give --address HOST:PORT")
+    assert one_line(result) == (
+        f"orka-scheduler: {config}: server.listen has port 0 (a new port "
+        "at every start): give --address HOST:PORT"
+    )
 
 
 async def test_watch_ends_quietly_when_its_reader_stops_reading():
@@ -350,7 +438,11 @@ async def test_watch_ends_quietly_when_its_reader_stops_reading():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         process = await trio.lowlevel.open_process(
             command("watch", "--insecure", "--address", f"127.0.0.1:{scheduler.port}"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=REPO)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment(),
+            cwd=REPO,
+        )
         try:
             await LineReader(process.stdout).line_with("SNAPSHOT")
             await process.stdout.aclose()  # the reader is gone
@@ -371,6 +463,7 @@ async def test_watch_ends_quietly_when_its_reader_stops_reading():
 # Fake standbys (real grpclib servers answering UNAVAILABLE with `orka-leader`) in front of a real
 # scheduler; a restart of a SQLite scheduler on the same data directory, on another port, stands
 # in for a failover (the epoch continues, as SPEC §4.1 promises across leaders).
+
 
 @asynccontextmanager
 async def fake_standby(leader: str = ""):
@@ -425,7 +518,8 @@ async def test_nodes_tries_the_next_address_when_a_standby_names_no_leader(named
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == " ".join(COLUMNS).split()
     assert stderr_lines(result) == [
-        f"orka-scheduler: {standby.address} unavailable, trying {leader}"]
+        f"orka-scheduler: {standby.address} unavailable, trying {leader}"
+    ]
     assert standby.calls == {"ListNodes": 1}
 
 
@@ -442,13 +536,16 @@ async def test_nodes_gives_up_at_once_when_no_scheduler_answers_at_any_address()
     """Nothing runs there: the --timeout of a minute is not spent (the IO guard is 20 s)."""
     dead, also_dead = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     with trio.fail_after(IO_GUARD):
-        result = await run_cli("nodes", "--insecure", "--timeout", "60",
-                               "--address", f"{dead},{also_dead}")
+        result = await run_cli(
+            "nodes", "--insecure", "--timeout", "60", "--address", f"{dead},{also_dead}"
+        )
     assert result.returncode == 1 and result.stdout == ""
     switch, last = stderr_lines(result)
     assert switch == f"orka-scheduler: {dead} unavailable, trying {also_dead}"
-    assert last.startswith(f"orka-scheduler: no leader found at {dead}, {also_dead}; last: "
-                           f"cannot reach the scheduler at {also_dead}: "), last
+    assert last.startswith(
+        f"orka-scheduler: no leader found at {dead}, {also_dead}; last: "
+        f"cannot reach the scheduler at {also_dead}: "
+    ), last
 
 
 async def test_nodes_waits_for_a_standby_that_knows_no_leader_until_its_timeout():
@@ -456,12 +553,14 @@ async def test_nodes_waits_for_a_standby_that_knows_no_leader_until_its_timeout(
     (with backoff) until --timeout, then says so."""
     async with fake_standby("") as standby:
         with trio.fail_after(IO_GUARD):
-            result = await run_cli("nodes", "--insecure", "--timeout", "1",
-                                   "--address", standby.address)
+            result = await run_cli(
+                "nodes", "--insecure", "--timeout", "1", "--address", standby.address
+            )
     assert result.returncode == 1 and result.stdout == ""
     assert stderr_lines(result) == [
         f"orka-scheduler: no leader found within 1 s (--timeout); last: {standby.address}: "
-        "UNAVAILABLE: standby: not the leader; leader at (none yet)"]
+        "UNAVAILABLE: standby: not the leader; leader at (none yet)"
+    ]
     # 1 s of waits of 25-50, 50-100, 100-200, 200-400, 400-800 ms: at most 6 calls.
     assert 3 <= standby.calls["ListNodes"] <= 6, standby.calls
 
@@ -472,13 +571,16 @@ async def test_nodes_waits_for_a_named_leader_until_its_timeout_asking_with_back
     dead = f"127.0.0.1:{free_port()}"
     async with fake_standby(dead) as standby:
         with trio.fail_after(IO_GUARD):
-            result = await run_cli("nodes", "--insecure", "--timeout", "1",
-                                   "--address", standby.address)
+            result = await run_cli(
+                "nodes", "--insecure", "--timeout", "1", "--address", standby.address
+            )
     assert result.returncode == 1 and result.stdout == ""
     *switches, last = stderr_lines(result)
     assert last.startswith("orka-scheduler: no leader found within 1 s (--timeout); last: "), last
-    assert set(switches) == {f"orka-scheduler: following leader at {dead}",
-                             f"orka-scheduler: {dead} unavailable, trying {standby.address}"}
+    assert set(switches) == {
+        f"orka-scheduler: following leader at {dead}",
+        f"orka-scheduler: {dead} unavailable, trying {standby.address}",
+    }
     # 1 s of waits of 25-50, 50-100, 100-200, 200-400, 400-800 ms: at most 7 attempts in all.
     assert 2 <= standby.calls["ListNodes"] <= 4, standby.calls
 
@@ -497,9 +599,19 @@ async def test_watch_follows_the_leader_across_a_failover_and_loses_no_event():
     async with fake_standby(f"127.0.0.1:{first}") as standby:
         first_channel, second_channel = await make_channel(first), await make_channel(second)
         process = await trio.lowlevel.open_process(
-            command("watch", "--insecure", "--timeout", "15",
-                    "--address", f"{standby.address},127.0.0.1:{first}"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=REPO)
+            command(
+                "watch",
+                "--insecure",
+                "--timeout",
+                "15",
+                "--address",
+                f"{standby.address},127.0.0.1:{first}",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment(),
+            cwd=REPO,
+        )
         try:
             out = LineReader(process.stdout)
             async with running_scheduler(config(first)) as scheduler:
@@ -542,11 +654,17 @@ async def test_watch_still_ends_quietly_on_ctrl_c_after_its_scheduler_was_killed
     snapshot), and a Ctrl-C afterwards still ends it with 0 and no traceback."""
     port = free_port()
     config = tmp_path / "killed.toml"
-    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\n'
-                      '[observability]\nhttp_listen = ""\n')
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\n'
+        '[observability]\nhttp_listen = ""\n'
+    )
     doomed = await trio.lowlevel.open_process(
-        command("serve", "--insecure", "--config", str(config)), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, env=environment(), cwd=REPO)
+        command("serve", "--insecure", "--config", str(config)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment(),
+        cwd=REPO,
+    )
     try:
         with trio.fail_after(IO_GUARD):
             while True:
@@ -559,7 +677,11 @@ async def test_watch_still_ends_quietly_on_ctrl_c_after_its_scheduler_was_killed
             addresses = f"127.0.0.1:{port},127.0.0.1:{other.port}"
             process = await trio.lowlevel.open_process(
                 command("watch", "--insecure", "--address", addresses),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=REPO)
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=environment(),
+                cwd=REPO,
+            )
             try:
                 out = LineReader(process.stdout)
                 await out.line_with("SNAPSHOT")
@@ -576,14 +698,22 @@ async def test_watch_still_ends_quietly_on_ctrl_c_after_its_scheduler_was_killed
             doomed.kill()
             await doomed.wait()
     assert stderr.splitlines() == [
-        f"orka-scheduler: 127.0.0.1:{port} unavailable, trying 127.0.0.1:{other.port}"], stderr
+        f"orka-scheduler: 127.0.0.1:{port} unavailable, trying 127.0.0.1:{other.port}"
+    ], stderr
 
 
 # -- the formatters ------------------------------------------------------------------------------
 
+
 def node(node_id="node-a", **fields) -> pb.Node:
-    defaults = dict(address="10.0.0.1:7000", state=pb.Node.READY, memory_total=8 * GIB,
-                    memory_free=4 * GIB, cpu_load=12.6, cpu_cores=4)
+    defaults = dict(
+        address="10.0.0.1:7000",
+        state=pb.Node.READY,
+        memory_total=8 * GIB,
+        memory_free=4 * GIB,
+        cpu_load=12.6,
+        cpu_cores=4,
+    )
     return pb.Node(id=node_id, **{**defaults, **fields})
 
 
@@ -594,12 +724,21 @@ def row(*cells: str) -> dict[str, str]:
 
 def test_format_nodes_aligns_columns_and_fills_what_is_unknown():
     now = time.time()
-    text = admin.format_nodes([
-        node(instance_ids=["web-1", "web-2"], last_seen_unix=now - 5),
-        node("old", address="", state=pb.Node.LOST, memory_total=0, memory_free=0,
-             cpu_load=3, cpu_cores=0),
-        node("gone", state=pb.Node.LEFT, last_seen_unix=now + 60),  # clock skew: not negative
-    ])
+    text = admin.format_nodes(
+        [
+            node(instance_ids=["web-1", "web-2"], last_seen_unix=now - 5),
+            node(
+                "old",
+                address="",
+                state=pb.Node.LOST,
+                memory_total=0,
+                memory_free=0,
+                cpu_load=3,
+                cpu_cores=0,
+            ),
+            node("gone", state=pb.Node.LEFT, last_seen_unix=now + 60),  # clock skew: not negative
+        ]
+    )
     header = text.splitlines()[0]
     assert all(header.index(a) < header.index(b) for a, b in itertools.pairwise(COLUMNS)), header
     assert not any(line.endswith(" ") for line in text.splitlines())
@@ -633,7 +772,8 @@ def test_format_event_snapshot_node_and_instance():
     lost.node.kind = pb.NodeEvent.LOST
     lost.node.node.CopyFrom(node(instance_ids=["web-1", "web-2"]))
     assert admin.format_event(lost) == (
-        "123456789 LOST     node node-a 10.0.0.1:7000 instances: web-1, web-2")
+        "123456789 LOST     node node-a 10.0.0.1:7000 instances: web-1, web-2"
+    )
 
     ended = pb.ClusterEvent(epoch="e1", revision=5)
     ended.instance.instance_id, ended.instance.node_id = "web-1", "node-a"
@@ -658,5 +798,6 @@ def test_format_event_of_a_node_event_kind_it_does_not_know():
         raise AssertionError(
             "format_event raises KeyError on an unknown NodeEvent kind (admin.format_event "
             "must look EVENT_KINDS up with the number as fallback, as format_nodes and the "
-            "INSTANCE branch do): `watch` would die with a traceback") from err
+            "INSTANCE branch do): `watch` would die with a traceback"
+        ) from err
     assert "9" in line.split() and "node-a" in line

@@ -11,6 +11,7 @@ inside functions included), so that a rule broken by a new import fails here, no
 Each rule is also run on a synthetic module with a bad import (absolute and relative), to show
 that it can fail.
 """
+
 from __future__ import annotations
 
 import ast
@@ -119,8 +120,9 @@ def placement_violations(modules: dict[str, Module]) -> set[tuple[str, str]]:
             continue
         for imported in imports_of(module, known):
             if any(within(imported.name, root) for root in IMPURE) or (
-                    within(imported.name, "scheduler")
-                    and not any(within(imported.name, ok) for ok in PLACEMENT_MAY_USE)):
+                within(imported.name, "scheduler")
+                and not any(within(imported.name, ok) for ok in PLACEMENT_MAY_USE)
+            ):
                 bad.add((module.name, imported.name))
     return bad
 
@@ -144,6 +146,7 @@ def sim_violations(modules: dict[str, Module]) -> set[tuple[str, str]]:
 
 
 # --- c. no cycle through the tooling -----------------------------------------------------------
+
 
 def cycles_through(modules: dict[str, Module], prefix: str) -> list[list[str]]:
     """Strongly connected components of more than one module with a module inside `prefix`
@@ -184,11 +187,27 @@ def cycles_through(modules: dict[str, Module], prefix: str) -> list[list[str]]:
 
 # --- d. the core knows nothing of the wire -----------------------------------------------------
 
-CORE = ("scheduler.cluster", "scheduler.placement", "scheduler.events", "scheduler.store",
-        "scheduler.instances", "scheduler.lifecycle", "scheduler.security", "scheduler.model",
-        "scheduler.errors", "scheduler.names")
-WIRE = ("grpclib", "h2", "scheduler._proto", "scheduler.convert", "scheduler.api",
-        "scheduler.grpc_bridge", "scheduler.grpc_listener")
+CORE = (
+    "scheduler.cluster",
+    "scheduler.placement",
+    "scheduler.events",
+    "scheduler.store",
+    "scheduler.instances",
+    "scheduler.lifecycle",
+    "scheduler.security",
+    "scheduler.model",
+    "scheduler.errors",
+    "scheduler.names",
+)
+WIRE = (
+    "grpclib",
+    "h2",
+    "scheduler._proto",
+    "scheduler.convert",
+    "scheduler.api",
+    "scheduler.grpc_bridge",
+    "scheduler.grpc_listener",
+)
 # The store's own encoding (protos/store.proto) and etcd's API are what the store writes and
 # how it talks to etcd, not the Orka wire.
 STORE_FORMATS = ("scheduler._proto.store_pb2", "scheduler._proto.etcd")
@@ -202,7 +221,8 @@ def core_violations(modules: dict[str, Module]) -> set[tuple[str, str]]:
             continue
         for imported in imports_of(module, known):
             if within(module.name, "scheduler.store") and any(
-                    within(imported.name, ok) for ok in STORE_FORMATS):
+                within(imported.name, ok) for ok in STORE_FORMATS
+            ):
                 continue
             if any(within(imported.name, wire) for wire in WIRE):
                 bad.add((module.name, imported.name))
@@ -211,10 +231,16 @@ def core_violations(modules: dict[str, Module]) -> set[tuple[str, str]]:
 
 # --- the rules on the real code ----------------------------------------------------------------
 
+
 def test_every_module_is_read():
     modules = load_modules()
-    assert {"scheduler.placement.plan", "scheduler.sim.demo", "scheduler.cli",
-            "scheduler.store.codec", "scheduler.instances"} <= set(modules)
+    assert {
+        "scheduler.placement.plan",
+        "scheduler.sim.demo",
+        "scheduler.cli",
+        "scheduler.store.codec",
+        "scheduler.instances",
+    } <= set(modules)
 
 
 def test_placement_is_pure():
@@ -237,52 +263,72 @@ def test_the_core_knows_nothing_of_the_wire():
 
 # --- each rule fails on a bad import -----------------------------------------------------------
 
+
 def with_module(name: str, source: str, is_package: bool = False) -> dict[str, Module]:
     """The real modules, with `name` added or replaced by `source`."""
     return {**load_modules(), name: Module(name, source, is_package)}
 
 
-@pytest.mark.parametrize("source, imported", [
-    ("import trio\n", "trio"),
-    ("def later():\n    from grpclib.client import Channel\n", "grpclib.client"),
-    ("from scheduler.cluster import Cluster\n", "scheduler.cluster"),
-    ("from ..cluster import registry\n", "scheduler.cluster.registry"),
-    ("from .. import events\n", "scheduler.events"),
-])
+@pytest.mark.parametrize(
+    "source, imported",
+    [
+        ("import trio\n", "trio"),
+        ("def later():\n    from grpclib.client import Channel\n", "grpclib.client"),
+        ("from scheduler.cluster import Cluster\n", "scheduler.cluster"),
+        ("from ..cluster import registry\n", "scheduler.cluster.registry"),
+        ("from .. import events\n", "scheduler.events"),
+    ],
+)
 def test_placement_rule_sees_a_bad_import(source, imported):
     modules = with_module("scheduler.placement.bad", source)
     assert placement_violations(modules) == {("scheduler.placement.bad", imported)}
 
 
-@pytest.mark.parametrize("name, source, imported", [
-    ("scheduler.app", "from scheduler.sim.demo import main\n", "scheduler.sim.demo"),
-    ("scheduler.cluster.bad", "def f():\n    from ..sim import simulator\n",
-     "scheduler.sim.simulator"),
-    ("scheduler.bad", "import scheduler.sim\n", "scheduler.sim"),
-    # cli, but at import time: every command would load the tooling
-    ("scheduler.cli", "from .sim import demo\n", "scheduler.sim.demo"),
-])
+@pytest.mark.parametrize(
+    "name, source, imported",
+    [
+        ("scheduler.app", "from scheduler.sim.demo import main\n", "scheduler.sim.demo"),
+        (
+            "scheduler.cluster.bad",
+            "def f():\n    from ..sim import simulator\n",
+            "scheduler.sim.simulator",
+        ),
+        ("scheduler.bad", "import scheduler.sim\n", "scheduler.sim"),
+        # cli, but at import time: every command would load the tooling
+        ("scheduler.cli", "from .sim import demo\n", "scheduler.sim.demo"),
+    ],
+)
 def test_tooling_rule_sees_a_bad_import(name, source, imported):
     assert sim_violations(with_module(name, source)) == {(name, imported)}
 
 
-@pytest.mark.parametrize("name, source", [
-    ("scheduler.sim.signals", "from .demo import main\n"),  # demo -> simulator -> signals
-    ("scheduler.follow", "def f():\n    from scheduler.sim import sim_controller\n"),
-])
+@pytest.mark.parametrize(
+    "name, source",
+    [
+        ("scheduler.sim.signals", "from .demo import main\n"),  # demo -> simulator -> signals
+        ("scheduler.follow", "def f():\n    from scheduler.sim import sim_controller\n"),
+    ],
+)
 def test_cycle_rule_sees_a_cycle(name, source):
     modules = with_module(name, source)
     cycles = cycles_through(modules, SIM)
     assert cycles and any(name in cycle for cycle in cycles), cycles
 
 
-@pytest.mark.parametrize("name, source, imported", [
-    ("scheduler.events", "from .convert import node_to_proto\n", "scheduler.convert"),
-    ("scheduler.cluster.bad", "from ..grpc_bridge import ServerStream\n", "scheduler.grpc_bridge"),
-    ("scheduler.store.bad", "from .._proto import agent_pb2\n", "scheduler._proto.agent_pb2"),
-    ("scheduler.placement.bad", "import grpclib.server\n", "grpclib.server"),
-    ("scheduler.model", "from scheduler.api import scheduling\n", "scheduler.api.scheduling"),
-])
+@pytest.mark.parametrize(
+    "name, source, imported",
+    [
+        ("scheduler.events", "from .convert import node_to_proto\n", "scheduler.convert"),
+        (
+            "scheduler.cluster.bad",
+            "from ..grpc_bridge import ServerStream\n",
+            "scheduler.grpc_bridge",
+        ),
+        ("scheduler.store.bad", "from .._proto import agent_pb2\n", "scheduler._proto.agent_pb2"),
+        ("scheduler.placement.bad", "import grpclib.server\n", "grpclib.server"),
+        ("scheduler.model", "from scheduler.api import scheduling\n", "scheduler.api.scheduling"),
+    ],
+)
 def test_core_rule_sees_a_bad_import(name, source, imported):
     assert core_violations(with_module(name, source)) == {(name, imported)}
 
@@ -291,7 +337,8 @@ def test_core_rule_lets_the_store_use_its_own_formats_only():
     source = "from .._proto import store_pb2\nfrom .._proto.etcd import kv_pb2\n"
     assert core_violations(with_module("scheduler.store.bad", source)) == set()
     assert ("scheduler.events", "scheduler._proto.store_pb2") in core_violations(
-        with_module("scheduler.events", "from ._proto import store_pb2\n"))
+        with_module("scheduler.events", "from ._proto import store_pb2\n")
+    )
 
 
 # --- README's layout lists every module (point 8) ----------------------------------------------
@@ -330,16 +377,20 @@ def missing_from_layout(readme: str, package: Path) -> list[str]:
             if not re.search(rf"(?<![\w/]){re.escape(path.name)}\b", text):
                 missing.append(path.name)
         elif path.is_dir() and (path / "__init__.py").exists():
-            entry = next((body for head, body in entries.items()
-                          if head.startswith(f"{path.name}/")), None)
+            entry = next(
+                (body for head, body in entries.items() if head.startswith(f"{path.name}/")), None
+            )
             if entry is None:
                 missing.append(f"{path.name}/")
                 continue
             if path.name == GENERATED:
                 continue
-            missing += [f"{path.name}/{module.name}" for module in sorted(path.glob("*.py"))
-                        if module.stem != "__init__"
-                        and not re.search(rf"\b{re.escape(module.stem)}\b", entry)]
+            missing += [
+                f"{path.name}/{module.name}"
+                for module in sorted(path.glob("*.py"))
+                if module.stem != "__init__"
+                and not re.search(rf"\b{re.escape(module.stem)}\b", entry)
+            ]
     return missing
 
 
@@ -350,13 +401,21 @@ def test_readme_layout_names_every_module():
 def test_layout_check_sees_a_missing_module(tmp_path):
     package = tmp_path / "scheduler"
     (package / "placement").mkdir(parents=True)
-    for name in ("__init__.py", "app.py", "new.py", "placement/__init__.py",
-                 "placement/plan.py", "placement/fresh.py"):
+    for name in (
+        "__init__.py",
+        "app.py",
+        "new.py",
+        "placement/__init__.py",
+        "placement/plan.py",
+        "placement/fresh.py",
+    ):
         (package / name).write_text("")
     (package / "gone").mkdir()  # not a package: ignored
-    readme = ("# x\n\n## Layout\n\n```\nscheduler/\n  app.py, newer.py   wiring\n"
-              "  placement/          decisions: plan,\n                      and more\n"
-              "tests/              tests\n```\n\n## Next\n")
+    readme = (
+        "# x\n\n## Layout\n\n```\nscheduler/\n  app.py, newer.py   wiring\n"
+        "  placement/          decisions: plan,\n                      and more\n"
+        "tests/              tests\n```\n\n## Next\n"
+    )
     assert missing_from_layout(readme, package) == ["new.py", "placement/fresh.py"]
     no_package = readme.replace("  placement/ ", "  decisions/ ")
     assert missing_from_layout(no_package, package) == ["new.py", "placement/"]
@@ -364,11 +423,12 @@ def test_layout_check_sees_a_missing_module(tmp_path):
 
 # --- the layers of scheduler/__init__.py ---------------------------------------------------------
 
+
 def declared_layers() -> list[set[str]]:
     """The layers scheduler/__init__.py's docstring lists, top first: each line's first column
     (a layer may continue on the next line, which then starts with a name and a comma)."""
     doc = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text())) or ""
-    block = doc[doc.index("Layers,"):doc.index("Outside the layers:")].splitlines()[1:]
+    block = doc[doc.index("Layers,") : doc.index("Outside the layers:")].splitlines()[1:]
     layers: list[set[str]] = []
     for line in block:
         if not line.startswith("  ") or line.startswith("   "):
@@ -413,12 +473,15 @@ def test_each_layer_imports_only_those_below_it():
     assert layer_violations(load_modules(), declared_layers()) == set()
 
 
-@pytest.mark.parametrize("name, source, imported", [
-    ("scheduler.cluster.bad", "from ..instances import Instances\n", "scheduler.instances"),
-    ("scheduler.model", "def f():\n    from . import events\n", "scheduler.events"),
-    ("scheduler.events", "from .placement import plan\n", "scheduler.placement.plan"),  # same
-    ("scheduler.grpc_listener", "from .cluster import Node\n", "scheduler.cluster"),
-])
+@pytest.mark.parametrize(
+    "name, source, imported",
+    [
+        ("scheduler.cluster.bad", "from ..instances import Instances\n", "scheduler.instances"),
+        ("scheduler.model", "def f():\n    from . import events\n", "scheduler.events"),
+        ("scheduler.events", "from .placement import plan\n", "scheduler.placement.plan"),  # same
+        ("scheduler.grpc_listener", "from .cluster import Node\n", "scheduler.cluster"),
+    ],
+)
 def test_layer_rule_sees_an_upward_import(name, source, imported):
     modules = with_module(name, source)
     assert (name, imported) in layer_violations(modules, declared_layers())

@@ -1,4 +1,5 @@
 """The bridge's asyncio loop: trio-asyncio hosting, with ready callbacks run in batches."""
+
 from __future__ import annotations
 
 import trio
@@ -36,7 +37,7 @@ async def test_ready_callbacks_run_back_to_back():
         await trio.sleep(0.01)
         stop.set()
     first = order.index(0)
-    assert order[first:first + 10] == list(range(10)), order
+    assert order[first : first + 10] == list(range(10)), order
 
 
 async def test_a_long_queue_still_lets_trio_tasks_run():
@@ -53,7 +54,7 @@ async def test_a_long_queue_still_lets_trio_tasks_run():
         stop.set()
     callbacks = [item for item in order if item != "trio"]
     assert callbacks == list(range(count)), "every callback runs, in order"
-    span = order[order.index(0):order.index(count - 1)]
+    span = order[order.index(0) : order.index(count - 1)]
     assert "trio" in span, "the batch is bounded: the trio task had a turn while it drained"
 
 

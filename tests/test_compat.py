@@ -1,5 +1,6 @@
 """scheduler/_compat.py: each library assumption holds on the installed versions, and every
 patch lasts only as long as the loops that need it."""
+
 from __future__ import annotations
 
 import asyncio.sslproto
@@ -29,8 +30,9 @@ async def test_trio_asyncio_runs_its_loop_through_main_loop_one():
     async with trio_asyncio.open_loop() as loop:
         assert inspect.iscoroutinefunction(loop._main_loop_one), REVISIT
     source = inspect.getsource(sys.modules["trio_asyncio._base"])  # BaseTrioEventLoop's module
-    assert "await self._main_loop_one()" in source, \
+    assert "await self._main_loop_one()" in source, (
         f"the loop no longer calls _main_loop_one per turn; {REVISIT}"
+    )
 
 
 async def test_patches_last_only_while_a_loop_is_open_even_when_loops_overlap():
@@ -43,8 +45,12 @@ async def test_patches_last_only_while_a_loop_is_open_even_when_loops_overlap():
     async def first() -> None:
         async with open_loop():
             first_open.set()
-            seen.append((asyncio.sslproto.SSLProtocol.max_size,
-                         h2.connection.H2Connection.MAX_CLOSED_STREAMS))
+            seen.append(
+                (
+                    asyncio.sslproto.SSLProtocol.max_size,
+                    h2.connection.H2Connection.MAX_CLOSED_STREAMS,
+                )
+            )
             await first_close.wait()
         second_close.set()
 
@@ -55,11 +61,17 @@ async def test_patches_last_only_while_a_loop_is_open_even_when_loops_overlap():
             async with open_loop():  # overlaps the first, and outlives it
                 first_close.set()
                 await second_close.wait()
-                seen.append((asyncio.sslproto.SSLProtocol.max_size,
-                             h2.connection.H2Connection.MAX_CLOSED_STREAMS))
+                seen.append(
+                    (
+                        asyncio.sslproto.SSLProtocol.max_size,
+                        h2.connection.H2Connection.MAX_CLOSED_STREAMS,
+                    )
+                )
     assert seen == [patched, patched]
-    assert (asyncio.sslproto.SSLProtocol.max_size,
-            h2.connection.H2Connection.MAX_CLOSED_STREAMS) == before
+    assert (
+        asyncio.sslproto.SSLProtocol.max_size,
+        h2.connection.H2Connection.MAX_CLOSED_STREAMS,
+    ) == before
 
 
 async def test_the_batching_goes_with_its_loop():

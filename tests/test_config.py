@@ -1,5 +1,6 @@
 """scheduler.config: defaults, validation that names the key at fault, and config.example.toml
 kept in sync with the dataclasses."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -144,8 +145,10 @@ def test_bad_value_names_the_key(section: str, key: str, value: object) -> None:
     assert_names(error_for({section: {key: value}}), f"{section}.{key}")
 
 
-@pytest.mark.parametrize(("domain", "valid"), [("a" * 255, True), ("a" * 256, False),
-                                               ("a" * 300, False), ("orka.local", True)])
+@pytest.mark.parametrize(
+    ("domain", "valid"),
+    [("a" * 255, True), ("a" * 256, False), ("a" * 300, False), ("orka.local", True)],
+)
 def test_trust_domain_follows_the_one_rule_of_names(domain: str, valid: bool) -> None:
     """config and the identity checks agree: a 300-character domain, once accepted here, could
     never match a certificate (scheduler.names holds the one rule)."""
@@ -256,28 +259,44 @@ def test_section_that_is_not_a_table() -> None:
 
 
 def test_etcd_section_parses() -> None:
-    cfg = Config.from_mapping({
-        "store": {"backend": "etcd"},
-        "server": {"advertise": "sched-1.example:50051"},
-        "etcd": {"endpoints": ["http://10.0.0.1:2379", "http://[::1]:2379", "http://etcd-3:2379"],
-                 "prefix": "/clusters/eu-1", "lease_ttl": 3},
-    })
+    cfg = Config.from_mapping(
+        {
+            "store": {"backend": "etcd"},
+            "server": {"advertise": "sched-1.example:50051"},
+            "etcd": {
+                "endpoints": ["http://10.0.0.1:2379", "http://[::1]:2379", "http://etcd-3:2379"],
+                "prefix": "/clusters/eu-1",
+                "lease_ttl": 3,
+            },
+        }
+    )
     assert cfg.store.backend == "etcd" and cfg.server.advertise == "sched-1.example:50051"
     assert cfg.etcd.addresses == (("10.0.0.1", 2379), ("::1", 2379), ("etcd-3", 2379))
     assert cfg.etcd.lease_ttl == 3.0 and cfg.etcd.prefix == "/clusters/eu-1"
 
 
 def test_etcd_tls_needs_https_and_names_what_is_missing() -> None:
-    cfg = Config.from_mapping({"etcd": {"endpoints": ["https://etcd-1:2379"], "ca": "/p/ca.pem",
-                                        "cert": "/p/c.pem", "key": "/p/k.pem"}})
+    cfg = Config.from_mapping(
+        {
+            "etcd": {
+                "endpoints": ["https://etcd-1:2379"],
+                "ca": "/p/ca.pem",
+                "cert": "/p/c.pem",
+                "key": "/p/k.pem",
+            }
+        }
+    )
     assert cfg.etcd.addresses == (("etcd-1", 2379),)
     err = error_for({"etcd": {"endpoints": ["http://etcd-1:2379"], "ca": "/p/ca.pem"}})
     assert_names(err, "etcd.endpoints")
     assert "use https://" in str(err)
-    assert_names(error_for({"etcd": {"endpoints": ["https://e:2379"], "ca": "/ca",
-                                     "cert": "/c"}}), "etcd.key")
-    assert_names(error_for({"etcd": {"endpoints": ["http://e:2379"], "cert": "/c",
-                                     "key": "/k"}}), "etcd.ca")
+    assert_names(
+        error_for({"etcd": {"endpoints": ["https://e:2379"], "ca": "/ca", "cert": "/c"}}),
+        "etcd.key",
+    )
+    assert_names(
+        error_for({"etcd": {"endpoints": ["http://e:2379"], "cert": "/c", "key": "/k"}}), "etcd.ca"
+    )
 
 
 # --- TLS paths: all or none ------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Every domain enum crosses each edge through an explicit, one-to-one map."""
+
 from __future__ import annotations
 
 import enum
@@ -10,8 +11,12 @@ from scheduler.enum_maps import EnumMap
 from scheduler.model import InstanceCode, NodeEventKind, NodeState, Signal, WorkloadType
 from scheduler.store import codec
 
-MAPS = {name: value for module in (convert, codec) for name, value in vars(module).items()
-        if isinstance(value, EnumMap)}
+MAPS = {
+    name: value
+    for module in (convert, codec)
+    for name, value in vars(module).items()
+    if isinstance(value, EnumMap)
+}
 
 
 def test_each_domain_enum_has_a_map_at_each_edge_that_carries_it():
@@ -20,7 +25,11 @@ def test_each_domain_enum_has_a_map_at_each_edge_that_carries_it():
         domains.setdefault(type(next(iter(mapping._to_wire))), []).append(name)
     assert {enum_: len(names) for enum_, names in domains.items()} == {
         InstanceCode: 4,  # agent, controller and node_agent StatusCode; stored
-        NodeState: 2, NodeEventKind: 2, WorkloadType: 3, Signal: 1}, domains
+        NodeState: 2,
+        NodeEventKind: 2,
+        WorkloadType: 3,
+        Signal: 1,
+    }, domains
 
 
 @pytest.mark.parametrize("name", sorted(MAPS))
@@ -46,6 +55,7 @@ def test_a_map_that_is_not_one_to_one_fails_at_import():
 
 def test_an_unknown_stored_code_is_a_format_error_naming_the_key():
     from scheduler._proto import store_pb2
+
     bad = store_pb2.StoredNode(id="n", host="h", port=1, state=7).SerializeToString()
     with pytest.raises(codec.FormatError, match=r"nodes/n.*store.NodeState 7 is unknown"):
         codec.decode_state([("nodes/n", bad)], retained=10)

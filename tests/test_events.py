@@ -3,6 +3,7 @@
 Driven directly, no sockets; waits use trio's MockClock (`autojump_clock`), so "nothing more
 arrives" is checked without real sleeps.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -29,10 +30,14 @@ def make_log(retained: int = 100_000) -> EventLog:
 
 
 def node(kind: NodeEventKind, node_id: str, free: int = 0) -> NodeEvent:
-    metrics = NodeMetrics(memory_total=1 << 30, memory_free=free) if kind is NodeEventKind.STATUS \
+    metrics = (
+        NodeMetrics(memory_total=1 << 30, memory_free=free)
+        if kind is NodeEventKind.STATUS
         else None
+    )
     state = {NodeEventKind.LEFT: NodeState.LEFT, NodeEventKind.LOST: NodeState.LOST}.get(
-        kind, NodeState.READY)
+        kind, NodeState.READY
+    )
     return NodeEvent(kind, NodeView(node_id, "10.0.0.1:7000", state, metrics, (), 0.0))
 
 
@@ -61,6 +66,7 @@ def describe(event) -> tuple:
 
 # -- revisions and replay --------------------------------------------------------------------
 
+
 def test_revisions_grow_by_one_per_event_within_an_epoch():
     log = make_log()
     published = [log.publish(node(NodeEventKind.JOINED, f"n{i}")) for i in range(5)]
@@ -72,12 +78,14 @@ def test_revisions_grow_by_one_per_event_within_an_epoch():
 
 async def test_replay_after_a_revision_returns_exactly_the_missed_events_in_order(autojump_clock):
     log = make_log()
-    published = [log.publish(node(NodeEventKind.JOINED, "a")),
-                 log.publish(node(NodeEventKind.STATUS, "a")),
-                 log.publish(instance("i-1")),
-                 log.publish(node(NodeEventKind.STATUS, "a", free=1)),
-                 log.publish(node(NodeEventKind.LEFT, "a")),
-                 log.publish(node(NodeEventKind.JOINED, "b"))]
+    published = [
+        log.publish(node(NodeEventKind.JOINED, "a")),
+        log.publish(node(NodeEventKind.STATUS, "a")),
+        log.publish(instance("i-1")),
+        log.publish(node(NodeEventKind.STATUS, "a", free=1)),
+        log.publish(node(NodeEventKind.LEFT, "a")),
+        log.publish(node(NodeEventKind.JOINED, "b")),
+    ]
     watcher = Watcher(log, log.epoch, 2)
     got = await drain(watcher)
     assert [describe(e) for e in got] == [describe(e) for e in published[2:]]
@@ -157,10 +165,13 @@ def test_retained_must_be_positive():
 
 # -- coalescing ------------------------------------------------------------------------------
 
+
 def _busy_history(log: EventLog) -> list:
     """STATUS floods of two nodes with membership and instance events in between."""
-    published = [log.publish(node(NodeEventKind.JOINED, "a")),
-                 log.publish(node(NodeEventKind.JOINED, "b"))]
+    published = [
+        log.publish(node(NodeEventKind.JOINED, "a")),
+        log.publish(node(NodeEventKind.JOINED, "b")),
+    ]
     for i in range(3 * COALESCE_BACKLOG):
         published.append(log.publish(node(NodeEventKind.STATUS, "ab"[i % 2], free=i)))
         if i % 500 == 250:
@@ -189,18 +200,27 @@ async def test_a_far_behind_watcher_skips_only_superseded_status(autojump_clock)
     got = await drain(Watcher(log, log.epoch, 0))
 
     expected = [
-        e for e in published
-        if not (isinstance(e.body, NodeEvent) and e.body.kind is NodeEventKind.STATUS
-                and head - e.revision >= COALESCE_BACKLOG and latest[e.body.node.id] > e.revision)
+        e
+        for e in published
+        if not (
+            isinstance(e.body, NodeEvent)
+            and e.body.kind is NodeEventKind.STATUS
+            and head - e.revision >= COALESCE_BACKLOG
+            and latest[e.body.node.id] > e.revision
+        )
     ]
     assert [describe(e) for e in got] == [describe(e) for e in expected]
     assert len(got) < len(published), "a far-behind watcher should have skipped something"
-    never_skipped = [e for e in published
-                     if not (isinstance(e.body, NodeEvent) and e.body.kind is NodeEventKind.STATUS)]
-    assert [e for e in got if e in never_skipped] == never_skipped, \
+    never_skipped = [
+        e
+        for e in published
+        if not (isinstance(e.body, NodeEvent) and e.body.kind is NodeEventKind.STATUS)
+    ]
+    assert [e for e in got if e in never_skipped] == never_skipped, (
         "JOINED/LEFT/LOST and instance events are never skipped"
+    )
     tail = [e for e in published if head - e.revision < COALESCE_BACKLOG]
-    assert got[-len(tail):] == tail, "within COALESCE_BACKLOG of the head every event arrives"
+    assert got[-len(tail) :] == tail, "within COALESCE_BACKLOG of the head every event arrives"
     assert [e.revision for e in got] == sorted({e.revision for e in got}), "in revision order"
 
 
@@ -219,8 +239,9 @@ async def test_a_watcher_close_to_the_head_gets_every_status(autojump_clock):
 async def test_a_watcher_just_under_the_backlog_gets_every_status(autojump_clock):
     log = make_log()
     watcher = Watcher(log, log.epoch, 0)
-    published = [log.publish(node(NodeEventKind.STATUS, "a", free=i))
-                 for i in range(COALESCE_BACKLOG)]  # first event is COALESCE_BACKLOG - 1 behind
+    published = [
+        log.publish(node(NodeEventKind.STATUS, "a", free=i)) for i in range(COALESCE_BACKLOG)
+    ]  # first event is COALESCE_BACKLOG - 1 behind
     assert await drain(watcher) == published
 
 

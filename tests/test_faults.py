@@ -11,6 +11,7 @@ flight) or never answers at all, as when a process is killed or frozen.
 Localhost only, port 0 (except the restart test, which needs its port back), and every test
 under running_scheduler's fail_after guard.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,15 +44,19 @@ from tests.fakes import (
 )
 
 GIB = 1 << 30
-WAITING, RUNNING, TERMINATED = (controller_pb2.Status.WAITING, controller_pb2.Status.RUNNING,
-                                controller_pb2.Status.TERMINATED)
+WAITING, RUNNING, TERMINATED = (
+    controller_pb2.Status.WAITING,
+    controller_pb2.Status.RUNNING,
+    controller_pb2.Status.TERMINATED,
+)
 
 
 def config(attempt_timeout: float = 10.0, **sections):
     """A long attempt_timeout by default: a test passing well before it proves the scheduler
     noticed the fault itself instead of waiting the attempt out."""
-    return make_config(scheduling={"attempt_timeout": attempt_timeout},
-                       liveness={"node_timeout": 10.0}, **sections)
+    return make_config(
+        scheduling={"attempt_timeout": attempt_timeout}, liveness={"node_timeout": 10.0}, **sections
+    )
 
 
 def reservations(scheduler):
@@ -66,8 +71,15 @@ async def killable_nodes(channel, scheduler, *specs, journal=None):
     journal = journal if journal is not None else []
     try:
         for node_id, mode, metrics in specs:
-            nodes.append(await open_node(channel, scheduler, node_id,
-                                         KillableWorkloadAgent(node_id, journal, mode), **metrics))
+            nodes.append(
+                await open_node(
+                    channel,
+                    scheduler,
+                    node_id,
+                    KillableWorkloadAgent(node_id, journal, mode),
+                    **metrics,
+                )
+            )
         yield nodes
     finally:
         with trio.CancelScope(shield=True):
@@ -86,6 +98,7 @@ def close_connection(channel, how: str) -> None:
 
 # -- an Agent that dies or freezes mid-attempt --------------------------------------------------
 
+
 async def test_agent_dying_mid_attempt_moves_to_the_next_node_without_waiting_the_timeout():
     journal = []
     async with running_scheduler(config()) as scheduler, open_channel(scheduler.port) as channel:
@@ -100,22 +113,28 @@ async def test_agent_dying_mid_attempt_moves_to_the_next_node_without_waiting_th
                 waited = trio.current_time() - killed_at
                 assert first is not None, f"Schedule ended: {call.error!r}"
                 assert (first.status.code, first.node_id) == (WAITING, "n2")
-                assert waited < 2.0, \
+                assert waited < 2.0, (
                     f"the next node was tried {waited:.2f} s after n1 died (attempt_timeout 10 s)"
+                )
             assert journal == [("n1", "k-1"), ("n2", "k-1")]
-            assert reservations(scheduler).node_of("k-1") == "n2", \
+            assert reservations(scheduler).node_of("k-1") == "n2", (
                 "the dead node's reservation is released, the accepting node's held"
+            )
             assert scheduler.instances.attempts["refused"] == 1
-            assert scheduler.cluster.nodes["n1"].state is NodeState.READY, \
+            assert scheduler.cluster.nodes["n1"].state is NodeState.READY, (
                 "a refused attempt says nothing about the node's liveness (its status stream does)"
+            )
 
 
 async def test_a_frozen_agent_costs_one_attempt_timeout_and_blocks_no_other_placement():
     # A frozen (SIGSTOPped) Agent: the kernel still accepts TCP connections, nobody ever reads
     # or answers; not even the HTTP/2 handshake completes.
     timeout = 0.5
-    async with running_scheduler(config(attempt_timeout=timeout)) as scheduler, \
-            open_channel(scheduler.port) as channel, trio.open_nursery() as nursery:
+    async with (
+        running_scheduler(config(attempt_timeout=timeout)) as scheduler,
+        open_channel(scheduler.port) as channel,
+        trio.open_nursery() as nursery,
+    ):
         frozen_listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
         held = []
 
@@ -134,8 +153,9 @@ async def test_a_frozen_agent_costs_one_attempt_timeout_and_blocks_no_other_plac
 
             async def place(instance_id: str) -> None:
                 started = trio.current_time()
-                statuses, error = await schedule(channel, scheduling_request(instance_id),
-                                                 until_code=RUNNING)
+                statuses, error = await schedule(
+                    channel, scheduling_request(instance_id), until_code=RUNNING
+                )
                 results[instance_id] = (statuses[-1].node_id, trio.current_time() - started)
 
             async with trio.open_nursery() as placements:
@@ -143,13 +163,15 @@ async def test_a_frozen_agent_costs_one_attempt_timeout_and_blocks_no_other_plac
                     placements.start_soon(place, instance_id)
             for instance_id, (node_id, elapsed) in results.items():
                 assert node_id == "n2", instance_id
-                assert timeout <= elapsed < timeout + 1.5, \
-                    (f"{instance_id} placed after {elapsed:.2f} s: concurrent attempts on one "
-                     f"frozen Agent must each cost one attempt_timeout ({timeout} s), not queue")
+                assert timeout <= elapsed < timeout + 1.5, (
+                    f"{instance_id} placed after {elapsed:.2f} s: concurrent attempts on one "
+                    f"frozen Agent must each cost one attempt_timeout ({timeout} s), not queue"
+                )
             assert held, "the scheduler did dial the frozen Agent"
             assert sorted(n2.workloads.created) == ["f-1", "f-2", "f-3"]
-            assert all(reservations(scheduler).node_of(i) == "n2" for i in results), \
+            assert all(reservations(scheduler).node_of(i) == "n2" for i in results), (
                 "nothing stays reserved on the frozen node"
+            )
         await drop_stream(frozen_stream)
         nursery.cancel_scope.cancel()
         await frozen_listener.aclose()
@@ -159,6 +181,7 @@ async def test_a_frozen_agent_costs_one_attempt_timeout_and_blocks_no_other_plac
 
 # -- an Agent whose connection dies after acceptance --------------------------------------------
 
+
 async def test_relays_ended_by_a_leave_are_info_and_by_a_dying_agent_a_warning(caplog):
     """A node that leaves ends its instances' relays: planned, and the node's own line names
     them, so no WARNING per instance. An Agent whose connection dies while its node is still
@@ -166,13 +189,18 @@ async def test_relays_ended_by_a_leave_are_info_and_by_a_dying_agent_a_warning(c
     caplog.set_level(logging.INFO, logger="scheduler.instances")
 
     def relay_endings() -> list[tuple[str, str]]:
-        return sorted((r.levelname, r.getMessage().split(":")[0]) for r in caplog.records
-                      if "relay ended" in r.getMessage())
+        return sorted(
+            (r.levelname, r.getMessage().split(":")[0])
+            for r in caplog.records
+            if "relay ended" in r.getMessage()
+        )
 
     async with running_scheduler(config()) as scheduler, open_channel(scheduler.port) as channel:
         async with killable_nodes(channel, scheduler, ("n1", "accept", {})) as [n1]:
-            async with open_schedule(channel, scheduling_request("l-1", memory=64)) as first, \
-                    open_schedule(channel, scheduling_request("l-2", memory=64)) as second:
+            async with (
+                open_schedule(channel, scheduling_request("l-1", memory=64)) as first,
+                open_schedule(channel, scheduling_request("l-2", memory=64)) as second,
+            ):
                 await first.until(RUNNING)
                 await second.until(RUNNING)
                 await n1.agent.leave()
@@ -200,8 +228,10 @@ async def test_agent_connection_dying_after_acceptance_is_unavailable_and_the_in
                     port = n1.workloads.port
                     await n1.workloads.kill()
                     statuses, error = await call.result()
-                assert [(s.status.code, s.node_id) for s in statuses] == \
-                    [(WAITING, "n1"), (RUNNING, "n1")]
+                assert [(s.status.code, s.node_id) for s in statuses] == [
+                    (WAITING, "n1"),
+                    (RUNNING, "n1"),
+                ]
                 assert error is not None and error.status is Status.UNAVAILABLE, error
                 assert error.message.startswith("instance s-1 on node n1: "), error.message
                 assert "s-1" not in reservations(scheduler)
@@ -211,12 +241,14 @@ async def test_agent_connection_dying_after_acceptance_is_unavailable_and_the_in
                 restarted = KillableWorkloadAgent("n1")
                 n1.workloads = restarted
                 await restarted.start(port)
-                statuses, error = await schedule(channel, scheduling_request("s-1", memory=64),
-                                                 until_code=RUNNING)
+                statuses, error = await schedule(
+                    channel, scheduling_request("s-1", memory=64), until_code=RUNNING
+                )
                 assert error is None and statuses[-1].node_id == "n1", error
                 assert restarted.created == ["s-1"], "placed again, on the restarted Agent"
-                assert await stop_instance(channel, "s-1") is None, \
+                assert await stop_instance(channel, "s-1") is None, (
                     "signals reach the restarted Agent over the new connection"
+                )
                 codes = []
                 while TERMINATED not in codes:
                     event = await events.receive()
@@ -227,6 +259,7 @@ async def test_agent_connection_dying_after_acceptance_is_unavailable_and_the_in
 
 
 # -- the Controller's connection goes away mid-Schedule -----------------------------------------
+
 
 async def _controller_disconnects_mid_attempt(how: str) -> None:
     async with running_scheduler(config()) as scheduler, open_channel(scheduler.port) as channel:
@@ -243,10 +276,12 @@ async def _controller_disconnects_mid_attempt(how: str) -> None:
                     await wait_until(lambda: scheduler.instances.placements["cancelled"] == 1)
             assert scheduler.instances._placing == set(), "no attempt may linger for c-1"
             n1.mode = "accept"
-            statuses, error = await schedule(channel, scheduling_request("c-1", memory=512),
-                                             until_code=RUNNING)
-            assert error is None and statuses[-1].node_id == "n1", \
+            statuses, error = await schedule(
+                channel, scheduling_request("c-1", memory=512), until_code=RUNNING
+            )
+            assert error is None and statuses[-1].node_id == "n1", (
                 "the whole node is free again: the same instance fits"
+            )
 
 
 async def test_controller_connection_closed_mid_attempt_cancels_it_and_releases():
@@ -267,8 +302,7 @@ async def test_controller_connection_aborted_after_acceptance_leaves_the_instanc
                     follower = scheduler.instances._instances["w-1"].follower
                     close_connection(controller, "abort")
                     with trio.fail_after(3):
-                        await wait_until(
-                            lambda: follower.statistics().open_receive_channels == 0)
+                        await wait_until(lambda: follower.statistics().open_receive_channels == 0)
                 assert n1.workloads.cancelled == [], "the instance keeps running"
                 assert scheduler.instances._instances["w-1"].ended == ""
                 assert await stop_instance(channel, "w-1") is None
@@ -278,8 +312,9 @@ async def test_controller_connection_aborted_after_acceptance_leaves_the_instanc
                     assert not isinstance(event, Exception), event
                     if event_kind(event) == "INSTANCE":
                         seen.append(event.instance.status.code)
-                assert seen == [WAITING, RUNNING, TERMINATED], \
+                assert seen == [WAITING, RUNNING, TERMINATED], (
                     "the statuses keep reaching WatchEvents after the Controller is gone"
+                )
 
 
 # -- a whole cluster reconnecting to a restarted scheduler --------------------------------------
@@ -330,14 +365,17 @@ async def _close_all(channels, streams) -> None:
 async def test_hundreds_of_agents_reconnecting_at_once_after_a_restart():
     data_dir, port = tempfile.mkdtemp(prefix="orka-faults-"), free_port()
     node_ids = [f"node-{index:03d}" for index in range(AGENTS)]
-    restart_config = make_config(server={"listen": f"127.0.0.1:{port}", "data_dir": data_dir},
-                                 liveness={"node_timeout": 10.0})
+    restart_config = make_config(
+        server={"listen": f"127.0.0.1:{port}", "data_dir": data_dir},
+        liveness={"node_timeout": 10.0},
+    )
     async with open_channel(port) as channel:
         async with running_scheduler(restart_config) as first:
             channels, streams, errors = await _rejoin_all(port, node_ids)
             assert errors == [], f"{len(errors)} of {AGENTS} first joins failed: {errors[:3]}"
-            await wait_until(lambda: all(first.cluster.nodes[n].metrics is not None
-                                         for n in node_ids))
+            await wait_until(
+                lambda: all(first.cluster.nodes[n].metrics is not None for n in node_ids)
+            )
             generations = {n: first.cluster.nodes[n].generation for n in node_ids}
         await _close_all(channels, streams)
 
@@ -347,14 +385,17 @@ async def test_hundreds_of_agents_reconnecting_at_once_after_a_restart():
                 assert len(snapshot.snapshot.nodes) == AGENTS
                 started = trio.current_time()
                 channels, streams, errors = await _rejoin_all(port, node_ids)
-                assert errors == [], \
+                assert errors == [], (
                     f"{len(errors)} of {AGENTS} Agents failed to rejoin: {errors[:3]}"
+                )
                 with trio.fail_after(RECONNECT_BUDGET):
-                    await wait_until(lambda: all(
-                        second.cluster.nodes[n].metrics is not None for n in node_ids))
+                    await wait_until(
+                        lambda: all(second.cluster.nodes[n].metrics is not None for n in node_ids)
+                    )
                 elapsed = trio.current_time() - started
-                assert elapsed < RECONNECT_BUDGET, \
+                assert elapsed < RECONNECT_BUDGET, (
                     f"{AGENTS} Agents took {elapsed:.2f} s to rejoin and report"
+                )
                 kinds = []
                 while True:
                     try:
@@ -363,16 +404,21 @@ async def test_hundreds_of_agents_reconnecting_at_once_after_a_restart():
                         break
                     assert not isinstance(event, Exception), event
                     kinds.append(event_kind(event))
-                assert kinds.count("JOINED") == AGENTS and "LOST" not in kinds, \
-                    {kind: kinds.count(kind) for kind in set(kinds)}
-            moved = {n: (generations[n], second.cluster.nodes[n].generation) for n in node_ids
-                     if second.cluster.nodes[n].generation != generations[n]}
+                assert kinds.count("JOINED") == AGENTS and "LOST" not in kinds, {
+                    kind: kinds.count(kind) for kind in set(kinds)
+                }
+            moved = {
+                n: (generations[n], second.cluster.nodes[n].generation)
+                for n in node_ids
+                if second.cluster.nodes[n].generation != generations[n]
+            }
             assert moved == {}, f"rejoining from the same address must keep the generation: {moved}"
             nodes = await FakeController(channel).list_nodes()
             assert [n.id for n in nodes] == node_ids
             assert {n.state for n in nodes} == {controller_pb2.Node.READY}
-            assert [n.memory_free for n in nodes] == list(range(AGENTS)), \
+            assert [n.memory_free for n in nodes] == list(range(AGENTS)), (
                 "every Agent's status was applied to its own node"
+            )
             await _close_all(channels, streams)
 
 

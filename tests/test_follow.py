@@ -5,6 +5,7 @@ network: attempts are plain coroutines).
 The same code over real sockets, against fake standbys and real schedulers: test_admin_cli.py
 (`nodes`, `watch`) and test_simulator.py (simulated Agents and Controller).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,6 +30,7 @@ A, B, C, D = "10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051", "10.0.0.4:500
 
 
 # -- which address next --------------------------------------------------------------------------
+
 
 def test_starts_at_the_first_address():
     assert Leader([A, B, C]).current == A
@@ -131,6 +133,7 @@ def test_leader_of_what_callers_name():
 
 # -- the addresses of a command line -------------------------------------------------------------
 
+
 def test_split_addresses_keeps_order_drops_repeats_and_blanks_around_commas():
     assert split_addresses(f"{A}, {B} ,{A},[::1]:7") == [A, B, "[::1]:7"]
     assert split_addresses(A) == [A]
@@ -145,9 +148,10 @@ def test_split_addresses_names_the_option_for_a_bad_list(text):
 
 # -- backoff -------------------------------------------------------------------------------------
 
+
 def test_backoff_doubles_from_first_to_largest_with_jitter_in_the_upper_half():
     backoff = Backoff(rng=random.Random(7))
-    steps = [FIRST_RETRY * 2 ** n for n in range(20)]
+    steps = [FIRST_RETRY * 2**n for n in range(20)]
     steps = [min(step, LARGEST_RETRY) for step in steps]
     delays = [backoff.next() for _ in steps]
     for step, delay in zip(steps, delays, strict=True):
@@ -169,6 +173,7 @@ def test_the_bounds_are_what_decisions_md_says():
 
 # -- the retry loop ------------------------------------------------------------------------------
 
+
 def attempts_answering(answers: dict[str, list]):
     """An attempt that answers, per address, the next of its `answers` (raising the
     NotServing ones); records the addresses called."""
@@ -180,6 +185,7 @@ def attempts_answering(answers: dict[str, list]):
         if isinstance(answer, NotServing):
             raise answer
         return answer
+
     return attempt, called
 
 
@@ -233,6 +239,7 @@ def test_retry_without_give_up_or_deadline_keeps_going():
 
 
 # -- /healthz -------------------------------------------------------------------------------------
+
 
 def test_health_is_the_http_status_of_healthz_or_none_when_nothing_answers():
     async def main() -> tuple[int | None, int | None, list[bytes]]:

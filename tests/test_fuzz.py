@@ -35,6 +35,7 @@ database in .hypothesis/, git-ignored) as usual. Only one thread ever runs hypot
 Budget: `ORKA_FUZZ_EXAMPLES` examples per RPC and kind (default 60; about 10 s for the file).
 Run e.g. `ORKA_FUZZ_EXAMPLES=2000 python -m pytest tests/test_fuzz.py` for a longer hunt.
 """
+
 from __future__ import annotations
 
 import math
@@ -95,6 +96,7 @@ FUZZ_SETTINGS = settings(
 
 # -- the RPCs -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Rpc:
     name: str
@@ -117,8 +119,16 @@ def scheduler_rpcs() -> dict[str, Rpc]:
 
 
 RPCS = scheduler_rpcs()
-SPEC_RPCS = {"JoinCluster", "LeaveCluster", "UpdateNodeStatus", "Schedule", "Stop", "Destroy",
-              "WatchEvents", "ListNodes"}
+SPEC_RPCS = {
+    "JoinCluster",
+    "LeaveCluster",
+    "UpdateNodeStatus",
+    "Schedule",
+    "Stop",
+    "Destroy",
+    "WatchEvents",
+    "ListNodes",
+}
 
 
 def test_the_fuzz_finds_every_rpc_of_the_scheduler():
@@ -126,6 +136,7 @@ def test_the_fuzz_finds_every_rpc_of_the_scheduler():
 
 
 # -- outcomes -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Outcome:
@@ -146,17 +157,20 @@ class Outcome:
         if self.problem:
             return self.problem
         shown = self.message if len(self.message) < 300 else self.message[:300] + "..."
-        return f"{self.status.name if self.status else None}: {shown!r}" + \
-            (" (streaming)" if self.streamed else "")
+        return f"{self.status.name if self.status else None}: {shown!r}" + (
+            " (streaming)" if self.streamed else ""
+        )
 
 
 async def raw_call(channel, rpc: Rpc, payloads: list[bytes]) -> Outcome:
     """Send `payloads` as the request messages of `rpc` (any number: the client side is always
     stream-stream); return how the call ended. A server stream that answers is cancelled."""
+
     async def call() -> Outcome:
         try:
-            async with channel.request(rpc.path, Cardinality.STREAM_STREAM, bytes, bytes,
-                                       timeout=CALL_TIMEOUT) as stream:
+            async with channel.request(
+                rpc.path, Cardinality.STREAM_STREAM, bytes, bytes, timeout=CALL_TIMEOUT
+            ) as stream:
                 if payloads:
                     for index, payload in enumerate(payloads):
                         await stream.send_message(payload, end=index == len(payloads) - 1)
@@ -176,26 +190,37 @@ async def raw_call(channel, rpc: Rpc, payloads: list[bytes]) -> Outcome:
         except TimeoutError:
             return Outcome(problem=f"no answer within {CALL_TIMEOUT} s")
         return Outcome(Status.OK)
+
     return await aio(call)()
 
 
 # -- strategies: protobuf messages from their descriptors ---------------------------------------
 
 INT_RANGES = {
-    FieldDescriptor.TYPE_INT32: (-2**31, 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-2**31, 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: (-2**31, 2**31 - 1),
-    FieldDescriptor.TYPE_ENUM: (-2**31, 2**31 - 1),  # proto3 enums are open: any int32
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_ENUM: (-(2**31), 2**31 - 1),  # proto3 enums are open: any int32
     FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
     FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_INT64: (-2**63, 2**63 - 1),
-    FieldDescriptor.TYPE_SINT64: (-2**63, 2**63 - 1),
-    FieldDescriptor.TYPE_SFIXED64: (-2**63, 2**63 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
     FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
     FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
 }
-SPECIAL_DOUBLES = [math.nan, math.inf, -math.inf, 0.0, -0.0, -1.0, 100.0,
-                   math.nextafter(100.0, math.inf), 5e-324, sys.float_info.max]
+SPECIAL_DOUBLES = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    0.0,
+    -0.0,
+    -1.0,
+    100.0,
+    math.nextafter(100.0, math.inf),
+    5e-324,
+    sys.float_info.max,
+]
 HUGE_LENGTHS = [254, 4097, 32 * 1024 + 1, 70_000]  # past an id, an image, an env entry, the limit
 MANY_ENTRIES = [1025, 10_001, 20_000]  # past the environment and instance report limits
 MAX_DEPTH = 3
@@ -211,8 +236,13 @@ def texts(small: bool) -> st.SearchStrategy[str]:
     """Unicode of every kind, empty, id-like; unless `small`, also huge (one repeated char)."""
     options = [st.text(max_size=40), st.from_regex(ID_LIKE, fullmatch=True)]
     if not small:
-        options.append(st.builds(lambda char, length: char * length,
-                                 st.characters(codec="utf-8"), st.sampled_from(HUGE_LENGTHS)))
+        options.append(
+            st.builds(
+                lambda char, length: char * length,
+                st.characters(codec="utf-8"),
+                st.sampled_from(HUGE_LENGTHS),
+            )
+        )
     return st.one_of(options)
 
 
@@ -249,8 +279,9 @@ def scalar_values(field: FieldDescriptor, hints: dict, small: bool, near: bool):
 PRESENT = st.sampled_from([True, True, True, False])  # a field is set 3 times in 4
 
 
-def fill(draw, message, hints: dict, depth: int = 0, small: bool = False,
-         near: bool = False) -> None:
+def fill(
+    draw, message, hints: dict, depth: int = 0, small: bool = False, near: bool = False
+) -> None:
     """Set a random subset of `message`'s fields (in place) to drawn values.
 
     `near`: every field set, from its hint where it has one and with at most 4 entries, so
@@ -293,6 +324,7 @@ def requests(message_class: type, hints: dict, near: bool = False) -> st.SearchS
         message = message_class()
         fill(draw, message, hints, near=near)
         return message
+
     return build()
 
 
@@ -316,14 +348,17 @@ def hints_for(context: FuzzContext) -> dict[str, st.SearchStrategy]:
         "scheduler.agent.InstanceReport.instance_id": st.one_of(instances, fresh),
         "scheduler.agent.InstanceReport.code": st.sampled_from([0, 1, 2]),
         "scheduler.controller.Workload.instance_id": st.one_of(
-            fresh, st.from_regex(r"instance-[A-Za-z0-9._-]{1,20}", fullmatch=True)),
+            fresh, st.from_regex(r"instance-[A-Za-z0-9._-]{1,20}", fullmatch=True)
+        ),
         "scheduler.controller.Workload.type": st.just(0),
-        "scheduler.controller.Workload.image": st.one_of(st.just("nginx:1.27"),
-                                                         st.text(min_size=1, max_size=100)),
+        "scheduler.controller.Workload.image": st.one_of(
+            st.just("nginx:1.27"), st.text(min_size=1, max_size=100)
+        ),
         "scheduler.controller.Workload.environment": st.one_of(
             st.from_regex(r"[A-Z_]{1,8}=[ -~]{0,16}", fullmatch=True),
             st.builds(lambda key, value: f"{key}={value}", env_keys, st.text(max_size=40)),
-            st.text(min_size=1, max_size=40)),  # entries are free strings (SPEC §2.2 step 1)
+            st.text(min_size=1, max_size=40),
+        ),  # entries are free strings (SPEC §2.2 step 1)
         "scheduler.controller.Resources.cpu": amounts,
         "scheduler.controller.Resources.memory": amounts,
         "scheduler.controller.Resources.disk": amounts,
@@ -337,8 +372,13 @@ class Payloads(list):
     """The encoded messages (or DATA frames) of one call, shown shortened in failure reports."""
 
     def __repr__(self) -> str:
-        return "[" + ", ".join(repr(p) if len(p) <= 200 else f"{p[:200]!r}...({len(p)} bytes)"
-                               for p in self) + "]"
+        return (
+            "["
+            + ", ".join(
+                repr(p) if len(p) <= 200 else f"{p[:200]!r}...({len(p)} bytes)" for p in self
+            )
+            + "]"
+        )
 
     def _repr_pretty_(self, printer, cycle) -> None:  # hypothesis's pretty printer
         printer.text(repr(self))
@@ -348,8 +388,11 @@ def typed_payloads(rpc: Rpc, hints: dict, near: bool = False) -> st.SearchStrate
     """The request messages of one call, encoded: exactly one, or 0-4 on a request stream."""
     one = requests(rpc.request, hints, near)
     if rpc.cardinality.client_streaming:
-        return st.lists(one, max_size=4).map(lambda messages: Payloads(
-            message.SerializeToString() for message in one_speaker(messages, near)))
+        return st.lists(one, max_size=4).map(
+            lambda messages: Payloads(
+                message.SerializeToString() for message in one_speaker(messages, near)
+            )
+        )
     return one.map(lambda message: Payloads([message.SerializeToString()]))
 
 
@@ -374,6 +417,7 @@ NASTY_PAYLOADS = [
 
 def mangled(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
     """Random bytes, and valid encodings truncated, overwritten at one byte or extended."""
+
     def truncate(data: bytes, at: int) -> bytes:
         return data[: at % (len(data) + 1)]
 
@@ -381,7 +425,7 @@ def mangled(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
         if not data:
             return bytes([byte])
         at %= len(data)
-        return data[:at] + bytes([byte]) + data[at + 1:]
+        return data[:at] + bytes([byte]) + data[at + 1 :]
 
     positions = st.integers(0, 2**16)
     return st.one_of(
@@ -399,6 +443,7 @@ def garbage_payloads(rpc: Rpc, hints: dict) -> st.SearchStrategy[list[bytes]]:
 
 
 # -- the cluster under fuzz ---------------------------------------------------------------------
+
 
 @dataclass
 class FuzzContext:
@@ -431,8 +476,11 @@ async def fuzzed_scheduler(guard: float):
     shutdown = trio.Event()
     with trio.fail_after(guard):
         async with trio.open_nursery() as nursery:
-            scheduler = await nursery.start(lambda task_status: serve(
-                config, ssl_context=None, shutdown=shutdown, task_status=task_status))
+            scheduler = await nursery.start(
+                lambda task_status: serve(
+                    config, ssl_context=None, shutdown=shutdown, task_status=task_status
+                )
+            )
             try:
                 yield scheduler
             finally:
@@ -452,16 +500,19 @@ class Bystanders:
         self.watch_ended: object = None
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with self.controller.watch(buffer=1_000_000) as events, \
-                trio.open_nursery() as nursery:
+        async with (
+            self.controller.watch(buffer=1_000_000) as events,
+            trio.open_nursery() as nursery,
+        ):
             await self.node.start(self.scheduler, mem_total=64 * GIB, mem_free=LEGIT_FREE)
             nursery.start_soon(self._read, events)
             task_status.started()
             while True:
                 await trio.sleep(0.02)
                 self.sent += 1
-                await self.node.stream.send(status(LEGIT, mem_total=64 * GIB,
-                                                   mem_free=LEGIT_FREE + self.sent))
+                await self.node.stream.send(
+                    status(LEGIT, mem_total=64 * GIB, mem_free=LEGIT_FREE + self.sent)
+                )
 
     async def _read(self, events) -> None:
         async for event in events:
@@ -478,16 +529,19 @@ class Bystanders:
         with trio.fail_after(5):
             await wait_until(lambda: node.metrics is not None and node.metrics.memory_free >= sent)
             await wait_until(lambda: self.seen >= sent or self.watch_ended is not None)
-        assert node.session is not None and node.session.stream is not None, \
+        assert node.session is not None and node.session.stream is not None, (
             f"the legitimate Agent's status stream ended during the fuzz ({node.state.name})"
+        )
         assert self.watch_ended is None, f"the Controller's watch ended: {self.watch_ended!r}"
         assert self.seen >= sent, "the watch stopped delivering the legitimate Agent's statuses"
         listed = {n.id: n.state for n in await FakeController(channel).list_nodes()}
         assert listed[LEGIT] == controller_pb2.Node.READY, listed[LEGIT]
-        statuses, error = await schedule(channel, scheduling_request("after-fuzz"),
-                                         until_code=RUNNING)
-        assert error is None and statuses[-1].node_id == LEGIT, \
+        statuses, error = await schedule(
+            channel, scheduling_request("after-fuzz"), until_code=RUNNING
+        )
+        assert error is None and statuses[-1].node_id == LEGIT, (
             f"a legitimate Schedule after the fuzz failed: {error!r}"
+        )
 
     async def close(self) -> None:
         await self.node.close()
@@ -513,15 +567,17 @@ async def open_fuzz_cluster():
                 dead_port = free_port()
                 for node_id in ("fz-0", "fz-1", "fz-2", "fz-3", "dead"):
                     await FakeAgent(channel, node_id, dead_port).join()
-                dead = await FakeAgent(channel, "dead", dead_port).report(mem_total=64 * GIB,
-                                                                      mem_free=32 * GIB)
+                dead = await FakeAgent(channel, "dead", dead_port).report(
+                    mem_total=64 * GIB, mem_free=32 * GIB
+                )
                 await wait_until(lambda: scheduler.cluster.nodes["dead"].metrics is not None)
                 await dead.finish()
                 victims = [f"victim-{index}" for index in range(3)]
                 for instance_id in victims:
                     await schedule(channel, scheduling_request(instance_id), until_code=RUNNING)
-                context = FuzzContext(scheduler.events.epoch,
-                                      ["fz-0", "fz-1", "fz-2", "fz-3", "dead"], victims)
+                context = FuzzContext(
+                    scheduler.events.epoch, ["fz-0", "fz-1", "fz-2", "fz-3", "dead"], victims
+                )
                 yield scheduler, fuzz, context, bystanders
                 await bystanders.check(channel)
                 nursery.cancel_scope.cancel()
@@ -538,8 +594,10 @@ def run_examples(label: str, strategy: st.SearchStrategy, check) -> None:
     `label` keeps each run's saved failing examples apart in hypothesis's database (the way
     its pytest plugin tells parametrized cases apart), so a failure replays where it was found.
     """
+
     def fuzz(example):
         check(example)
+
     fuzz._hypothesis_internal_add_digest = label.encode()
     FUZZ_SETTINGS(given(strategy)(fuzz))()
 
@@ -549,6 +607,7 @@ def no_legit(payloads: list[bytes]) -> None:
 
 
 # -- typed and garbage messages, per RPC --------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(RPCS))
 async def test_fuzz_rpc_answers_every_message_with_a_clear_status(name):
@@ -562,24 +621,37 @@ async def test_fuzz_rpc_answers_every_message_with_a_clear_status(name):
             assert outcome.clear, (
                 f"{rpc.name} answered {kind} request {[p[:120] for p in payloads]!r} "
                 f"({[len(p) for p in payloads]} bytes) with {outcome}: SPEC §4 wants a clear "
-                "status (UNKNOWN/INTERNAL mean an unhandled exception)")
+                "status (UNKNOWN/INTERNAL mean an unhandled exception)"
+            )
             if rpc.name == "Schedule" and outcome.streamed:
                 # Placed: the Controller destroys it again, so the same id may come back.
                 instance_id = controller_pb2.SchedulingRequest.FromString(
-                    payloads[0]).workload.instance_id
+                    payloads[0]
+                ).workload.instance_id
                 wire = controller_pb2.WorkloadInstance(instance_id=instance_id)
-                destroyed = trio.from_thread.run(raw_call, fuzz, RPCS["Destroy"],
-                                                 [wire.SerializeToString()])
-                assert destroyed.status is Status.OK, \
+                destroyed = trio.from_thread.run(
+                    raw_call, fuzz, RPCS["Destroy"], [wire.SerializeToString()]
+                )
+                assert destroyed.status is Status.OK, (
                     f"Destroy of {instance_id!r}, placed by {payloads!r}: {destroyed}"
+                )
 
         def fuzz_all() -> None:
-            run_examples(f"{rpc.name} typed", typed_payloads(rpc, hints),
-                         lambda payloads: send(payloads, "typed"))
-            run_examples(f"{rpc.name} near-valid", typed_payloads(rpc, hints, near=True),
-                         lambda payloads: send(payloads, "near-valid"))
-            run_examples(f"{rpc.name} garbage", garbage_payloads(rpc, hints),
-                         lambda payloads: send(payloads, "garbage"))
+            run_examples(
+                f"{rpc.name} typed",
+                typed_payloads(rpc, hints),
+                lambda payloads: send(payloads, "typed"),
+            )
+            run_examples(
+                f"{rpc.name} near-valid",
+                typed_payloads(rpc, hints, near=True),
+                lambda payloads: send(payloads, "near-valid"),
+            )
+            run_examples(
+                f"{rpc.name} garbage",
+                garbage_payloads(rpc, hints),
+                lambda payloads: send(payloads, "garbage"),
+            )
 
         await trio.to_thread.run_sync(fuzz_all)
         listed = await raw_call(fuzz, RPCS["ListNodes"], [b""])
@@ -587,6 +659,7 @@ async def test_fuzz_rpc_answers_every_message_with_a_clear_status(name):
 
 
 # -- gRPC framing over raw HTTP/2 ---------------------------------------------------------------
+
 
 @dataclass
 class H2Outcome:
@@ -601,29 +674,45 @@ class H2Outcome:
         return Status(int(code)) if code is not None else None
 
     def __str__(self) -> str:
-        return self.problem or f"{self.status!r} {self.headers.get('grpc-message', '')!r}" + \
-            (" (streaming)" if self.streamed else "") + \
-            (f" (reset {self.reset!r})" if self.reset is not None else "")
+        return self.problem or f"{self.status!r} {self.headers.get('grpc-message', '')!r}" + (
+            " (streaming)" if self.streamed else ""
+        ) + (f" (reset {self.reset!r})" if self.reset is not None else "")
 
 
-async def h2_call(port: int, rpc: Rpc, chunks: list[bytes], *, end_stream: bool = True,
-                  extra_headers=(), timeout: float = 3.0) -> H2Outcome:
+async def h2_call(
+    port: int,
+    rpc: Rpc,
+    chunks: list[bytes],
+    *,
+    end_stream: bool = True,
+    extra_headers=(),
+    timeout: float = 3.0,
+) -> H2Outcome:
     """One gRPC call spoken with raw HTTP/2: each chunk sent as DATA frames of its own, so the
     message framing (the 5-byte prefix) can be anything. Waits for the trailers or a reset, or,
     for a server-streaming RPC, a first reply message."""
     path = rpc.path
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     connection = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
     connection.initiate_connection()
     stream_id = connection.get_next_available_stream_id()
-    connection.send_headers(stream_id, [
-        (":method", "POST"), (":scheme", "http"), (":path", path),
-        (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
-        ("te", "trailers"), *extra_headers])
+    connection.send_headers(
+        stream_id,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", f"127.0.0.1:{port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *extra_headers,
+        ],
+    )
     frame = connection.max_outbound_frame_size
     for index, chunk in enumerate(chunks):
-        pieces = [chunk[at:at + frame] for at in range(0, len(chunk), frame)] or [b""]
+        pieces = [chunk[at : at + frame] for at in range(0, len(chunk), frame)] or [b""]
         for number, piece in enumerate(pieces):
             last = index == len(chunks) - 1 and number == len(pieces) - 1
             connection.send_data(stream_id, piece, end_stream=end_stream and last)
@@ -643,8 +732,9 @@ async def h2_call(port: int, rpc: Rpc, chunks: list[bytes], *, end_stream: bool 
                     if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
                         outcome.headers.update(dict(event.headers))
                     elif isinstance(event, h2.events.DataReceived):
-                        connection.acknowledge_received_data(event.flow_controlled_length,
-                                                             stream_id)
+                        connection.acknowledge_received_data(
+                            event.flow_controlled_length, stream_id
+                        )
                         if rpc.cardinality.server_streaming:
                             outcome.streamed = True
                             done = True
@@ -676,6 +766,7 @@ def prefix(length: int, compressed: bool = False) -> bytes:
 
 def framings(hints: dict) -> st.SearchStrategy[tuple[Rpc, list[bytes]]]:
     """An RPC and the DATA frames of one request: gRPC framing mangled in every way."""
+
     @st.composite
     def build(draw):
         rpc = draw(st.sampled_from(sorted(RPCS.values(), key=lambda r: r.name)))
@@ -683,13 +774,19 @@ def framings(hints: dict) -> st.SearchStrategy[tuple[Rpc, list[bytes]]]:
         body = draw(st.one_of(message, mangled(message)))
         announced = draw(st.one_of(st.just(len(body)), bounded_integers(0, 2**32 - 1)))
         data = prefix(announced, draw(st.booleans())) + body
-        data = draw(st.one_of(st.just(data), st.builds(lambda n: data[:n], st.integers(0, 5)),
-                              st.builds(lambda n: data[:n], st.integers(0, len(data))),
-                              st.binary(max_size=64)))
+        data = draw(
+            st.one_of(
+                st.just(data),
+                st.builds(lambda n: data[:n], st.integers(0, 5)),
+                st.builds(lambda n: data[:n], st.integers(0, len(data))),
+                st.binary(max_size=64),
+            )
+        )
         data = data[:H2_WINDOW]
         cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=3)))
         chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         return rpc, Payloads(chunks)
+
     return build()
 
 
@@ -703,15 +800,18 @@ async def test_fuzz_grpc_framing_over_raw_http2():
             outcome = trio.from_thread.run(h2_call, scheduler.port, rpc, chunks)
             assert h2_clear(outcome), (
                 f"{rpc.name} answered DATA frames {[c[:60] for c in chunks]!r} with {outcome}: "
-                "SPEC §4 wants a clear status (UNKNOWN/INTERNAL mean an unhandled exception)")
+                "SPEC §4 wants a clear status (UNKNOWN/INTERNAL mean an unhandled exception)"
+            )
 
         await trio.to_thread.run_sync(run_examples, "framing", framings(hints), send)
 
 
 async def test_a_message_cut_short_by_the_end_of_the_stream_is_invalid_argument():
     # Found by the framing fuzz: the request stream ends (END_STREAM) inside a message.
-    cases = [("a body shorter than its prefix says", prefix(100) + b"\x0a\x02ab"),
-             ("2 of the 5 prefix bytes", prefix(0)[:2])]
+    cases = [
+        ("a body shorter than its prefix says", prefix(100) + b"\x0a\x02ab"),
+        ("2 of the 5 prefix bytes", prefix(0)[:2]),
+    ]
     wrong = []
     async with running_scheduler(small_messages()) as scheduler:
         for rpc in sorted(RPCS.values(), key=lambda r: r.name):
@@ -721,10 +821,12 @@ async def test_a_message_cut_short_by_the_end_of_the_stream_is_invalid_argument(
                     wrong.append(f"{rpc.name} ({what}): {outcome}")
     assert not wrong, (
         "a request stream that ends inside a message must be INVALID_ARGUMENT; got\n  "
-        + "\n  ".join(wrong) + "\n(grpclib's Buffer.read raises AssertionError('Received less "
+        + "\n  ".join(wrong)
+        + "\n(grpclib's Buffer.read raises AssertionError('Received less "
         "data than expected') from the recv_data calls in Bridge._receive, "
         "scheduler/grpc_bridge.py: unary calls answer UNKNOWN, and Call._pump_requests lets it "
-        "escape, so a request stream ends as if the client had half-closed: OK)")
+        "escape, so a request stream ends as if the client had half-closed: OK)"
+    )
 
 
 async def test_a_unary_request_with_a_second_message_is_invalid_argument():
@@ -736,15 +838,17 @@ async def test_a_unary_request_with_a_second_message_is_invalid_argument():
     async with running_scheduler(small_messages()) as scheduler:
         for rpc in sorted(unary, key=lambda r: r.name):
             for second in (prefix(0), prefix(70_000)):  # whole, or larger than the window
-                outcome = await h2_call(scheduler.port, rpc, [prefix(0) + second],
-                                        end_stream=False)
-                if outcome.status is not Status.INVALID_ARGUMENT or \
-                        "one request message" not in outcome.headers.get("grpc-message", ""):
+                outcome = await h2_call(scheduler.port, rpc, [prefix(0) + second], end_stream=False)
+                if (
+                    outcome.status is not Status.INVALID_ARGUMENT
+                    or "one request message" not in outcome.headers.get("grpc-message", "")
+                ):
                     wrong.append(f"{rpc.name} (second prefix {second!r}): {outcome}")
     assert len(unary) >= 5 and not wrong, "\n  ".join(wrong)
 
 
 # -- oversized, compressed, unbounded -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(RPCS))
 async def test_oversized_messages_are_resource_exhausted_without_being_buffered(name):
@@ -752,8 +856,9 @@ async def test_oversized_messages_are_resource_exhausted_without_being_buffered(
     async with running_scheduler(small_messages()) as scheduler, open_channel(scheduler.port):
         # Announce 4 GiB - 1 and send 1 KiB without ending the stream: the answer must come
         # from the prefix alone (a server buffering first would wait here forever).
-        outcome = await h2_call(scheduler.port, rpc, [prefix(2**32 - 1) + b"x" * 1024],
-                                end_stream=False)
+        outcome = await h2_call(
+            scheduler.port, rpc, [prefix(2**32 - 1) + b"x" * 1024], end_stream=False
+        )
         assert outcome.status is Status.RESOURCE_EXHAUSTED, f"{rpc.name}: {outcome}"
         assert "server.max_message_bytes" in outcome.headers.get("grpc-message", ""), outcome
         # A whole message one byte over the limit, sent by a real client.
@@ -774,8 +879,9 @@ async def test_compressed_messages_are_unimplemented(name):
     body = rpc.request().SerializeToString()
     async with running_scheduler(small_messages()) as scheduler:
         for headers in ((), (("grpc-encoding", "gzip"),)):
-            outcome = await h2_call(scheduler.port, rpc, [prefix(len(body), True) + body],
-                                    extra_headers=headers)
+            outcome = await h2_call(
+                scheduler.port, rpc, [prefix(len(body), True) + body], extra_headers=headers
+            )
             assert outcome.status is Status.UNIMPLEMENTED, f"{rpc.name} {headers}: {outcome}"
             assert "compress" in outcome.headers.get("grpc-message", ""), outcome
 
@@ -798,26 +904,60 @@ def big_status(node_id: str, reports: int) -> bytes:
 
 
 UNBOUNDED = [
-    pytest.param("Schedule",
-                 lambda: [big_workload(environment=[f"K{n}=v" for n in range(100_000)])],
-                 "workload.environment has 100000 entries", id="100k-environment-entries"),
-    pytest.param("Schedule", lambda: [big_workload(image="i" * (1 << 20))],
-                 "workload.image is 1048576 characters", id="1MB-image"),
-    pytest.param("Schedule", lambda: [big_workload(environment=["K=" + "v" * (1 << 20)])],
-                 "workload.environment[0] is 1048578 characters", id="1MB-environment-entry"),
-    pytest.param("Schedule", lambda: [scheduling_request("x" * (1 << 20)).SerializeToString()],
-                 "workload.instance_id 'xxx", id="1MB-instance-id"),
-    pytest.param("UpdateNodeStatus", lambda: [big_status("n1", 20_000)],
-                 "instances lists 20000 entries", id="20k-instance-reports"),
-    pytest.param("JoinCluster", lambda: [agent_pb2.ConnectionRequest(
-        id="n" * (1 << 20), port=7000).SerializeToString()], "id 'nnn", id="1MB-node-id"),
-    pytest.param("LeaveCluster", lambda: [agent_pb2.DisconnectionNotice(
-        id="n" * (1 << 20)).SerializeToString()], "id 'nnn", id="1MB-leave-id"),
-    pytest.param("Stop", lambda: [controller_pb2.WorkloadInstance(
-        instance_id="x" * (1 << 20)).SerializeToString()], "instance_id 'xxx", id="1MB-stop-id"),
-    pytest.param("Destroy", lambda: [controller_pb2.WorkloadInstance(
-        instance_id="x" * (1 << 20)).SerializeToString()], "instance_id 'xxx",
-        id="1MB-destroy-id"),
+    pytest.param(
+        "Schedule",
+        lambda: [big_workload(environment=[f"K{n}=v" for n in range(100_000)])],
+        "workload.environment has 100000 entries",
+        id="100k-environment-entries",
+    ),
+    pytest.param(
+        "Schedule",
+        lambda: [big_workload(image="i" * (1 << 20))],
+        "workload.image is 1048576 characters",
+        id="1MB-image",
+    ),
+    pytest.param(
+        "Schedule",
+        lambda: [big_workload(environment=["K=" + "v" * (1 << 20)])],
+        "workload.environment[0] is 1048578 characters",
+        id="1MB-environment-entry",
+    ),
+    pytest.param(
+        "Schedule",
+        lambda: [scheduling_request("x" * (1 << 20)).SerializeToString()],
+        "workload.instance_id 'xxx",
+        id="1MB-instance-id",
+    ),
+    pytest.param(
+        "UpdateNodeStatus",
+        lambda: [big_status("n1", 20_000)],
+        "instances lists 20000 entries",
+        id="20k-instance-reports",
+    ),
+    pytest.param(
+        "JoinCluster",
+        lambda: [agent_pb2.ConnectionRequest(id="n" * (1 << 20), port=7000).SerializeToString()],
+        "id 'nnn",
+        id="1MB-node-id",
+    ),
+    pytest.param(
+        "LeaveCluster",
+        lambda: [agent_pb2.DisconnectionNotice(id="n" * (1 << 20)).SerializeToString()],
+        "id 'nnn",
+        id="1MB-leave-id",
+    ),
+    pytest.param(
+        "Stop",
+        lambda: [controller_pb2.WorkloadInstance(instance_id="x" * (1 << 20)).SerializeToString()],
+        "instance_id 'xxx",
+        id="1MB-stop-id",
+    ),
+    pytest.param(
+        "Destroy",
+        lambda: [controller_pb2.WorkloadInstance(instance_id="x" * (1 << 20)).SerializeToString()],
+        "instance_id 'xxx",
+        id="1MB-destroy-id",
+    ),
 ]
 
 
@@ -825,8 +965,10 @@ UNBOUNDED = [
 async def test_unbounded_strings_and_lists_are_refused_naming_the_field(name, payloads, message):
     rpc = RPCS[name]
     sent = payloads()
-    for limit, expected in ((4 << 20, Status.INVALID_ARGUMENT),
-                            (MAX_MESSAGE_BYTES, Status.RESOURCE_EXHAUSTED)):
+    for limit, expected in (
+        (4 << 20, Status.INVALID_ARGUMENT),
+        (MAX_MESSAGE_BYTES, Status.RESOURCE_EXHAUSTED),
+    ):
         config = make_config(server={"max_message_bytes": limit})
         async with running_scheduler(config) as scheduler, open_channel(scheduler.port) as channel:
             await FakeAgent(channel, "n1").join()
@@ -839,8 +981,9 @@ async def test_unbounded_strings_and_lists_are_refused_naming_the_field(name, pa
             assert outcome.status is expected, f"{shown}: {outcome}"
             if expected is Status.INVALID_ARGUMENT:
                 assert message in outcome.message, f"{shown}: must name the field: {outcome}"
-                assert len(outcome.message) < 1000, \
+                assert len(outcome.message) < 1000, (
                     f"{shown}: the message must not echo the huge value back"
+                )
             else:
                 assert "server.max_message_bytes" in outcome.message, outcome
             assert [n.id for n in await FakeController(channel).list_nodes()] == ["n1"]

@@ -4,6 +4,7 @@ An Agent and a Controller built on grpcio's synchronous API (run in worker threa
 would need asyncio, and these tests run under trio) talk to a scheduler on 127.0.0.1:0. The
 generated message classes in scheduler/_proto are the only code shared with the scheduler.
 """
+
 from __future__ import annotations
 
 import queue
@@ -35,8 +36,9 @@ async def grpcio_channel(port: int):
 
 async def unary(channel: grpc.Channel, path: str, request, reply_type):
     """One unary call in a worker thread; returns the reply or raises grpc.RpcError."""
-    call = channel.unary_unary(path, request_serializer=serialize,
-                               response_deserializer=reply_type.FromString)
+    call = channel.unary_unary(
+        path, request_serializer=serialize, response_deserializer=reply_type.FromString
+    )
     return await trio.to_thread.run_sync(lambda: call(request, timeout=CALL_TIMEOUT))
 
 
@@ -53,8 +55,9 @@ class StatusStream:
 
     def __init__(self, channel: grpc.Channel) -> None:
         self._queue: queue.Queue = queue.Queue()
-        call = channel.stream_unary(UPDATE, request_serializer=serialize,
-                                    response_deserializer=agent_pb2.Empty.FromString)
+        call = channel.stream_unary(
+            UPDATE, request_serializer=serialize, response_deserializer=agent_pb2.Empty.FromString
+        )
         self.future = call.future(self._requests(), timeout=CALL_TIMEOUT * 2)
 
     def _requests(self):
@@ -92,8 +95,11 @@ async def next_event(events, kind: str, node_id: str | None = None):
         event = await events.receive()
         assert not isinstance(event, grpc.RpcError), f"the watch ended: {event}"
         which = event.WhichOneof("event")
-        got = controller_pb2.NodeEvent.Kind.Name(event.node.kind) if which == "node" \
+        got = (
+            controller_pb2.NodeEvent.Kind.Name(event.node.kind)
+            if which == "node"
             else which.upper()
+        )
         if got == kind and (node_id is None or event.node.node.id == node_id):
             return event
 
@@ -105,24 +111,33 @@ async def test_grpcio_agent_and_controller_see_join_status_and_leave():
             assert snapshot.WhichOneof("event") == "snapshot"
             assert snapshot.epoch == scheduler.events.epoch
 
-            reply = await unary(channel, JOIN, agent_pb2.ConnectionRequest(id="node-1", port=7001),
-                                agent_pb2.Empty)
+            reply = await unary(
+                channel, JOIN, agent_pb2.ConnectionRequest(id="node-1", port=7001), agent_pb2.Empty
+            )
             assert reply == agent_pb2.Empty()
             joined = await next_event(events, "JOINED", "node-1")
-            assert (joined.node.node.address, joined.node.node.state) == \
-                ("127.0.0.1:7001", controller_pb2.Node.READY)
+            assert (joined.node.node.address, joined.node.node.state) == (
+                "127.0.0.1:7001",
+                controller_pb2.Node.READY,
+            )
 
             first = StatusStream(channel)
             first.send(node_status("node-1", mem_free=3 * GiB, run_1=1, done_1=2))
             reported = await next_event(events, "STATUS", "node-1")
             node = reported.node.node
-            assert (node.memory_total, node.memory_free, node.cpu_load, node.cpu_cores,
-                    node.disk_total, node.disk_free, list(node.instance_ids)) == \
-                (8 * GiB, 3 * GiB, 12.5, 4, 100 * GiB, 40 * GiB, ["run-1"])
+            assert (
+                node.memory_total,
+                node.memory_free,
+                node.cpu_load,
+                node.cpu_cores,
+                node.disk_total,
+                node.disk_free,
+                list(node.instance_ids),
+            ) == (8 * GiB, 3 * GiB, 12.5, 4, 100 * GiB, 40 * GiB, ["run-1"])
 
-            error = await refused(channel, JOIN,
-                                  agent_pb2.ConnectionRequest(id="node-1", port=7001),
-                                  agent_pb2.Empty)
+            error = await refused(
+                channel, JOIN, agent_pb2.ConnectionRequest(id="node-1", port=7001), agent_pb2.Empty
+            )
             assert error.code() is grpc.StatusCode.ALREADY_EXISTS
             assert "live status stream" in error.details()
 
@@ -148,20 +163,31 @@ async def test_grpcio_agent_and_controller_see_join_status_and_leave():
         # news), two STATUS, LEFT.
         async with watch(channel, joined.epoch, joined.revision) as events:
             replayed = [await events.receive() for _ in range(4)]
-        kinds = [(e.revision, controller_pb2.NodeEvent.Kind.Name(e.node.kind)
-                  if e.WhichOneof("event") == "node" else e.instance.instance_id)
-                 for e in replayed]
+        kinds = [
+            (
+                e.revision,
+                controller_pb2.NodeEvent.Kind.Name(e.node.kind)
+                if e.WhichOneof("event") == "node"
+                else e.instance.instance_id,
+            )
+            for e in replayed
+        ]
         first = joined.revision
-        assert kinds == [(first + 1, "run-1"), (first + 2, "STATUS"), (first + 3, "STATUS"),
-                         (first + 4, "LEFT")]
+        assert kinds == [
+            (first + 1, "run-1"),
+            (first + 2, "STATUS"),
+            (first + 3, "STATUS"),
+            (first + 4, "LEFT"),
+        ]
 
 
 async def test_grpcio_controller_sees_a_silent_grpcio_agent_lost():
     config = make_config(liveness={"node_timeout": 0.5})
     async with running_scheduler(config) as scheduler, grpcio_channel(scheduler.port) as channel:
         async with watch(channel) as events:
-            await unary(channel, JOIN, agent_pb2.ConnectionRequest(id="node-1", port=7001),
-                        agent_pb2.Empty)
+            await unary(
+                channel, JOIN, agent_pb2.ConnectionRequest(id="node-1", port=7001), agent_pb2.Empty
+            )
             stream = StatusStream(channel)
             stream.send(node_status("node-1", run_1=1))
             await next_event(events, "STATUS", "node-1")
@@ -180,26 +206,30 @@ async def test_grpcio_controller_reads_a_replay_sent_several_events_per_write():
             snapshot = await events.receive()
         names = [f"node-{i:03d}" for i in range(200)]
         for port, name in enumerate(names, 7001):
-            await unary(channel, JOIN, agent_pb2.ConnectionRequest(id=name, port=port),
-                        agent_pb2.Empty)
+            await unary(
+                channel, JOIN, agent_pb2.ConnectionRequest(id=name, port=port), agent_pb2.Empty
+            )
         async with watch(channel, snapshot.epoch, snapshot.revision) as events:
             replayed = [await events.receive() for _ in names]
         assert [(e.revision, e.node.node.id) for e in replayed] == [
-            (snapshot.revision + 1 + i, name) for i, name in enumerate(names)]
+            (snapshot.revision + 1 + i, name) for i, name in enumerate(names)
+        ]
 
 
 async def test_grpcio_clients_get_invalid_argument_with_the_field_named():
     async with running_scheduler() as scheduler, grpcio_channel(scheduler.port) as channel:
-        error = await refused(channel, JOIN, agent_pb2.ConnectionRequest(id="Not Valid!", port=1),
-                              agent_pb2.Empty)
+        error = await refused(
+            channel, JOIN, agent_pb2.ConnectionRequest(id="Not Valid!", port=1), agent_pb2.Empty
+        )
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error
         assert error.details().startswith("id "), error.details()
         error = await refused(channel, JOIN, b"\xff\xff\xff\xff", agent_pb2.Empty)
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error
         assert "scheduler.agent.ConnectionRequest" in error.details()
 
-        await unary(channel, JOIN, agent_pb2.ConnectionRequest(id="node-1", port=7001),
-                    agent_pb2.Empty)
+        await unary(
+            channel, JOIN, agent_pb2.ConnectionRequest(id="node-1", port=7001), agent_pb2.Empty
+        )
         stream = StatusStream(channel)
         bad = node_status("node-1")
         bad.cpu_load.load = 250.0

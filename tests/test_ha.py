@@ -3,6 +3,7 @@ elect one leader; the standby's answers; resign on shutdown and the Controller's
 on the new leader without a snapshot; every acknowledged placement known after the failover;
 etcd unavailable (logged once, not per retry); TLS to etcd with client certificates.
 Process-level tests (SIGKILL, SIGSTOP fencing, SIGTERM, SIGHUP) are in test_ha_process.py."""
+
 from __future__ import annotations
 
 import json
@@ -56,9 +57,12 @@ def etcd():
 
 
 def ha_config(etcd: EtcdCluster, prefix: str, lease_ttl: float = LEASE):
-    return make_config(store={"backend": "etcd"},
-                       etcd={"endpoints": etcd.endpoints, "prefix": prefix, "lease_ttl": lease_ttl},
-                       liveness={"node_timeout": 5.0}, scheduling={"attempt_timeout": 1.0})
+    return make_config(
+        store={"backend": "etcd"},
+        etcd={"endpoints": etcd.endpoints, "prefix": prefix, "lease_ttl": lease_ttl},
+        liveness={"node_timeout": 5.0},
+        scheduling={"attempt_timeout": 1.0},
+    )
 
 
 def new_prefix() -> str:
@@ -72,8 +76,11 @@ async def schedulers(configs):
         running = []
         for config in configs:
             shutdown = trio.Event()
-            scheduler = await nursery.start(lambda task_status, c=config, s=shutdown: serve(
-                c, ssl_context=None, shutdown=s, task_status=task_status))
+            scheduler = await nursery.start(
+                lambda task_status, c=config, s=shutdown: serve(
+                    c, ssl_context=None, shutdown=s, task_status=task_status
+                )
+            )
             running.append(scheduler)
         try:
             with trio.fail_after(IO_GUARD):
@@ -142,22 +149,26 @@ async def test_one_leads_and_the_standby_names_it_to_every_client(etcd):
 
         # The official client sees the same: UNAVAILABLE and the trailing metadata.
         def with_grpcio() -> tuple:
-            with grpc.insecure_channel(f"127.0.0.1:{standby.port}",
-                                       options=[("grpc.enable_http_proxy", 0)]) as channel:
+            with grpc.insecure_channel(
+                f"127.0.0.1:{standby.port}", options=[("grpc.enable_http_proxy", 0)]
+            ) as channel:
                 join = channel.unary_unary(
                     "/scheduler.agent.LifecycleService/JoinCluster",
                     request_serializer=agent_pb2.ConnectionRequest.SerializeToString,
-                    response_deserializer=agent_pb2.Empty.FromString)
+                    response_deserializer=agent_pb2.Empty.FromString,
+                )
                 check = channel.unary_unary(
                     "/grpc.health.v1.Health/Check",
                     request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                    response_deserializer=health_pb2.HealthCheckResponse.FromString)
+                    response_deserializer=health_pb2.HealthCheckResponse.FromString,
+                )
                 health = check(health_pb2.HealthCheckRequest(), timeout=5).status
                 try:
                     join(agent_pb2.ConnectionRequest(id="node-2", port=7000), timeout=5)
                 except grpc.RpcError as err:
                     return err.code(), dict(err.trailing_metadata()), health
             return None, {}, health
+
         code, trailers, health = await trio.to_thread.run_sync(with_grpcio)
         assert code == grpc.StatusCode.UNAVAILABLE
         assert trailers.get("orka-leader") == leader.advertise
@@ -210,9 +221,14 @@ async def _resign_and_resume(configs, workloads, agent_port):
                             event = await events.receive()
                             assert not isinstance(event, Exception), event
                             assert event.epoch == epoch, "the epoch continues"
-                            kinds.append((event_kind(event), event.node.node.id
-                                          if event.WhichOneof("event") == "node"
-                                          else event.instance.instance_id))
+                            kinds.append(
+                                (
+                                    event_kind(event),
+                                    event.node.node.id
+                                    if event.WhichOneof("event") == "node"
+                                    else event.instance.instance_id,
+                                )
+                            )
                     assert "SNAPSHOT" not in [kind for kind, _ in kinds], kinds
                     placed = [name for kind, name in kinds if kind == "INSTANCE"]
                     assert sorted(set(placed), key=placed.index) == ["web-1", "web-2"], kinds
@@ -325,10 +341,18 @@ async def test_loading_reads_every_key_page_by_page_at_one_revision(etcd):
         client = EtcdClient(tuple(("127.0.0.1", m.client_port) for m in etcd.members))
         try:
             for start in range(0, count, 100):
-                await client.txn(rpc_pb2.TxnRequest(success=[
-                    rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(
-                        key=prefix + f"k{number:05d}".encode(), value=b"v"))
-                    for number in range(start, min(start + 100, count))]))
+                await client.txn(
+                    rpc_pb2.TxnRequest(
+                        success=[
+                            rpc_pb2.RequestOp(
+                                request_put=rpc_pb2.PutRequest(
+                                    key=prefix + f"k{number:05d}".encode(), value=b"v"
+                                )
+                            )
+                            for number in range(start, min(start + 100, count))
+                        ]
+                    )
+                )
             items, revision = await client.load(prefix)
         finally:
             client.close()
@@ -376,29 +400,39 @@ def etcd_pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tls_etcd(etcd_pki):
-    cluster = EtcdCluster(1, tls=MemberTls(etcd_pki.ca, etcd_pki.scheduler.cert,
-                                           etcd_pki.scheduler.key)).start()
+    cluster = EtcdCluster(
+        1, tls=MemberTls(etcd_pki.ca, etcd_pki.scheduler.cert, etcd_pki.scheduler.key)
+    ).start()
     yield cluster
     cluster.close()
 
 
 def tls_ha_config(etcd: EtcdCluster, prefix: str, paths: pki.PkiPaths):
     client = paths.controller("controller")
-    return make_config(store={"backend": "etcd"},
-                       etcd={"endpoints": etcd.endpoints, "prefix": prefix, "lease_ttl": LEASE,
-                             "ca": str(paths.ca), "cert": str(client.cert),
-                             "key": str(client.key)},
-                       liveness={"node_timeout": 5.0})
+    return make_config(
+        store={"backend": "etcd"},
+        etcd={
+            "endpoints": etcd.endpoints,
+            "prefix": prefix,
+            "lease_ttl": LEASE,
+            "ca": str(paths.ca),
+            "cert": str(client.cert),
+            "key": str(client.key),
+        },
+        liveness={"node_timeout": 5.0},
+    )
 
 
 def etcd_version(etcd: EtcdCluster, context: ssl.SSLContext) -> dict:
-    with urllib.request.urlopen(f"{etcd.endpoints[0]}/version", context=context,
-                                timeout=5) as reply:
+    with urllib.request.urlopen(
+        f"{etcd.endpoints[0]}/version", context=context, timeout=5
+    ) as reply:
         return json.load(reply)
 
 
 async def test_over_tls_to_etcd_with_client_certificates_a_leader_commits_and_a_standby_follows(
-        tls_etcd, etcd_pki):
+    tls_etcd, etcd_pki
+):
     # etcd requires a client certificate: without one nothing gets through.
     client = etcd_pki.controller("controller")
     anonymous = ssl.create_default_context(cafile=etcd_pki.ca)
@@ -425,9 +459,10 @@ async def test_over_tls_to_etcd_with_client_certificates_a_leader_commits_and_a_
 async def test_etcd_unreachable_at_start_is_logged_once_not_per_attempt(caplog):
     # Schedulers started before etcd (a boot, an outage) retry several times a second; the
     # journal gets one line per problem, not one per attempt.
-    config = make_config(store={"backend": "etcd"},
-                         etcd={"endpoints": [f"http://127.0.0.1:{free_port()}"],
-                               "lease_ttl": LEASE})
+    config = make_config(
+        store={"backend": "etcd"},
+        etcd={"endpoints": [f"http://127.0.0.1:{free_port()}"], "lease_ttl": LEASE},
+    )
     with caplog.at_level(logging.INFO):
         async with schedulers([config]) as (scheduler,):
             await trio.sleep(1.5)  # ~3 campaigns, ~7 loads retried

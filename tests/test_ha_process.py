@@ -3,6 +3,7 @@ kill -9 failover and a restarted old leader staying standby; a leader frozen (SI
 its lease is fenced and never serves beside the new one; SIGTERM resigns within a second; a
 Create that reached an Agent just before the leader died is reconciled, never running twice
 unnoticed; SIGHUP reloads the etcd client certificate."""
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,9 @@ def etcd():
 class SchedulerProcess:
     """`python -m scheduler serve` with the etcd backend, on free loopback ports."""
 
-    def __init__(self, etcd: EtcdCluster, prefix: str, directory: Path, name: str,
-                 etcd_tls: str = "") -> None:
+    def __init__(
+        self, etcd: EtcdCluster, prefix: str, directory: Path, name: str, etcd_tls: str = ""
+    ) -> None:
         """`etcd_tls`: more lines of [etcd] (ca, cert, key)."""
         self.port, self.http_port = free_port(), free_port()
         self.name = name
@@ -66,10 +68,11 @@ class SchedulerProcess:
         self.config.write_text(
             f'[server]\nlisten = "127.0.0.1:{self.port}"\ndata_dir = "{directory / name}"\n'
             f'shutdown_grace = 1.0\n[observability]\nhttp_listen = "127.0.0.1:{self.http_port}"\n'
-            f'[liveness]\nnode_timeout = 5.0\n[scheduling]\nattempt_timeout = 1.0\n'
+            f"[liveness]\nnode_timeout = 5.0\n[scheduling]\nattempt_timeout = 1.0\n"
             f'[store]\nbackend = "etcd"\n'
             f'[etcd]\nendpoints = [{endpoints}]\nprefix = "{prefix}"\nlease_ttl = {LEASE}\n'
-            + etcd_tls)
+            + etcd_tls
+        )
         self.process: subprocess.Popen | None = None
 
     @property
@@ -78,9 +81,20 @@ class SchedulerProcess:
 
     async def start(self) -> SchedulerProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "serve", "--insecure", "--config",
-             str(self.config)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))  # noqa: SIM115
+            [
+                sys.executable,
+                "-m",
+                "scheduler",
+                "serve",
+                "--insecure",
+                "--config",
+                str(self.config),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "ab"),
+        )  # noqa: SIM115
         with trio.fail_after(15):
             while await self.health() is None:
                 assert self.process.poll() is None, self.log.read_text()
@@ -193,7 +207,8 @@ async def test_kill_9_a_standby_serves_within_the_lease_and_the_old_leader_stays
 
 
 async def test_a_leader_frozen_past_its_lease_is_fenced_and_never_serves_beside_the_new_one(
-        pair, etcd):
+    pair, etcd
+):
     with trio.fail_after(IO_GUARD):
         leader, standby = await start_pair(pair)
         async with trio_asyncio.open_loop():
@@ -207,12 +222,25 @@ async def test_a_leader_frozen_past_its_lease_is_fenced_and_never_serves_beside_
                 pause(leader.process)  # frozen, as by a long GC pause or a stalled VM
                 try:
                     await wait_for_leader([standby], LEASE + 2)
-                    fenced = await client.txn(rpc_pb2.TxnRequest(
-                        compare=[rpc_pb2.Compare(result=rpc_pb2.Compare.EQUAL,
-                                                 target=rpc_pb2.Compare.CREATE, key=old_key.key,
-                                                 create_revision=old_key.create_revision)],
-                        success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(
-                            key=f"{prefix}/state/nodes/intruder".encode(), value=b"x"))]))
+                    fenced = await client.txn(
+                        rpc_pb2.TxnRequest(
+                            compare=[
+                                rpc_pb2.Compare(
+                                    result=rpc_pb2.Compare.EQUAL,
+                                    target=rpc_pb2.Compare.CREATE,
+                                    key=old_key.key,
+                                    create_revision=old_key.create_revision,
+                                )
+                            ],
+                            success=[
+                                rpc_pb2.RequestOp(
+                                    request_put=rpc_pb2.PutRequest(
+                                        key=f"{prefix}/state/nodes/intruder".encode(), value=b"x"
+                                    )
+                                )
+                            ],
+                        )
+                    )
                     assert not fenced.succeeded, "the old leader's fenced write is refused"
                 finally:
                     resume(leader.process)
@@ -302,8 +330,9 @@ async def test_sighup_reloads_the_etcd_client_certificate(tmp_path):
     # after an expiry or a CA change): it cannot campaign and stands by. The operator puts a
     # good certificate in place and sends SIGHUP (systemctl reload): no restart, it leads.
     trusted, other = pki.init_pki(tmp_path / "trusted"), pki.init_pki(tmp_path / "other")
-    cluster = EtcdCluster(1, tls=MemberTls(trusted.ca, trusted.scheduler.cert,
-                                           trusted.scheduler.key)).start()
+    cluster = EtcdCluster(
+        1, tls=MemberTls(trusted.ca, trusted.scheduler.cert, trusted.scheduler.key)
+    ).start()
     cert, key = tmp_path / "etcd-client.pem", tmp_path / "etcd-client.key"
 
     def install(pair: pki.CertPair) -> None:
@@ -312,8 +341,13 @@ async def test_sighup_reloads_the_etcd_client_certificate(tmp_path):
             target.with_suffix(".new").replace(target)
 
     install(other.controller("controller"))
-    process = SchedulerProcess(cluster, "/sighup", tmp_path, "a", etcd_tls=(
-        f'ca = "{trusted.ca}"\ncert = "{cert}"\nkey = "{key}"\n'))
+    process = SchedulerProcess(
+        cluster,
+        "/sighup",
+        tmp_path,
+        "a",
+        etcd_tls=(f'ca = "{trusted.ca}"\ncert = "{cert}"\nkey = "{key}"\n'),
+    )
     try:
         with trio.fail_after(IO_GUARD):
             await process.start()
@@ -324,8 +358,10 @@ async def test_sighup_reloads_the_etcd_client_certificate(tmp_path):
             install(trusted.controller("controller"))
             process.signal(signal.SIGHUP)
             await wait_for_leader([process], LEASE + 5)
-            assert "SIGHUP: reloaded etcd TLS certificates from " + str(cert) \
+            assert (
+                "SIGHUP: reloaded etcd TLS certificates from " + str(cert)
                 in process.log.read_text()
+            )
 
             cert.write_text("not a certificate\n")  # a botched rotation: logged, nothing lost
             process.signal(signal.SIGHUP)

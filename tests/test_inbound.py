@@ -1,6 +1,7 @@
 """The bridge's `Inbound` with a `handle` function: each message handled once, in order, on the
 asyncio side while the trio side waits for it, else on the trio side; never once the trio side
 stopped reading."""
+
 from __future__ import annotations
 
 import trio
@@ -27,6 +28,7 @@ async def put_all(inbox: Inbound, *messages: int) -> None:
     async def put() -> None:
         for message in messages:
             assert await inbox.put(message, 1)
+
     await aio(put)()
 
 
@@ -80,8 +82,9 @@ async def test_messages_after_a_held_one_wait_for_the_trio_side_and_keep_their_o
         await trio.testing.wait_all_tasks_blocked()
         assert handle.seen[2:] == [(3, "reader"), (4, "reader")]
         await put_all(inbox, 5)
-        assert handle.seen[4][0] == 5 and handle.seen[4][1] != "reader", \
+        assert handle.seen[4][0] == 5 and handle.seen[4][1] != "reader", (
             "once the trio side waits again, messages are handled where they are put"
+        )
         inbox.close()
         with trio.fail_after(5):
             await trio.testing.wait_all_tasks_blocked()
@@ -122,6 +125,7 @@ async def test_a_long_read_handled_where_it_is_put_lets_other_callbacks_run():
             loop.call_soon(lambda: handle.seen.append((-1, "another callback")))
             for message in range(count):
                 assert await inbox.put(message, 1)
+
         await aio(put)()
         order = [m for m, _ in handle.seen]
         assert order.index(-1) <= DRAIN_BEFORE_CHECKPOINT, order

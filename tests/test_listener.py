@@ -5,6 +5,7 @@ named in docs/DECISIONS.md, and that the listener keeps serving everyone else. S
 figures are read from grpclib's own objects (its per-connection `EventsProcessor` and the
 buffers of its streams), so a test measures what the process really holds.
 """
+
 from __future__ import annotations
 
 import asyncio.selector_events
@@ -51,8 +52,13 @@ CONCURRENT_STREAMS = 100  # what the scheduler advertises to Agents (h2's defaul
 def server_connections() -> list[EventsProcessor]:
     """grpclib's per-connection event processors of the scheduler's listener(s) in this process
     (fake Agents are plain grpclib servers: an earlier test's may linger; they do not count)."""
-    return [p for p in gc.get_objects() if isinstance(p, EventsProcessor)
-            and isinstance(p.handler, ListenerHandler) and hasattr(p, "processors")]
+    return [
+        p
+        for p in gc.get_objects()
+        if isinstance(p, EventsProcessor)
+        and isinstance(p.handler, ListenerHandler)
+        and hasattr(p, "processors")
+    ]
 
 
 def streams_held() -> int:
@@ -82,6 +88,7 @@ def message(request) -> bytes:
 
 
 # -- 1. HTTP/2 Rapid Reset (CVE-2023-44487) -----------------------------------------------------
+
 
 async def test_streams_reset_in_the_same_write_as_their_headers_are_released():
     # grpclib registers a stream when its HEADERS arrive and releases it in the handler task's
@@ -126,12 +133,15 @@ async def test_calls_cancelled_after_their_answer_do_not_count_as_rapid_resets()
         client = await RawH2.open(scheduler.port)
         for _ in range(300):
             stream_id = client.request(WATCH)
-            client.h2.send_data(stream_id, message(controller_pb2.WatchRequest()),
-                                end_stream=True)
+            client.h2.send_data(stream_id, message(controller_pb2.WatchRequest()), end_stream=True)
             await client.flush()
-            await client.read(2, until=lambda events, stream_id=stream_id: any(
-                isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id
-                for e in events))
+            await client.read(
+                2,
+                until=lambda events, stream_id=stream_id: any(
+                    isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id
+                    for e in events
+                ),
+            )
             client.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
         await client.flush()
         await client.read(0.3)
@@ -140,6 +150,7 @@ async def test_calls_cancelled_after_their_answer_do_not_count_as_rapid_resets()
 
 
 # -- 6. streams beyond the limit, header-limit violations -----------------------------------------
+
 
 async def test_a_stream_beyond_the_concurrent_limit_is_refused_alone():
     # RFC 9113 §5.1.2: a stream error (REFUSED_STREAM), not the whole connection. (A plaintext
@@ -198,8 +209,10 @@ async def test_a_connections_settings_are_compact_and_changed_settings_acknowled
         local, remote = h2_connection.local_settings, h2_connection.remote_settings
         assert local.max_concurrent_streams == 5_000
         for settings in (local, remote):
-            assert all(type(values) is _SettingValues and len(values) == 1
-                       for values in settings._settings.values()), settings._settings
+            assert all(
+                type(values) is _SettingValues and len(values) == 1
+                for values in settings._settings.values()
+            ), settings._settings
 
 
 async def test_a_plaintext_controller_holds_more_calls_than_the_usual_hundred():
@@ -207,8 +220,7 @@ async def test_a_plaintext_controller_holds_more_calls_than_the_usual_hundred():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         controller = FakeController(channel)  # one connection for every watch
         async with contextlib.AsyncExitStack() as stack:
-            streams = [await stack.enter_async_context(controller.watch())
-                       for _ in range(watches)]
+            streams = [await stack.enter_async_context(controller.watch()) for _ in range(watches)]
             for events in streams:  # each watch is served: its snapshot arrives
                 first = await events.receive()
                 assert not isinstance(first, Exception), first
@@ -232,6 +244,7 @@ async def test_a_header_list_over_the_limit_gets_goaway_before_the_close():
 
 
 # -- 2. what a connection may hold: header blocks, messages -----------------------------------
+
 
 async def test_a_header_block_that_never_ends_is_closed_after_the_message_timeout():
     config = make_config(server={"message_timeout": 1.0})
@@ -271,8 +284,9 @@ async def test_a_message_cut_short_without_end_stream_is_answered_within_the_tim
         silent = client.request(JOIN)  # a unary call that never sends its request
         await client.flush()
         started = trio.current_time()
-        await client.read(4, until=lambda _: all(
-            client.status(s) is not None for s in (*cut.values(), silent)))
+        await client.read(
+            4, until=lambda _: all(client.status(s) is not None for s in (*cut.values(), silent))
+        )
         assert trio.current_time() - started < 3
         for stream_id in (*cut.values(), silent):
             assert client.status(stream_id) == DEADLINE_EXCEEDED, client.events
@@ -293,8 +307,11 @@ async def test_incomplete_messages_of_one_connection_hold_at_most_its_buffer():
         while left and quiet < 3:  # send what flow control allows until nothing moves
             moved = False
             for stream_id, data in list(left.items()):
-                room = min(client.h2.local_flow_control_window(stream_id),
-                           client.h2.max_outbound_frame_size, len(data))
+                room = min(
+                    client.h2.local_flow_control_window(stream_id),
+                    client.h2.max_outbound_frame_size,
+                    len(data),
+                )
                 if room > 0:
                     client.h2.send_data(stream_id, data[:room])
                     left[stream_id] = data[room:]
@@ -314,6 +331,7 @@ async def test_incomplete_messages_of_one_connection_hold_at_most_its_buffer():
 
 
 # -- 3. handshakes and connections ---------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
@@ -358,8 +376,11 @@ async def test_nothing_is_kept_after_a_failed_handshake(pki, caplog):
                 await gone.aclose()  # hangs up before its ClientHello (asyncio: an EOF)
             await trio.sleep(0.3)
             assert tls_objects() == [], "a failed handshake left its protocol behind"
-            transports = [o for o in gc.get_objects()
-                          if isinstance(o, asyncio.selector_events._SelectorSocketTransport)]
+            transports = [
+                o
+                for o in gc.get_objects()
+                if isinstance(o, asyncio.selector_events._SelectorSocketTransport)
+            ]
             assert transports == [], "a closed connection left its socket transport behind"
             assert len(server._handlers) == handlers, "a failed handshake left a grpclib Handler"
             errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -398,8 +419,9 @@ async def test_an_ended_call_leaves_nothing_for_the_garbage_collector():
             gc.collect()
             calls = [o for o in gc.garbage if isinstance(o, Call)]
             statuses = [o for o in gc.garbage if isinstance(o, agent_pb2.NodeStatus)]
-            assert calls == [] and statuses == [], \
+            assert calls == [] and statuses == [], (
                 f"{len(calls)} ended calls and {len(statuses)} statuses left in reference cycles"
+            )
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
@@ -495,6 +517,7 @@ async def test_an_address_opening_connections_too_fast_is_refused_before_tls(cap
     # accept() it costs next to nothing; the scheduler's own host is not limited.
     config = make_config(server={"connection_rate_per_ip": 2.0})  # bursts of 8
     async with running_scheduler(config) as scheduler:
+
         async def served(local: str) -> bool:
             stream = await trio.open_tcp_stream("127.0.0.1", scheduler.port, local_address=local)
             try:
@@ -518,8 +541,9 @@ async def test_the_addresses_whose_rate_is_tracked_are_bounded(monkeypatch):
     monkeypatch.setattr(listener_module, "PEERS_REMEMBERED", 3)
     async with running_scheduler() as scheduler:
         for last in range(2, 8):
-            stream = await trio.open_tcp_stream("127.0.0.1", scheduler.port,
-                                                local_address=f"127.0.0.{last}")
+            stream = await trio.open_tcp_stream(
+                "127.0.0.1", scheduler.port, local_address=f"127.0.0.{last}"
+            )
             await stream.aclose()
         peers = scheduler.bridge.listener._peers
         await wait_until(lambda: "127.0.0.7" in peers)
@@ -532,9 +556,11 @@ async def test_out_of_descriptors_accept_logs_one_line_and_recovers(caplog):
     async with running_scheduler() as scheduler:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         in_use = len(os.listdir("/proc/self/fd"))
-        script = (f"import socket, time\n"
-                  f"s = [socket.create_connection(('127.0.0.1', {scheduler.port})) "
-                  f"for _ in range(20)]\ntime.sleep(4)\n")
+        script = (
+            f"import socket, time\n"
+            f"s = [socket.create_connection(('127.0.0.1', {scheduler.port})) "
+            f"for _ in range(20)]\ntime.sleep(4)\n"
+        )
         caplog.clear()
         resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 5, hard))
         try:
@@ -552,10 +578,13 @@ async def test_out_of_descriptors_accept_logs_one_line_and_recovers(caplog):
 
 # -- 6. refusals are logged -----------------------------------------------------------------------
 
+
 async def test_refusals_are_logged_rate_limited_with_peer_and_identity(pki, caplog):
-    async with tls_scheduler(pki) as scheduler, \
-            connect(scheduler.port, client_ctx(pki, pki.agent("node-1"))) as agent, \
-            connect(scheduler.port, client_ctx(pki, pki.no_uri)) as nobody:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        connect(scheduler.port, client_ctx(pki, pki.agent("node-1"))) as agent,
+        connect(scheduler.port, client_ctx(pki, pki.no_uri)) as nobody,
+    ):
         caplog.clear()
         for _ in range(30):
             with pytest.raises(GRPCError):
@@ -567,8 +596,9 @@ async def test_refusals_are_logged_rate_limited_with_peer_and_identity(pki, capl
         lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
         assert len(lines) == 3, lines  # one per peer and identity, and per kind of refusal
         denied = [line for line in lines if "PERMISSION_DENIED" in line]
-        assert any("ListNodes from 127.0.0.1" in line and "agent 'node-1'" in line
-                   for line in denied), denied
+        assert any(
+            "ListNodes from 127.0.0.1" in line and "agent 'node-1'" in line for line in denied
+        ), denied
         assert any("JoinCluster from 127.0.0.1 (agent 'node-1')" in line for line in denied)
         unauthenticated = [line for line in lines if "UNAUTHENTICATED" in line]
         assert unauthenticated and "no URI SAN" in unauthenticated[0]
@@ -597,8 +627,11 @@ async def test_messages_waiting_for_a_throttled_handler_are_bounded_in_bytes():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(flood)
             await trio.sleep(2)
-            waiting = [inbox._receive.statistics().current_buffer_used
-                       for inbox in gc.get_objects() if isinstance(inbox, Inbound)]
+            waiting = [
+                inbox._receive.statistics().current_buffer_used
+                for inbox in gc.get_objects()
+                if isinstance(inbox, Inbound)
+            ]
             assert waiting and max(waiting) * size <= INBOX_BYTES + size, (waiting, size)
             nursery.cancel_scope.cancel()
         channel.close()  # the stream is stalled by flow control: hang up the connection

@@ -1,6 +1,7 @@
 """Operator logs: a problem retried many times a second is logged once, then once a minute
 with its count, and its end once (scheduler.logs.Repeating); lines a peer can provoke at will
 stay few, and say how many (RateLimited, Repeats)."""
+
 from __future__ import annotations
 
 import logging
@@ -54,8 +55,10 @@ def test_one_line_per_key_and_interval_then_the_count_of_those_left_out(caplog):
     clock.now = 10.0
     assert limited.warning("peer-a", "refused %s", 5)
     assert [r.getMessage() for r in caplog.records] == [
-        "refused 0", "refused b",
-        "refused 5 (and 4 more like it since the previous such line)"]
+        "refused 0",
+        "refused b",
+        "refused 5 (and 4 more like it since the previous such line)",
+    ]
 
 
 def test_keys_are_bounded_the_least_recently_logged_forgotten():

@@ -1,4 +1,5 @@
 """scheduler.memory: freed memory goes back to the system after a burst, not at every look."""
+
 from __future__ import annotations
 
 import trio
@@ -8,8 +9,10 @@ from scheduler.memory import LOOK_EVERY, TRIM_AFTER_GROWTH, glibc_trim, release_
 
 async def test_the_heap_is_trimmed_only_after_rss_grew(autojump_clock):
     base = 100 << 20
-    readings = iter([base, base + (1 << 20), base + TRIM_AFTER_GROWTH + 1, base + (2 << 20),
-                     base + (3 << 20)] + [base + (3 << 20)] * 100)
+    readings = iter(
+        [base, base + (1 << 20), base + TRIM_AFTER_GROWTH + 1, base + (2 << 20), base + (3 << 20)]
+        + [base + (3 << 20)] * 100
+    )
     trims = []
 
     def trim(pad: int) -> int:

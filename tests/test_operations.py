@@ -4,6 +4,7 @@ the systemd unit, and signals.
 Everything talks over real sockets on 127.0.0.1 (port 0) or AF_UNIX sockets in the test's
 temporary directory; every I/O test is guarded by `fail_after`.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -57,15 +58,22 @@ SUN_PATH_MAX = 100  # bytes: AF_UNIX paths longer than ~107 cannot be bound
 
 # -- helpers -----------------------------------------------------------------------------------
 
+
 @asynccontextmanager
 async def notifying_scheduler(notifier: Notifier, config=None):
     """`running_scheduler`, but serving with the given sd_notify `notifier`."""
     config = config or make_config()
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
-        scheduler = await nursery.start(lambda task_status: serve(
-            config, ssl_context=None, shutdown=shutdown, notifier=notifier,
-            task_status=task_status))
+        scheduler = await nursery.start(
+            lambda task_status: serve(
+                config,
+                ssl_context=None,
+                shutdown=shutdown,
+                notifier=notifier,
+                task_status=task_status,
+            )
+        )
         scheduler.shutdown = shutdown
         try:
             with trio.fail_after(IO_GUARD):
@@ -189,6 +197,7 @@ async def open_agent(channel, scheduler, node_id: str):
 
 # -- sd_notify -----------------------------------------------------------------------------------
 
+
 async def test_ready_is_sent_once_listening_with_a_status_naming_the_port(notify_path):
     async with NotifyListener(notify_path) as listener:
         notifier = Notifier({"NOTIFY_SOCKET": notify_path})
@@ -228,7 +237,8 @@ async def test_status_lines_count_the_nodes_and_stopping_is_sent_on_shutdown(not
                 await open_agent(channel, scheduler, "node-a")
                 await open_agent(channel, scheduler, "node-b")
                 await listener.until(
-                    lambda f: f.get("STATUS", "").startswith("2 nodes ready, 0 lost"))
+                    lambda f: f.get("STATUS", "").startswith("2 nodes ready, 0 lost")
+                )
                 scheduler.shutdown.set()
                 tail = await listener.until(lambda f: f.get("STOPPING") == "1")
             assert tail[-1]["STATUS"] == "shutting down", tail[-1]
@@ -250,8 +260,10 @@ async def test_abstract_namespace_addresses_work():
 
 async def test_without_notify_socket_the_notifier_is_silent(monkeypatch, autojump_clock):
     created = []
-    monkeypatch.setattr("scheduler.systemd.socket.socket",
-                        lambda *args, **kw: created.append(args) or pytest.fail("socket opened"))
+    monkeypatch.setattr(
+        "scheduler.systemd.socket.socket",
+        lambda *args, **kw: created.append(args) or pytest.fail("socket opened"),
+    )
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     for notifier in (Notifier({"WATCHDOG_USEC": "200000"}), Notifier()):
         assert notifier.enabled is False
@@ -265,10 +277,15 @@ async def test_without_notify_socket_the_notifier_is_silent(monkeypatch, autojum
 
 def test_watchdog_is_for_another_process_or_disabled():
     other = str(os.getpid() + 1)
-    assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "200000",
-                     "WATCHDOG_PID": other}).watchdog_interval is None
-    assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "200000",
-                     "WATCHDOG_PID": str(os.getpid())}).watchdog_interval == pytest.approx(0.1)
+    assert (
+        Notifier(
+            {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "200000", "WATCHDOG_PID": other}
+        ).watchdog_interval
+        is None
+    )
+    assert Notifier(
+        {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "200000", "WATCHDOG_PID": str(os.getpid())}
+    ).watchdog_interval == pytest.approx(0.1)
     assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "0"}).watchdog_interval is None
     assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "soon"}).watchdog_interval is None
 
@@ -283,6 +300,7 @@ def test_an_unreachable_notify_socket_is_a_warning_not_a_crash(tmp_path, caplog)
 
 
 # -- grpc.health.v1 ------------------------------------------------------------------------------
+
 
 async def test_health_check_is_serving_while_running():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
@@ -311,15 +329,17 @@ async def test_health_watch_sees_not_serving_when_shutdown_begins():
             scheduler.shutdown.set()
             after = await statuses.receive()
             assert after == HealthCheckResponse.NOT_SERVING, (
-                f"the Watch stream saw {after!r} after shutdown, not NOT_SERVING")
+                f"the Watch stream saw {after!r} after shutdown, not NOT_SERVING"
+            )
         finally:
             task.cancel()
 
 
 def test_healthz_answers_503_while_draining():
     registry = None  # /healthz never reads the registry
-    reply = HttpReply(_respond(b"GET /healthz HTTP/1.1\r\n\r\n", registry,
-                               lambda: (False, "draining")))
+    reply = HttpReply(
+        _respond(b"GET /healthz HTTP/1.1\r\n\r\n", registry, lambda: (False, "draining"))
+    )
     assert (reply.status, reply.body) == (503, b"draining\n")
 
 
@@ -346,6 +366,7 @@ async def reflect(channel, version: str, **request):
         async with stub.ServerReflectionInfo.open() as stream:
             await stream.send_message(reflection_pb2.ServerReflectionRequest(**request), end=True)
             return [reply async for reply in stream]
+
     return await aio(call)()
 
 
@@ -358,21 +379,26 @@ async def test_reflection_lists_every_service(version):
         assert not missing, (
             f"reflection ({version}) does not list {sorted(missing)}; it lists {sorted(listed)}. "
             "the Health servable must be among the servables app.py passes to "
-            "with_reflection(), or grpcurl cannot see grpc.health.v1.Health")
+            "with_reflection(), or grpcurl cannot see grpc.health.v1.Health"
+        )
 
 
 async def test_reflection_describes_our_services():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
-        [reply] = await reflect(channel, "v1",
-                                file_containing_symbol="scheduler.controller.ClusterService")
+        [reply] = await reflect(
+            channel, "v1", file_containing_symbol="scheduler.controller.ClusterService"
+        )
         assert reply.WhichOneof("message_response") == "file_descriptor_response", reply
-        files = [FileDescriptorProto.FromString(raw)
-                 for raw in reply.file_descriptor_response.file_descriptor_proto]
+        files = [
+            FileDescriptorProto.FromString(raw)
+            for raw in reply.file_descriptor_response.file_descriptor_proto
+        ]
         services = {f"{f.package}.{s.name}" for f in files for s in f.service}
         assert "scheduler.controller.ClusterService" in services
 
 
 # -- /metrics and /healthz ------------------------------------------------------------------------
+
 
 async def test_metrics_parse_and_start_at_zero():
     async with running_scheduler() as scheduler:
@@ -452,6 +478,7 @@ async def test_healthz_unknown_paths_and_methods():
 
 # -- logs ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def restore_logging():
     """`logs.setup` reconfigures the root logger: put back what pytest had."""
@@ -492,7 +519,8 @@ def test_text_logs_name_level_and_logger(capsys, restore_logging):
     logging.getLogger("scheduler.test").warning("shown")
     [line] = capsys.readouterr().err.splitlines()
     assert re.fullmatch(
-        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING scheduler\.test: shown", line)
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING scheduler\.test: shown", line
+    )
 
 
 async def test_a_join_logs_one_line_and_statuses_log_none(caplog):
@@ -510,14 +538,18 @@ async def test_a_join_logs_one_line_and_statuses_log_none(caplog):
         for i in range(20):
             await stream.send(status("node-logged", load=float(i)))
         await wait_until(lambda: scheduler.cluster.status_messages == 20)
-        noisy = [f"{r.name} {r.levelname}: {r.getMessage()}" for r in caplog.records
-                 if r.levelno >= logging.INFO and (r.name.startswith("scheduler")
-                                                   or r.levelno >= logging.WARNING)]
+        noisy = [
+            f"{r.name} {r.levelname}: {r.getMessage()}"
+            for r in caplog.records
+            if r.levelno >= logging.INFO
+            and (r.name.startswith("scheduler") or r.levelno >= logging.WARNING)
+        ]
         assert noisy == [], f"20 status messages logged: {noisy}"
         await drop_stream(stream)
 
 
 # -- the systemd unit ----------------------------------------------------------------------------
+
 
 def read_unit(path: Path) -> dict[str, dict[str, list[str]]]:
     """A unit file as {section: {key: [values in order]}} (keys may repeat)."""
@@ -566,24 +598,35 @@ def test_unit_file_runs_a_sandboxed_notify_service_with_a_watchdog():
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     # ExecStart names the installed path; verify checks it exists, so point it at one that does.
-    text = re.sub(r"(?m)^ExecStart=\S+", f"ExecStart={sys.executable} -m scheduler",
-                  UNIT_FILE.read_text())
+    text = re.sub(
+        r"(?m)^ExecStart=\S+", f"ExecStart={sys.executable} -m scheduler", UNIT_FILE.read_text()
+    )
     unit = tmp_path / "orka-scheduler.service"
     unit.write_text(text)
-    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
-                            capture_output=True, text=True, timeout=IO_GUARD)
-    complaints = [line for line in (result.stdout + result.stderr).splitlines()
-                  if "orka-scheduler.service" in line]
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=IO_GUARD,
+    )
+    complaints = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "orka-scheduler.service" in line
+    ]
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
 
 
 # -- the process: signals -------------------------------------------------------------------------
 
+
 def write_config(tmp_path: Path) -> Path:
     config = tmp_path / "config.toml"
-    config.write_text(f'[server]\nlisten = "127.0.0.1:0"\ndata_dir = "{tmp_path / "data"}"\n'
-                      'shutdown_grace = 1.0\n[observability]\nhttp_listen = "127.0.0.1:0"\n'
-                      'log_format = "json"\n')
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:0"\ndata_dir = "{tmp_path / "data"}"\n'
+        'shutdown_grace = 1.0\n[observability]\nhttp_listen = "127.0.0.1:0"\n'
+        'log_format = "json"\n'
+    )
     return config
 
 
@@ -591,16 +634,31 @@ def write_config(tmp_path: Path) -> Path:
 async def serve_process(tmp_path: Path, notify_path: str):
     """`orka-scheduler serve --insecure` in a subprocess under a systemd-like environment
     ($NOTIFY_SOCKET, $WATCHDOG_USEC); yields (process, listener, port) once READY=1 arrived."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": notify_path,
-           "WATCHDOG_USEC": "400000"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "NOTIFY_SOCKET": notify_path,
+        "WATCHDOG_USEC": "400000",
+    }
     env.pop("WATCHDOG_PID", None)
     with trio.fail_after(IO_GUARD):
         async with NotifyListener(notify_path) as listener:
             with open(tmp_path / "stderr", "wb") as err:
                 process = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "scheduler", "serve", "--insecure",
-                     "--config", str(write_config(tmp_path))],
-                    env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
+                    [
+                        sys.executable,
+                        "-m",
+                        "scheduler",
+                        "serve",
+                        "--insecure",
+                        "--config",
+                        str(write_config(tmp_path)),
+                    ],
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
             try:
                 ready = (await listener.until(lambda f: f.get("READY") == "1"))[-1]
                 port = int(re.search(r"port (\d+)", ready["STATUS"]).group(1))
@@ -612,15 +670,17 @@ async def serve_process(tmp_path: Path, notify_path: str):
 
 
 async def test_the_process_is_ready_when_listening_and_stops_cleanly_on_sigterm(
-        tmp_path, notify_path):
+    tmp_path, notify_path
+):
     async with serve_process(tmp_path, notify_path) as (process, listener, port):
         (await trio.open_tcp_stream("127.0.0.1", port)).socket.close()
         await listener.until(lambda f: f.get("WATCHDOG") == "1")  # Notifier() read the env
         process.send_signal(signal.SIGTERM)
         await listener.until(lambda f: f.get("STOPPING") == "1")
         assert await process.wait() == 0
-    messages = [json.loads(line)["message"]
-                for line in (tmp_path / "stderr").read_text().splitlines()]
+    messages = [
+        json.loads(line)["message"] for line in (tmp_path / "stderr").read_text().splitlines()
+    ]
     assert any("received SIGTERM" in m for m in messages), messages
     assert messages[-1] == "stopped", messages
 
@@ -634,7 +694,8 @@ async def test_the_process_survives_a_reload(tmp_path, notify_path):
         assert process.poll() is None, (
             f"SIGHUP (systemctl reload) killed `serve --insecure` (returncode "
             f"{process.returncode}): cmd_serve must start reload_on_sighup with or without "
-            "TLS, or SIGHUP keeps its default action (terminate)")
+            "TLS, or SIGHUP keeps its default action (terminate)"
+        )
         await listener.until(lambda f: f.get("WATCHDOG") == "1")  # still alive and pinging
         process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0

@@ -3,6 +3,7 @@
 Chains are checked with cryptography's RFC 5280 verifier, independent of OpenSSL; real TLS
 handshakes with these certificates are in test_security.py.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -55,13 +56,15 @@ def all_files(paths: PkiPaths) -> list:
 
 # --- names -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("text", ["n", "node-1", "a..b", "-", UUID_NODE, "x" * 253, "1.2.3.4"])
 def test_valid_node_ids(text):
     assert valid_node_id(text)
 
 
-@pytest.mark.parametrize("text", ["", "x" * 254, "node_1", "node 1", "nöde", "a/b", "n\n",
-                                  "\u212a", None, 42])
+@pytest.mark.parametrize(
+    "text", ["", "x" * 254, "node_1", "node 1", "nöde", "a/b", "n\n", "\u212a", None, 42]
+)
 def test_invalid_node_ids(text):
     assert not valid_node_id(text)  # \u212a: Kelvin sign, folds to "k" under re.IGNORECASE
 
@@ -75,25 +78,34 @@ def test_valid_instance_ids(text):
     assert valid_instance_id(text)  # as the Orka Controller makes them: `_` in names
 
 
-@pytest.mark.parametrize("text", ["", "x" * 254, "web 1", "wéb", "a/b", "a:b", "n\n", "\u212a",
-                                  None, 42])
+@pytest.mark.parametrize(
+    "text", ["", "x" * 254, "web 1", "wéb", "a/b", "a:b", "n\n", "\u212a", None, 42]
+)
 def test_invalid_instance_ids(text):
     assert not valid_instance_id(text)
 
 
-@pytest.mark.parametrize("text,valid", [("orka.local", True), ("my_td-1", True),
-                                        ("Orka.local", False), ("", False), ("a/b", False)])
+@pytest.mark.parametrize(
+    "text,valid",
+    [("orka.local", True), ("my_td-1", True), ("Orka.local", False), ("", False), ("a/b", False)],
+)
 def test_trust_domains(text, valid):
     assert valid_trust_domain(text) is valid
 
 
 # --- files and modes ---------------------------------------------------------------------------
 
+
 def test_layout(paths):
     names = {p.relative_to(paths.directory).as_posix() for p in all_files(paths)}
     assert names == {
-        "trust_domain", "ca.pem", "ca.key", "scheduler.pem", "scheduler.key",
-        "controllers/controller.pem", "controllers/controller.key",
+        "trust_domain",
+        "ca.pem",
+        "ca.key",
+        "scheduler.pem",
+        "scheduler.key",
+        "controllers/controller.pem",
+        "controllers/controller.key",
         *(f"agents/{node}.{ext}" for node in AGENTS for ext in ("pem", "key")),
     }
     assert paths.agent("node-1").cert == paths.directory / "agents" / "node-1.pem"
@@ -132,6 +144,7 @@ def test_missing_pki_is_named(tmp_path):
 
 
 # --- idempotence -------------------------------------------------------------------------------
+
 
 def test_init_twice_keeps_the_ca_and_the_certificates(tmp_path):
     first = init_pki(tmp_path / "pki", agents=("n1",))
@@ -186,13 +199,20 @@ def test_no_temporary_files_are_left(paths):
 
 # --- certificates ------------------------------------------------------------------------------
 
+
 def test_every_leaf_chains_to_the_ca(paths):
     clients = verifier(paths).build_client_verifier()
-    for pair in (paths.scheduler, paths.controller("controller"),
-                 *(paths.agent(node) for node in AGENTS)):
+    for pair in (
+        paths.scheduler,
+        paths.controller("controller"),
+        *(paths.agent(node) for node in AGENTS),
+    ):
         clients.verify(load(pair.cert), [])
-    for name in (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                 x509.IPAddress(ipaddress.ip_address("::1"))):
+    for name in (
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ):
         verifier(paths).build_server_verifier(name).verify(load(paths.scheduler.cert), [])
     agent_as_server = verifier(paths).build_server_verifier(x509.DNSName("node-1"))
     agent_as_server.verify(load(paths.agent("node-1").cert), [])
@@ -258,11 +278,13 @@ def test_leaf_validity_starts_in_the_past_and_lasts_days(tmp_path):
     cert = load(paths.scheduler.cert)
     now = dt.datetime.now(dt.UTC)
     assert now - pki.CLOCK_SKEW - dt.timedelta(seconds=5) <= cert.not_valid_before_utc < now
-    assert cert.not_valid_after_utc - now == pytest.approx(dt.timedelta(days=30),
-                                                           abs=dt.timedelta(seconds=5))
+    assert cert.not_valid_after_utc - now == pytest.approx(
+        dt.timedelta(days=30), abs=dt.timedelta(seconds=5)
+    )
 
 
 # --- issuing more ------------------------------------------------------------------------------
+
 
 def test_issue_agent_and_controller_use_the_existing_ca(tmp_path):
     paths = init_pki(tmp_path / "pki", trust_domain="prod.example")
@@ -315,7 +337,8 @@ def test_long_node_ids_fit(tmp_path):
     paths = init_pki(tmp_path / "pki", agents=(node,))
     cert = load(paths.agent(node).cert)
     assert sans(cert).get_values_for_type(x509.UniformResourceIdentifier) == [
-        f"spiffe://orka.local/agent/{node}"]
+        f"spiffe://orka.local/agent/{node}"
+    ]
 
 
 def test_node_ids_too_long_for_a_file_name_are_refused(tmp_path):

@@ -6,6 +6,7 @@ climbed 66 -> 180 MiB (bench/RESULTS.md). Each test runs calls of one kind, then
 `gc.DEBUG_SAVEALL` and asserts that none of the scheduler's objects were found only in cycles.
 (The tests' own clients are not judged: their cycles are not the scheduler's memory.)
 """
+
 from __future__ import annotations
 
 import gc
@@ -56,8 +57,9 @@ async def nothing_left_in_cycles():
         yield
         await trio.sleep(SETTLE)
         gc.collect()
-        left = sorted({f"{type(o).__module__}.{type(o).__qualname__}"
-                       for o in gc.garbage if ours(o)})
+        left = sorted(
+            {f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage if ours(o)}
+        )
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
@@ -69,8 +71,11 @@ async def nothing_left_in_cycles():
 @asynccontextmanager
 async def one_node(mode: str = "accept"):
     """A scheduler, a client channel to it and one node whose Agent behaves as `mode`."""
-    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel, \
-            open_nodes(channel, scheduler, ("n1", mode, {})) as [node]:
+    async with (
+        running_scheduler() as scheduler,
+        open_channel(scheduler.port) as channel,
+        open_nodes(channel, scheduler, ("n1", mode, {})) as [node],
+    ):
         yield channel, node
 
 

@@ -1,5 +1,6 @@
 """Restart without loss (durable state in the data directory): in-process restarts over real
 sockets, and a scheduler process SIGKILLed mid-traffic and started again."""
+
 from __future__ import annotations
 
 import os
@@ -43,9 +44,11 @@ def free_port() -> int:
 
 
 def config_for(data_dir: str, port: int, node_timeout: float = 5.0):
-    return make_config(server={"listen": f"127.0.0.1:{port}", "data_dir": data_dir},
-                       liveness={"node_timeout": node_timeout},
-                       scheduling={"attempt_timeout": 1.0})
+    return make_config(
+        server={"listen": f"127.0.0.1:{port}", "data_dir": data_dir},
+        liveness={"node_timeout": node_timeout},
+        scheduling={"attempt_timeout": 1.0},
+    )
 
 
 @asynccontextmanager
@@ -80,8 +83,9 @@ async def test_restart_keeps_epoch_nodes_placements_and_stop_still_works():
     data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
     async with open_channel(port) as channel:
         async with agent_with_workloads(channel, "node-1") as (agent, workloads):
-            epoch, revision = await run_and_place(config_for(data_dir, port), channel, agent,
-                                                  ["web-1"], memory=64)
+            epoch, revision = await run_and_place(
+                config_for(data_dir, port), channel, agent, ["web-1"], memory=64
+            )
 
             async with running_scheduler(config_for(data_dir, port)) as second:
                 assert second.events.epoch == epoch, "the same epoch continues"
@@ -120,8 +124,10 @@ async def test_a_node_that_does_not_rejoin_is_lost_with_its_instances():
                     with trio.fail_after(3):
                         while True:
                             event = await events.receive()
-                            if event.WhichOneof("event") == "node" and \
-                                    controller_pb2.NodeEvent.Kind.Name(event.node.kind) == "LOST":
+                            if (
+                                event.WhichOneof("event") == "node"
+                                and controller_pb2.NodeEvent.Kind.Name(event.node.kind) == "LOST"
+                            ):
                                 break
                     assert list(event.node.node.instance_ids) == ["web-1"]
                 assert second.cluster.nodes["node-1"].state is NodeState.LOST
@@ -168,8 +174,10 @@ def test_a_second_scheduler_on_the_same_data_dir_is_refused(tmp_path):
 async def test_sigkill_mid_traffic_then_restart_loses_no_acknowledged_placement(tmp_path):
     port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\n'
-                      '[observability]\nhttp_listen = ""\n[liveness]\nnode_timeout = 5.0\n')
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\n'
+        '[observability]\nhttp_listen = ""\n[liveness]\nnode_timeout = 5.0\n'
+    )
     command = [sys.executable, "-m", "scheduler", "serve", "--insecure", "--config", str(config)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -193,6 +201,7 @@ async def test_sigkill_mid_traffic_then_restart_loses_no_acknowledged_placement(
                 async def reported():  # the status is applied before the first Schedule
                     nodes = await FakeController(channel).list_nodes()
                     return bool(nodes) and nodes[0].memory_total > 0
+
                 with trio.fail_after(5):
                     while not await reported():
                         await trio.sleep(0.01)
@@ -273,8 +282,9 @@ async def test_a_forgotten_node_is_not_restored(monkeypatch):
                 await agent.leave()
             assert set(scheduler.cluster.nodes) == {"node-b"}, "node-a departed first"
         async with running_scheduler(config_for(data_dir, port)) as second:
-            assert {n: node.state for n, node in second.cluster.nodes.items()} == \
-                {"node-b": NodeState.LEFT}
+            assert {n: node.state for n, node in second.cluster.nodes.items()} == {
+                "node-b": NodeState.LEFT
+            }
 
 
 async def test_the_event_log_size_after_a_restart_counts_retained_events():

@@ -5,6 +5,7 @@ The handshakes use the stdlib `ssl` module with blocking sockets: a small thread
 timeout, so a broken handshake fails a test instead of hanging it. Bad certificates are made
 with cryptography directly, signed by the cluster CA unless the test is about another CA.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -45,6 +46,7 @@ TIMEOUT = 5.0  # s; generous for a loopback handshake, short enough to fail a hu
 
 # --- fixtures and helpers ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory) -> PkiPaths:
     return init_pki(tmp_path_factory.mktemp("pki") / "pki", agents=("node-1", "node-2"))
@@ -65,9 +67,16 @@ def client_context(paths: PkiPaths, pair: CertPair) -> ssl.SSLContext:
     return client_ssl_context(paths.ca, pair.cert, pair.key)
 
 
-def make_cert(paths: PkiPaths, directory: Path, *, uris=(), dns=(), valid_from: float = -1,
-              valid_until: float = 1, usages=(ExtendedKeyUsageOID.CLIENT_AUTH,
-                                          ExtendedKeyUsageOID.SERVER_AUTH)) -> CertPair:
+def make_cert(
+    paths: PkiPaths,
+    directory: Path,
+    *,
+    uris=(),
+    dns=(),
+    valid_from: float = -1,
+    valid_until: float = 1,
+    usages=(ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH),
+) -> CertPair:
     """A leaf signed by `paths`' CA with exactly the SANs given; validity in days from now."""
     ca = x509.load_pem_x509_certificate(paths.ca.read_bytes())
     ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
@@ -91,9 +100,13 @@ def make_cert(paths: PkiPaths, directory: Path, *, uris=(), dns=(), valid_from: 
     directory.mkdir(parents=True, exist_ok=True)
     pair = CertPair(directory / "leaf.pem", directory / "leaf.key")
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pair.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    pair.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return pair
 
 
@@ -205,13 +218,15 @@ def exchange(server: TlsServer, context: ssl.SSLContext) -> Exchange:
 
 # --- contexts ----------------------------------------------------------------------------------
 
+
 def test_server_context_requires_client_certificates_from_the_cluster_ca_only(paths):
     context = server_context(paths)
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert context.options & ssl.OP_NO_COMPRESSION
     assert [ca["subject"] for ca in context.get_ca_certs()] == [
-        ((("organizationName", "orka orka.local"),), (("commonName", "orka development CA"),))]
+        ((("organizationName", "orka orka.local"),), (("commonName", "orka development CA"),))
+    ]
 
 
 def test_client_context_verifies_the_server_but_not_its_host_name(paths):
@@ -228,6 +243,7 @@ def test_unreadable_files_are_named(paths, tmp_path):
 
 # --- handshakes and identities -----------------------------------------------------------------
 
+
 def test_agent_handshake_yields_its_identity_and_h2(paths, serve):
     server = serve(server_context(paths))
     result = exchange(server, client_context(paths, paths.agent("node-1")))
@@ -240,8 +256,9 @@ def test_agent_handshake_yields_its_identity_and_h2(paths, serve):
 def test_controller_handshake_yields_its_identity(paths, serve):
     server = serve(server_context(paths))
     result = exchange(server, client_context(paths, paths.controller("controller")))
-    assert identity_from_peercert(result.server.peercert, TD) == Identity("controller",
-                                                                          "controller", TD)
+    assert identity_from_peercert(result.server.peercert, TD) == Identity(
+        "controller", "controller", TD
+    )
 
 
 def test_scheduler_dialing_an_agent_checks_the_node(paths, serve):
@@ -261,19 +278,34 @@ def test_verify_agent_peer_refuses_a_controller_and_no_certificate():
         verify_agent_peer(None, TD, "node-1")
 
 
-@pytest.mark.parametrize("uris,dns,message", [
-    ((), (), "no URI SAN"),
-    ((), ("node-1",), "no URI SAN"),
-    (("spiffe://orka.local/agent/node-1", "spiffe://orka.local/agent/node-2"), (),
-     "2 URI SANs"),
-    (("spiffe://other.example/agent/node-1",), (), "trust domain 'other.example'"),
-    (("spiffe://orka.local/robot/r2",), (), "no known kind"),
-    (("spiffe://orka.local/agent/node_1",), (), "invalid node id 'node_1'"),
-    (("https://orka.local/agent/node-1",), (), "not a SPIFFE ID"),
-], ids=["no-san", "dns-only", "two-uris", "foreign-domain", "unknown-kind", "bad-node-id",
-        "not-spiffe"])
+@pytest.mark.parametrize(
+    "uris,dns,message",
+    [
+        ((), (), "no URI SAN"),
+        ((), ("node-1",), "no URI SAN"),
+        (
+            ("spiffe://orka.local/agent/node-1", "spiffe://orka.local/agent/node-2"),
+            (),
+            "2 URI SANs",
+        ),
+        (("spiffe://other.example/agent/node-1",), (), "trust domain 'other.example'"),
+        (("spiffe://orka.local/robot/r2",), (), "no known kind"),
+        (("spiffe://orka.local/agent/node_1",), (), "invalid node id 'node_1'"),
+        (("https://orka.local/agent/node-1",), (), "not a SPIFFE ID"),
+    ],
+    ids=[
+        "no-san",
+        "dns-only",
+        "two-uris",
+        "foreign-domain",
+        "unknown-kind",
+        "bad-node-id",
+        "not-spiffe",
+    ],
+)
 def test_certificates_from_the_cluster_ca_without_a_valid_identity(
-        paths, serve, tmp_path, uris, dns, message):
+    paths, serve, tmp_path, uris, dns, message
+):
     bad = make_cert(paths, tmp_path, uris=uris, dns=dns)
     server = serve(server_context(paths))
     result = exchange(server, client_context(paths, bad))
@@ -296,8 +328,9 @@ def test_a_server_from_another_ca_is_refused_by_the_client(paths, other_ca, serv
 
 
 def test_an_expired_client_certificate_fails_the_handshake(paths, serve, tmp_path):
-    expired = make_cert(paths, tmp_path, uris=("spiffe://orka.local/agent/node-1",),
-                        valid_from=-10, valid_until=-5)
+    expired = make_cert(
+        paths, tmp_path, uris=("spiffe://orka.local/agent/node-1",), valid_from=-10, valid_until=-5
+    )
     server = serve(server_context(paths))
     result = exchange(server, client_context(paths, expired))
     assert isinstance(result.server.error, ssl.SSLCertVerificationError)
@@ -306,8 +339,9 @@ def test_an_expired_client_certificate_fails_the_handshake(paths, serve, tmp_pat
 
 
 def test_an_expired_agent_certificate_is_refused_by_the_scheduler(paths, serve, tmp_path):
-    expired = make_cert(paths, tmp_path, uris=("spiffe://orka.local/agent/node-1",),
-                        valid_from=-10, valid_until=-5)
+    expired = make_cert(
+        paths, tmp_path, uris=("spiffe://orka.local/agent/node-1",), valid_from=-10, valid_until=-5
+    )
     agent = serve(server_context(paths, expired))
     result = exchange(agent, client_context(paths, paths.scheduler))
     assert isinstance(result.error, ssl.SSLCertVerificationError)
@@ -325,37 +359,44 @@ def test_a_client_without_a_certificate_fails_the_handshake(paths, serve):
 
 # --- identities without handshakes -------------------------------------------------------------
 
+
 def peercert(*uris: str) -> dict:
     return {"subject": (), "subjectAltName": tuple(("URI", uri) for uri in uris)}
 
 
-@pytest.mark.parametrize("uri,identity", [
-    ("spiffe://orka.local/agent/node-1", Identity("agent", "node-1")),
-    ("spiffe://orka.local/agent/0F8FAD5B-D9CB", Identity("agent", "0F8FAD5B-D9CB")),
-    ("spiffe://orka.local/controller/ctl", Identity("controller", "ctl")),
-    ("spiffe://orka.local/scheduler", Identity("scheduler", "")),
-])
+@pytest.mark.parametrize(
+    "uri,identity",
+    [
+        ("spiffe://orka.local/agent/node-1", Identity("agent", "node-1")),
+        ("spiffe://orka.local/agent/0F8FAD5B-D9CB", Identity("agent", "0F8FAD5B-D9CB")),
+        ("spiffe://orka.local/controller/ctl", Identity("controller", "ctl")),
+        ("spiffe://orka.local/scheduler", Identity("scheduler", "")),
+    ],
+)
 def test_identity_from_valid_uris(uri, identity):
     assert identity_from_peercert(peercert(uri), TD) == identity
 
 
-@pytest.mark.parametrize("cert,message", [
-    (None, "no verified certificate"),
-    ({}, "no verified certificate"),
-    ({"subject": ()}, "no URI SAN"),
-    (peercert("spiffe://orka.local/agent"), "no known kind"),
-    (peercert("spiffe://orka.local/agent/"), "invalid node id ''"),
-    (peercert("spiffe://orka.local/agent/a/b"), "no known kind"),
-    (peercert("spiffe://orka.local/scheduler/x"), "no known kind"),
-    (peercert("spiffe://orka.local/controller/x?y"), "invalid controller name 'x\\?y'"),
-    (peercert("spiffe://orka.local:443/scheduler"), "trust domain 'orka.local:443'"),
-    (peercert("spiffe://orka.local"), "no known kind"),
-    (peercert("spiffe://orka.local/agent/" + "n" * 300), r"\.\.\. \(300 characters\)"),
-    # The SPIFFE ID specification: scheme and trust domain are lower case, nothing else.
-    (peercert("SPIFFE://ORKA.LOCAL/agent/node-1"), "not a SPIFFE ID \\(SPIFFE IDs are lower"),
-    (peercert("Spiffe://orka.local/agent/node-1"), "not a SPIFFE ID \\(SPIFFE IDs are lower"),
-    (peercert("spiffe://ORKA.local/agent/node-1"), "trust domains are lower case"),
-])
+@pytest.mark.parametrize(
+    "cert,message",
+    [
+        (None, "no verified certificate"),
+        ({}, "no verified certificate"),
+        ({"subject": ()}, "no URI SAN"),
+        (peercert("spiffe://orka.local/agent"), "no known kind"),
+        (peercert("spiffe://orka.local/agent/"), "invalid node id ''"),
+        (peercert("spiffe://orka.local/agent/a/b"), "no known kind"),
+        (peercert("spiffe://orka.local/scheduler/x"), "no known kind"),
+        (peercert("spiffe://orka.local/controller/x?y"), "invalid controller name 'x\\?y'"),
+        (peercert("spiffe://orka.local:443/scheduler"), "trust domain 'orka.local:443'"),
+        (peercert("spiffe://orka.local"), "no known kind"),
+        (peercert("spiffe://orka.local/agent/" + "n" * 300), r"\.\.\. \(300 characters\)"),
+        # The SPIFFE ID specification: scheme and trust domain are lower case, nothing else.
+        (peercert("SPIFFE://ORKA.LOCAL/agent/node-1"), "not a SPIFFE ID \\(SPIFFE IDs are lower"),
+        (peercert("Spiffe://orka.local/agent/node-1"), "not a SPIFFE ID \\(SPIFFE IDs are lower"),
+        (peercert("spiffe://ORKA.local/agent/node-1"), "trust domains are lower case"),
+    ],
+)
 def test_identity_refusals(cert, message):
     with pytest.raises(IdentityError, match=message):
         identity_from_peercert(cert, TD)
@@ -375,14 +416,16 @@ def test_identity_uri_and_str():
     assert str(Identity("scheduler", "")) == "the scheduler"
 
 
-@pytest.mark.parametrize("kind,name", [("robot", "r"), ("agent", ""), ("agent", "a/b"),
-                                       ("scheduler", "x")])
+@pytest.mark.parametrize(
+    "kind,name", [("robot", "r"), ("agent", ""), ("agent", "a/b"), ("scheduler", "x")]
+)
 def test_identity_validates(kind, name):
     with pytest.raises(ValueError):
         Identity(kind, name)
 
 
 # --- the identity cache ------------------------------------------------------------------------
+
 
 class FakeSslObject:
     """Stands in for an `ssl.SSLObject`: a certificate and a count of how often it was read."""
@@ -455,10 +498,22 @@ ALLOWED = {
     CONTROLLER: {SCHEDULE, WATCH, HEALTH, REFLECTION, REFLECTION_V1},
     SCHEDULER: {HEALTH, REFLECTION, REFLECTION_V1},
 }
-PATHS = [JOIN, STATUS, SCHEDULE, WATCH, CREATE, HEALTH, REFLECTION, REFLECTION_V1,
-         "/scheduler.agentx.LifecycleService/JoinCluster", "/scheduler.agent.sub.Service/Method",
-         "/scheduler.agent.LifecycleService", "scheduler.agent.LifecycleService/JoinCluster",
-         "/scheduler.agent.LifecycleService/Join/Cluster", "/grpc.health.v1.Health/"]
+PATHS = [
+    JOIN,
+    STATUS,
+    SCHEDULE,
+    WATCH,
+    CREATE,
+    HEALTH,
+    REFLECTION,
+    REFLECTION_V1,
+    "/scheduler.agentx.LifecycleService/JoinCluster",
+    "/scheduler.agent.sub.Service/Method",
+    "/scheduler.agent.LifecycleService",
+    "scheduler.agent.LifecycleService/JoinCluster",
+    "/scheduler.agent.LifecycleService/Join/Cluster",
+    "/grpc.health.v1.Health/",
+]
 
 
 @pytest.mark.parametrize("identity", list(ALLOWED), ids=str)
@@ -478,8 +533,9 @@ def test_authorize_says_why():
         authorize(AGENT, SCHEDULE)
     with pytest.raises(PermissionDenied, match="Controllers may call only scheduler.controller"):
         authorize(CONTROLLER, JOIN)
-    with pytest.raises(PermissionDenied,
-                       match="the scheduler's own certificate is for dialing Agents"):
+    with pytest.raises(
+        PermissionDenied, match="the scheduler's own certificate is for dialing Agents"
+    ):
         authorize(SCHEDULER, JOIN)
 
 
@@ -492,8 +548,12 @@ def test_authorize_refuses_a_missing_identity():
 def test_check_node():
     check_node(AGENT, "node-1")
     check_node(None, "anything")  # insecure mode: identities unchecked
-    for identity, node in [(AGENT, "node-2"), (AGENT, "NODE-1"), (CONTROLLER, "controller"),
-                           (SCHEDULER, "node-1")]:
+    for identity, node in [
+        (AGENT, "node-2"),
+        (AGENT, "NODE-1"),
+        (CONTROLLER, "controller"),
+        (SCHEDULER, "node-1"),
+    ]:
         with pytest.raises(Refusal) as refusal:
             check_node(identity, node)
         assert type(refusal.value) is PermissionDenied
@@ -516,6 +576,7 @@ def test_authorizer_combines_identity_and_authorization():
 
 # --- certificate rotation ----------------------------------------------------------------------
 
+
 def dns_names(peer: dict) -> list[str]:
     return [value for kind, value in peer["subjectAltName"] if kind == "DNS"]
 
@@ -528,8 +589,9 @@ def test_reload_rotates_the_certificate_for_new_handshakes_only(paths, serve, tm
         assert "localhost" in dns_names(established.getpeercert())
         assert server.next_accepted().error is None
 
-        rotated = make_cert(paths, tmp_path, uris=("spiffe://orka.local/scheduler",),
-                            dns=("rotated.example",))
+        rotated = make_cert(
+            paths, tmp_path, uris=("spiffe://orka.local/scheduler",), dns=("rotated.example",)
+        )
         reload(context, paths.ca, rotated.cert, rotated.key)
 
         assert echo(established) == b"ping"  # the established connection is untouched

@@ -6,6 +6,7 @@ SAN, another node's) are built with cryptography directly. Every test runs a rea
 (`scheduler.app.serve`, wired by `tls_setup.server_tls` like `orka-scheduler serve`) and a
 `fail_after` guard, and checks that the legitimate clients are unaffected by the refused ones.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -61,6 +62,7 @@ CONNECTION_FAILURES = (StreamTerminatedError, ConnectionError, ssl.SSLError, OSE
 
 # --- PKI ---------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Pki:
     """The cluster PKI and the bad certificates the tests present."""
@@ -91,15 +93,29 @@ def make_pki(directory: Path) -> Pki:
     other = init_pki(directory / "other", agents=("node-1",))
     bad = directory / "bad"
     return Pki(
-        paths, other,
-        expired=make_leaf(paths, bad / "expired", uri=f"spiffe://{TD}/agent/node-1",
-                          valid_from=-10, valid_until=-1),
+        paths,
+        other,
+        expired=make_leaf(
+            paths,
+            bad / "expired",
+            uri=f"spiffe://{TD}/agent/node-1",
+            valid_from=-10,
+            valid_until=-1,
+        ),
         no_uri=make_leaf(paths, bad / "no-uri", uri=None, dns=("node-1",)),
     )
 
 
-def make_leaf(ca_paths: PkiPaths, directory: Path, *, uri: str | None, dns=("localhost",),
-              ips=("127.0.0.1",), valid_from: float = -1, valid_until: float = 1) -> CertPair:
+def make_leaf(
+    ca_paths: PkiPaths,
+    directory: Path,
+    *,
+    uri: str | None,
+    dns=("localhost",),
+    ips=("127.0.0.1",),
+    valid_from: float = -1,
+    valid_until: float = 1,
+) -> CertPair:
     """A leaf (client and server usage) signed by `ca_paths`' CA; validity in days from now."""
     ca = x509.load_pem_x509_certificate(ca_paths.ca.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_paths.ca_key.read_bytes(), password=None)
@@ -117,16 +133,24 @@ def make_leaf(ca_paths: PkiPaths, directory: Path, *, uri: str | None, dns=("loc
         .not_valid_before(now + dt.timedelta(days=valid_from))
         .not_valid_after(now + dt.timedelta(days=valid_until))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH,
-                                              ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
     pair = CertPair(directory / "leaf.pem", directory / "leaf.key")
-    pair.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    pair.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     pair.key.chmod(0o600)
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return pair
@@ -149,6 +173,7 @@ def pki(tmp_path_factory) -> Pki:
 
 # --- SSL contexts for the clients --------------------------------------------------------------
 
+
 def client_ctx(pki: Pki, pair: CertPair | None) -> ssl.SSLContext:
     """A client context trusting the cluster CA and presenting `pair` (None: no certificate)."""
     if pair is not None:
@@ -162,9 +187,11 @@ def client_ctx(pki: Pki, pair: CertPair | None) -> ssl.SSLContext:
 
 def bad_client_ctx(pki: Pki, which: str) -> ssl.SSLContext:
     """Trusts the cluster CA (so only the server can refuse) but presents a bad certificate."""
-    pair = {"no certificate": None,
-            "another CA": pki.other_ca.agent("node-1"),
-            "expired": pki.expired}[which]
+    pair = {
+        "no certificate": None,
+        "another CA": pki.other_ca.agent("node-1"),
+        "expired": pki.expired,
+    }[which]
     return client_ctx(pki, pair)
 
 
@@ -195,6 +222,7 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("00000004000
 
 # --- a scheduler over TLS, and Agents that serve WorkloadService over TLS ----------------------
 
+
 @asynccontextmanager
 async def tls_scheduler(pki: Pki, **sections):
     """A scheduler wired as `orka-scheduler serve` wires it (server_tls), on 127.0.0.1:0.
@@ -204,18 +232,35 @@ async def tls_scheduler(pki: Pki, **sections):
     `agent_ssl` and `shutdown`. The test's own asyncio loop (for grpclib clients and fake
     Agents: `connect`, `open_tls_node`) is open inside the block.
     """
-    sections.setdefault("tls", {"ca": str(pki.ca), "cert": str(pki.scheduler.cert),
-                                "key": str(pki.scheduler.key), "trust_domain": TD})
+    sections.setdefault(
+        "tls",
+        {
+            "ca": str(pki.ca),
+            "cert": str(pki.scheduler.cert),
+            "key": str(pki.scheduler.key),
+            "trust_domain": TD,
+        },
+    )
     sections.setdefault("scheduling", {"attempt_timeout": 3.0})
     config = make_config(**sections)
     server_ssl, authorizer, agent_ssl = server_tls(config)
     shutdown = trio.Event()
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        scheduler = await nursery.start(functools.partial(
-            serve, config, ssl_context=server_ssl, authorize=authorizer, agent_ssl=agent_ssl,
-            shutdown=shutdown))
+        scheduler = await nursery.start(
+            functools.partial(
+                serve,
+                config,
+                ssl_context=server_ssl,
+                authorize=authorizer,
+                agent_ssl=agent_ssl,
+                shutdown=shutdown,
+            )
+        )
         scheduler.shutdown, scheduler.server_ssl, scheduler.agent_ssl = (
-            shutdown, server_ssl, agent_ssl)
+            shutdown,
+            server_ssl,
+            agent_ssl,
+        )
         try:
             with trio.fail_after(IO_GUARD):
                 yield scheduler
@@ -250,6 +295,7 @@ class TlsWorkloadAgent(RecordingWorkloadAgent):
             self._server = Server([self])
             await self._server.start("127.0.0.1", 0, ssl=self.context)
             return self._server._server.sockets[0].getsockname()[1]
+
         self.port = await aio(start)()
         return self.port
 
@@ -267,9 +313,17 @@ _OWN = object()  # open_tls_node: serve WorkloadService with the node's own cert
 
 
 @asynccontextmanager
-async def open_tls_node(port: int, pki: Pki, scheduler, node_id: str, *,
-                        serve_with: ssl.SSLContext | None | object = _OWN, mode: str = "accept",
-                        journal: list | None = None, **metrics):
+async def open_tls_node(
+    port: int,
+    pki: Pki,
+    scheduler,
+    node_id: str,
+    *,
+    serve_with: ssl.SSLContext | None | object = _OWN,
+    mode: str = "accept",
+    journal: list | None = None,
+    **metrics,
+):
     """A node over TLS: its WorkloadService (served with `serve_with`: by default a context
     with the node's own certificate; None for plaintext) and its Agent (node_id's certificate)
     joined, with one status sent.
@@ -285,8 +339,12 @@ async def open_tls_node(port: int, pki: Pki, scheduler, node_id: str, *,
         agent = FakeAgent(channel, node_id, workloads.port)
         await agent.join()
         stream = await agent.report(**metrics)
-        await wait_until(lambda: node_id in scheduler.cluster.nodes
-                         and scheduler.cluster.nodes[node_id].metrics is not None)
+        await wait_until(
+            lambda: (
+                node_id in scheduler.cluster.nodes
+                and scheduler.cluster.nodes[node_id].metrics is not None
+            )
+        )
         yield agent, workloads, stream
     finally:
         with trio.CancelScope(shield=True):
@@ -347,9 +405,12 @@ async def expect_refused_connection(port: int, context: ssl.SSLContext | None) -
 
 # --- tests: who may connect --------------------------------------------------------------------
 
+
 async def test_agent_and_controller_work_over_mtls(pki):
-    async with tls_scheduler(pki) as scheduler, \
-            connect(scheduler.port, client_ctx(pki, pki.controller)) as control:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        connect(scheduler.port, client_ctx(pki, pki.controller)) as control,
+    ):
         controller = FakeController(control)
         async with controller.watch() as events:
             async with open_tls_node(scheduler.port, pki, scheduler, "node-1") as (_, _, stream):
@@ -395,8 +456,10 @@ async def test_bad_client_certificate_is_refused_at_the_handshake(pki, which):
 
 async def test_certificate_without_uri_san_is_unauthenticated(pki):
     """From the cluster CA, so the handshake succeeds; but it names no identity."""
-    async with tls_scheduler(pki) as scheduler, \
-            connect(scheduler.port, client_ctx(pki, pki.no_uri)) as channel:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        connect(scheduler.port, client_ctx(pki, pki.no_uri)) as channel,
+    ):
         with pytest.raises(GRPCError) as caught:
             await FakeAgent(channel, "node-1").join()
         assert caught.value.status is Status.UNAUTHENTICATED
@@ -408,8 +471,10 @@ async def test_an_upper_case_spiffe_id_is_unauthenticated(pki, tmp_path):
     # SPIFFE IDs are lower case in scheme and trust domain (the SPIFFE ID specification and its
     # reference libraries): "SPIFFE://ORKA.LOCAL/agent/node-1" names no identity here.
     shouting = make_leaf(pki.paths, tmp_path / "shouting", uri="SPIFFE://ORKA.LOCAL/agent/node-1")
-    async with tls_scheduler(pki) as scheduler, \
-            connect(scheduler.port, client_ctx(pki, shouting)) as channel:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        connect(scheduler.port, client_ctx(pki, shouting)) as channel,
+    ):
         with pytest.raises(GRPCError) as caught:
             await FakeAgent(channel, "node-1").join()
         assert caught.value.status is Status.UNAUTHENTICATED
@@ -427,21 +492,27 @@ async def test_plaintext_client_fails_cleanly(pki):
 
 # --- tests: what an identity may do ------------------------------------------------------------
 
+
 async def test_agent_cannot_join_as_another_node(pki):
-    async with tls_scheduler(pki) as scheduler, \
-            connect(scheduler.port, client_ctx(pki, pki.agent("node-1"))) as channel:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        connect(scheduler.port, client_ctx(pki, pki.agent("node-1"))) as channel,
+    ):
         with pytest.raises(GRPCError) as caught:
             await FakeAgent(channel, "node-1").join("node-2")
         assert caught.value.status is Status.PERMISSION_DENIED
         assert "agent 'node-1'" in caught.value.message and "'node-2'" in caught.value.message, (
-            caught.value.message)
+            caught.value.message
+        )
         assert "node-2" not in scheduler.cluster.nodes
 
 
 async def test_agent_cannot_leave_for_another_node(pki):
-    async with tls_scheduler(pki) as scheduler, \
-            open_tls_node(scheduler.port, pki, scheduler, "node-2"), \
-            connect(scheduler.port, client_ctx(pki, pki.agent("node-1"))) as channel:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        open_tls_node(scheduler.port, pki, scheduler, "node-2"),
+        connect(scheduler.port, client_ctx(pki, pki.agent("node-1"))) as channel,
+    ):
         with pytest.raises(GRPCError) as caught:
             await FakeAgent(channel, "node-1").leave("node-2")
         assert caught.value.status is Status.PERMISSION_DENIED
@@ -451,9 +522,11 @@ async def test_agent_cannot_leave_for_another_node(pki):
 
 async def test_status_stream_for_another_node_is_refused(pki):
     """The first message binds the stream: it must name the certificate's node."""
-    async with tls_scheduler(pki) as scheduler, \
-            open_tls_node(scheduler.port, pki, scheduler, "node-2") as (_, _, good), \
-            connect(scheduler.port, client_ctx(pki, pki.agent("node-1"))) as channel:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        open_tls_node(scheduler.port, pki, scheduler, "node-2") as (_, _, good),
+        connect(scheduler.port, client_ctx(pki, pki.agent("node-1"))) as channel,
+    ):
         agent = FakeAgent(channel, "node-1")
         await agent.join()
         stream = await agent.open_stream()
@@ -470,9 +543,11 @@ async def test_status_stream_switching_node_mid_stream_is_refused(pki):
     Every message's id is checked against the certificate (SPEC §2.1), so this is
     PERMISSION_DENIED; nothing is applied to node-2 and the message names both nodes.
     """
-    async with tls_scheduler(pki) as scheduler, \
-            open_tls_node(scheduler.port, pki, scheduler, "node-2") as (_, _, good), \
-            open_tls_node(scheduler.port, pki, scheduler, "node-1") as (_, _, stream):
+    async with (
+        tls_scheduler(pki) as scheduler,
+        open_tls_node(scheduler.port, pki, scheduler, "node-2") as (_, _, good),
+        open_tls_node(scheduler.port, pki, scheduler, "node-1") as (_, _, stream),
+    ):
         await applied(scheduler, stream, "node-1", 11.0)
         error = await last_status(stream, status("node-2", load=99.0))
         assert isinstance(error, GRPCError), error
@@ -484,9 +559,11 @@ async def test_status_stream_switching_node_mid_stream_is_refused(pki):
 
 @pytest.mark.parametrize("method", ["Schedule", "WatchEvents", "ListNodes", "Stop"])
 async def test_agent_certificate_cannot_call_controller_services(pki, method):
-    async with tls_scheduler(pki) as scheduler, \
-            open_tls_node(scheduler.port, pki, scheduler, "node-1") as (_, workloads, _), \
-            connect(scheduler.port, client_ctx(pki, pki.agent("node-1"))) as channel:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        open_tls_node(scheduler.port, pki, scheduler, "node-1") as (_, workloads, _),
+        connect(scheduler.port, client_ctx(pki, pki.agent("node-1"))) as channel,
+    ):
         error = await controller_call(channel, method)
         assert isinstance(error, GRPCError) and error.status is Status.PERMISSION_DENIED, error
         assert "agent 'node-1'" in error.message and method in error.message, error.message
@@ -517,8 +594,10 @@ async def controller_call(channel, method: str) -> BaseException | None:
 
 @pytest.mark.parametrize("method", ["JoinCluster", "LeaveCluster", "UpdateNodeStatus"])
 async def test_controller_certificate_cannot_call_agent_services(pki, method):
-    async with tls_scheduler(pki) as scheduler, \
-            connect(scheduler.port, client_ctx(pki, pki.controller)) as channel:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        connect(scheduler.port, client_ctx(pki, pki.controller)) as channel,
+    ):
         agent = FakeAgent(channel, "node-1")
         error = None
         try:
@@ -543,8 +622,10 @@ async def test_controller_certificate_cannot_call_agent_services(pki, method):
 
 
 async def test_scheduler_certificate_cannot_call_in(pki):
-    async with tls_scheduler(pki) as scheduler, \
-            connect(scheduler.port, client_ctx(pki, pki.scheduler)) as channel:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        connect(scheduler.port, client_ctx(pki, pki.scheduler)) as channel,
+    ):
         with pytest.raises(GRPCError) as caught:
             await FakeController(channel).list_nodes()
         assert caught.value.status is Status.PERMISSION_DENIED
@@ -553,9 +634,11 @@ async def test_scheduler_certificate_cannot_call_in(pki):
 
 async def test_legitimate_clients_keep_working_while_bad_ones_are_refused(pki):
     """One good Agent streams throughout; after every refusal its next status still applies."""
-    async with tls_scheduler(pki) as scheduler, \
-            open_tls_node(scheduler.port, pki, scheduler, "node-1") as (_, _, good), \
-            connect(scheduler.port, client_ctx(pki, pki.controller)) as control:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        open_tls_node(scheduler.port, pki, scheduler, "node-1") as (_, _, good),
+        connect(scheduler.port, client_ctx(pki, pki.controller)) as control,
+    ):
         controller = FakeController(control)
         async with controller.watch() as events:
             load = 1.0
@@ -590,14 +673,21 @@ async def test_legitimate_clients_keep_working_while_bad_ones_are_refused(pki):
 
 # --- tests: the scheduler checks the Agents it dials -------------------------------------------
 
+
 async def test_scheduler_refuses_agent_serving_another_nodes_certificate(pki, caplog):
     """node-1 joins with its own certificate, but its WorkloadService answers with node-2's."""
     caplog.set_level(logging.INFO, logger="scheduler")
-    async with tls_scheduler(pki) as scheduler, \
-            open_tls_node(scheduler.port, pki, scheduler, "node-1",
-                          serve_with=agent_server_ctx(pki, pki.agent("node-2"))) \
-            as (_, impostor, good), \
-            connect(scheduler.port, client_ctx(pki, pki.controller)) as channel:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        open_tls_node(
+            scheduler.port,
+            pki,
+            scheduler,
+            "node-1",
+            serve_with=agent_server_ctx(pki, pki.agent("node-2")),
+        ) as (_, impostor, good),
+        connect(scheduler.port, client_ctx(pki, pki.controller)) as channel,
+    ):
         async with open_schedule(channel, scheduling_request("web-1")) as call:
             statuses, error = await call.result()
         assert statuses == []
@@ -624,31 +714,47 @@ async def test_impostor_agent_is_skipped_for_a_genuine_one(pki, caplog, served_b
     """node-1 (ranked first: more free memory) does not serve as node-1; node-2 is genuine."""
     caplog.set_level(logging.INFO, logger="scheduler")
     journal: list = []
-    async with tls_scheduler(pki) as scheduler, \
-            connect(scheduler.port, client_ctx(pki, pki.controller)) as channel, \
-            open_tls_node(scheduler.port, pki, scheduler, "node-2", journal=journal,
-                          mem_free=1 << 30) as (_, genuine, _), \
-            open_tls_node(scheduler.port, pki, scheduler, "node-1", journal=journal,
-                          serve_with=impostor_context(pki, served_by),
-                          mem_free=7 << 30) as (_, impostor, _):
+    async with (
+        tls_scheduler(pki) as scheduler,
+        connect(scheduler.port, client_ctx(pki, pki.controller)) as channel,
+        open_tls_node(
+            scheduler.port, pki, scheduler, "node-2", journal=journal, mem_free=1 << 30
+        ) as (_, genuine, _),
+        open_tls_node(
+            scheduler.port,
+            pki,
+            scheduler,
+            "node-1",
+            journal=journal,
+            serve_with=impostor_context(pki, served_by),
+            mem_free=7 << 30,
+        ) as (_, impostor, _),
+    ):
         async with open_schedule(channel, scheduling_request("web-1")) as call:
             running = await call.until(controller_pb2.Status.RUNNING)
             assert running.instance_id == "web-1" and running.node_id == "node-2", running
             await call.cancel()
         assert impostor.created == [] and genuine.created == ["web-1"], journal
-        refusals = [record.getMessage() for record in caplog.records
-                    if "node node-1 refused" in record.getMessage()]
+        refusals = [
+            record.getMessage()
+            for record in caplog.records
+            if "node node-1 refused" in record.getMessage()
+        ]
         assert len(refusals) == 1 and "UNAVAILABLE" in refusals[0], (
             "the impostor was not tried first (or not refused): fix the ranking in this test",
-            refusals)
+            refusals,
+        )
 
 
 # --- tests: certificate rotation ----------------------------------------------------------------
 
+
 async def test_reload_rotates_the_server_certificate_without_dropping_streams(pki, tmp_path):
     rotated = make_leaf(pki.paths, tmp_path / "rotated", uri=f"spiffe://{TD}/scheduler")
-    async with tls_scheduler(pki) as scheduler, \
-            open_tls_node(scheduler.port, pki, scheduler, "node-1") as (agent, _, stream):
+    async with (
+        tls_scheduler(pki) as scheduler,
+        open_tls_node(scheduler.port, pki, scheduler, "node-1") as (agent, _, stream),
+    ):
         old_serial = peer_serial(stream._stream.peer.cert())
         assert old_serial == serial_of(pki.scheduler)
 
@@ -679,13 +785,16 @@ async def _served_serial(channel) -> int:
             await stream.send_message(controller_pb2.Empty(), end=True)
             await stream.recv_message()
             return peer_serial(stream.peer.cert())
+
     return await aio(call)()
 
 
 async def test_reload_of_the_agent_dialing_context_uses_the_new_certificate(pki, tmp_path):
     rotated = make_leaf(pki.paths, tmp_path / "rotated", uri=f"spiffe://{TD}/scheduler")
-    async with tls_scheduler(pki) as scheduler, \
-            connect(scheduler.port, client_ctx(pki, pki.controller)) as channel:
+    async with (
+        tls_scheduler(pki) as scheduler,
+        connect(scheduler.port, client_ctx(pki, pki.controller)) as channel,
+    ):
         async with open_tls_node(scheduler.port, pki, scheduler, "node-1") as (_, node, _):
             async with open_schedule(channel, scheduling_request("web-1")) as call:
                 await call.until(controller_pb2.Status.RUNNING)

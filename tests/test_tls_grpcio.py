@@ -7,6 +7,7 @@ its own; the scheduler runs in the test's trio loop (see test_tls_api.py for its
 grpclib, grpcio hosts check the scheduler certificate's host name: the target must be one of its
 SANs (127.0.0.1 and localhost are).
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,13 +47,16 @@ def pki(tmp_path_factory) -> Pki:
 
 # --- grpcio clients ----------------------------------------------------------------------------
 
+
 def credentials(pki: Pki, pair: CertPair | None) -> grpc.ChannelCredentials:
     """Trust the cluster CA; present `pair` (None: no client certificate)."""
     if pair is None:
         return grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
-    return grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes(),
-                                        private_key=pair.key.read_bytes(),
-                                        certificate_chain=pair.cert.read_bytes())
+    return grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.read_bytes(),
+        private_key=pair.key.read_bytes(),
+        certificate_chain=pair.cert.read_bytes(),
+    )
 
 
 @contextmanager
@@ -68,15 +72,21 @@ def grpc_channel(port: int, pki: Pki | None, pair: CertPair | None, host: str = 
 
 
 def unary(channel: grpc.Channel, path: str, request, reply_type):
-    call = channel.unary_unary(path, request_serializer=type(request).SerializeToString,
-                               response_deserializer=reply_type.FromString)
+    call = channel.unary_unary(
+        path,
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=reply_type.FromString,
+    )
     return call(request, timeout=CALL_TIMEOUT)
 
 
 def first_reply(channel: grpc.Channel, path: str, request, reply_type):
     """The first message of a server-streaming call (the call is then cancelled)."""
-    call = channel.unary_stream(path, request_serializer=type(request).SerializeToString,
-                                response_deserializer=reply_type.FromString)
+    call = channel.unary_stream(
+        path,
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=reply_type.FromString,
+    )
     replies = call(request, timeout=CALL_TIMEOUT)
     try:
         return next(replies)
@@ -89,8 +99,7 @@ def list_nodes(channel: grpc.Channel) -> list[controller_pb2.Node]:
 
 
 def join(channel: grpc.Channel, node_id: str, port: int = 7000) -> agent_pb2.Empty:
-    return unary(channel, JOIN, agent_pb2.ConnectionRequest(id=node_id, port=port),
-                 agent_pb2.Empty)
+    return unary(channel, JOIN, agent_pb2.ConnectionRequest(id=node_id, port=port), agent_pb2.Empty)
 
 
 async def in_thread(function: Callable, *args):
@@ -118,9 +127,11 @@ class StatusStream:
 
     def __init__(self, channel: grpc.Channel) -> None:
         self._queue: queue.Queue = queue.Queue()
-        call = channel.stream_unary(UPDATE,
-                                    request_serializer=agent_pb2.NodeStatus.SerializeToString,
-                                    response_deserializer=agent_pb2.Empty.FromString)
+        call = channel.stream_unary(
+            UPDATE,
+            request_serializer=agent_pb2.NodeStatus.SerializeToString,
+            response_deserializer=agent_pb2.Empty.FromString,
+        )
         self.future = call.future(self._requests())
 
     def _requests(self) -> Iterator[agent_pb2.NodeStatus]:
@@ -135,11 +146,13 @@ class StatusStream:
 
     async def outcome(self) -> grpc.RpcError | agent_pb2.Empty:
         """Wait for the call to end; its error, or the reply if OK."""
+
         def wait():
             try:
                 return self.future.result(timeout=CALL_TIMEOUT)
             except grpc.RpcError as error:
                 return error
+
         return await in_thread(wait)
 
 
@@ -155,9 +168,13 @@ def status_stream(channel: grpc.Channel):
 
 async def applied(scheduler, stream: StatusStream, node_id: str, load: float) -> None:
     stream.send(status(node_id, load=load))
-    await wait_until(lambda: (node_id in scheduler.cluster.nodes
-                              and scheduler.cluster.nodes[node_id].metrics is not None
-                              and scheduler.cluster.nodes[node_id].metrics.cpu_load == load))
+    await wait_until(
+        lambda: (
+            node_id in scheduler.cluster.nodes
+            and scheduler.cluster.nodes[node_id].metrics is not None
+            and scheduler.cluster.nodes[node_id].metrics.cpu_load == load
+        )
+    )
 
 
 def assert_status(error: grpc.RpcError, code: grpc.StatusCode, *words: str) -> None:
@@ -168,24 +185,35 @@ def assert_status(error: grpc.RpcError, code: grpc.StatusCode, *words: str) -> N
 
 
 def bad_pair(pki: Pki, which: str) -> CertPair | None:
-    return {"no certificate": None, "another CA": pki.other_ca.agent("node-1"),
-            "expired": pki.expired}[which]
+    return {
+        "no certificate": None,
+        "another CA": pki.other_ca.agent("node-1"),
+        "expired": pki.expired,
+    }[which]
 
 
 # --- tests ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 async def test_grpcio_agent_and_controller_over_mtls(pki, host):
     async with tls_scheduler(pki) as scheduler:
-        with grpc_channel(scheduler.port, pki, pki.agent("node-1"), host) as agent, \
-                grpc_channel(scheduler.port, pki, pki.controller, host) as controller:
+        with (
+            grpc_channel(scheduler.port, pki, pki.agent("node-1"), host) as agent,
+            grpc_channel(scheduler.port, pki, pki.controller, host) as controller,
+        ):
             await in_thread(join, agent, "node-1")
             with status_stream(agent) as stream:
                 await applied(scheduler, stream, "node-1", 12.5)
                 nodes = await in_thread(list_nodes, controller)
                 assert [(node.id, node.cpu_load) for node in nodes] == [("node-1", 12.5)]
-                first = await in_thread(first_reply, controller, WATCH,
-                                        controller_pb2.WatchRequest(), controller_pb2.ClusterEvent)
+                first = await in_thread(
+                    first_reply,
+                    controller,
+                    WATCH,
+                    controller_pb2.WatchRequest(),
+                    controller_pb2.ClusterEvent,
+                )
                 assert first.WhichOneof("event") == "snapshot", first
                 stream.close()
                 assert await stream.outcome() == agent_pb2.Empty()
@@ -273,21 +301,32 @@ async def test_grpcio_agent_certificate_cannot_call_controller_services(pki, pat
     async with tls_scheduler(pki) as scheduler:
         with grpc_channel(scheduler.port, pki, pki.agent("node-1")) as channel:
             error = await rpc_error(call, channel, path, request, reply_type)
-    assert_status(error, grpc.StatusCode.PERMISSION_DENIED, "agent 'node-1'", path,
-                  "Agents may call only scheduler.agent services")
+    assert_status(
+        error,
+        grpc.StatusCode.PERMISSION_DENIED,
+        "agent 'node-1'",
+        path,
+        "Agents may call only scheduler.agent services",
+    )
 
 
 async def test_grpcio_controller_certificate_cannot_call_agent_services(pki):
     async with tls_scheduler(pki) as scheduler:
         with grpc_channel(scheduler.port, pki, pki.controller) as channel:
             error = await rpc_error(join, channel, "node-1")
-            assert_status(error, grpc.StatusCode.PERMISSION_DENIED, "controller 'controller'",
-                          JOIN, "Controllers may call only scheduler.controller services")
+            assert_status(
+                error,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "controller 'controller'",
+                JOIN,
+                "Controllers may call only scheduler.controller services",
+            )
             with status_stream(channel) as stream:  # refused on its headers, stream left open
                 stream.send(status("node-1"))
                 error = await stream.outcome()
-            assert_status(error, grpc.StatusCode.PERMISSION_DENIED, "controller 'controller'",
-                          UPDATE)
+            assert_status(
+                error, grpc.StatusCode.PERMISSION_DENIED, "controller 'controller'", UPDATE
+            )
         assert not scheduler.cluster.nodes
 
 
@@ -296,8 +335,11 @@ async def test_grpcio_health_is_open_to_every_cluster_member(pki, who):
     pair = pki.agent("node-1") if who == "agent" else pki.controller
     async with tls_scheduler(pki) as scheduler:
         with grpc_channel(scheduler.port, pki, pair) as channel:
-            check = channel.unary_unary(HEALTH_CHECK, request_serializer=lambda _: b"",
-                                        response_deserializer=lambda data: data)
+            check = channel.unary_unary(
+                HEALTH_CHECK,
+                request_serializer=lambda _: b"",
+                response_deserializer=lambda data: data,
+            )
             reply = await in_thread(functools.partial(check, None, timeout=CALL_TIMEOUT))
         assert reply == SERVING, reply
 

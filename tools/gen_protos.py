@@ -9,6 +9,7 @@ scheduler/_proto/etcd/.
 
 Usage: python tools/gen_protos.py
 """
+
 from __future__ import annotations
 
 import pathlib

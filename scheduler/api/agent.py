@@ -3,6 +3,7 @@
 Thin: validate and convert at the edge, check the caller speaks for its own node, delegate to
 the cluster registry.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,11 +14,11 @@ import trio
 
 from .._proto import agent_grpc, agent_pb2
 from ..cluster import Cluster, Node, Session, StatusStream
+from ..convert import node_id_from_wire, node_status_from_wire, port_from_wire
 from ..errors import Aborted, InvalidArgument
 from ..grpc_bridge import Call, TrioHandler, routes
-from ..security import check_node
-from ..convert import node_id_from_wire, node_status_from_wire, port_from_wire
 from ..model import InstanceReport, NodeMetrics
+from ..security import check_node
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,19 @@ class AgentApi:
 
     def routes(self) -> dict[str, TrioHandler]:
         return {
-            **routes(agent_grpc.LifecycleServiceBase, {
-                "JoinCluster": self.join_cluster,
-                "LeaveCluster": self.leave_cluster,
-            }),
-            **routes(agent_grpc.StatusUpdateServiceBase, {
-                "UpdateNodeStatus": self.update_node_status,
-            }),
+            **routes(
+                agent_grpc.LifecycleServiceBase,
+                {
+                    "JoinCluster": self.join_cluster,
+                    "LeaveCluster": self.leave_cluster,
+                },
+            ),
+            **routes(
+                agent_grpc.StatusUpdateServiceBase,
+                {
+                    "UpdateNodeStatus": self.update_node_status,
+                },
+            ),
         }
 
     async def join_cluster(self, call: Call) -> agent_pb2.Empty:
@@ -73,9 +80,9 @@ class AgentApi:
         finally:
             status.detach()
         if status.scope.cancelled_caught:
-            assert status.node is not None and status.stream is not None
-            raise Aborted(f"status stream of node {status.node.id} ended: "
-                          f"{status.stream.ended_because}")
+            assert status.attached is not None, "only an attached stream is ended by the registry"
+            node, _, stream = status.attached
+            raise Aborted(f"status stream of node {node.id} ended: {stream.ended_because}")
         return EMPTY
 
 
@@ -97,29 +104,32 @@ class _StatusStream:
         self.cluster = cluster
         self.identity = identity
         self.scope = trio.CancelScope()
-        self.node: Node | None = None
-        self.session: Session | None = None
-        self.stream: StatusStream | None = None
+        self.attached: tuple[Node, Session, StatusStream] | None = None  # at the first status
 
     def take(self, message: agent_pb2.NodeStatus) -> _Held | None:
         """Validate one message, check the caller speaks for its node (every message, not
         just the first), and apply it; or hold it, if the node's rate limit says to wait."""
         node_id, metrics, reports = node_status_from_wire(message)
         check_node(self.identity, node_id)
-        if self.stream is None:
-            self.node, self.session, self.stream = self.cluster.attach_stream(node_id, self.scope)
-        elif node_id != self.node.id:
-            raise InvalidArgument(f"this status stream belongs to node {self.node.id}; "
-                                  f"got a status for {node_id}")
-        wait = self.session.limiter.delay(trio.current_time())
+        if self.attached is None:
+            self.attached = self.cluster.attach_stream(node_id, self.scope)
+        node, session, _ = self.attached
+        if node_id != node.id:
+            raise InvalidArgument(
+                f"this status stream belongs to node {node.id}; got a status for {node_id}"
+            )
+        wait = session.limiter.delay(trio.current_time())
         if wait:
             return _Held(wait, metrics, reports)
-        self.cluster.report(self.node, self.session, metrics, reports)
+        self.cluster.report(node, session, metrics, reports)
         return None
 
     def apply(self, held: _Held) -> None:
-        self.cluster.report(self.node, self.session, held.metrics, held.reports)
+        assert self.attached is not None, "a held status came after the stream attached"
+        node, session, _ = self.attached
+        self.cluster.report(node, session, held.metrics, held.reports)
 
     def detach(self) -> None:
-        if self.stream is not None:
-            self.cluster.detach_stream(self.session, self.stream)
+        if self.attached is not None:
+            _, session, stream = self.attached
+            self.cluster.detach_stream(session, stream)

@@ -1,4 +1,5 @@
 """scheduler.controller.ClusterService: how node and instance status reaches the Controller."""
+
 from __future__ import annotations
 
 import logging
@@ -18,10 +19,13 @@ class ClusterApi:
         self.events = events
 
     def routes(self) -> dict[str, TrioHandler]:
-        return routes(controller_grpc.ClusterServiceBase, {
-            "WatchEvents": self.watch_events,
-            "ListNodes": self.list_nodes,
-        })
+        return routes(
+            controller_grpc.ClusterServiceBase,
+            {
+                "WatchEvents": self.watch_events,
+                "ListNodes": self.list_nodes,
+            },
+        )
 
     async def watch_events(self, call: Call) -> None:
         """Replay after (epoch, after_revision) when retained, else snapshot; then live events.
@@ -33,8 +37,12 @@ class ClusterApi:
         events = self.events
         watcher = Watcher(events, request.epoch, request.after_revision)
         events.watchers += 1
-        log.info("watcher from %s connected (epoch %s, after revision %d)",
-                 call.peer_host, request.epoch or "-", request.after_revision)
+        log.info(
+            "watcher from %s connected (epoch %s, after revision %d)",
+            call.peer_host,
+            request.epoch or "-",
+            request.after_revision,
+        )
         try:
             async for event in watcher:
                 await call.send(event_to_wire(events.epoch, event))

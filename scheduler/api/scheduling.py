@@ -1,4 +1,5 @@
 """scheduler.controller.SchedulingService: Schedule, Stop, Destroy (SPEC §2.2)."""
+
 from __future__ import annotations
 
 from .._proto import controller_grpc, controller_pb2
@@ -15,11 +16,14 @@ class SchedulingApi:
         self.instances = instances
 
     def routes(self) -> dict[str, TrioHandler]:
-        return routes(controller_grpc.SchedulingServiceBase, {
-            "Schedule": self.schedule,
-            "Stop": self.stop,
-            "Destroy": self.destroy,
-        })
+        return routes(
+            controller_grpc.SchedulingServiceBase,
+            {
+                "Schedule": self.schedule,
+                "Stop": self.stop,
+                "Destroy": self.destroy,
+            },
+        )
 
     async def schedule(self, call: Call) -> None:
         """Place the workload, then relay its statuses until TERMINATED (then end OK).
@@ -34,7 +38,8 @@ class SchedulingApi:
                 await call.send(instance_status_to_wire(status))
         if instance.ended not in ENDED_OK:
             raise Unavailable(
-                f"instance {instance.id} on node {instance.node.id}: {instance.ended}")
+                f"instance {instance.id} on node {instance.node.id}: {instance.ended}"
+            )
 
     async def stop(self, call: Call) -> controller_pb2.Empty:
         await self.instances.stop(instance_id_from_wire(call.request.instance_id))

@@ -5,6 +5,7 @@ load balancers and `grpc_health_probe` see a shutdown coming. Reflection lets `g
 and call our services without the .proto files. Both are open to any client with a valid
 certificate (SPEC §3).
 """
+
 from __future__ import annotations
 
 from grpclib.health.check import ServiceStatus

@@ -19,6 +19,7 @@ What must follow each step outside the registry (persistence, the node's instanc
 to its Agent) is not hooked in here: the registry calls its `FollowUps` at each step, and
 `scheduler.lifecycle` says, in one place and in order, what they are.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -34,8 +35,6 @@ import trio
 
 from ..errors import AlreadyExists, NotFound
 from ..events import EventLog
-from ..placement import NodeTable
-from ..retention import note_recent
 from ..model import (
     InstanceCode,
     InstanceReport,
@@ -45,6 +44,8 @@ from ..model import (
     NodeState,
     NodeView,
 )
+from ..placement import NodeTable
+from ..retention import note_recent
 from ..throttle import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,9 @@ class Node:
         return tuple(sorted(self.placed.union(self.running)))
 
     def view(self) -> NodeView:
-        return NodeView(self.id, self.address, self.state, self.metrics, self.ids,
-                        self.last_seen_unix)
+        return NodeView(
+            self.id, self.address, self.state, self.metrics, self.ids, self.last_seen_unix
+        )
 
 
 def format_address(host: str, port: int) -> str:
@@ -134,14 +136,25 @@ class FollowUps:
 
 
 @asynccontextmanager
-async def open_cluster(events: EventLog, *, node_timeout: float, status_rate: float,
-                       status_burst: int, clock: Callable[[], float] = time.time,
-                       ) -> AsyncIterator[Cluster]:
+async def open_cluster(
+    events: EventLog,
+    *,
+    node_timeout: float,
+    status_rate: float,
+    status_burst: int,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Cluster]:
     """A Cluster whose liveness tasks live in a nursery of their own, cancelled on exit."""
     async with trio.open_nursery() as nursery:
         try:
-            yield Cluster(events, nursery, node_timeout=node_timeout, status_rate=status_rate,
-                          status_burst=status_burst, clock=clock)
+            yield Cluster(
+                events,
+                nursery,
+                node_timeout=node_timeout,
+                status_rate=status_rate,
+                status_burst=status_burst,
+                clock=clock,
+            )
         finally:
             nursery.cancel_scope.cancel()
 
@@ -163,7 +176,9 @@ class Cluster:
         self.node_timeout = node_timeout
         self._status_rate = status_rate
         self._status_burst = status_burst
-        self._clock = clock  # wall clock for last_seen (reported to people); trio's clock for deadlines
+        self._clock = (
+            clock  # wall clock for last_seen (reported to people); trio's clock for deadlines
+        )
         self.nodes: dict[str, Node] = {}
         self.table = NodeTable()  # placement's columnar copy of what placement needs
         self._sessions = 0
@@ -188,19 +203,25 @@ class Cluster:
         (stream gone, LOST, LEFT) joins again as a new session.
         """
         node = self.nodes.get(node_id)
-        if node is not None and node.state is NodeState.READY and node.session is not None \
-                and node.session.stream is not None:
+        if (
+            node is not None
+            and node.state is NodeState.READY
+            and node.session is not None
+            and node.session.stream is not None
+        ):
             raise AlreadyExists(
                 f"node {node_id} is already joined with a live status stream; "
-                "leave first or let the old stream end")
+                "leave first or let the old stream end"
+            )
         address = format_address(host, port)
         self._departed.pop(node_id, None)
         if node is None:
             node = self.nodes[node_id] = Node(node_id, host, port)
         elif node.session is not None:
             self._end_session(node, "the node joined again")
-        new_generation = node.state is not NodeState.READY or node.address != address \
-            or node.generation == 0
+        new_generation = (
+            node.state is not NodeState.READY or node.address != address or node.generation == 0
+        )
         if new_generation and node.generation and node.state is NodeState.READY:
             self._end_generation(node, f"rejoined from another address ({address})")
         node.host, node.port = host, port
@@ -275,14 +296,19 @@ class Cluster:
     def _lose(self, node: Node, session: Session) -> None:
         if node.session is not session:
             return
-        self._end_session(node, f"no valid status for {self.node_timeout:g} s: node lost",
-                          stream_later=True)
+        self._end_session(
+            node, f"no valid status for {self.node_timeout:g} s: node lost", stream_later=True
+        )
         self._end_generation(node, f"was lost (no valid status for {self.node_timeout:g} s)")
         node.state = NodeState.LOST
         self.follow_ups.node_changed(node)
         self.events.publish(NodeEvent(NodeEventKind.LOST, node.view()))
-        log.warning("node %s lost: no valid status for %g s (instances: %s)", node.id,
-                    self.node_timeout, ", ".join(node.ids) or "none")
+        log.warning(
+            "node %s lost: no valid status for %g s (instances: %s)",
+            node.id,
+            self.node_timeout,
+            ", ".join(node.ids) or "none",
+        )
         self._departed_now(node)
 
     def _departed_now(self, node: Node) -> None:
@@ -294,8 +320,12 @@ class Cluster:
             self.table.remove(gone)
             self.events.forget_node(gone)
             self.follow_ups.node_forgotten(gone)
-            log.info("node %s forgotten: %s for longer than the %d most recently departed "
-                     "nodes", gone, forgotten.state.name, DEPARTED_RETAINED)
+            log.info(
+                "node %s forgotten: %s for longer than the %d most recently departed nodes",
+                gone,
+                forgotten.state.name,
+                DEPARTED_RETAINED,
+            )
 
     def _end_session(self, node: Node, reason: str, *, stream_later: bool = False) -> None:
         """End the node's session; its status stream at once, or (`stream_later`) by the sweep."""
@@ -371,7 +401,9 @@ class Cluster:
             raise NotFound(f"node {node_id} is {node.state.name}: call JoinCluster again first")
         return node
 
-    def attach_stream(self, node_id: str, scope: trio.CancelScope) -> tuple[Node, Session, StatusStream]:
+    def attach_stream(
+        self, node_id: str, scope: trio.CancelScope
+    ) -> tuple[Node, Session, StatusStream]:
         """Make the stream whose handler runs in `scope` the one in charge of `node_id`.
 
         An older stream of the node is ended by cancelling its scope.
@@ -391,8 +423,13 @@ class Cluster:
         if session.stream is stream:
             session.stream = None
 
-    def report(self, node: Node, session: Session, metrics: NodeMetrics,
-               reports: tuple[InstanceReport, ...] | None = None) -> None:
+    def report(
+        self,
+        node: Node,
+        session: Session,
+        metrics: NodeMetrics,
+        reports: tuple[InstanceReport, ...] | None = None,
+    ) -> None:
         """Apply one valid status: store it, move the liveness deadline, publish STATUS.
 
         `reports` is the status's instance list (default: `metrics.instances`). It is kept on
@@ -413,8 +450,11 @@ class Cluster:
             # per changed list, not on every placement on the node or every report.
             node.reported = reports
             node.listed = {r.instance_id: r.code for r in reports}
-            node.running = frozenset(instance_id for instance_id, code in node.listed.items()
-                                     if code is not InstanceCode.TERMINATED)
+            node.running = frozenset(
+                instance_id
+                for instance_id, code in node.listed.items()
+                if code is not InstanceCode.TERMINATED
+            )
             self.follow_ups.instances_reported(node)  # may narrow `running` (its own only)
             self.count_instances(node)
         self.follow_ups.node_reported(node)

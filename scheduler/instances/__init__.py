@@ -20,6 +20,7 @@ A placement's life, in order:
              3. a TERMINATED instance is no longer counted on its node, and is retired
              4. the Controller's Schedule stream closes       (relays.Relays._relay)
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -46,9 +47,18 @@ from .book import (
 from .reports import Reports
 from .signals import Signals
 
-__all__ = ["ENDED_BY_AGENT", "ENDED_OK", "FINISHED_RETAINED", "PLACEMENT_OUTCOMES",
-           "RESERVATION_REPORTS", "UNKNOWN_ANNOUNCED", "UNKNOWN_RATE", "Instance", "Instances",
-           "open_instances"]
+__all__ = [
+    "ENDED_BY_AGENT",
+    "ENDED_OK",
+    "FINISHED_RETAINED",
+    "PLACEMENT_OUTCOMES",
+    "RESERVATION_REPORTS",
+    "UNKNOWN_ANNOUNCED",
+    "UNKNOWN_RATE",
+    "Instance",
+    "Instances",
+    "open_instances",
+]
 
 
 class Instances(Attempts, Reports, Signals):
@@ -56,14 +66,28 @@ class Instances(Attempts, Reports, Signals):
 
 
 @asynccontextmanager
-async def open_instances(cluster: Cluster, events: EventLog, agents: Agents, *,
-                         strategy: Strategy, attempt_timeout: float, max_attempts: int,
-                         store: Store | None = None) -> AsyncIterator[Instances]:
+async def open_instances(
+    cluster: Cluster,
+    events: EventLog,
+    agents: Agents,
+    *,
+    strategy: Strategy,
+    attempt_timeout: float,
+    max_attempts: int,
+    store: Store | None = None,
+) -> AsyncIterator[Instances]:
     """Instances whose relay tasks live in a nursery of their own, cancelled on exit."""
     async with trio.open_nursery() as nursery:
         try:
-            yield Instances(cluster, events, agents, nursery, strategy=strategy,
-                            attempt_timeout=attempt_timeout, max_attempts=max_attempts,
-                            store=store)
+            yield Instances(
+                cluster,
+                events,
+                agents,
+                nursery,
+                strategy=strategy,
+                attempt_timeout=attempt_timeout,
+                max_attempts=max_attempts,
+                store=store,
+            )
         finally:
             nursery.cancel_scope.cancel()

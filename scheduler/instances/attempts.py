@@ -5,6 +5,7 @@ at a time: re-check the node still fits, reserve, call the Agent's Create, wait 
 status. A refusal releases the reservation and moves on. An acceptance is recorded durably
 before the Controller hears of it; then the relay (see `relays`) owns the instance's stream.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,13 +40,16 @@ class Attempts(Relays):
         if not decision.feasible_count:
             if not any(node.state is NodeState.READY for node in self.cluster.nodes.values()):
                 self.placements["no_nodes"] += 1
-                raise FailedPrecondition(f"cannot place {instance_id}: no node is ready "
-                                         f"({len(self.cluster.nodes)} known)")
+                raise FailedPrecondition(
+                    f"cannot place {instance_id}: no node is ready "
+                    f"({len(self.cluster.nodes)} known)"
+                )
             self.placements["exhausted"] += 1
             counts = ", ".join(f"{reason}: {count}" for reason, count in decision.counts.items())
             log.info("instance %s not placed: no feasible node (%s)", instance_id, counts)
-            raise ResourceExhausted(f"no node can take {instance_id} ({_describe(request)}): "
-                                    f"{counts}")
+            raise ResourceExhausted(
+                f"no node can take {instance_id} ({_describe(request)}): {counts}"
+            )
         self._placing.add(instance_id)
         refusals: list[str] = []
         outcome = "cancelled"
@@ -56,15 +60,20 @@ class Attempts(Relays):
                     outcome = "placed"
                     for observe in self.on_placed:
                         observe(trio.current_time() - started)
-                    log.info("instance %s placed on node %s after %d attempt(s)", instance_id,
-                             placed[0].node.id, len(refusals) + 1)
+                    log.info(
+                        "instance %s placed on node %s after %d attempt(s)",
+                        instance_id,
+                        placed[0].node.id,
+                        len(refusals) + 1,
+                    )
                     return placed
             outcome = "refused"
         finally:
             self._placing.discard(instance_id)
             self.placements[outcome] += 1
-        log.warning("instance %s not placed: every node refused (%s)", instance_id,
-                    "; ".join(refusals))
+        log.warning(
+            "instance %s not placed: every node refused (%s)", instance_id, "; ".join(refusals)
+        )
         raise Unavailable(f"every feasible node refused {instance_id}: " + "; ".join(refusals))
 
     def _check_new(self, instance_id: str) -> None:
@@ -75,14 +84,18 @@ class Attempts(Relays):
             raise AlreadyExists(
                 f"instance {instance_id} runs on node {reported_on.id}: its Agent reports it, but "
                 "no placement of it is recorded (its Create reached the Agent just before a "
-                "failover or restart); Destroy it first")
+                "failover or restart); Destroy it first"
+            )
         existing = self._instances.get(instance_id)
         if existing is not None and existing.running_on_ready_node:
-            raise AlreadyExists(f"instance {instance_id} already runs on node {existing.node.id} "
-                                f"({existing.latest.code.name}); Destroy it first")
+            raise AlreadyExists(
+                f"instance {instance_id} already runs on node {existing.node.id} "
+                f"({existing.latest.code.name}); Destroy it first"
+            )
 
-    async def _attempt(self, node_id: str, workload: Workload,
-                       refusals: list[str]) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
+    async def _attempt(
+        self, node_id: str, workload: Workload, refusals: list[str]
+    ) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
         """One attempt on one node; None (and a reason in `refusals`) if it did not accept."""
         node = self.cluster.nodes.get(node_id)
         if node is None:  # departed and forgotten since the decision
@@ -119,9 +132,14 @@ class Attempts(Relays):
             return None
         return await self._accept(workload, node, stream, first, refusals)
 
-    async def _accept(self, workload: Workload, node: Node, stream: InstanceStream,
-                      first: InstanceStatus, refusals: list[str],
-                      ) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
+    async def _accept(
+        self,
+        workload: Workload,
+        node: Node,
+        stream: InstanceStream,
+        first: InstanceStatus,
+        refusals: list[str],
+    ) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
         """Record an acceptance, durably before the Controller hears of it; None (and a reason
         in `refusals`) if the node went away meanwhile. A placement the store cannot record is
         abandoned (the Agent's Create is cancelled) and the Controller gets UNAVAILABLE."""
@@ -158,15 +176,19 @@ class Attempts(Relays):
         stream.cancel()
         self.cluster.table.release(instance_id)
         previous = self._instances.get(instance_id)
+        assert self.store is not None, "only a recorded placement is abandoned"
         if previous is None:
             self.store.forget_placement(instance_id)
         else:
-            self.store.update_placement(previous.workload, previous.node.id, previous.generation,
-                                        previous.latest)
+            self.store.update_placement(
+                previous.workload, previous.node.id, previous.generation, previous.latest
+            )
 
 
 def _describe(request) -> str:
-    parts = [f"cpu {request.cpu} m" if request.cpu else "",
-             f"memory {request.memory} MiB" if request.memory else "",
-             f"disk {request.disk} MiB" if request.disk else ""]
+    parts = [
+        f"cpu {request.cpu} m" if request.cpu else "",
+        f"memory {request.memory} MiB" if request.memory else "",
+        f"disk {request.disk} MiB" if request.disk else "",
+    ]
     return ", ".join(p for p in parts if p) or "no resources requested"

@@ -4,6 +4,7 @@
 status, release a reservation, forget or retire an instance); the jobs themselves are in
 `attempts`, `relays`, `reports` and `signals`, and `Instances` (in `__init__`) is all of them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,14 +75,21 @@ class Instance:
         return self.node.state is NodeState.READY and self.node.generation == self.generation
 
 
-
 class Book:
     """The state the jobs share; its relay tasks run in `nursery` (see open_instances)."""
 
-    def __init__(self, cluster: Cluster, events: EventLog, agents: Agents,
-                 nursery: trio.Nursery, *,
-                 strategy: Strategy, attempt_timeout: float, max_attempts: int,
-                 store: Store | None = None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        events: EventLog,
+        agents: Agents,
+        nursery: trio.Nursery,
+        *,
+        strategy: Strategy,
+        attempt_timeout: float,
+        max_attempts: int,
+        store: Store | None = None,
+    ) -> None:
         self.cluster = cluster
         self.events = events
         self.agents = agents
@@ -112,8 +120,9 @@ class Book:
         """A new status of a live instance: remember it durably, then tell everyone."""
         instance.latest = status
         if self.store is not None and self._instances.get(instance.id) is instance:
-            self.store.update_placement(instance.workload, instance.node.id, instance.generation,
-                                        status)
+            self.store.update_placement(
+                instance.workload, instance.node.id, instance.generation, status
+            )
         self._publish(instance, status)
 
     def _publish(self, instance: Instance, status: InstanceStatus) -> None:
@@ -156,8 +165,10 @@ class Book:
 
     def _unplace(self, instance: Instance) -> None:
         """No longer count the instance on its node (unless the id was placed there again)."""
-        if self._instances.get(instance.id) in (instance, None) and \
-                instance.generation == instance.node.generation:
+        if (
+            self._instances.get(instance.id) in (instance, None)
+            and instance.generation == instance.node.generation
+        ):
             instance.node.placed.discard(instance.id)
             self.cluster.count_instances(instance.node)
 
@@ -171,4 +182,3 @@ class Book:
                 del self._instances[old_id]
                 if self.store is not None:
                     self.store.forget_placement(old_id)
-

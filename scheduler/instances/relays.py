@@ -5,6 +5,7 @@ stream until the instance terminates (a TERMINATED status, or the Agent ends the
 destroyed, or its node's generation ends; it publishes every status to the event log and
 forwards it to the Controller's Schedule stream while that is still listening.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,10 @@ class Relays(Book):
         finally:
             stream.cancel()
         if instance.ended == "destroyed" and instance.latest.code is not TERMINATED:
-            self._publish(instance, InstanceStatus(instance.id, TERMINATED, "destroyed",
-                                                   node_id=instance.node.id))
+            self._publish(
+                instance,
+                InstanceStatus(instance.id, TERMINATED, "destroyed", node_id=instance.node.id),
+            )
         if instance.ended not in ENDED_OK:
             # Ended with its node's generation (left, lost, rejoined elsewhere): the node's
             # own line said so and named its instances; a leave is planned, not a fault.
@@ -58,9 +61,13 @@ class Relays(Book):
         A relay already being ended (Destroy, the node's generation ending) keeps its reason."""
         if instance.ended:
             return
-        log.info("instance %s terminated: the Agent on %s ended its stream", instance.id,
-                 instance.node.id)
-        self._update(instance, InstanceStatus(instance.id, TERMINATED, ENDED_BY_AGENT,
-                                              node_id=instance.node.id))
+        log.info(
+            "instance %s terminated: the Agent on %s ended its stream",
+            instance.id,
+            instance.node.id,
+        )
+        self._update(
+            instance,
+            InstanceStatus(instance.id, TERMINATED, ENDED_BY_AGENT, node_id=instance.node.id),
+        )
         instance.ended = "terminated"
-

@@ -8,6 +8,7 @@ instance (also one that overtook the Agent's first status), or — for Agents th
 instances — `RESERVATION_REPORTS` status reports after acceptance. They are also released on
 refusal, termination, Destroy and node loss.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,12 +41,14 @@ class Reports(Book):
         listed = node.listed  # its free amounts account for these
         for instance in list(held):
             instance.reports_after += 1
-            if instance.id in listed or \
-                    (not listed and instance.reports_after >= RESERVATION_REPORTS):
+            if instance.id in listed or (
+                not listed and instance.reports_after >= RESERVATION_REPORTS
+            ):
                 self._release(instance)
 
-    def restore(self, workload: Workload, node: Node, generation: int,
-                latest: InstanceStatus) -> None:
+    def restore(
+        self, workload: Workload, node: Node, generation: int, latest: InstanceStatus
+    ) -> None:
         """Take back a placement of a previous run. Its Create stream died with that run, so
         the node's `instances` reports tell its fate from now on (see `reconcile`)."""
         instance = Instance(workload, node, generation, latest, reserved=False, relayed=False)
@@ -75,37 +78,63 @@ class Reports(Book):
         claimed = []
         for instance_id, code in reported.items():
             instance = self._instances.get(instance_id)
-            if instance is not None and instance.node is not node and instance.node_current \
-                    and instance.latest.code is not TERMINATED:
+            if (
+                instance is not None
+                and instance.node is not node
+                and instance.node_current
+                and instance.latest.code is not TERMINATED
+            ):
                 claimed.append(instance_id)  # another live node's: not this Agent's to tell
             elif instance is None or instance.node is not node:
                 # One we just forgot here (a report sent before the Agent got the KILL) or a
                 # finished one is no news, and one whose Create is in flight is ours: the
                 # report overtook the Agent's first status.
-                if code is not TERMINATED and instance_id not in self._placing \
-                        and instance_id not in forgotten:
+                if (
+                    code is not TERMINATED
+                    and instance_id not in self._placing
+                    and instance_id not in forgotten
+                ):
                     self._announce_unknown(node, instance_id, code)
-            elif not instance.relayed and instance.latest.code is not code \
-                    and instance.latest.code is not TERMINATED:
-                self._update(instance, InstanceStatus(instance_id, code, "reported by the Agent",
-                                                      node_id=node.id))
+            elif (
+                not instance.relayed
+                and instance.latest.code is not code
+                and instance.latest.code is not TERMINATED
+            ):
+                self._update(
+                    instance,
+                    InstanceStatus(instance_id, code, "reported by the Agent", node_id=node.id),
+                )
                 if code is TERMINATED:
                     self._unplace(instance)
                     self._retain_finished(instance)
         if claimed:
             self._log_claims(node, claimed)
         announced = self._unknown_reported.get(node.id, ())
-        node.running = frozenset(instance_id for instance_id in node.running
-                                 if instance_id in announced or self._placed_on(instance_id, node))
+        node.running = frozenset(
+            instance_id
+            for instance_id in node.running
+            if instance_id in announced or self._placed_on(instance_id, node)
+        )
         for instance_id in list(node.placed):
             instance = self._instances.get(instance_id)
-            if instance is not None and not instance.relayed and instance_id not in reported \
-                    and instance.latest.code is not TERMINATED:
-                log.warning("instance %s vanished: node %s no longer reports it", instance_id,
-                            node.id)
-                self._update(instance, InstanceStatus(
-                    instance_id, TERMINATED, "vanished: the Agent no longer reports it",
-                    node_id=node.id))
+            if (
+                instance is not None
+                and not instance.relayed
+                and instance_id not in reported
+                and instance.latest.code is not TERMINATED
+            ):
+                log.warning(
+                    "instance %s vanished: node %s no longer reports it", instance_id, node.id
+                )
+                self._update(
+                    instance,
+                    InstanceStatus(
+                        instance_id,
+                        TERMINATED,
+                        "vanished: the Agent no longer reports it",
+                        node_id=node.id,
+                    ),
+                )
                 self._unplace(instance)
                 self._retain_finished(instance)
 
@@ -117,9 +146,15 @@ class Reports(Book):
         """A report may speak only for its own node's instances (or unknown ones): instances
         placed on another live node are neither announced from it nor counted on it."""
         first = self._instances[claimed[0]]
-        self._node_log.warning(("claims", node.id), "node %s reports instance %s, which runs on "
-                               "node %s: ignored (%d such instances in this report)", node.id,
-                               first.id, first.node.id, len(claimed))
+        self._node_log.warning(
+            ("claims", node.id),
+            "node %s reports instance %s, which runs on "
+            "node %s: ignored (%d such instances in this report)",
+            node.id,
+            first.id,
+            first.node.id,
+            len(claimed),
+        )
 
     def _announce_unknown(self, node: Node, instance_id: str, code: InstanceCode) -> None:
         """Tell the Controller once about an instance an Agent runs that nobody placed there;
@@ -131,22 +166,40 @@ class Reports(Book):
         budget = self._unknown_budget.get(node.id)
         now = trio.current_time()
         if budget is None:
-            budget = self._unknown_budget[node.id] = TokenBucket(UNKNOWN_RATE,
-                                                                 UNKNOWN_ANNOUNCED, now)
+            budget = self._unknown_budget[node.id] = TokenBucket(
+                UNKNOWN_RATE, UNKNOWN_ANNOUNCED, now
+            )
         if not budget.take(now):
-            self._node_log.warning(("flood", node.id), "node %s reports more instances nobody "
-                                   "placed there than are announced (%d at once, then %g a "
-                                   "second): not announcing %s", node.id, UNKNOWN_ANNOUNCED,
-                                   UNKNOWN_RATE, instance_id)
+            self._node_log.warning(
+                ("flood", node.id),
+                "node %s reports more instances nobody "
+                "placed there than are announced (%d at once, then %g a "
+                "second): not announcing %s",
+                node.id,
+                UNKNOWN_ANNOUNCED,
+                UNKNOWN_RATE,
+                instance_id,
+            )
             return
         announced.add(instance_id)
         self._unknown_where[instance_id] = node
-        self._node_log.warning(("unknown", node.id), "node %s reports instance %s, which this "
-                               "scheduler did not place there (%s)", node.id, instance_id,
-                               code.name)
-        self.events.publish(InstanceEvent(InstanceStatus(
-            instance_id, code, "reported by the Agent; not placed by this scheduler",
-            node_id=node.id)))
+        self._node_log.warning(
+            ("unknown", node.id),
+            "node %s reports instance %s, which this scheduler did not place there (%s)",
+            node.id,
+            instance_id,
+            code.name,
+        )
+        self.events.publish(
+            InstanceEvent(
+                InstanceStatus(
+                    instance_id,
+                    code,
+                    "reported by the Agent; not placed by this scheduler",
+                    node_id=node.id,
+                )
+            )
+        )
 
     def _unknown_gone(self, node: Node, reported: dict[str, InstanceCode]) -> None:
         """Announced instances the Agent no longer lists end, for the Controller, TERMINATED."""
@@ -157,10 +210,16 @@ class Reports(Book):
             announced.discard(instance_id)
             if self._unknown_where.get(instance_id) is node:
                 del self._unknown_where[instance_id]
-            log.info("node %s no longer reports instance %s (never placed there)", node.id,
-                     instance_id)
-            self.events.publish(InstanceEvent(InstanceStatus(
-                instance_id, TERMINATED, "no longer reported by the Agent", node_id=node.id)))
+            log.info(
+                "node %s no longer reports instance %s (never placed there)", node.id, instance_id
+            )
+            self.events.publish(
+                InstanceEvent(
+                    InstanceStatus(
+                        instance_id, TERMINATED, "no longer reported by the Agent", node_id=node.id
+                    )
+                )
+            )
 
     def generation_ended(self, node: Node, generation: int, why: str) -> None:
         for instance_id in self._unknown_reported.pop(node.id, ()):
@@ -177,4 +236,3 @@ class Reports(Book):
 
     def node_forgotten(self, node_id: str) -> None:
         self._unknown_budget.pop(node_id, None)
-

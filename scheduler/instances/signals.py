@@ -1,4 +1,5 @@
 """Stop and Destroy: signalling an instance's Agent, and forgetting a destroyed instance."""
+
 from __future__ import annotations
 
 import logging
@@ -22,17 +23,26 @@ class Signals(Book):
         """KILL the instance and forget it. An Agent that answers NOT_FOUND no longer runs it,
         which is what Destroy wants: the placement is forgotten all the same."""
         if await self._signal_reported(instance_id, Signal.KILL):
-            log.info("instance %s: KILL sent to node %s, whose Agent reports it (no placement "
-                     "of it was recorded)", instance_id, self._unknown_where[instance_id].id)
+            log.info(
+                "instance %s: KILL sent to node %s, whose Agent reports it (no placement "
+                "of it was recorded)",
+                instance_id,
+                self._unknown_where[instance_id].id,
+            )
             return
         try:
             instance = await self._signal(instance_id, Signal.KILL)
         except RemoteError as err:
-            instance = self._instances.get(instance_id)
-            if err.status != "NOT_FOUND" or instance is None:
+            known = self._instances.get(instance_id)
+            if err.status != "NOT_FOUND" or known is None:
                 raise
-            log.info("instance %s: the Agent on %s does not know it (%s); forgetting it",
-                     instance_id, instance.node.id, err.message)
+            instance = known
+            log.info(
+                "instance %s: the Agent on %s does not know it (%s); forgetting it",
+                instance_id,
+                instance.node.id,
+                err.message,
+            )
         self._forget(instance, "destroyed")
         if self.store is not None:  # durable before Destroy is acknowledged
             await self.store.commit_durably()
@@ -57,10 +67,14 @@ class Signals(Book):
             raise NotFound(f"instance {instance_id} is not known to this scheduler")
         node = instance.node
         if not instance.node_current:
-            state = node.state.name if node.state is not NodeState.READY else \
-                "rejoined from another address"
-            raise Unavailable(f"instance {instance_id} was on node {node.id}, which is {state}: "
-                              "its Agent cannot be signalled")
+            state = (
+                node.state.name
+                if node.state is not NodeState.READY
+                else "rejoined from another address"
+            )
+            raise Unavailable(
+                f"instance {instance_id} was on node {node.id}, which is {state}: "
+                "its Agent cannot be signalled"
+            )
         await self.agents.link(node).signal(instance_id, signal, self.attempt_timeout)
         return instance
-

@@ -18,6 +18,7 @@ current (nodes, readiness, metrics, instance counts, reservations); `plan` filte
     plan.py          Plan, plan (over a table: the first 8 nodes by argmin, the rest only if
                      all 8 refuse), plan_candidates (node by node, the reference)
 """
+
 from scheduler.model import Strategy
 from scheduler.placement.feasible import Candidate, Reason, node_reason, reserve_if_fits
 from scheduler.placement.plan import Plan, plan, plan_candidates

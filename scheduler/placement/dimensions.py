@@ -6,6 +6,7 @@ amounts and of every tuple of amounts in between. Adding a dimension: a field of
 `model.Resources` (and of `NodeMetrics`), a row here, how a node reports it
 (`table.node_dimensions`) and its `feasible.Reason`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

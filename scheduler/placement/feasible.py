@@ -9,6 +9,7 @@ Two forms of the same rule: `reject_reason` for one node in plain Python (readab
 of the tests), `reason_codes` over a table's columns (what decisions use). `reserve_if_fits`
 re-checks one node of a table just before reserving on it.
 """
+
 from __future__ import annotations
 
 import enum
@@ -56,14 +57,16 @@ def reject_reason(candidate: Candidate, request: Resources) -> Reason | None:
     """Why the node cannot take the request, or None if it can."""
     if not candidate.ready or candidate.metrics is None:
         return Reason.NOT_READY
-    return dimension_reason(node_dimensions(candidate.metrics),
-                            column_amounts(summed(candidate.reservations)),
-                            column_amounts(request))
+    return dimension_reason(
+        node_dimensions(candidate.metrics),
+        column_amounts(summed(candidate.reservations)),
+        column_amounts(request),
+    )
 
 
-def dimension_reason(dimensions: tuple[Dimension, ...],
-                     reserved: tuple[float, ...],
-                     wanted: tuple[float, ...]) -> Reason | None:
+def dimension_reason(
+    dimensions: tuple[Dimension, ...], reserved: tuple[float, ...], wanted: tuple[float, ...]
+) -> Reason | None:
     """The first dimension a ready node with these (total, free) amounts cannot fit `wanted`
     on after `reserved` (all in column units), or None if it fits."""
     for dimension, reason in _CHECKS:
@@ -106,8 +109,9 @@ def node_reason(table: NodeTable, node_id: str, request: Resources) -> Reason | 
     return dimension_reason(row.dimensions, row.reserved, column_amounts(request))
 
 
-def reserve_if_fits(table: NodeTable, node_id: str, instance_id: str,
-                    request: Resources) -> Reason | None:
+def reserve_if_fits(
+    table: NodeTable, node_id: str, instance_id: str, request: Resources
+) -> Reason | None:
     """Reserve `request` on the node for the instance if it still fits; else say why not."""
     reason = node_reason(table, node_id, request)
     if reason is None:

@@ -14,6 +14,7 @@ The keys are what ordering needs: per row, its priority key if it is feasible an
 infinity (see `rank`: nodes with room first, in the strategy's order; then those without
 room, most free first).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,16 +55,27 @@ def kept_for(table: NodeTable, wanted: Amounts, ranked: Amounts, strategy: Strat
 class Kept:
     """Codes and keys of every row for one request; `refresh` before reading them."""
 
-    __slots__ = ("_wanted", "_ranked", "_strategy", "_mark", "_shared", "codes", "room_key",
-                 "spill_key", "with_room", "without_room")
+    __slots__ = (
+        "_wanted",
+        "_ranked",
+        "_strategy",
+        "_mark",
+        "_shared",
+        "codes",
+        "room_key",
+        "spill_key",
+        "with_room",
+        "without_room",
+    )
     _mark: tuple[int, int]
     _shared: bool
     codes: np.ndarray
     room_key: np.ndarray
     spill_key: np.ndarray
 
-    def __init__(self, table: NodeTable, wanted: Amounts, ranked: Amounts,
-                 strategy: Strategy) -> None:
+    def __init__(
+        self, table: NodeTable, wanted: Amounts, ranked: Amounts, strategy: Strategy
+    ) -> None:
         self._wanted = wanted  # what feasibility counts
         self._ranked = ranked  # what ranking counts
         self._strategy = strategy
@@ -78,7 +90,10 @@ class Kept:
             return
         if rows and self._shared:  # a plan holds the arrays: it keeps its decision's
             self.codes, self.room_key, self.spill_key = (
-                self.codes.copy(), self.room_key.copy(), self.spill_key.copy())
+                self.codes.copy(),
+                self.room_key.copy(),
+                self.spill_key.copy(),
+            )
             self._shared = False
         for row in rows:
             self._refresh_row(table, row)
@@ -108,13 +123,15 @@ class Kept:
         self.with_room -= bool(self.room_key[row] < np.inf)
         self.without_room -= bool(self.spill_key[row] < np.inf)
         facts = table.row(row)
-        reason = dimension_reason(facts.dimensions, facts.reserved, self._wanted) \
-            if facts.eligible else Reason.NOT_READY
+        reason = (
+            dimension_reason(facts.dimensions, facts.reserved, self._wanted)
+            if facts.eligible
+            else Reason.NOT_READY
+        )
         self.codes[row] = FEASIBLE if reason is None else REASON_CODES[reason]
         room_key = spill_key = np.inf
         if reason is None:
-            score, room = dimension_score(facts.dimensions, facts.ranking_reserved,
-                                          self._ranked)
+            score, room = dimension_score(facts.dimensions, facts.ranking_reserved, self._ranked)
             if room:
                 room_key = sort_key(score, self._strategy)
                 self.with_room += 1

@@ -4,6 +4,7 @@
 makes the same decision node by node in plain Python (the readable statement of the rules, the
 oracle of the tests and the baseline of the benchmark). Both return a `Plan`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -11,16 +12,28 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from scheduler.model import NO_RESOURCES, Resources, Strategy
+from scheduler.placement.dimensions import amounts, column_amounts
 from scheduler.placement.feasible import (
-    FEASIBLE, REASON_BY_CODE, REASON_CODES, Candidate, Reason, reject_reason,
+    FEASIBLE,
+    REASON_BY_CODE,
+    REASON_CODES,
+    Candidate,
+    Reason,
+    reject_reason,
 )
 from scheduler.placement.kept import Kept, kept_for
 from scheduler.placement.rank import priority_rows, score
-from scheduler.placement.dimensions import amounts
 from scheduler.placement.requests import ranking_request
-from scheduler.placement.table import Columns, NodeTable, column_amounts
+from scheduler.placement.table import Columns, NodeTable
 
 HEAD = 8  # nodes put in order up front; the rest only once all of these refused (rare)
+
+
+def _reason(code: int) -> Reason:
+    """The reason of a rejection's code (FEASIBLE, 0, is not one)."""
+    reason = REASON_BY_CODE[code]
+    assert reason is not None, "FEASIBLE is not a rejection"
+    return reason
 
 
 class Plan:
@@ -34,11 +47,25 @@ class Plan:
     of 10,000 rejections costs more than the decision itself.
     """
 
-    __slots__ = ("_head", "_order", "_rest", "feasible_count", "_ids", "_codes", "_rejected",
-                 "_counts")
+    __slots__ = (
+        "_head",
+        "_order",
+        "_rest",
+        "feasible_count",
+        "_ids",
+        "_codes",
+        "_rejected",
+        "_counts",
+    )
 
-    def __init__(self, order: list[str], feasible_count: int, ids: Sequence[str],
-                 codes: Sequence[int], rest: Callable[[], list[str]] | None = None):
+    def __init__(
+        self,
+        order: list[str],
+        feasible_count: int,
+        ids: Sequence[str] | np.ndarray,
+        codes: Sequence[int] | np.ndarray,
+        rest: Callable[[], list[str]] | None = None,
+    ):
         """`order` is the whole order, or with `rest` its head and how to get the whole.
         `ids` and `codes`: nodes and their reason codes; FEASIBLE ones are not rejections."""
         self._head = order
@@ -62,7 +89,7 @@ class Plan:
         """`order`, computing beyond the head only when the head has been used up."""
         yield from self._head
         if self._rest is not None:
-            yield from self.order[len(self._head):]
+            yield from self.order[len(self._head) :]
 
     @property
     def rejected(self) -> dict[str, Reason]:
@@ -72,7 +99,8 @@ class Plan:
             rows = np.flatnonzero(codes != FEASIBLE)
             ids = np.asarray(self._ids, dtype=object)[rows].tolist()
             self._rejected = {
-                node_id: REASON_BY_CODE[code] for node_id, code in zip(ids, codes[rows].tolist())
+                node_id: _reason(code)
+                for node_id, code in zip(ids, codes[rows].tolist(), strict=True)
             }
         return self._rejected
 
@@ -80,11 +108,13 @@ class Plan:
     def counts(self) -> dict[Reason, int]:
         """How many nodes each reason rejected (only reasons that occurred, in check order)."""
         if self._counts is None:
-            per_code = np.bincount(np.asarray(self._codes, dtype=np.int64),
-                                   minlength=len(REASON_BY_CODE))
+            per_code = np.bincount(
+                np.asarray(self._codes, dtype=np.int64), minlength=len(REASON_BY_CODE)
+            )
             self._counts = {
-                REASON_BY_CODE[code]: int(count)
-                for code, count in enumerate(per_code.tolist()) if code != FEASIBLE and count
+                _reason(code): int(count)
+                for code, count in enumerate(per_code.tolist())
+                if code != FEASIBLE and count
             }
         return self._counts
 
@@ -109,13 +139,19 @@ def plan(
 ) -> Plan:
     """Decide where `request` may go, over the table as it is now (max_attempts 0: no cut)."""
     _checked(request, strategy, max_attempts)
-    kept = kept_for(table, column_amounts(request), column_amounts(ranking_request(request)),
-                    strategy)
+    kept = kept_for(
+        table, column_amounts(request), column_amounts(ranking_request(request)), strategy
+    )
     ranking = _Ranking(table.columns(), kept)
     if (max_attempts and max_attempts <= HEAD) or ranking.size <= HEAD:
         return Plan(ranking.ordered(max_attempts), ranking.size, ranking.ids, ranking.codes)
-    return Plan(ranking.ordered(HEAD), ranking.size, ranking.ids, ranking.codes,
-                rest=lambda: ranking.ordered(max_attempts))
+    return Plan(
+        ranking.ordered(HEAD),
+        ranking.size,
+        ranking.ids,
+        ranking.codes,
+        rest=lambda: ranking.ordered(max_attempts),
+    )
 
 
 class _Ranking:
@@ -146,8 +182,7 @@ class _Ranking:
             if limit and wanted <= 0:
                 break
             if size:
-                rows = priority_rows(key, size, self._instances, self._id_rank, self._bound,
-                                     wanted)
+                rows = priority_rows(key, size, self._instances, self._id_rank, self._bound, wanted)
                 order += self.ids[rows].tolist()
         return order
 

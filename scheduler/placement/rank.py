@@ -22,6 +22,7 @@ deterministic.
 As in `feasible`: `score` for one node in plain Python, `scores` / `priority_rows` over
 columns.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,8 +40,6 @@ FEW_BY_ARGMIN = 8  # a head up to this size is found by repeated argmin, larger 
 _COMPOSITE_LIMIT = 2**62  # a tie-break key must stay below this to fit int64 without overflow
 
 
-
-
 def score(candidate: Candidate, request: Resources) -> tuple[float, bool]:
     """The node's mean free fraction after placing `request` (NEUTRAL_SCORE if it reports no
     dimension), and whether it has room: nothing it reports goes below zero free."""
@@ -48,12 +47,13 @@ def score(candidate: Candidate, request: Resources) -> tuple[float, bool]:
     return dimension_score(
         node_dimensions(candidate.metrics),
         column_amounts(summed(ranking_request(r) for r in candidate.reservations)),
-        column_amounts(ranking_request(request)))
+        column_amounts(ranking_request(request)),
+    )
 
 
-def dimension_score(dimensions: tuple[Dimension, ...],
-                    reserved: tuple[float, ...],
-                    wanted: tuple[float, ...]) -> tuple[float, bool]:
+def dimension_score(
+    dimensions: tuple[Dimension, ...], reserved: tuple[float, ...], wanted: tuple[float, ...]
+) -> tuple[float, bool]:
     """`score` of a node with these (total, free) amounts, `reserved` and `wanted` as ranking
     counts them (all in column units)."""
     fractions = 0.0
@@ -99,8 +99,14 @@ def sort_key(row_scores: Any, strategy: Strategy) -> Any:
     return -row_scores if strategy is Strategy.SPREAD else row_scores
 
 
-def priority_rows(key: np.ndarray, size: int, instances: np.ndarray, id_rank: np.ndarray,
-                  id_rank_bound: int, limit: int) -> np.ndarray:
+def priority_rows(
+    key: np.ndarray,
+    size: int,
+    instances: np.ndarray,
+    id_rank: np.ndarray,
+    id_rank_bound: int,
+    limit: int,
+) -> np.ndarray:
     """The rows whose key is finite (`size` of them; infinity marks the others) in priority
     order, the first `limit` of them (0: all). Arrays are whole columns, one entry per row.
 
@@ -137,8 +143,9 @@ def _smallest_with_ties(key: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate((np.array(taken, dtype=np.int64), ties))
 
 
-def _sort_with_ties(key: np.ndarray, instances: np.ndarray, id_rank: np.ndarray,
-                    id_rank_bound: int) -> np.ndarray:
+def _sort_with_ties(
+    key: np.ndarray, instances: np.ndarray, id_rank: np.ndarray, id_rank_bound: int
+) -> np.ndarray:
     """Indices ordering (key, instances, id_rank) lexicographically.
 
     One fast unstable sort by key suffices when no two keys are equal (id ranks are unique, so

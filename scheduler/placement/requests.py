@@ -6,6 +6,7 @@ runs and uses something, so ranking counts such a dimension as kube-scheduler's 
 request. Without that, every instance without limits would go to the node whose last report
 looked freest until that node's report caught up, and binpack would never leave its first node.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -20,9 +21,11 @@ NONZERO_MEMORY_MIB = 128  # ranking's memory for a workload without a memory lim
 def ranking_request(request: Resources) -> Resources:
     """What ranking counts for `request`: unset or 0 cpu and memory count as the non-zero
     amounts; disk counts as declared (an instance need not write to disk)."""
-    return Resources(cpu=request.cpu or NONZERO_CPU_MILLICORES,
-                     memory=request.memory or NONZERO_MEMORY_MIB,
-                     disk=request.disk or 0)
+    return Resources(
+        cpu=request.cpu or NONZERO_CPU_MILLICORES,
+        memory=request.memory or NONZERO_MEMORY_MIB,
+        disk=request.disk or 0,
+    )
 
 
 def summed(requests: Iterable[Resources]) -> Resources:

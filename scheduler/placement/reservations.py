@@ -11,6 +11,7 @@ Each reservation holds two amounts, taken and given back together: the request a
 instance without limits still takes room), so ranking sees every instance placed on a node that
 its reports may not show yet, and feasibility never refuses more than was really promised.
 """
+
 from __future__ import annotations
 
 from scheduler.model import Resources
@@ -74,8 +75,10 @@ class Reservations:
         del instances[instance_id]
         if instances:
             total_declared, total_ranking = self._totals[node_id]
-            self._totals[node_id] = (_plus(total_declared, declared, -1),
-                                     _plus(total_ranking, ranking, -1))
+            self._totals[node_id] = (
+                _plus(total_declared, declared, -1),
+                _plus(total_ranking, ranking, -1),
+            )
         else:
             del self._by_node[node_id]
             del self._totals[node_id]

@@ -8,15 +8,16 @@ one `update_metrics`), and every decision reads the columns as they are at that 
 Units in the columns: memory and disk in bytes, cpu in millicores. NaN marks an unknown
 dimension (an older Agent does not report it), which filters nothing and scores neutral.
 """
+
 from __future__ import annotations
 
 import bisect
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from scheduler.model import MILLICORES_PER_CORE, NodeMetrics, Resources
-from scheduler.placement.dimensions import CPU, DISK, MEMORY, NAMES, column_amounts
+from scheduler.placement.dimensions import NAMES, column_amounts
 from scheduler.placement.reservations import Reservations
 
 DIMENSIONS = len(NAMES)  # rows of the 2-D columns (placement/dimensions.py: which, in order)
@@ -107,7 +108,7 @@ class NodeTable:
         self._changed: list[int] = []
         self._changes_dropped = 0  # changes trimmed from the front of `_changed`
         self._layout = 0
-        self.kept: dict = {}  # decisions' kept scores per request (owned by `plan`)
+        self.kept: dict[Any, Any] = {}  # decisions' kept scores per request (owned by `plan`)
 
     def __len__(self) -> int:
         return self._size
@@ -129,8 +130,10 @@ class NodeTable:
         total, free = self._total[:, row].tolist(), self._free[:, row].tolist()
         return Row(
             eligible=bool(self._eligible[row]),
-            dimensions=tuple(None if t != t else (t, f)  # NaN: unknown
-                             for t, f in zip(total, free)),
+            dimensions=tuple(
+                None if t != t else (t, f)  # NaN: unknown
+                for t, f in zip(total, free, strict=True)
+            ),
             reserved=tuple(self._reserved[:, row].tolist()),
             ranking_reserved=tuple(self._ranking_reserved[:, row].tolist()),
         )
@@ -146,11 +149,12 @@ class NodeTable:
         layout, position = mark
         if layout != self._layout or position < self._changes_dropped:
             return None
-        return self._changed[position - self._changes_dropped:]
+        return self._changed[position - self._changes_dropped :]
 
     def node_ids(self) -> list[str]:
         """Every node in the table, in row order."""
-        return self._ids[: self._size].tolist()
+        ids: list[str] = self._ids[: self._size].tolist()
+        return ids
 
     def upsert(self, node_id: str) -> bool:
         """Make sure the node has a row; True if it was added (not ready, no status yet)."""
@@ -186,8 +190,16 @@ class NodeTable:
             self._ids = self._ids.copy()
             self._ids_handed_out = False
         if row != last:
-            for column in (self._ids, self._ready, self._reported, self._eligible, self._known,
-                           self._instances, self._id_rank):
+            column: np.ndarray
+            for column in (
+                self._ids,
+                self._ready,
+                self._reported,
+                self._eligible,
+                self._known,
+                self._instances,
+                self._id_rank,
+            ):
                 column[row] = column[last]
             for column in (self._total, self._free, self._reserved, self._ranking_reserved):
                 column[:, row] = column[:, last]
@@ -238,7 +250,7 @@ class NodeTable:
     def release(self, instance_id: str) -> bool:
         """Give an instance's reservation back; False if it held none."""
         node_id = self._reservations.node_of(instance_id)
-        if not self._reservations.release(instance_id):
+        if node_id is None or not self._reservations.release(instance_id):
             return False
         self._refresh_reserved(node_id)
         return True

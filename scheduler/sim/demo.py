@@ -7,6 +7,7 @@ then the nodes table and a summary. Everything runs on 127.0.0.1 in a temporary 
 This process is plain asyncio: the scheduler and the simulated Agents run as child processes
 (the scheduler's trio-asyncio must not share a process with plain-asyncio clients).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,18 +43,22 @@ def progress(done: int, total: int, failed: int) -> None:
     sys.stdout.flush()
 
 
-def demo_config(directory: Path, name: str, http_port: int | None = None,
-                node_timeout: float = NODE_TIMEOUT) -> str:
+def demo_config(
+    directory: Path, name: str, http_port: int | None = None, node_timeout: float = NODE_TIMEOUT
+) -> str:
     """The demo's scheduler configuration: loopback, short timeouts, its own data directory."""
     http = f"127.0.0.1:{http_port}" if http_port else ""
-    return ('[server]\nlisten = "127.0.0.1:0"\n'
-            f'data_dir = "{directory / (name + "-data")}"\nshutdown_grace = 2.0\n'
-            f'[liveness]\nnode_timeout = {node_timeout}\nstatus_rate = 50.0\nstatus_burst = 50\n'
-            f'[scheduling]\nattempt_timeout = 2.0\n[observability]\nhttp_listen = "{http}"\n')
+    return (
+        '[server]\nlisten = "127.0.0.1:0"\n'
+        f'data_dir = "{directory / (name + "-data")}"\nshutdown_grace = 2.0\n'
+        f"[liveness]\nnode_timeout = {node_timeout}\nstatus_rate = 50.0\nstatus_burst = 50\n"
+        f'[scheduling]\nattempt_timeout = 2.0\n[observability]\nhttp_listen = "{http}"\n'
+    )
 
 
-async def start_scheduler(directory: Path, name: str = "scheduler",
-                          config: str | None = None) -> tuple[asyncio.subprocess.Process, int]:
+async def start_scheduler(
+    directory: Path, name: str = "scheduler", config: str | None = None
+) -> tuple[asyncio.subprocess.Process, int]:
     """`orka-scheduler serve` with `config` (default: `demo_config`), its log in
     `<directory>/<name>.log`; return the process and its port once it listens."""
     path = directory / f"{name}.toml"
@@ -61,8 +66,16 @@ async def start_scheduler(directory: Path, name: str = "scheduler",
     log_path = directory / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 (the child holds it)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "scheduler", "serve", "--config", str(path),
-        stdout=log, stderr=asyncio.subprocess.STDOUT, cwd=IMPORT_ROOT)
+        sys.executable,
+        "-m",
+        "scheduler",
+        "serve",
+        "--config",
+        str(path),
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=IMPORT_ROOT,
+    )
     log.close()
     pattern = re.compile(rb"listening on \S+ port (\d+)")
     deadline = time.monotonic() + READY_TIMEOUT
@@ -73,8 +86,9 @@ async def start_scheduler(directory: Path, name: str = "scheduler",
         if process.returncode is not None:
             break
         await asyncio.sleep(0.05)
-    raise RuntimeError("the scheduler did not start; its log: "
-                       + log_path.read_text(errors="replace")[-2000:])
+    raise RuntimeError(
+        "the scheduler did not start; its log: " + log_path.read_text(errors="replace")[-2000:]
+    )
 
 
 async def run(agents: int, instances: int, kill: int, keep: bool) -> int:
@@ -102,11 +116,14 @@ async def run(agents: int, instances: int, kill: int, keep: bool) -> int:
             failed += placement.first_status_s is None
             progress(done, instances, failed)
 
-        report = await controller.schedule_many(instances, concurrency=10, follow=False,
-                                                memory=64, cpu=50, on_placement=placed)
-        print(f"\n  placed {report.placed}/{report.requested} instances on {report.nodes_used} "
-              f"nodes in {report.seconds:.2f} s ({report.placements_per_s:.0f}/s, "
-              f"p50 {report.latency_ms['p50']:.1f} ms, p99 {report.latency_ms['p99']:.1f} ms)")
+        report = await controller.schedule_many(
+            instances, concurrency=10, follow=False, memory=64, cpu=50, on_placement=placed
+        )
+        print(
+            f"\n  placed {report.placed}/{report.requested} instances on {report.nodes_used} "
+            f"nodes in {report.seconds:.2f} s ({report.placements_per_s:.0f}/s, "
+            f"p50 {report.latency_ms['p50']:.1f} ms, p99 {report.latency_ms['p99']:.1f} ms)"
+        )
 
         lost: list[str] = []
         if doomed is not None:
@@ -114,8 +131,10 @@ async def run(agents: int, instances: int, kill: int, keep: bool) -> int:
             for pid in doomed.pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            print(f"  killed {kill} Agent(s); waiting for the scheduler to declare them LOST "
-                  f"(node_timeout {NODE_TIMEOUT:g} s) ...")
+            print(
+                f"  killed {kill} Agent(s); waiting for the scheduler to declare them LOST "
+                f"(node_timeout {NODE_TIMEOUT:g} s) ..."
+            )
             lost = await wait_for_lost(controller, epoch, revision, kill)
             for line in lost:
                 print(f"    {line}")
@@ -126,9 +145,11 @@ async def run(agents: int, instances: int, kill: int, keep: bool) -> int:
         print()
         ready = sum(node.state == controller_pb2.Node.READY for node in nodes)
         kept = "kept" if keep else "deleted at exit; --keep keeps it"
-        print(f"summary: {ready} nodes READY, {len(lost)} LOST, {report.placed} instances "
-              f"placed, {report.failed} not placed; scheduler log: {directory / 'scheduler.log'} "
-              f"({kept})")
+        print(
+            f"summary: {ready} nodes READY, {len(lost)} LOST, {report.placed} instances "
+            f"placed, {report.failed} not placed; scheduler log: {directory / 'scheduler.log'} "
+            f"({kept})"
+        )
         return 0 if report.placed and len(lost) == kill else 1
     finally:
         controller.close()
@@ -153,18 +174,25 @@ async def stop(scheduler: asyncio.subprocess.Process) -> None:
         await scheduler.wait()
 
 
-async def wait_for_lost(controller: SimController, epoch: str, revision: int, count: int) -> list[str]:
+async def wait_for_lost(
+    controller: SimController, epoch: str, revision: int, count: int
+) -> list[str]:
     """Lines describing the next `count` LOST events after (epoch, revision)."""
     lines: list[str] = []
 
     async def collect() -> None:
         async for _arrived, event in controller.watch(epoch, revision):
-            if event.WhichOneof("event") == "node" and event.node.kind == controller_pb2.NodeEvent.LOST:
+            if (
+                event.WhichOneof("event") == "node"
+                and event.node.kind == controller_pb2.NodeEvent.LOST
+            ):
                 node = event.node.node
                 ids = list(node.instance_ids)
                 shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
-                lines.append(f"LOST {node.id}: {len(ids)} instance(s) for the Controller to "
-                             f"re-place" + (f" ({shown})" if ids else ""))
+                lines.append(
+                    f"LOST {node.id}: {len(ids)} instance(s) for the Controller to "
+                    f"re-place" + (f" ({shown})" if ids else "")
+                )
                 if len(lines) == count:
                     return
 

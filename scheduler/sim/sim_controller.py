@@ -15,6 +15,7 @@ standby naming the leader, or by a refused connection, is sent again to the lead
 acceptance its statuses keep arriving through WatchEvents); Stop and Destroy likewise; the
 watch resumes on the new leader after its last event, so it loses nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,8 +93,13 @@ class SimController:
     """A Controller's connections to the schedulers of a cluster, following the leader (mTLS
     with `pki` and a controller name). `scheduler`: (host, port), "a,b,c", or addresses."""
 
-    def __init__(self, scheduler: Leader | str | tuple[str, int] | Sequence[str], *,
-                 pki: str | os.PathLike | None = None, name: str = "controller") -> None:
+    def __init__(
+        self,
+        scheduler: Leader | str | tuple[str, int] | Sequence[str],
+        *,
+        pki: str | os.PathLike | None = None,
+        name: str = "controller",
+    ) -> None:
         ssl_context = None
         if pki is not None:
             from .. import pki as pki_module
@@ -122,8 +128,13 @@ class SimController:
 
     # -- scheduling ------------------------------------------------------------------------
 
-    async def schedule(self, workload: controller_pb2.Workload, *, follow: bool = True,
-                       timeout: float | None = None) -> Placement:
+    async def schedule(
+        self,
+        workload: controller_pb2.Workload,
+        *,
+        follow: bool = True,
+        timeout: float | None = None,
+    ) -> Placement:
         """Schedule one workload at the leader; with `follow`, read its statuses until the
         stream ends, else hang up after the first (the instance keeps running). Refused
         before acceptance by a scheduler that does not lead, it goes to the leader, within
@@ -137,22 +148,32 @@ class SimController:
             stream = None
             try:
                 async with self.schedulers.scheduling(address).Schedule.open(
-                        timeout=remaining(deadline)) as stream:
+                    timeout=remaining(deadline)
+                ) as stream:
                     await send_request(stream, address)
                     await stream.send_message(request, end=True)
                     async for status in stream:
                         if placement.first_status_s is None:
                             placement.first_status_s = time.perf_counter() - started
                             placement.node_id = status.node_id
-                            placement.first_code = CODES[status.status.code] \
-                                if status.status.code < len(CODES) else str(status.status.code)
+                            placement.first_code = (
+                                CODES[status.status.code]
+                                if status.status.code < len(CODES)
+                                else str(status.status.code)
+                            )
                             if not follow:
                                 await stream.cancel()
                                 return
                         placement.statuses += 1
                     await stream.recv_trailing_metadata()
                 placement.ended_ok = True
-            except (TimeoutError, GRPCError, StreamTerminatedError, StreamClosedError, OSError) as err:
+            except (
+                TimeoutError,
+                GRPCError,
+                StreamTerminatedError,
+                StreamClosedError,
+                OSError,
+            ) as err:
                 failure = refusal(err, stream, address, idempotent=False)
                 if failure is not None and placement.first_status_s is None:
                     raise failure from err
@@ -165,9 +186,16 @@ class SimController:
         return placement
 
     async def schedule_many(
-        self, count: int, concurrency: int, *, prefix: str = "inst",
-        memory: int | None = 64, cpu: int | None = 100, image: str = "sim/workload:1",
-        follow: bool = True, timeout: float | None = 30.0,
+        self,
+        count: int,
+        concurrency: int,
+        *,
+        prefix: str = "inst",
+        memory: int | None = 64,
+        cpu: int | None = 100,
+        image: str = "sim/workload:1",
+        follow: bool = True,
+        timeout: float | None = 30.0,
         on_placement: Callable[[Placement], None] | None = None,
         duration: float | None = None,
     ) -> ScheduleReport:
@@ -184,8 +212,9 @@ class SimController:
             while next_number < count and (stop_at is None or time.perf_counter() < stop_at):
                 number = next_number
                 next_number += 1
-                workload = controller_pb2.Workload(instance_id=f"{prefix}-{run}-{number}",
-                                                   image=image)
+                workload = controller_pb2.Workload(
+                    instance_id=f"{prefix}-{run}-{number}", image=image
+                )
                 if memory is not None:
                     workload.resource_limits.memory = memory
                 if cpu is not None:
@@ -207,13 +236,19 @@ class SimController:
                 errors[key] = errors.get(key, 0) + 1
         latencies = [p.first_status_s * 1000 for p in placed]
         return ScheduleReport(
-            requested=len(results), concurrency=concurrency, seconds=round(seconds, 3),
-            placed=len(placed), failed=len(results) - len(placed),
+            requested=len(results),
+            concurrency=concurrency,
+            seconds=round(seconds, 3),
+            placed=len(placed),
+            failed=len(results) - len(placed),
             placements_per_s=round(len(placed) / seconds, 1) if seconds else 0.0,
-            latency_ms={"p50": round(percentile(latencies, 0.5), 3),
-                        "p99": round(percentile(latencies, 0.99), 3),
-                        "max": round(max(latencies), 3) if latencies else float("nan")},
-            errors=errors, nodes_used=len({p.node_id for p in placed}),
+            latency_ms={
+                "p50": round(percentile(latencies, 0.5), 3),
+                "p99": round(percentile(latencies, 0.99), 3),
+                "max": round(max(latencies), 3) if latencies else float("nan"),
+            },
+            errors=errors,
+            nodes_used=len({p.node_id for p in placed}),
         )
 
     async def stop(self, instance_id: str) -> None:
@@ -225,14 +260,19 @@ class SimController:
         await self._instance_call("Destroy", instance_id)
 
     async def _instance_call(self, method: str, instance_id: str) -> None:
-        await call(self.leader, lambda address: getattr(self.schedulers.scheduling(address), method),
-                   controller_pb2.WorkloadInstance(instance_id=instance_id), idempotent=False,
-                   report=log.info)
+        await call(
+            self.leader,
+            lambda address: getattr(self.schedulers.scheduling(address), method),
+            controller_pb2.WorkloadInstance(instance_id=instance_id),
+            idempotent=False,
+            report=log.info,
+        )
 
     # -- events ----------------------------------------------------------------------------
 
-    async def watch(self, epoch: str = "", after_revision: int = 0
-                    ) -> AsyncIterator[tuple[float, controller_pb2.ClusterEvent]]:
+    async def watch(
+        self, epoch: str = "", after_revision: int = 0
+    ) -> AsyncIterator[tuple[float, controller_pb2.ClusterEvent]]:
         """Every ClusterEvent with the time.time() it arrived, until the caller stops; across
         failovers it resumes on the new leader after the last event (no loss, no Snapshot)."""
         async for event in watch_events(self.schedulers, epoch, after_revision, report=log.info):
@@ -248,8 +288,13 @@ class SimController:
         return event.epoch, event.revision, time.time()
 
     async def list_nodes(self) -> list[controller_pb2.Node]:
-        reply = await call(self.leader, lambda address: self.schedulers.cluster(address).ListNodes,
-                           controller_pb2.Empty(), idempotent=True, report=log.info)
+        reply = await call(
+            self.leader,
+            lambda address: self.schedulers.cluster(address).ListNodes,
+            controller_pb2.Empty(),
+            idempotent=True,
+            report=log.info,
+        )
         return list(reply.nodes)
 
 
@@ -265,36 +310,57 @@ def describe(event: controller_pb2.ClusterEvent) -> dict[str, Any]:
     kind = event.WhichOneof("event")
     out: dict[str, Any] = {"revision": event.revision}
     if kind == "snapshot":
-        out.update(kind="SNAPSHOT", nodes=len(event.snapshot.nodes),
-                   instances=len(event.snapshot.instances))
+        out.update(
+            kind="SNAPSHOT",
+            nodes=len(event.snapshot.nodes),
+            instances=len(event.snapshot.instances),
+        )
     elif kind == "node":
         node = event.node.node
-        out.update(kind=NODE_KINDS[event.node.kind], node=node.id,
-                   last_seen_unix=node.last_seen_unix, instances=list(node.instance_ids))
+        out.update(
+            kind=NODE_KINDS[event.node.kind],
+            node=node.id,
+            last_seen_unix=node.last_seen_unix,
+            instances=list(node.instance_ids),
+        )
     elif kind == "instance":
         status = event.instance
-        out.update(kind="INSTANCE", instance=status.instance_id, node=status.node_id,
-                   code=CODES[status.status.code] if status.status.code < len(CODES) else "?")
+        out.update(
+            kind="INSTANCE",
+            instance=status.instance_id,
+            node=status.node_id,
+            code=CODES[status.status.code] if status.status.code < len(CODES) else "?",
+        )
     return out
 
 
 # --- command line -----------------------------------------------------------------------------
 
-def add_controller_command(commands: Any, connection: Callable[[argparse.ArgumentParser], None]) -> None:
+
+def add_controller_command(
+    commands: Any, connection: Callable[[argparse.ArgumentParser], None]
+) -> None:
     sub = commands.add_parser("controller", help="schedule instances and/or watch events")
     connection(sub)
     sub.add_argument("--count", type=int, default=0, help="instances to schedule (0: none)")
-    sub.add_argument("--concurrency", type=int, default=10,
-                     help="Schedule calls in flight (default 10)")
+    sub.add_argument(
+        "--concurrency", type=int, default=10, help="Schedule calls in flight (default 10)"
+    )
     sub.add_argument("--memory", type=int, default=64, help="MiB requested per instance")
     sub.add_argument("--cpu", type=int, default=100, help="millicores requested per instance")
     sub.add_argument("--prefix", default="inst", help="instance ids are PREFIX-<run>-<n>")
-    sub.add_argument("--follow", action="store_true",
-                     help="read each instance's statuses until it terminates "
-                          "(default: hang up after the first; the instance keeps running)")
+    sub.add_argument(
+        "--follow",
+        action="store_true",
+        help="read each instance's statuses until it terminates "
+        "(default: hang up after the first; the instance keeps running)",
+    )
     sub.add_argument("--timeout", type=float, default=30.0, help="seconds per Schedule call")
-    sub.add_argument("--watch", action="store_true",
-                     help="print WatchEvents as JSON lines (STATUS events only with --statuses)")
+    sub.add_argument(
+        "--watch",
+        action="store_true",
+        help="print WatchEvents as JSON lines (STATUS events only with --statuses)",
+    )
     sub.add_argument("--statuses", action="store_true", help="with --watch: print STATUS too")
     sub.add_argument("--name", default="controller", help="controller certificate name (mTLS)")
     sub.set_defaults(func=_controller_main)
@@ -305,8 +371,9 @@ def _controller_main(args: argparse.Namespace) -> int:
 
 
 async def _controller(args: argparse.Namespace) -> int:
-    controller = SimController(args.address, pki=Path(args.pki) if args.pki else None,
-                               name=args.name)
+    controller = SimController(
+        args.address, pki=Path(args.pki) if args.pki else None, name=args.name
+    )
     stop = stop_on_signals()
 
     async def watch() -> None:
@@ -319,12 +386,19 @@ async def _controller(args: argparse.Namespace) -> int:
     try:
         if args.count:
             report = await controller.schedule_many(
-                args.count, args.concurrency, prefix=args.prefix, memory=args.memory or None,
-                cpu=args.cpu or None, follow=args.follow, timeout=args.timeout)
+                args.count,
+                args.concurrency,
+                prefix=args.prefix,
+                memory=args.memory or None,
+                cpu=args.cpu or None,
+                follow=args.follow,
+                timeout=args.timeout,
+            )
             print(json.dumps({"schedule": report.__dict__}), flush=True)
         if watcher is not None:
-            done, _ = await asyncio.wait((watcher, asyncio.ensure_future(stop.wait())),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                (watcher, asyncio.ensure_future(stop.wait())), return_when=asyncio.FIRST_COMPLETED
+            )
             if watcher in done:
                 watcher.result()  # a failed watch is reported
     except GRPCError as err:

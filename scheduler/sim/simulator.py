@@ -24,7 +24,7 @@ group share what they learnt of the leader, so a switch is made, and logged, onc
 This module never imports trio or trio_asyncio: importing trio_asyncio replaces asyncio's loop
 policy for the whole process (see STYLE.md). Run it in its own process:
 
-    python -m scheduler.sim.simulator agents --address 127.0.0.1:50051 --count 1000 --rate 1 --insecure
+    python -m scheduler.sim.simulator agents --address 127.0.0.1:50051 --count 1000 --insecure
     python -m scheduler.sim.simulator agents --address 127.0.0.1:50051 --count 500 --pki DIR \\
         --refuse 0.1 --hang 0.05 --lifetime 30 --processes 2
     python -m scheduler.sim.simulator controller --address 10.0.0.1:50051,10.0.0.2:50051 \\
@@ -37,6 +37,7 @@ child processes, driven by JSON lines); the simulated Controller is in `sim_cont
 join and serve with grpclib, but write their status streams as pre-encoded HTTP/2 frames
 paced by one timer for the whole group (see `_RawStatusStream`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,13 +113,16 @@ def node_ids(count: int, prefix: str = "sim", first: int = 0) -> list[str]:
 
 # --- what an Agent does ---------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Behaviour:
     """How a simulated Agent answers `Create`. Fractions are of Create calls, drawn at random."""
 
     refuse: float = 0.0  # answered RESOURCE_EXHAUSTED at once
     hang: float = 0.0  # never answered (until the scheduler gives up and cancels)
-    lifetime: float | None = None  # s an accepted instance runs before TERMINATED; None: until signalled
+    lifetime: float | None = (
+        None  # s an accepted instance runs before TERMINATED; None: until signalled
+    )
     old: bool = False  # report like an old Agent: no cores, no disk, no instances
 
     def __post_init__(self) -> None:
@@ -332,8 +336,13 @@ class SimAgent:
         self._connect(address)
         request = agent_pb2.ConnectionRequest(id=self.node_id, port=self.port)
         try:
-            await call_once(self._lifecycle.JoinCluster, request, address, idempotent=True,
-                            timeout=CONNECT_TIMEOUT)
+            await call_once(
+                self._lifecycle.JoinCluster,
+                request,
+                address,
+                idempotent=True,
+                timeout=CONNECT_TIMEOUT,
+            )
         except TimeoutError as err:  # a hung leader (SIGSTOPped) may have been replaced
             raise NotServing(address, None, err) from err
         self.leader.served(address)
@@ -346,8 +355,9 @@ class SimAgent:
         """LeaveCluster; the Agent then stays away (no rejoin) until closed."""
         self._left = True
         self.silent = True
-        await self._lifecycle.LeaveCluster(agent_pb2.DisconnectionNotice(id=self.node_id),
-                                           timeout=CONNECT_TIMEOUT)
+        await self._lifecycle.LeaveCluster(
+            agent_pb2.DisconnectionNotice(id=self.node_id), timeout=CONNECT_TIMEOUT
+        )
 
     async def run(self, first_status: asyncio.Event | None = None, joined: bool = False) -> None:
         """Join (unless `joined`), stream statuses, rejoin after failures, until closed.
@@ -390,7 +400,8 @@ class SimAgent:
         """Whether a failed join goes on at once elsewhere, as part of joining: at the
         leader a standby named, or past an unreachable address to the rest of the list."""
         return isinstance(err, NotServing) and (
-            bool(err.hint) or err.hint is None and not self.leader.exhausted)
+            bool(err.hint) or err.hint is None and not self.leader.exhausted
+        )
 
     def _follow(self, failure: NotServing) -> None:
         """Move the (shared) leader past a scheduler that did not serve; log a switch once."""
@@ -456,8 +467,7 @@ class SimAgent:
                     result = "failed"
                     if not sender.cancelled() and sender.exception() is not None:
                         counters.stream_errors += 1
-                        log.debug("%s: status stream failed: %r", self.node_id,
-                                  sender.exception())
+                        log.debug("%s: status stream failed: %r", self.node_id, sender.exception())
                 # End our side at once: the context manager would wait for the server.
                 with contextlib.suppress(Exception):
                     await stream.cancel()
@@ -486,8 +496,11 @@ class SimAgent:
             loop = asyncio.get_running_loop()
             _, stream = await loop.create_connection(
                 lambda: _RawStatusStream(self, authority, "https" if self._client_ssl else "http"),
-                host, port, ssl=self._client_ssl,
-                server_hostname=host if self._client_ssl is not None else None)
+                host,
+                port,
+                ssl=self._client_ssl,
+                server_hostname=host if self._client_ssl is not None else None,
+            )
             counters.streaming += 1
             try:
                 if stream.send(1):
@@ -565,12 +578,15 @@ class SimAgent:
                     await self._nap(delay)
                     if self._silent or self._rate != rate:
                         # A new rate starts at a random phase, so the fleet stays spread out.
-                        due = loop.time() + (rng.uniform(0, 1 / self._rate) if self._rate > 0 else 0)
+                        due = loop.time() + (
+                            rng.uniform(0, 1 / self._rate) if self._rate > 0 else 0
+                        )
                         continue
             message = self.status_message()
             if rate > 0:
-                message.cpu_load.load = min(100.0, max(0.0, self._metrics["load"]
-                                                       + rng.uniform(-2, 2)))
+                message.cpu_load.load = min(
+                    100.0, max(0.0, self._metrics["load"] + rng.uniform(-2, 2))
+                )
             await stream.send_message(message)
             self.last_sent = time.time()
             counters.sent += 1
@@ -599,8 +615,7 @@ class SimAgent:
         behaviour = self.behaviour
         if draw < behaviour.refuse:
             counters.refused += 1
-            raise GRPCError(Status.RESOURCE_EXHAUSTED,
-                            f"simulated refusal by {self.node_id}")
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, f"simulated refusal by {self.node_id}")
         if draw < behaviour.refuse + behaviour.hang:
             counters.hung += 1
             await asyncio.Event().wait()  # until the scheduler cancels the call
@@ -614,8 +629,9 @@ class SimAgent:
         instance.life = asyncio.ensure_future(self._live(instance))
         await stream.send_message(_workload_status(instance.instance_id, RUNNING, memory))
         await instance.ended.wait()
-        await stream.send_message(_workload_status(instance.instance_id, TERMINATED, 0,
-                                                   instance.why or "completed"))
+        await stream.send_message(
+            _workload_status(instance.instance_id, TERMINATED, 0, instance.why or "completed")
+        )
 
     async def _live(self, instance: _Instance) -> None:
         """Run an instance until it is signalled or its lifetime is over; then TERMINATED."""
@@ -631,7 +647,8 @@ class SimAgent:
         instance.ended.set()
         # Reported once more as TERMINATED by the next status, then forgotten.
         asyncio.get_running_loop().call_later(
-            1.0 / self._rate + 0.5 if self._rate > 0 else 0.5, self._forget, instance)
+            1.0 / self._rate + 0.5 if self._rate > 0 else 0.5, self._forget, instance
+        )
 
     def _forget(self, instance: _Instance) -> None:
         if self.instances.get(instance.instance_id) is instance:
@@ -643,7 +660,9 @@ class SimAgent:
         self.counters.signals += 1
         instance = self.instances.get(request.instance_id)
         if instance is None or instance.code == TERMINATED:
-            raise GRPCError(Status.NOT_FOUND, f"no instance {request.instance_id} on {self.node_id}")
+            raise GRPCError(
+                Status.NOT_FOUND, f"no instance {request.instance_id} on {self.node_id}"
+            )
         instance.why = "killed" if request.signal == 1 else "stopped"
         instance.done.set()
         await stream.send_message(node_agent_pb2.Empty())
@@ -682,8 +701,12 @@ PACER_TICK = 0.005  # s between the pacer's rounds
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return (len(payload).to_bytes(3, "big") + bytes((kind, flags))
-            + stream_id.to_bytes(4, "big") + payload)
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes((kind, flags))
+        + stream_id.to_bytes(4, "big")
+        + payload
+    )
 
 
 class _RawStatusStream(asyncio.Protocol):
@@ -712,17 +735,29 @@ class _RawStatusStream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        settings = ((0x2).to_bytes(2, "big") + (0).to_bytes(4, "big")  # ENABLE_PUSH = 0
-                    + (0x4).to_bytes(2, "big") + _OUR_WINDOW.to_bytes(4, "big"))
-        headers = self._encoder.encode([
-            (":method", "POST"), (":scheme", self._scheme), (":path", STATUS_PATH),
-            (":authority", self._authority), ("te", "trailers"),
-            ("content-type", "application/grpc+proto"), ("user-agent", "orka-simulator"),
-        ])
+        settings = (
+            (0x2).to_bytes(2, "big")
+            + (0).to_bytes(4, "big")  # ENABLE_PUSH = 0
+            + (0x4).to_bytes(2, "big")
+            + _OUR_WINDOW.to_bytes(4, "big")
+        )
+        headers = self._encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", self._scheme),
+                (":path", STATUS_PATH),
+                (":authority", self._authority),
+                ("te", "trailers"),
+                ("content-type", "application/grpc+proto"),
+                ("user-agent", "orka-simulator"),
+            ]
+        )
         self._transport.write(
-            _PREFACE + _frame(_SETTINGS, 0, 0, settings)
+            _PREFACE
+            + _frame(_SETTINGS, 0, 0, settings)
             + _frame(_WINDOW_UPDATE, 0, 0, (_OUR_WINDOW - _INITIAL_WINDOW).to_bytes(4, "big"))
-            + _frame(_HEADERS, _END_HEADERS, 1, headers))
+            + _frame(_HEADERS, _END_HEADERS, 1, headers)
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end("failed")
@@ -742,8 +777,8 @@ class _RawStatusStream(asyncio.Protocol):
                 return
             kind, flags = buffer[3], buffer[4]
             stream_id = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
-            payload = bytes(buffer[9:9 + length])
-            del buffer[:9 + length]
+            payload = bytes(buffer[9 : 9 + length])
+            del buffer[: 9 + length]
             self._frame_received(kind, flags, stream_id, payload)
 
     # -- frames from the server --------------------------------------------------------------
@@ -752,8 +787,8 @@ class _RawStatusStream(asyncio.Protocol):
         assert self._transport is not None
         if kind == _SETTINGS and not flags & _ACK:
             for offset in range(0, len(payload) - 5, 6):
-                key = int.from_bytes(payload[offset:offset + 2], "big")
-                value = int.from_bytes(payload[offset + 2:offset + 6], "big")
+                key = int.from_bytes(payload[offset : offset + 2], "big")
+                value = int.from_bytes(payload[offset + 2 : offset + 6], "big")
                 if key == 0x4:  # INITIAL_WINDOW_SIZE applies to open streams too
                     self._stream_window += value - self._initial_window
                     self._initial_window = value
@@ -768,7 +803,7 @@ class _RawStatusStream(asyncio.Protocol):
             self._transport.write(_frame(_PING, _ACK, 0, payload))
         elif kind == _HEADERS and stream_id == 1:
             if flags & _PADDED:
-                payload = payload[1:len(payload) - payload[0]]
+                payload = payload[1 : len(payload) - payload[0]]
             if flags & _PRIORITY:
                 payload = payload[5:]
             for name, value in self._decoder.decode(payload):
@@ -850,8 +885,9 @@ class _Pacer:
             await asyncio.sleep(PACER_TICK)
             now = loop.time()
             streams = self.streams
-            budget = min(budget + self.rate * len(streams) * (now - last),
-                         self.rate * len(streams) * 0.1 + 1)  # at most 100 ms of catch-up
+            budget = min(
+                budget + self.rate * len(streams) * (now - last), self.rate * len(streams) * 0.1 + 1
+            )  # at most 100 ms of catch-up
             last = now
             count = int(budget)
             if not streams or not count:
@@ -874,20 +910,28 @@ class _Pacer:
 
 # --- many Agents in this process -------------------------------------------------------------
 
+
 class AgentGroup:
     """Simulated Agents in this process, sharing one `Counters`.
 
-        group = AgentGroup(node_ids(100), ("127.0.0.1", 50051), rate=2)
-        await group.start()        # listening, joined, first status sent
-        ...
-        await group.close()
+    group = AgentGroup(node_ids(100), ("127.0.0.1", 50051), rate=2)
+    await group.start()        # listening, joined, first status sent
+    ...
+    await group.close()
     """
 
-    def __init__(self, ids: Iterable[str],
-                 scheduler: Leader | str | tuple[str, int] | Sequence[str], *,
-                 rate: float = 1.0, behaviour: Behaviour = Behaviour(), old_fraction: float = 0.0,
-                 tls: AgentTls | None = None, bind_host: str = "127.0.0.1",
-                 raw: bool = False) -> None:
+    def __init__(
+        self,
+        ids: Iterable[str],
+        scheduler: Leader | str | tuple[str, int] | Sequence[str],
+        *,
+        rate: float = 1.0,
+        behaviour: Behaviour = Behaviour(),
+        old_fraction: float = 0.0,
+        tls: AgentTls | None = None,
+        bind_host: str = "127.0.0.1",
+        raw: bool = False,
+    ) -> None:
         """`scheduler`: (host, port), "a,b,c" or addresses; the Agents share one `Leader`.
         `raw`: status streams as raw HTTP/2 frames paced by one group pacer (a cheap load
         generator for ingest benchmarks; `rate` must then be > 0)."""
@@ -899,10 +943,18 @@ class AgentGroup:
         old = set(ids[: round(len(ids) * old_fraction)])
         self.leader = Leader.of(scheduler)
         self.agents = [
-            SimAgent(node_id, self.leader, rate=rate, tls=tls, bind_host=bind_host,
-                     counters=self.counters, pacer=self._pacer,
-                     behaviour=Behaviour(behaviour.refuse, behaviour.hang, behaviour.lifetime,
-                                         old=node_id in old))
+            SimAgent(
+                node_id,
+                self.leader,
+                rate=rate,
+                tls=tls,
+                bind_host=bind_host,
+                counters=self.counters,
+                pacer=self._pacer,
+                behaviour=Behaviour(
+                    behaviour.refuse, behaviour.hang, behaviour.lifetime, old=node_id in old
+                ),
+            )
             for node_id in ids
         ]
         self.counters.agents = len(self.agents)
@@ -943,8 +995,9 @@ class AgentGroup:
 
     async def leave(self) -> int:
         """LeaveCluster for every Agent; return how many the scheduler acknowledged."""
-        results = await asyncio.gather(*(agent.leave() for agent in self.agents),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(agent.leave() for agent in self.agents), return_exceptions=True
+        )
         return sum(1 for result in results if not isinstance(result, BaseException))
 
     def stats(self) -> dict[str, Any]:
@@ -952,9 +1005,12 @@ class AgentGroup:
 
     def held(self) -> dict[str, list[str]]:
         """Node id → the instances its Agent runs now (accepted, not TERMINATED)."""
-        return {agent.node_id: sorted(i.instance_id for i in agent.instances.values()
-                                      if i.code != TERMINATED)
-                for agent in self.agents}
+        return {
+            agent.node_id: sorted(
+                i.instance_id for i in agent.instances.values() if i.code != TERMINATED
+            )
+            for agent in self.agents
+        }
 
     async def close(self) -> None:
         if self._pacer is not None:
@@ -973,6 +1029,7 @@ class AgentGroup:
 # {"cmd": "speak"}, {"cmd": "leave"}, {"cmd": "lost"}, {"cmd": "instances"} (node id → the
 # instances each Agent holds now, not TERMINATED), {"cmd": "quit"}. Every answer is one JSON
 # line whose "event" is the command's name.
+
 
 async def _serve_control(group: AgentGroup, up_seconds: float) -> None:
     loop = asyncio.get_running_loop()
@@ -1028,13 +1085,23 @@ class AgentProcesses:
             await fleet.broadcast("silent")
     """
 
-    def __init__(self, count: int, scheduler: str | Sequence[str], *, rate: float = 1.0,
-                 processes: int = 0,
-                 prefix: str = "sim", first: int = 0, pki: str | os.PathLike | None = None,
-                 behaviour: Behaviour = Behaviour(), old_fraction: float = 0.0,
-                 bind_host: str = "127.0.0.1", raw: bool = False,
-                 log_file: str | os.PathLike | None = None,
-                 python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        count: int,
+        scheduler: str | Sequence[str],
+        *,
+        rate: float = 1.0,
+        processes: int = 0,
+        prefix: str = "sim",
+        first: int = 0,
+        pki: str | os.PathLike | None = None,
+        behaviour: Behaviour = Behaviour(),
+        old_fraction: float = 0.0,
+        bind_host: str = "127.0.0.1",
+        raw: bool = False,
+        log_file: str | os.PathLike | None = None,
+        python: str = sys.executable,
+    ) -> None:
         self.count = count
         self.processes = processes or max(1, math.ceil(count / MAX_AGENTS_PER_PROCESS))
         self._children: list[asyncio.subprocess.Process] = []
@@ -1045,11 +1112,31 @@ class AgentProcesses:
         start = first
         for index in range(self.processes):
             share = per + (1 if index < extra else 0)
-            args = [python, "-m", "scheduler.sim.simulator", "agents", "--control",
-                    "--address", scheduler, "--count", str(share), "--first", str(start),
-                    "--prefix", prefix, "--rate", repr(rate), "--bind", bind_host,
-                    "--refuse", repr(behaviour.refuse), "--hang", repr(behaviour.hang),
-                    "--old", repr(old_fraction)]
+            args = [
+                python,
+                "-m",
+                "scheduler.sim.simulator",
+                "agents",
+                "--control",
+                "--address",
+                scheduler,
+                "--count",
+                str(share),
+                "--first",
+                str(start),
+                "--prefix",
+                prefix,
+                "--rate",
+                repr(rate),
+                "--bind",
+                bind_host,
+                "--refuse",
+                repr(behaviour.refuse),
+                "--hang",
+                repr(behaviour.hang),
+                "--old",
+                repr(old_fraction),
+            ]
             if behaviour.lifetime is not None:
                 args += ["--lifetime", repr(behaviour.lifetime)]
             if raw:
@@ -1075,9 +1162,17 @@ class AgentProcesses:
             for args in self._args:
                 # Own session: a Ctrl-C meant for the caller does not reach the children; the
                 # caller ends them (close()), and they exit by themselves when stdin closes.
-                self._children.append(await asyncio.create_subprocess_exec(
-                    *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=stderr, cwd=cwd, limit=64 << 20, start_new_session=True))
+                self._children.append(
+                    await asyncio.create_subprocess_exec(
+                        *args,
+                        stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=stderr,
+                        cwd=cwd,
+                        limit=64 << 20,
+                        start_new_session=True,
+                    )
+                )
         finally:
             if self._log_file:
                 stderr.close()
@@ -1125,8 +1220,11 @@ class AgentProcesses:
         answers = await self.broadcast("stats")
         for answer in answers:
             total.add({k: v for k, v in answer.items() if isinstance(v, int) and k != "pid"})
-        return {**asdict(total), "time": max((a["time"] for a in answers), default=time.time()),
-                "processes": len(answers)}
+        return {
+            **asdict(total),
+            "time": max((a["time"] for a in answers), default=time.time()),
+            "processes": len(answers),
+        }
 
     async def held(self) -> dict[str, list[str]]:
         """Node id → the instances its Agent holds now (not TERMINATED), over every child."""
@@ -1159,11 +1257,14 @@ class AgentProcesses:
 
 # --- command line -----------------------------------------------------------------------------
 
+
 def _agents_main(args: argparse.Namespace) -> int:
     behaviour = Behaviour(args.refuse, args.hang, args.lifetime)
-    processes = args.processes or (math.ceil(args.count / MAX_AGENTS_PER_PROCESS)
-                                   if args.count > MAX_AGENTS_PER_PROCESS and not args.control
-                                   else 1)
+    processes = args.processes or (
+        math.ceil(args.count / MAX_AGENTS_PER_PROCESS)
+        if args.count > MAX_AGENTS_PER_PROCESS and not args.control
+        else 1
+    )
     if processes > 1:
         return asyncio.run(_agents_in_processes(args, behaviour, processes))
     return asyncio.run(_agents_here(args, behaviour))
@@ -1172,26 +1273,39 @@ def _agents_main(args: argparse.Namespace) -> int:
 async def _agents_here(args: argparse.Namespace, behaviour: Behaviour) -> int:
     raise_fd_limit()
     tls = AgentTls(Path(args.pki)) if args.pki else None
-    group = AgentGroup(node_ids(args.count, args.prefix, args.first), args.address,
-                       rate=args.rate, behaviour=behaviour, old_fraction=args.old, tls=tls,
-                       bind_host=args.bind, raw=args.raw)
+    group = AgentGroup(
+        node_ids(args.count, args.prefix, args.first),
+        args.address,
+        rate=args.rate,
+        behaviour=behaviour,
+        old_fraction=args.old,
+        tls=tls,
+        bind_host=args.bind,
+        raw=args.raw,
+    )
     stop = stop_on_signals()
     try:
         up = asyncio.ensure_future(group.start())
-        await asyncio.wait((up, asyncio.ensure_future(stop.wait())),
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            (up, asyncio.ensure_future(stop.wait())), return_when=asyncio.FIRST_COMPLETED
+        )
         if not up.done():
             up.cancel()
             return 1
         seconds = up.result()
         if args.control:
             control = asyncio.ensure_future(_serve_control(group, seconds))
-            await asyncio.wait((control, asyncio.ensure_future(stop.wait())),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                (control, asyncio.ensure_future(stop.wait())), return_when=asyncio.FIRST_COMPLETED
+            )
             control.cancel()
         else:
-            log.info("%d agents up in %.1f s (%d joined); Ctrl-C leaves the cluster",
-                        args.count, seconds, group.counters.joined)
+            log.info(
+                "%d agents up in %.1f s (%d joined); Ctrl-C leaves the cluster",
+                args.count,
+                seconds,
+                group.counters.joined,
+            )
             await _report_until(stop, group.stats, args.stats_every)
             log.info("leaving: %d of %d acknowledged", await group.leave(), args.count)
     finally:
@@ -1199,11 +1313,22 @@ async def _agents_here(args: argparse.Namespace, behaviour: Behaviour) -> int:
     return 0
 
 
-async def _agents_in_processes(args: argparse.Namespace, behaviour: Behaviour, processes: int) -> int:
-    fleet = AgentProcesses(args.count, args.address, rate=args.rate, processes=processes,
-                           prefix=args.prefix, first=args.first, pki=args.pki,
-                           behaviour=behaviour, old_fraction=args.old, bind_host=args.bind,
-                           raw=args.raw)
+async def _agents_in_processes(
+    args: argparse.Namespace, behaviour: Behaviour, processes: int
+) -> int:
+    fleet = AgentProcesses(
+        args.count,
+        args.address,
+        rate=args.rate,
+        processes=processes,
+        prefix=args.prefix,
+        first=args.first,
+        pki=args.pki,
+        behaviour=behaviour,
+        old_fraction=args.old,
+        bind_host=args.bind,
+        raw=args.raw,
+    )
     stop = stop_on_signals()
     async with fleet:
         log.info("%d agents up in %d processes", args.count, processes)
@@ -1224,15 +1349,26 @@ async def _report_until(stop: asyncio.Event, stats, every: float) -> None:
             log.warning("every simulator process is gone")
             return
         sent = now["sent"] - (previous["sent"] if previous else 0)
-        log.info("streaming %d/%d, %.0f statuses/s, creates %d (accepted %d, refused %d, "
-                    "hung %d), rejoins %d", now["streaming"], now["agents"], sent / every,
-                    now["creates"], now["accepted"], now["refused"], now["hung"], now["rejoins"])
+        log.info(
+            "streaming %d/%d, %.0f statuses/s, creates %d (accepted %d, refused %d, "
+            "hung %d), rejoins %d",
+            now["streaming"],
+            now["agents"],
+            sent / every,
+            now["creates"],
+            now["accepted"],
+            now["refused"],
+            now["hung"],
+            now["rejoins"],
+        )
         previous = now
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m scheduler.sim.simulator",
-                                  description="Simulated Orka Agents and Controller.")
+    top = argparse.ArgumentParser(
+        prog="python -m scheduler.sim.simulator",
+        description="Simulated Orka Agents and Controller.",
+    )
     commands = top.add_subparsers(dest="command", required=True)
     from ..config import Config
     from ..tls_setup import development_pki
@@ -1240,42 +1376,75 @@ def parser() -> argparse.ArgumentParser:
     pki_default = development_pki(Config())  # where `orka-scheduler serve` (no config) makes it
 
     def connection(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--address", "--scheduler", dest="address", type=_addresses,
-                         default=["127.0.0.1:50051"], metavar="HOST:PORT[,HOST:PORT...]",
-                         help="the scheduler (default 127.0.0.1:50051); several, "
-                              "comma-separated: the schedulers of one cluster, whose leader "
-                              "is followed")
+        sub.add_argument(
+            "--address",
+            "--scheduler",
+            dest="address",
+            type=_addresses,
+            default=["127.0.0.1:50051"],
+            metavar="HOST:PORT[,HOST:PORT...]",
+            help="the scheduler (default 127.0.0.1:50051); several, "
+            "comma-separated: the schedulers of one cluster, whose leader "
+            "is followed",
+        )
         mode = sub.add_mutually_exclusive_group(required=True)
         mode.add_argument("--insecure", action="store_true", help="plaintext gRPC")
-        mode.add_argument("--pki", metavar="DIR", nargs="?", const=str(pki_default),
-                          help="mTLS with certificates from this PKI directory (default: the "
-                               "one `orka-scheduler serve` generates in its data_dir, here "
-                               f"{pki_default}; or `orka-scheduler certs init DIR`); missing "
-                               "certificates are issued from its CA")
+        mode.add_argument(
+            "--pki",
+            metavar="DIR",
+            nargs="?",
+            const=str(pki_default),
+            help="mTLS with certificates from this PKI directory (default: the "
+            "one `orka-scheduler serve` generates in its data_dir, here "
+            f"{pki_default}; or `orka-scheduler certs init DIR`); missing "
+            "certificates are issued from its CA",
+        )
 
     agents = commands.add_parser("agents", help="run simulated Agents until Ctrl-C")
     connection(agents)
     agents.add_argument("--count", type=int, default=10)
-    agents.add_argument("--rate", type=float, default=1.0,
-                        help="status messages per second per Agent; 0 = flat out")
+    agents.add_argument(
+        "--rate", type=float, default=1.0, help="status messages per second per Agent; 0 = flat out"
+    )
     agents.add_argument("--prefix", default="sim", help="node ids are PREFIX-00000, ...")
     agents.add_argument("--first", type=int, default=0, help="number of the first node id")
     agents.add_argument("--refuse", type=float, default=0.0, help="fraction of Creates refused")
-    agents.add_argument("--hang", type=float, default=0.0, help="fraction of Creates never answered")
-    agents.add_argument("--lifetime", type=float, default=None,
-                        help="seconds an instance runs before TERMINATED (default: until signalled)")
-    agents.add_argument("--old", type=float, default=0.0,
-                        help="fraction of Agents reporting like old Agents (no cores/disk/instances)")
-    agents.add_argument("--bind", default="127.0.0.1",
-                        help="address the Agents' WorkloadService servers listen on")
-    agents.add_argument("--raw", action="store_true",
-                        help="write status streams as pre-encoded HTTP/2 frames paced per group "
-                             "(a cheap load generator for ingest benchmarks; needs --rate > 0)")
-    agents.add_argument("--processes", type=int, default=0,
-                        help=f"child processes (default: one per {MAX_AGENTS_PER_PROCESS} Agents)")
+    agents.add_argument(
+        "--hang", type=float, default=0.0, help="fraction of Creates never answered"
+    )
+    agents.add_argument(
+        "--lifetime",
+        type=float,
+        default=None,
+        help="seconds an instance runs before TERMINATED (default: until signalled)",
+    )
+    agents.add_argument(
+        "--old",
+        type=float,
+        default=0.0,
+        help="fraction of Agents reporting like old Agents (no cores/disk/instances)",
+    )
+    agents.add_argument(
+        "--bind", default="127.0.0.1", help="address the Agents' WorkloadService servers listen on"
+    )
+    agents.add_argument(
+        "--raw",
+        action="store_true",
+        help="write status streams as pre-encoded HTTP/2 frames paced per group "
+        "(a cheap load generator for ingest benchmarks; needs --rate > 0)",
+    )
+    agents.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help=f"child processes (default: one per {MAX_AGENTS_PER_PROCESS} Agents)",
+    )
     agents.add_argument("--stats-every", type=float, default=5.0, metavar="SECONDS")
-    agents.add_argument("--control", action="store_true",
-                        help="driven by JSON lines on stdin (used by AgentProcesses)")
+    agents.add_argument(
+        "--control",
+        action="store_true",
+        help="driven by JSON lines on stdin (used by AgentProcesses)",
+    )
     agents.set_defaults(func=_agents_main)
 
     from .sim_controller import add_controller_command
@@ -1302,8 +1471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             PkiPaths.load(args.pki)
         except PkiError as err:
-            print(f"simulator: {err} (`orka-scheduler serve` makes one in its data_dir on its "
-                  "first start)", file=sys.stderr)
+            print(
+                f"simulator: {err} (`orka-scheduler serve` makes one in its data_dir on its "
+                "first start)",
+                file=sys.stderr,
+            )
             return 2
     return args.func(args)
 

@@ -8,6 +8,7 @@ contract like the wire API (SPEC §4.1), so it is explicit and versioned, never 
   events/<revision>         StoredEvent, non-STATUS events only; 20 digits, so keys sort
                             in revision order
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -48,16 +49,38 @@ class FormatError(Exception):
 
 
 # -- enums, member by member (the stored numbers are a contract of their own) ------------------
-STATE = EnumMap(NodeState, "store.NodeState", store_pb2.NodeState.values(), {
-    NodeState.READY: store_pb2.READY, NodeState.LEFT: store_pb2.LEFT,
-    NodeState.LOST: store_pb2.LOST})
-CODE = EnumMap(InstanceCode, "store.InstanceCode", store_pb2.InstanceCode.values(), {
-    InstanceCode.WAITING: store_pb2.WAITING, InstanceCode.RUNNING: store_pb2.RUNNING,
-    InstanceCode.TERMINATED: store_pb2.TERMINATED})
+STATE = EnumMap(
+    NodeState,
+    "store.NodeState",
+    store_pb2.NodeState.values(),
+    {
+        NodeState.READY: store_pb2.READY,
+        NodeState.LEFT: store_pb2.LEFT,
+        NodeState.LOST: store_pb2.LOST,
+    },
+)
+CODE = EnumMap(
+    InstanceCode,
+    "store.InstanceCode",
+    store_pb2.InstanceCode.values(),
+    {
+        InstanceCode.WAITING: store_pb2.WAITING,
+        InstanceCode.RUNNING: store_pb2.RUNNING,
+        InstanceCode.TERMINATED: store_pb2.TERMINATED,
+    },
+)
 _Kind = store_pb2.NodeEvent.Kind
-KIND = EnumMap(NodeEventKind, "store.NodeEvent.Kind", _Kind.values(), {
-    NodeEventKind.JOINED: _Kind.JOINED, NodeEventKind.STATUS: _Kind.STATUS,
-    NodeEventKind.LEFT: _Kind.LEFT, NodeEventKind.LOST: _Kind.LOST})
+KIND = EnumMap(
+    NodeEventKind,
+    "store.NodeEvent.Kind",
+    _Kind.values(),
+    {
+        NodeEventKind.JOINED: _Kind.JOINED,
+        NodeEventKind.STATUS: _Kind.STATUS,
+        NodeEventKind.LEFT: _Kind.LEFT,
+        NodeEventKind.LOST: _Kind.LOST,
+    },
+)
 TYPE = EnumMap(WorkloadType, "store.Workload.type", [0], {WorkloadType.CONTAINER: 0})
 
 
@@ -66,8 +89,9 @@ def _from_stored(mapping: EnumMap[D, Any], value: int) -> D:
     for a number this version does not know."""
     member = mapping.from_wire(value)
     if member is None:
-        raise ValueError(f"{mapping.wire_name} {value} is unknown to this version "
-                          f"({mapping.known()})")
+        raise ValueError(
+            f"{mapping.wire_name} {value} is unknown to this version ({mapping.known()})"
+        )
     return member
 
 
@@ -120,31 +144,45 @@ def encode_meta(epoch: str, revision: int) -> bytes:
 
 
 def encode_node(row: NodeRow) -> bytes:
-    return store_pb2.StoredNode(id=row.id, host=row.host, port=row.port,
-                                state=STATE.to_wire(row.state), generation=row.generation,
-                                last_seen_unix=row.last_seen).SerializeToString()
+    return store_pb2.StoredNode(
+        id=row.id,
+        host=row.host,
+        port=row.port,
+        state=STATE.to_wire(row.state),
+        generation=row.generation,
+        last_seen_unix=row.last_seen,
+    ).SerializeToString()
 
 
 def encode_placement(row: PlacementRow) -> bytes:
-    return store_pb2.StoredPlacement(workload=_workload(row.workload), node_id=row.node_id,
-                                     generation=row.generation,
-                                     latest=_status(row.latest)).SerializeToString()
+    return store_pb2.StoredPlacement(
+        workload=_workload(row.workload),
+        node_id=row.node_id,
+        generation=row.generation,
+        latest=_status(row.latest),
+    ).SerializeToString()
 
 
 def encode_event(event: Event) -> bytes:
     body = event.body
     if isinstance(body, InstanceEvent):
-        return store_pb2.StoredEvent(revision=event.revision,
-                                     instance=_status(body.status)).SerializeToString()
+        return store_pb2.StoredEvent(
+            revision=event.revision, instance=_status(body.status)
+        ).SerializeToString()
     assert isinstance(body, NodeEvent), f"only node and instance events are stored, not {body}"
-    return store_pb2.StoredEvent(revision=event.revision, node=store_pb2.NodeEvent(
-        kind=KIND.to_wire(body.kind), node=_view(body.node))).SerializeToString()
+    return store_pb2.StoredEvent(
+        revision=event.revision,
+        node=store_pb2.NodeEvent(kind=KIND.to_wire(body.kind), node=_view(body.node)),
+    ).SerializeToString()
 
 
 def _workload(workload: Workload) -> store_pb2.Workload:
-    message = store_pb2.Workload(instance_id=workload.instance_id, image=workload.image,
-                                 type=TYPE.to_wire(workload.type),
-                                 environment=workload.environment)
+    message = store_pb2.Workload(
+        instance_id=workload.instance_id,
+        image=workload.image,
+        type=TYPE.to_wire(workload.type),
+        environment=workload.environment,
+    )
     if workload.resources is not None:
         resources = workload.resources
         message.resources.SetInParent()
@@ -158,8 +196,11 @@ def _workload(workload: Workload) -> store_pb2.Workload:
 def _status(status: InstanceStatus) -> store_pb2.InstanceStatus:
     usage = status.usage
     message = store_pb2.InstanceStatus(
-        instance_id=status.instance_id, code=CODE.to_wire(status.code), node_id=status.node_id,
-        usage=store_pb2.Usage(cpu=usage.cpu, memory=usage.memory, disk=usage.disk))
+        instance_id=status.instance_id,
+        code=CODE.to_wire(status.code),
+        node_id=status.node_id,
+        usage=store_pb2.Usage(cpu=usage.cpu, memory=usage.memory, disk=usage.disk),
+    )
     if status.message is not None:
         message.message = status.message
     return message
@@ -169,9 +210,13 @@ _METRICS = ("memory_total", "memory_free", "cpu_load", "cpu_cores", "disk_total"
 
 
 def _view(view: NodeView) -> store_pb2.NodeView:
-    message = store_pb2.NodeView(id=view.id, address=view.address, state=STATE.to_wire(view.state),
-                                 instance_ids=view.instance_ids,
-                                 last_seen_unix=view.last_seen_unix)
+    message = store_pb2.NodeView(
+        id=view.id,
+        address=view.address,
+        state=STATE.to_wire(view.state),
+        instance_ids=view.instance_ids,
+        last_seen_unix=view.last_seen_unix,
+    )
     metrics = view.metrics
     if metrics is not None:
         message.metrics.SetInParent()
@@ -180,8 +225,9 @@ def _view(view: NodeView) -> store_pb2.NodeView:
             if value is not None:
                 setattr(message.metrics, name, value)
         for report in metrics.instances:
-            message.metrics.instances.add(instance_id=report.instance_id,
-                                          code=CODE.to_wire(report.code))
+            message.metrics.instances.add(
+                instance_id=report.instance_id, code=CODE.to_wire(report.code)
+            )
     return message
 
 
@@ -209,38 +255,68 @@ def decode_state(items: Iterable[tuple[str, bytes]], retained: int) -> Restored:
     if meta is None:
         return Restored()
     if meta.format > FORMAT:
-        raise FormatError(f"the stored state has format {meta.format}; this version reads up "
-                          f"to {FORMAT}: upgrade this scheduler")
+        raise FormatError(
+            f"the stored state has format {meta.format}; this version reads up "
+            f"to {FORMAT}: upgrade this scheduler"
+        )
     events.sort(key=lambda event: event.revision)
     events = events[-retained:]
     last_event = events[-1].revision if events else 0
-    return Restored(epoch=meta.epoch, revision=max(meta.revision + REVISION_SLACK, last_event),
-                    nodes=nodes, placements=placements, events=events)
+    return Restored(
+        epoch=meta.epoch,
+        revision=max(meta.revision + REVISION_SLACK, last_event),
+        nodes=nodes,
+        placements=placements,
+        events=events,
+    )
 
 
 def _node_row(message: store_pb2.StoredNode) -> NodeRow:
-    return NodeRow(message.id, message.host, message.port, _from_stored(STATE, message.state),
-                   message.generation, message.last_seen_unix)
+    return NodeRow(
+        message.id,
+        message.host,
+        message.port,
+        _from_stored(STATE, message.state),
+        message.generation,
+        message.last_seen_unix,
+    )
 
 
 def _placement_row(message: store_pb2.StoredPlacement) -> PlacementRow:
     workload = message.workload
     resources = None
     if workload.HasField("resources"):
-        resources = Resources(**{name: getattr(workload.resources, name)
-                                 if workload.resources.HasField(name) else None
-                                 for name in ("cpu", "memory", "disk")})
+        resources = Resources(
+            **{
+                name: getattr(workload.resources, name)
+                if workload.resources.HasField(name)
+                else None
+                for name in ("cpu", "memory", "disk")
+            }
+        )
     return PlacementRow(
-        Workload(workload.instance_id, workload.image, _from_stored(TYPE, workload.type),
-                 tuple(workload.environment), resources),
-        message.node_id, message.generation, _instance_status(message.latest))
+        Workload(
+            workload.instance_id,
+            workload.image,
+            _from_stored(TYPE, workload.type),
+            tuple(workload.environment),
+            resources,
+        ),
+        message.node_id,
+        message.generation,
+        _instance_status(message.latest),
+    )
 
 
 def _instance_status(message: store_pb2.InstanceStatus) -> InstanceStatus:
     usage = message.usage
-    return InstanceStatus(message.instance_id, _from_stored(CODE, message.code),
-                          message.message if message.HasField("message") else None,
-                          Usage(usage.cpu, usage.memory, usage.disk), message.node_id)
+    return InstanceStatus(
+        message.instance_id,
+        _from_stored(CODE, message.code),
+        message.message if message.HasField("message") else None,
+        Usage(usage.cpu, usage.memory, usage.disk),
+        message.node_id,
+    )
 
 
 def _event(message: store_pb2.StoredEvent) -> Event:
@@ -255,9 +331,17 @@ def _node_view(message: store_pb2.NodeView) -> NodeView:
     if message.HasField("metrics"):
         stored = message.metrics
         metrics = NodeMetrics(
-            **{name: getattr(stored, name) if stored.HasField(name) else None
-               for name in _METRICS},
-            instances=tuple(InstanceReport(report.instance_id, _from_stored(CODE, report.code))
-                            for report in stored.instances))
-    return NodeView(message.id, message.address, _from_stored(STATE, message.state), metrics,
-                    tuple(message.instance_ids), message.last_seen_unix)
+            **{name: getattr(stored, name) if stored.HasField(name) else None for name in _METRICS},
+            instances=tuple(
+                InstanceReport(report.instance_id, _from_stored(CODE, report.code))
+                for report in stored.instances
+            ),
+        )
+    return NodeView(
+        message.id,
+        message.address,
+        _from_stored(STATE, message.state),
+        metrics,
+        tuple(message.instance_ids),
+        message.last_seen_unix,
+    )

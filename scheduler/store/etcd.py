@@ -14,6 +14,7 @@ appears once per batch, so a batch applied in part and then again is still right
 `Mirror` keeps every scheduler's warm copy of the state (leader and standbys alike) through one
 etcd Watch of the prefix, and knows who leads from the election keys it sees.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,42 +70,62 @@ class EtcdBackend:
         self._client = client
         self._mirror = mirror
         self._prefix = mirror.state_prefix
-        self._fence = rpc_pb2.Compare(result=rpc_pb2.Compare.EQUAL,
-                                      target=rpc_pb2.Compare.CREATE, key=leader.key,
-                                      create_revision=leader.rev)
+        self._fence = rpc_pb2.Compare(
+            result=rpc_pb2.Compare.EQUAL,
+            target=rpc_pb2.Compare.CREATE,
+            key=leader.key,
+            create_revision=leader.rev,
+        )
 
     def items(self) -> list[tuple[str, bytes]]:
         return list(self._mirror.values.items())
 
     async def commit(self, batch: Batch) -> None:
         prefix = self._prefix
-        ops = [rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(
-                   key=prefix + key.encode())) if value is None else
-               rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=prefix + key.encode(),
-                                                                value=value))
-               for key, value in batch.writes.items()]
+        ops = [
+            rpc_pb2.RequestOp(
+                request_delete_range=rpc_pb2.DeleteRangeRequest(key=prefix + key.encode())
+            )
+            if value is None
+            else rpc_pb2.RequestOp(
+                request_put=rpc_pb2.PutRequest(key=prefix + key.encode(), value=value)
+            )
+            for key, value in batch.writes.items()
+        ]
         if batch.trim_before is not None:
-            ops.append(rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(
-                key=prefix + codec.EVENTS.encode(),
-                range_end=prefix + codec.event_key(batch.trim_before).encode())))
+            ops.append(
+                rpc_pb2.RequestOp(
+                    request_delete_range=rpc_pb2.DeleteRangeRequest(
+                        key=prefix + codec.EVENTS.encode(),
+                        range_end=prefix + codec.event_key(batch.trim_before).encode(),
+                    )
+                )
+            )
         for start in range(0, len(ops), MAX_TXN_OPS):
-            await self._txn(ops[start:start + MAX_TXN_OPS])
+            await self._txn(ops[start : start + MAX_TXN_OPS])
 
     async def _txn(self, ops: list[rpc_pb2.RequestOp]) -> int:
         response = await self._client.txn(rpc_pb2.TxnRequest(compare=[self._fence], success=ops))
         if not response.succeeded:
-            raise FenceLost(f"etcd refused a write fenced on leader key "
-                            f"{self._fence.key.decode(errors='replace')} (revision "
-                            f"{self._fence.create_revision}): the lease expired or another "
-                            "scheduler leads")
+            raise FenceLost(
+                f"etcd refused a write fenced on leader key "
+                f"{self._fence.key.decode(errors='replace')} (revision "
+                f"{self._fence.create_revision}): the lease expired or another "
+                "scheduler leads"
+            )
         return response.header.revision
 
     async def open_term(self, advertise: str) -> int:
         """Write the term record (fenced); the etcd revision the warm copy must reach before
         it holds everything every earlier leader wrote."""
         value = store_pb2.StoredTerm(leader=advertise, since_unix=time.time()).SerializeToString()
-        return await self._txn([rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(
-            key=self._prefix + TERM.encode(), value=value))])
+        return await self._txn(
+            [
+                rpc_pb2.RequestOp(
+                    request_put=rpc_pb2.PutRequest(key=self._prefix + TERM.encode(), value=value)
+                )
+            ]
+        )
 
 
 class Mirror:
@@ -146,16 +167,18 @@ class Mirror:
                     response = await stream.receive()
                     if response.canceled:
                         if response.compact_revision:
-                            log.warning("etcd compacted past revision %d: loading the state "
-                                        "again", self.revision)
+                            log.warning(
+                                "etcd compacted past revision %d: loading the state again",
+                                self.revision,
+                            )
                             await self._load()
                         break
                     self._apply(response.events)
-                    self._watch_failing.over("etcd watch open again on %s",
-                                             self._client.endpoint)
+                    self._watch_failing.over("etcd watch open again on %s", self._client.endpoint)
             except (RemoteError, trio.EndOfChannel) as err:
-                self._watch_failing.occurred("etcd watch on %s ended (%s); opening it again",
-                                             self._client.endpoint, err)
+                self._watch_failing.occurred(
+                    "etcd watch on %s ended (%s); opening it again", self._client.endpoint, err
+                )
                 self._client.next_endpoint()
             finally:
                 stream.cancel()
@@ -191,13 +214,13 @@ class Mirror:
 
     def _put(self, key: bytes, value: bytes, create_revision: int) -> None:
         if key.startswith(self.state_prefix):
-            self.values[key[len(self.state_prefix):].decode()] = value
+            self.values[key[len(self.state_prefix) :].decode()] = value
         elif key.startswith(self._candidates_prefix):
             self._candidates[key] = (create_revision, value.decode(errors="replace"))
 
     def _delete(self, key: bytes) -> None:
         if key.startswith(self.state_prefix):
-            self.values.pop(key[len(self.state_prefix):].decode(), None)
+            self.values.pop(key[len(self.state_prefix) :].decode(), None)
         else:
             self._candidates.pop(key, None)
 

@@ -8,6 +8,7 @@ pickled dataclasses in four tables) is migrated once, on first start, reading no
 scheduler's own domain dataclasses (`_OwnClassesOnly`): a pickle naming any other class is
 refused, so a tampered file cannot run code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,9 @@ class SqliteBackend:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise StoreError(f"another scheduler is using {directory}; give each its own "
-                             "server.data_dir") from None
+            raise StoreError(
+                f"another scheduler is using {directory}; give each its own server.data_dir"
+            ) from None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -85,8 +87,10 @@ class SqliteBackend:
                 else:
                     db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
             if batch.trim_before is not None:
-                db.execute("DELETE FROM state WHERE key >= ? AND key < ?",
-                           (codec.EVENTS, codec.event_key(batch.trim_before)))
+                db.execute(
+                    "DELETE FROM state WHERE key >= ? AND key < ?",
+                    (codec.EVENTS, codec.event_key(batch.trim_before)),
+                )
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -96,20 +100,26 @@ class SqliteBackend:
 
     def _migrate_legacy(self) -> None:
         """Rewrite a schema-1 file (pickled rows) into the state table, in one transaction."""
-        tables = {name for (name,) in self._db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {
+            name
+            for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
         if "placements" not in tables:
             return
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
         if meta and meta.get("schema") != LEGACY_SCHEMA:
-            raise StoreError(f"{self.path} has schema {meta.get('schema')!r}, which this "
-                             "version cannot read; move the file away to start afresh")
+            raise StoreError(
+                f"{self.path} has schema {meta.get('schema')!r}, which this "
+                "version cannot read; move the file away to start afresh"
+            )
         db = self._db
         try:
             writes = dict(_legacy_writes(db, meta))
         except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, EOFError) as err:
-            raise StoreError(f"cannot migrate {self.path} (state of the previous release): "
-                             f"{err}; move the file away to start afresh") from None
+            raise StoreError(
+                f"cannot migrate {self.path} (state of the previous release): "
+                f"{err}; move the file away to start afresh"
+            ) from None
         db.execute("BEGIN")
         try:
             db.execute(SCHEMA)
@@ -120,8 +130,9 @@ class SqliteBackend:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        log.info("migrated %s from the previous release's format: %d records", self.path,
-                 len(writes))
+        log.info(
+            "migrated %s from the previous release's format: %d records", self.path, len(writes)
+        )
 
 
 def _legacy_writes(db: sqlite3.Connection, meta: dict[str, str]) -> Iterator[tuple[str, bytes]]:
@@ -129,11 +140,17 @@ def _legacy_writes(db: sqlite3.Connection, meta: dict[str, str]) -> Iterator[tup
         return
     yield codec.META, codec.encode_meta(meta["epoch"], int(meta.get("revision", "0")))
     for id_, host, port, state, generation, last_seen in db.execute(
-            "SELECT id, host, port, state, generation, last_seen FROM nodes"):
-        yield codec.node_key(id_), codec.encode_node(
-            NodeRow(id_, host, port, model.NodeState(state), generation, last_seen))
+        "SELECT id, host, port, state, generation, last_seen FROM nodes"
+    ):
+        yield (
+            codec.node_key(id_),
+            codec.encode_node(
+                NodeRow(id_, host, port, model.NodeState(state), generation, last_seen)
+            ),
+        )
     for workload, node_id, generation, latest in db.execute(
-            "SELECT workload, node_id, generation, latest FROM placements"):
+        "SELECT workload, node_id, generation, latest FROM placements"
+    ):
         workload = _unpickle(workload, model.Workload)
         if isinstance(workload.type, int):  # the previous release kept the wire's number
             workload = dataclasses.replace(workload, type=model.WorkloadType(workload.type))
@@ -147,11 +164,23 @@ def _legacy_writes(db: sqlite3.Connection, meta: dict[str, str]) -> Iterator[tup
 class _OwnClassesOnly(pickle.Unpickler):
     """Unpickles the scheduler's domain dataclasses and enums, and refuses anything else."""
 
-    ALLOWED = frozenset({
-        "Event", "NodeEvent", "InstanceEvent", "NodeView", "NodeMetrics", "InstanceReport",
-        "InstanceStatus", "Usage", "Workload", "Resources", "NodeState", "NodeEventKind",
-        "InstanceCode",
-    })
+    ALLOWED = frozenset(
+        {
+            "Event",
+            "NodeEvent",
+            "InstanceEvent",
+            "NodeView",
+            "NodeMetrics",
+            "InstanceReport",
+            "InstanceStatus",
+            "Usage",
+            "Workload",
+            "Resources",
+            "NodeState",
+            "NodeEventKind",
+            "InstanceCode",
+        }
+    )
 
     def find_class(self, module: str, name: str) -> type:
         if module == model.__name__ and name in self.ALLOWED:

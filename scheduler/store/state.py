@@ -21,6 +21,7 @@ What is kept (layout and encodings: `codec`):
 - every non-STATUS event (JOINED, LEFT, LOST, instance statuses), bounded by `events.retained`.
 STATUS events are not written: there are thousands a second, and a watcher may skip them anyway.
 """
+
 from __future__ import annotations
 
 import logging
@@ -145,23 +146,32 @@ class Store:
         epoch = self._epoch
         self._put(codec.META, lambda: codec.encode_meta(epoch, revision))
 
-    def save_node(self, node_id: str, host: str, port: int, state: NodeState, generation: int,
-                  last_seen: float) -> None:
+    def save_node(
+        self,
+        node_id: str,
+        host: str,
+        port: int,
+        state: NodeState,
+        generation: int,
+        last_seen: float,
+    ) -> None:
         row = NodeRow(node_id, host, port, state, generation, last_seen)
         self._put(codec.node_key(node_id), lambda: codec.encode_node(row))
 
     def delete_node(self, node_id: str) -> None:
         self._put(codec.node_key(node_id), None)
 
-    async def save_placement(self, workload: Workload, node_id: str, generation: int,
-                             latest: InstanceStatus) -> None:
+    async def save_placement(
+        self, workload: Workload, node_id: str, generation: int, latest: InstanceStatus
+    ) -> None:
         """Durable before returning: the Controller hears of the acceptance right after.
         Raises Unavailable when the backend cannot commit it."""
         self.update_placement(workload, node_id, generation, latest)
         await self.commit_durably()
 
-    def update_placement(self, workload: Workload, node_id: str, generation: int,
-                         latest: InstanceStatus) -> None:
+    def update_placement(
+        self, workload: Workload, node_id: str, generation: int, latest: InstanceStatus
+    ) -> None:
         row = PlacementRow(workload, node_id, generation, latest)
         self._put(codec.placement_key(workload.instance_id), lambda: codec.encode_placement(row))
 

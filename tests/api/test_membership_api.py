@@ -5,6 +5,7 @@ Fake Agents and a fake Controller talk gRPC to a scheduler on 127.0.0.1:0. Liven
 short real timeouts: MockClock cannot drive socket tests (autojump would fire while waiting on
 I/O). Every test runs under running_scheduler's fail_after guard (or its own).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,6 +51,7 @@ async def node_by_id(controller: FakeController, node_id: str) -> controller_pb2
 
 # -- join ------------------------------------------------------------------------------------
 
+
 async def test_join_rejects_invalid_ids_and_ports_naming_the_field():
     cases = [
         ("", 7000, "id"),
@@ -64,8 +66,9 @@ async def test_join_rejects_invalid_ids_and_ports_naming_the_field():
         for node_id, port, field in cases:
             error = await refused(agent.join, node_id, port)
             assert error.status is Status.INVALID_ARGUMENT, (node_id, port, error)
-            assert error.message.startswith(f"{field} "), \
+            assert error.message.startswith(f"{field} "), (
                 f"the message must name the field {field!r}: {error.message!r}"
+            )
             if field == "id":
                 assert "1-253 characters" in error.message, error.message
             else:
@@ -146,6 +149,7 @@ async def test_rejoin_is_allowed_after_lost_and_after_left():
 
 # -- status streams --------------------------------------------------------------------------
 
+
 async def test_status_from_a_node_that_has_not_joined_is_not_found():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         agent = FakeAgent(channel, "ghost")
@@ -181,8 +185,14 @@ INVALID_STATUSES = [
 async def test_invalid_values_are_refused_and_the_node_keeps_its_last_good_status():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         agent, controller = FakeAgent(channel, "node-1"), FakeController(channel)
-        good = dict(mem_total=8 * GiB, mem_free=4 * GiB, load=10.0, cores=4,
-                    disk_total=100 * GiB, disk_free=50 * GiB)
+        good = dict(
+            mem_total=8 * GiB,
+            mem_free=4 * GiB,
+            load=10.0,
+            cores=4,
+            disk_total=100 * GiB,
+            disk_free=50 * GiB,
+        )
         async with controller.watch() as events:
             await agent.join()
             stream = await agent.report(**good)
@@ -207,8 +217,11 @@ async def test_invalid_values_are_refused_and_the_node_keeps_its_last_good_statu
         await stream.cancel()
         assert error is not None and error.status is Status.INVALID_ARGUMENT, error
         node = await node_by_id(controller, "node-1")
-        assert (node.memory_free, node.cpu_load, node.state) == \
-            (3 * GiB, 10.0, controller_pb2.Node.READY)
+        assert (node.memory_free, node.cpu_load, node.state) == (
+            3 * GiB,
+            10.0,
+            controller_pb2.Node.READY,
+        )
 
 
 async def test_a_second_stream_for_a_node_ends_the_first_with_aborted():
@@ -246,6 +259,7 @@ async def test_a_stream_may_not_switch_nodes():
 
 # -- leave -----------------------------------------------------------------------------------
 
+
 async def test_leave_ends_the_stream_publishes_left_once_and_is_idempotent():
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         agent, controller = FakeAgent(channel, "node-1"), FakeController(channel)
@@ -262,11 +276,13 @@ async def test_leave_ends_the_stream_publishes_left_once_and_is_idempotent():
             await agent.leave()
             await marker.join()
             left = await wait_event(events, "LEFT", "node-1")
-            assert list(left.node.node.instance_ids) == ["inst-1"], \
+            assert list(left.node.node.instance_ids) == ["inst-1"], (
                 "LEFT carries the node's instances that are not TERMINATED"
+            )
             after = await events.receive()
-            assert (event_kind(after), after.node.node.id) == ("JOINED", "marker"), \
+            assert (event_kind(after), after.node.node.id) == ("JOINED", "marker"), (
                 "a second leave must not publish another LEFT"
+            )
         assert (await node_by_id(controller, "node-1")).state == controller_pb2.Node.LEFT
 
         error = await refused(agent.leave, "never-joined")
@@ -276,6 +292,7 @@ async def test_leave_ends_the_stream_publishes_left_once_and_is_idempotent():
 
 
 # -- liveness --------------------------------------------------------------------------------
+
 
 async def test_a_silent_agent_is_lost_with_its_instances_and_the_other_stays_ready():
     timeout = 0.5
@@ -294,14 +311,16 @@ async def test_a_silent_agent_is_lost_with_its_instances_and_the_other_stays_rea
                     await busy_stream.send(status("busy"))
 
             nursery.start_soon(keep_reporting)
-            silent_stream = await silent.report(instances=[("run-1", 1), ("wait-1", 0),
-                                                           ("done-1", 2)])
+            silent_stream = await silent.report(
+                instances=[("run-1", 1), ("wait-1", 0), ("done-1", 2)]
+            )
             await wait_event(events, "STATUS", "silent")
             reported_at = trio.current_time()
             lost = await wait_event(events, "LOST", "silent")
             detected_after = trio.current_time() - reported_at
-            assert timeout - 0.05 <= detected_after <= timeout + 0.4, \
+            assert timeout - 0.05 <= detected_after <= timeout + 0.4, (
                 f"LOST {detected_after:.3f} s after the last status, node_timeout is {timeout}"
+            )
             assert list(lost.node.node.instance_ids) == ["run-1", "wait-1"]
             assert lost.node.node.state == controller_pb2.Node.LOST
 
@@ -317,14 +336,16 @@ async def test_a_silent_agent_is_lost_with_its_instances_and_the_other_stays_rea
                 later.append(events.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-        assert not [e for e in later if not isinstance(e, Exception) and event_kind(e) == "LOST"], \
+        assert not [e for e in later if not isinstance(e, Exception) and event_kind(e) == "LOST"], (
             "exactly one LOST expected"
+        )
         states = {n.id: n.state for n in await controller.list_nodes()}
         assert states == {"busy": controller_pb2.Node.READY, "silent": controller_pb2.Node.LOST}
         await drop_stream(busy_stream)
 
 
 # -- throttling ------------------------------------------------------------------------------
+
 
 async def test_a_fast_sender_is_throttled_without_starving_another_agent():
     rate, burst, count = 5.0, 2, 12
@@ -353,12 +374,15 @@ async def test_a_fast_sender_is_throttled_without_starving_another_agent():
                     else:
                         elapsed = trio.current_time() - started
                         fast_seen.append((elapsed, event.node.node.memory_free))
-                assert [free for _, free in fast_seen] == list(range(count)), \
+                assert [free for _, free in fast_seen] == list(range(count)), (
                     "throttled statuses are delayed, never dropped or reordered"
-                assert fast_seen[-1][0] >= 0.75 * (count - burst) / rate, \
+                )
+                assert fast_seen[-1][0] >= 0.75 * (count - burst) / rate, (
                     f"{count} statuses at rate {rate}/s, burst {burst}: {fast_seen[-1][0]:.2f} s"
-                assert calm_latency is not None and calm_latency < 0.5, \
+                )
+                assert calm_latency is not None and calm_latency < 0.5, (
                     f"another agent's status waited {calm_latency} s behind a throttled one"
+                )
                 assert await fast_stream.finish() == agent_pb2.Empty()
                 await drop_stream(calm_stream)
         finally:
@@ -366,6 +390,7 @@ async def test_a_fast_sender_is_throttled_without_starving_another_agent():
 
 
 # -- undecodable requests --------------------------------------------------------------------
+
 
 class RawCodec(CodecBase):
     """Sends bytes as they are (as protobuf content), to put garbage on the wire."""
@@ -381,6 +406,7 @@ class RawCodec(CodecBase):
 
 async def raw_call(channel, path: str, cardinality: Cardinality, *messages: bytes):
     """Send raw `messages` on method `path`; return the GRPCError it ends with (or None)."""
+
     async def call():
         try:
             async with channel.request(path, cardinality, bytes, bytes) as stream:
@@ -391,6 +417,7 @@ async def raw_call(channel, path: str, cardinality: Cardinality, *messages: byte
         except GRPCError as err:
             return err
         return None
+
     return await aio(call)()
 
 
@@ -398,28 +425,63 @@ GARBAGE = b"\xff\xff\xff\xff"  # not a protobuf message of any type
 BAD_UTF8 = b"\x0a\x02\xff\xfe"  # field 1 (a string) holding invalid UTF-8
 
 
-@pytest.mark.parametrize("path, cardinality, garbage, type_name", [
-    ("/scheduler.agent.LifecycleService/JoinCluster", Cardinality.UNARY_UNARY, GARBAGE,
-     "scheduler.agent.ConnectionRequest"),
-    ("/scheduler.agent.LifecycleService/JoinCluster", Cardinality.UNARY_UNARY, BAD_UTF8,
-     "scheduler.agent.ConnectionRequest"),
-    ("/scheduler.agent.LifecycleService/LeaveCluster", Cardinality.UNARY_UNARY, GARBAGE,
-     "scheduler.agent.DisconnectionNotice"),
-    ("/scheduler.agent.StatusUpdateService/UpdateNodeStatus", Cardinality.STREAM_UNARY, GARBAGE,
-     "scheduler.agent.NodeStatus"),
-    ("/scheduler.controller.ClusterService/WatchEvents", Cardinality.UNARY_STREAM, GARBAGE,
-     "scheduler.controller.WatchRequest"),
-    ("/scheduler.controller.ClusterService/ListNodes", Cardinality.UNARY_UNARY, GARBAGE,
-     "scheduler.controller.Empty"),
-], ids=["JoinCluster", "JoinCluster-bad-utf8", "LeaveCluster", "UpdateNodeStatus", "WatchEvents",
-        "ListNodes"])
+@pytest.mark.parametrize(
+    "path, cardinality, garbage, type_name",
+    [
+        (
+            "/scheduler.agent.LifecycleService/JoinCluster",
+            Cardinality.UNARY_UNARY,
+            GARBAGE,
+            "scheduler.agent.ConnectionRequest",
+        ),
+        (
+            "/scheduler.agent.LifecycleService/JoinCluster",
+            Cardinality.UNARY_UNARY,
+            BAD_UTF8,
+            "scheduler.agent.ConnectionRequest",
+        ),
+        (
+            "/scheduler.agent.LifecycleService/LeaveCluster",
+            Cardinality.UNARY_UNARY,
+            GARBAGE,
+            "scheduler.agent.DisconnectionNotice",
+        ),
+        (
+            "/scheduler.agent.StatusUpdateService/UpdateNodeStatus",
+            Cardinality.STREAM_UNARY,
+            GARBAGE,
+            "scheduler.agent.NodeStatus",
+        ),
+        (
+            "/scheduler.controller.ClusterService/WatchEvents",
+            Cardinality.UNARY_STREAM,
+            GARBAGE,
+            "scheduler.controller.WatchRequest",
+        ),
+        (
+            "/scheduler.controller.ClusterService/ListNodes",
+            Cardinality.UNARY_UNARY,
+            GARBAGE,
+            "scheduler.controller.Empty",
+        ),
+    ],
+    ids=[
+        "JoinCluster",
+        "JoinCluster-bad-utf8",
+        "LeaveCluster",
+        "UpdateNodeStatus",
+        "WatchEvents",
+        "ListNodes",
+    ],
+)
 async def test_an_undecodable_request_is_invalid_argument(path, cardinality, garbage, type_name):
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         raw = await make_channel(scheduler.port, codec=RawCodec())
         try:
             error = await raw_call(raw, path, cardinality, garbage)
-            assert error is not None and error.status is Status.INVALID_ARGUMENT, \
+            assert error is not None and error.status is Status.INVALID_ARGUMENT, (
                 f"{path}: undecodable bytes answered {error!r}, SPEC §4 wants INVALID_ARGUMENT"
+            )
             assert type_name in error.message, error.message
             assert await FakeController(channel).list_nodes() == [], "the server keeps serving"
         finally:
@@ -433,8 +495,13 @@ async def test_undecodable_bytes_mid_stream_end_it_and_keep_the_good_status():
         raw = await make_channel(scheduler.port, codec=RawCodec())
         try:
             good = status("node-1", mem_free=5 * GiB).SerializeToString()
-            error = await raw_call(raw, "/scheduler.agent.StatusUpdateService/UpdateNodeStatus",
-                                   Cardinality.STREAM_UNARY, good, GARBAGE)
+            error = await raw_call(
+                raw,
+                "/scheduler.agent.StatusUpdateService/UpdateNodeStatus",
+                Cardinality.STREAM_UNARY,
+                good,
+                GARBAGE,
+            )
         finally:
             raw.close()
         assert error is not None and error.status is Status.INVALID_ARGUMENT, error
@@ -445,6 +512,7 @@ async def test_undecodable_bytes_mid_stream_end_it_and_keep_the_good_status():
 
 
 # -- graceful shutdown -----------------------------------------------------------------------
+
 
 async def test_shutdown_ends_streams_and_watches_with_unavailable_and_serve_returns():
     config = make_config()
@@ -471,8 +539,9 @@ async def test_shutdown_ends_streams_and_watches_with_unavailable_and_serve_retu
                     assert error is not None and error.status is Status.UNAVAILABLE, error
                     assert "shutting down" in error.message, error.message
                     watch_end = await events.receive()
-                    assert isinstance(watch_end, GRPCError), \
+                    assert isinstance(watch_end, GRPCError), (
                         f"the watch must end with a status, got {watch_end!r}"
+                    )
                     assert watch_end.status is Status.UNAVAILABLE, watch_end
                     with trio.fail_after(config.server.shutdown_grace + 1):
                         while not returned_at:  # our channel is still open: serve() must not wait

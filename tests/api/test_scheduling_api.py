@@ -5,6 +5,7 @@ talks to it as a Controller would; nodes are fake Agents that join, report a sta
 a real node_agent.WorkloadService that accepts, refuses, hangs, ends empty or dies on command.
 Attempt timeouts are short (0.5 s) so refusal paths take well under a second.
 """
+
 from __future__ import annotations
 
 import collections
@@ -35,8 +36,11 @@ from tests.fakes import (
 
 MIB = 1 << 20
 GIB = 1 << 30
-WAITING, RUNNING, TERMINATED = (controller_pb2.Status.WAITING, controller_pb2.Status.RUNNING,
-                                controller_pb2.Status.TERMINATED)
+WAITING, RUNNING, TERMINATED = (
+    controller_pb2.Status.WAITING,
+    controller_pb2.Status.RUNNING,
+    controller_pb2.Status.TERMINATED,
+)
 STOP, KILL = 0, 1
 ATTEMPT_TIMEOUT = 0.5  # s: long enough for a loopback Create, short enough for refusal tests
 
@@ -49,8 +53,10 @@ def node(node_id: str, mode: str = "accept", **metrics) -> tuple[str, str, dict]
 @asynccontextmanager
 async def open_cluster(*specs, journal=None, liveness=None, **scheduling):
     """A scheduler, a Controller channel to it and started nodes: (scheduler, channel, nodes)."""
-    config = make_config(scheduling={"attempt_timeout": ATTEMPT_TIMEOUT, **scheduling},
-                         liveness={"node_timeout": 5, **(liveness or {})})
+    config = make_config(
+        scheduling={"attempt_timeout": ATTEMPT_TIMEOUT, **scheduling},
+        liveness={"node_timeout": 5, **(liveness or {})},
+    )
     async with running_scheduler(config) as scheduler, open_channel(scheduler.port) as channel:
         async with open_nodes(channel, scheduler, *specs, journal=journal) as nodes:
             yield scheduler, channel, nodes
@@ -76,27 +82,43 @@ def refusal_parts(message: str) -> list[str]:
 
 INVALID = [
     pytest.param(dict(workload=False), "workload is missing", id="missing-workload"),
-    pytest.param(dict(instance_id="web 1"), "workload.instance_id 'web 1' is not a valid id",
-                 id="instance-id-space"),
-    pytest.param(dict(instance_id=""), "workload.instance_id '' is not a valid id",
-                 id="instance-id-empty"),
+    pytest.param(
+        dict(instance_id="web 1"),
+        "workload.instance_id 'web 1' is not a valid id",
+        id="instance-id-space",
+    ),
+    pytest.param(
+        dict(instance_id=""), "workload.instance_id '' is not a valid id", id="instance-id-empty"
+    ),
     pytest.param(dict(instance_id="a" * 254), "workload.instance_id", id="instance-id-too-long"),
     pytest.param(dict(image=""), "workload.image is empty", id="image-empty"),
     pytest.param(dict(image="i" * 4097), "workload.image is 4097 characters", id="image-too-long"),
     pytest.param(dict(type=7), "workload.type 7 is unknown", id="unknown-type"),
     pytest.param(dict(cpu=-1), "workload.resource_limits.cpu is -1; must be >= 0", id="cpu<0"),
-    pytest.param(dict(memory=-512), "workload.resource_limits.memory is -512; must be >= 0",
-                 id="memory<0"),
+    pytest.param(
+        dict(memory=-512), "workload.resource_limits.memory is -512; must be >= 0", id="memory<0"
+    ),
     pytest.param(dict(disk=-3), "workload.resource_limits.disk is -3; must be >= 0", id="disk<0"),
-    pytest.param(dict(instance_id="web/1"), "workload.instance_id 'web/1' is not a valid id: "
-                 "1-253 characters of A-Z, a-z, 0-9, '.', '_' and '-'", id="instance-id-slash"),
+    pytest.param(
+        dict(instance_id="web/1"),
+        "workload.instance_id 'web/1' is not a valid id: "
+        "1-253 characters of A-Z, a-z, 0-9, '.', '_' and '-'",
+        id="instance-id-slash",
+    ),
     pytest.param(dict(instance_id="w\u212a"), "workload.instance_id", id="instance-id-kelvin"),
-    pytest.param(dict(environment=["A=1", ""]), "workload.environment[1] is empty",
-                 id="env-empty-entry"),
-    pytest.param(dict(environment=["K=v"] * 1025),
-                 "workload.environment has 1025 entries; at most 1024", id="env-too-many"),
-    pytest.param(dict(environment=["K=" + "v" * 40_000]),
-                 "workload.environment[0] is 40002 characters", id="env-entry-too-long"),
+    pytest.param(
+        dict(environment=["A=1", ""]), "workload.environment[1] is empty", id="env-empty-entry"
+    ),
+    pytest.param(
+        dict(environment=["K=v"] * 1025),
+        "workload.environment has 1025 entries; at most 1024",
+        id="env-too-many",
+    ),
+    pytest.param(
+        dict(environment=["K=" + "v" * 40_000]),
+        "workload.environment[0] is 40002 characters",
+        id="env-entry-too-long",
+    ),
 ]
 
 
@@ -112,8 +134,10 @@ async def test_invalid_workload_is_invalid_argument_naming_the_field(fields, mes
 
 
 async def test_validation_comes_before_looking_for_nodes():
-    async with running_scheduler(make_config()) as scheduler, \
-            open_channel(scheduler.port) as channel:
+    async with (
+        running_scheduler(make_config()) as scheduler,
+        open_channel(scheduler.port) as channel,
+    ):
         _, error = await schedule(channel, scheduling_request(image=""))
         assert error.status is Status.INVALID_ARGUMENT, "a bad request is bad even with no nodes"
         assert "workload.image" in error.message
@@ -125,23 +149,29 @@ async def test_edge_values_that_are_valid_are_placed():
     instance_id = "instance-My_db.1-" + "a" * (253 - 17)
     environment = ["EMPTY=", "EQ=a=b", "DEBUG", "=value", " spaced out ", "ünï=cødé"]
     async with open_cluster(node("n1")) as (scheduler, channel, [n1]):
-        request = scheduling_request(instance_id, environment=environment, cpu=0, memory=0,
-                                     disk=0)
+        request = scheduling_request(instance_id, environment=environment, cpu=0, memory=0, disk=0)
         statuses, _ = await schedule(channel, request, until_code=RUNNING)
         assert [s.status.code for s in statuses] == [WAITING, RUNNING]
         [sent] = n1.workloads.workloads
         assert len(instance_id) == 253
-        assert (sent.instance_id, sent.image, list(sent.environment)) == \
-            (instance_id, "nginx:1.27", environment)
-        assert sent.HasField("resource_limits") and sent.resource_limits.HasField("memory"), \
+        assert (sent.instance_id, sent.image, list(sent.environment)) == (
+            instance_id,
+            "nginx:1.27",
+            environment,
+        )
+        assert sent.HasField("resource_limits") and sent.resource_limits.HasField("memory"), (
             "explicit zero limits must reach the Agent as set, not as absent"
+        )
 
 
 # -- no nodes, no feasible node (steps 2 and 5) -------------------------------------------------
 
+
 async def test_no_nodes_at_all_is_failed_precondition():
-    async with running_scheduler(make_config()) as scheduler, \
-            open_channel(scheduler.port) as channel:
+    async with (
+        running_scheduler(make_config()) as scheduler,
+        open_channel(scheduler.port) as channel,
+    ):
         statuses, error = await schedule(channel, scheduling_request("web-1"))
         assert statuses == []
         assert error.status is Status.FAILED_PRECONDITION
@@ -173,7 +203,8 @@ async def test_no_feasible_node_is_resource_exhausted_with_counts_per_reason():
         assert statuses == []
         assert error.status is Status.RESOURCE_EXHAUSTED
         assert error.message.startswith(
-            "no node can take big-1 (cpu 500 m, memory 512 MiB, disk 1024 MiB): "), error.message
+            "no node can take big-1 (cpu 500 m, memory 512 MiB, disk 1024 MiB): "
+        ), error.message
         counts = dict(part.split(": ") for part in error.message.split("): ", 1)[1].split(", "))
         assert counts == {"not-ready": "2", "memory": "2", "cpu": "1", "disk": "1"}
         assert all(n.workloads.created == [] for n in nodes)
@@ -181,52 +212,70 @@ async def test_no_feasible_node_is_resource_exhausted_with_counts_per_reason():
 
 # -- priority (step 3) --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("strategy, order", [
-    ("spread", ["n2", "n3", "n1"]),  # most free memory after placement first
-    ("binpack", ["n1", "n3", "n2"]),  # least free first
-])
+
+@pytest.mark.parametrize(
+    "strategy, order",
+    [
+        ("spread", ["n2", "n3", "n1"]),  # most free memory after placement first
+        ("binpack", ["n1", "n3", "n2"]),  # least free first
+    ],
+)
 async def test_attempts_follow_the_strategy_and_unavailable_lists_each_node_in_order(
-        strategy, order):
+    strategy, order
+):
     journal = []
-    specs = (node("n1", "refuse", mem_free=2 * GIB), node("n2", "refuse", mem_free=6 * GIB),
-             node("n3", "refuse", mem_free=4 * GIB))
+    specs = (
+        node("n1", "refuse", mem_free=2 * GIB),
+        node("n2", "refuse", mem_free=6 * GIB),
+        node("n3", "refuse", mem_free=4 * GIB),
+    )
     async with open_cluster(*specs, journal=journal, strategy=strategy) as (scheduler, channel, _):
         statuses, error = await schedule(channel, scheduling_request("p-1", memory=512))
         assert statuses == []
         assert journal == [(node_id, "p-1") for node_id in order], "attempt order"
         assert error.status is Status.UNAVAILABLE
         assert refusal_parts(error.message) == [
-            f"{node_id}: RESOURCE_EXHAUSTED: fake agent refuses p-1" for node_id in order]
+            f"{node_id}: RESOURCE_EXHAUSTED: fake agent refuses p-1" for node_id in order
+        ]
         assert len(reservations(scheduler)) == 0, "every refusal releases its reservation"
 
 
 async def test_ties_go_to_fewer_instances_then_smaller_node_id():
     journal = []
-    specs = (node("n3", "refuse"), node("n1", "refuse", instances=[("other", RUNNING)]),
-             node("n2", "refuse"))
+    specs = (
+        node("n3", "refuse"),
+        node("n1", "refuse", instances=[("other", RUNNING)]),
+        node("n2", "refuse"),
+    )
     async with open_cluster(*specs, journal=journal) as (scheduler, channel, _):
         _, error = await schedule(channel, scheduling_request("t-1"))
         assert error.status is Status.UNAVAILABLE
-        assert [node_id for node_id, _ in journal] == ["n2", "n3", "n1"], \
+        assert [node_id for node_id, _ in journal] == ["n2", "n3", "n1"], (
             "equal scores: fewer instances first, then the smaller id"
+        )
 
 
 # -- attempts and refusals (step 4) -------------------------------------------------------------
 
-@pytest.mark.parametrize("code", [Status.RESOURCE_EXHAUSTED, Status.UNAVAILABLE, Status.INTERNAL,
-                                  Status.PERMISSION_DENIED])
+
+@pytest.mark.parametrize(
+    "code",
+    [Status.RESOURCE_EXHAUSTED, Status.UNAVAILABLE, Status.INTERNAL, Status.PERMISSION_DENIED],
+)
 async def test_refusal_with_any_grpc_error_moves_to_the_next_node(code):
     journal = []
     specs = (node("n1", "refuse", mem_free=6 * GIB), node("n2", mem_free=4 * GIB))
     async with open_cluster(*specs, journal=journal) as (scheduler, channel, [n1, n2]):
         n1.workloads.refuse_status = code
-        statuses, error = await schedule(channel, scheduling_request("r-1", memory=256),
-                                         until_code=RUNNING)
+        statuses, error = await schedule(
+            channel, scheduling_request("r-1", memory=256), until_code=RUNNING
+        )
         assert error is None
         assert journal == [("n1", "r-1"), ("n2", "r-1")]
         assert [(s.status.code, s.node_id) for s in statuses] == [(WAITING, "n2"), (RUNNING, "n2")]
-        assert reservations(scheduler).node_of("r-1") == "n2", \
+        assert reservations(scheduler).node_of("r-1") == "n2", (
             "the refusing node's reservation is released, the accepting node's is held"
+        )
 
 
 async def test_hanging_agent_is_refused_after_attempt_timeout_and_its_create_cancelled():
@@ -249,8 +298,12 @@ async def test_empty_stream_is_a_refusal():
 
 
 async def test_every_node_refusing_is_unavailable_with_each_reason():
-    specs = (node("n1", "refuse", mem_free=7 * GIB), node("n2", "hang", mem_free=6 * GIB),
-             node("n3", "empty", mem_free=5 * GIB), node("n4", mem_free=4 * GIB))
+    specs = (
+        node("n1", "refuse", mem_free=7 * GIB),
+        node("n2", "hang", mem_free=6 * GIB),
+        node("n3", "empty", mem_free=5 * GIB),
+        node("n4", mem_free=4 * GIB),
+    )
     async with open_cluster(*specs) as (scheduler, channel, nodes):
         gone = nodes[3]
         await gone.workloads.stop()  # joined and reporting, but nobody listens at its port
@@ -259,9 +312,11 @@ async def test_every_node_refusing_is_unavailable_with_each_reason():
         assert statuses == []
         assert error.status is Status.UNAVAILABLE
         parts = refusal_parts(error.message)
-        assert parts[:3] == ["n1: RESOURCE_EXHAUSTED: fake agent refuses u-1",
-                             "n2: no status within 0.5 s",
-                             "n3: ended the stream without a status"]
+        assert parts[:3] == [
+            "n1: RESOURCE_EXHAUSTED: fake agent refuses u-1",
+            "n2: no status within 0.5 s",
+            "n3: ended the stream without a status",
+        ]
         assert parts[3].startswith(f"n4: UNAVAILABLE: cannot reach 127.0.0.1:{gone.workloads.port}")
         assert len(parts) == 4
         assert len(reservations(scheduler)) == 0
@@ -270,8 +325,11 @@ async def test_every_node_refusing_is_unavailable_with_each_reason():
 
 async def test_max_attempts_limits_the_nodes_tried():
     journal = []
-    specs = (node("n1", "refuse", mem_free=6 * GIB), node("n2", "refuse", mem_free=5 * GIB),
-             node("n3", mem_free=4 * GIB))
+    specs = (
+        node("n1", "refuse", mem_free=6 * GIB),
+        node("n2", "refuse", mem_free=5 * GIB),
+        node("n3", mem_free=4 * GIB),
+    )
     async with open_cluster(*specs, journal=journal, max_attempts=2) as (scheduler, channel, nodes):
         _, error = await schedule(channel, scheduling_request("m-1", memory=1))
         assert journal == [("n1", "m-1"), ("n2", "m-1")], "n3 would accept but is the third"
@@ -286,23 +344,27 @@ async def test_controller_cancelling_mid_attempt_cancels_the_create_and_releases
             await wait_until(lambda: n1.workloads.created == ["c-1"])
             assert reservations(scheduler).node_of("c-1") == "n1"
             _, error = await schedule(channel, scheduling_request("c-2", memory=512))
-            assert error.status is Status.RESOURCE_EXHAUSTED and "memory: 1" in error.message, \
+            assert error.status is Status.RESOURCE_EXHAUSTED and "memory: 1" in error.message, (
                 "the attempt in flight holds the node's memory"
+            )
             await call.cancel()
             await wait_until(lambda: n1.workloads.cancelled == ["c-1"])
             await wait_until(lambda: "c-1" not in reservations(scheduler))
         n1.mode = "accept"
-        statuses, error = await schedule(channel, scheduling_request("c-1", memory=512),
-                                         until_code=RUNNING)
-        assert error is None and statuses[-1].node_id == "n1", \
+        statuses, error = await schedule(
+            channel, scheduling_request("c-1", memory=512), until_code=RUNNING
+        )
+        assert error is None and statuses[-1].node_id == "n1", (
             "the same instance, same size, fits again once the cancelled attempt released"
+        )
 
 
 async def test_controller_deadline_cancels_the_attempt_in_flight():
     specs = (node("n1", "hang", mem_total=GIB, mem_free=512 * MIB),)
     async with open_cluster(*specs, attempt_timeout=10.0) as (scheduler, channel, [n1]):
-        async with open_schedule(channel, scheduling_request("d-1", memory=512),
-                                 timeout=0.3) as call:
+        async with open_schedule(
+            channel, scheduling_request("d-1", memory=512), timeout=0.3
+        ) as call:
             statuses, error = await call.result()
         assert statuses == [] and error is not None
         await wait_until(lambda: n1.workloads.cancelled == ["d-1"])
@@ -349,18 +411,26 @@ async def test_concurrent_schedules_never_overcommit():
 
 # -- acceptance, Stop, Destroy (step 5) ---------------------------------------------------------
 
+
 async def test_accepted_instance_streams_statuses_and_stop_ends_the_call_ok():
     async with open_cluster(node("n1"), node("n2", mem_free=GIB)) as (scheduler, channel, [n1, n2]):
         request = scheduling_request("web-1", environment=["A=1"], cpu=250, memory=128)
         async with open_schedule(channel, request) as call:
             waiting = await call.next()
-            assert (waiting.instance_id, waiting.status.code, waiting.node_id) == \
-                ("web-1", WAITING, "n1")
+            assert (waiting.instance_id, waiting.status.code, waiting.node_id) == (
+                "web-1",
+                WAITING,
+                "n1",
+            )
             running = await call.next()
             assert (running.status.code, running.node_id) == (RUNNING, "n1")
             [sent] = n1.workloads.workloads
-            assert (sent.image, list(sent.environment), sent.resource_limits.cpu,
-                    sent.resource_limits.memory) == ("nginx:1.27", ["A=1"], 250, 128)
+            assert (
+                sent.image,
+                list(sent.environment),
+                sent.resource_limits.cpu,
+                sent.resource_limits.memory,
+            ) == ("nginx:1.27", ["A=1"], 250, 128)
             nodes = await FakeController(channel).list_nodes()
             listed = {n.id: list(n.instance_ids) for n in nodes}
             assert listed == {"n1": ["web-1"], "n2": []}
@@ -370,8 +440,11 @@ async def test_accepted_instance_streams_statuses_and_stop_ends_the_call_ok():
             statuses, error = await call.result()
         assert error is None, "the Schedule call ends OK after TERMINATED"
         last = statuses[-1]
-        assert (last.status.code, last.status.message, last.node_id) == \
-            (TERMINATED, "signalled", "n1")
+        assert (last.status.code, last.status.message, last.node_id) == (
+            TERMINATED,
+            "signalled",
+            "n1",
+        )
         assert len(reservations(scheduler)) == 0
         assert "web-1" not in scheduler.cluster.nodes["n1"].placed
         assert n2.workloads.created == []
@@ -389,8 +462,11 @@ async def test_an_agent_ending_the_stream_ok_without_terminated_has_terminated_t
                 assert await stop_instance(channel, "c-1") is None
                 statuses, error = await call.result()
             assert error is None, f"the Schedule call must end OK: {error!r}"
-            assert [(s.status.code, s.status.message, s.node_id) for s in statuses][-1] == \
-                (TERMINATED, "ended by the Agent", "n1")
+            assert [(s.status.code, s.status.message, s.node_id) for s in statuses][-1] == (
+                TERMINATED,
+                "ended by the Agent",
+                "n1",
+            )
             seen = []
             while len(seen) < 3:
                 event = await events.receive()
@@ -403,8 +479,9 @@ async def test_an_agent_ending_the_stream_ok_without_terminated_has_terminated_t
         [latest] = [s for s in scheduler.instances.statuses() if s.instance_id == "c-1"]
         assert (latest.code.name, latest.message) == ("TERMINATED", "ended by the Agent")
         n1.mode = "accept"
-        statuses, _ = await schedule(channel, scheduling_request("c-2", memory=768),
-                                     until_code=RUNNING)
+        statuses, _ = await schedule(
+            channel, scheduling_request("c-2", memory=768), until_code=RUNNING
+        )
         assert statuses[-1].node_id == "n1", "the memory c-1 held is free again"
 
 
@@ -423,8 +500,9 @@ async def test_destroy_sends_kill_and_forgets_the_placement():
         assert n1.workloads.signals == [("web-1", KILL)], "forgotten: no further signal sent"
         assert "web-1" not in reservations(scheduler)
         assert "web-1" not in scheduler.cluster.nodes["n1"].placed
-        assert all(not instance.instance_id == "web-1"
-                   for instance in scheduler.instances.statuses())
+        assert all(
+            not instance.instance_id == "web-1" for instance in scheduler.instances.statuses()
+        )
 
 
 async def test_statuses_reach_watch_events_after_the_controller_cancels_its_schedule():
@@ -442,8 +520,13 @@ async def test_statuses_reach_watch_events_after_the_controller_cancels_its_sche
             async for event in events:
                 assert not isinstance(event, Exception), event
                 if event.WhichOneof("event") == "instance":
-                    seen.append((event.instance.instance_id, event.instance.status.code,
-                                 event.instance.node_id))
+                    seen.append(
+                        (
+                            event.instance.instance_id,
+                            event.instance.status.code,
+                            event.instance.node_id,
+                        )
+                    )
                     if event.instance.status.code == TERMINATED:
                         break
         assert seen == [("w-1", WAITING, "n1"), ("w-1", RUNNING, "n1"), ("w-1", TERMINATED, "n1")]
@@ -473,8 +556,9 @@ async def test_node_leaving_ends_the_schedule_unavailable_and_signals_are_unavai
         for method in (stop_instance, destroy_instance):
             error = await method(channel, "l-1")
             assert error.status is Status.UNAVAILABLE, method.__name__
-            assert "l-1" in error.message and "node n1" in error.message \
-                and "LEFT" in error.message, error.message
+            assert (
+                "l-1" in error.message and "node n1" in error.message and "LEFT" in error.message
+            ), error.message
         assert n1.workloads.signals == []
 
 
@@ -498,8 +582,9 @@ async def test_node_rejoining_from_another_address_makes_its_instances_unavailab
                 assert error.status is Status.UNAVAILABLE, "the new Agent never ran j-1"
                 assert "j-1" in error.message and "node n1" in error.message, error.message
                 await n1.report(scheduler)  # a new session is placeable once it reports
-                statuses, error = await schedule(channel, scheduling_request("j-1"),
-                                                 until_code=RUNNING)
+                statuses, error = await schedule(
+                    channel, scheduling_request("j-1"), until_code=RUNNING
+                )
                 assert error is None and statuses[-1].node_id == "n1"
                 assert replacement.created == ["j-1"] and n1.workloads.created == ["j-1"]
             finally:
@@ -521,19 +606,26 @@ async def test_agent_error_on_signal_keeps_its_code_and_message():
         n1.workloads.signal_refusal = (Status.FAILED_PRECONDITION, "s-1 is still pulling its image")
         for method in (stop_instance, destroy_instance):
             error = await method(channel, "s-1")
-            assert (error.status, error.message) == \
-                (Status.FAILED_PRECONDITION, "s-1 is still pulling its image"), method.__name__
+            assert (error.status, error.message) == (
+                Status.FAILED_PRECONDITION,
+                "s-1 is still pulling its image",
+            ), method.__name__
         assert n1.workloads.signals == [("s-1", STOP), ("s-1", KILL)]
         n1.workloads.signal_refusal = None
-        assert await stop_instance(channel, "s-1") is None, \
+        assert await stop_instance(channel, "s-1") is None, (
             "a Destroy the Agent refused leaves the placement in place"
+        )
 
 
 # -- re-placement (step 1) ----------------------------------------------------------------------
 
+
 async def test_already_exists_while_running_or_being_placed():
-    async with open_cluster(node("n1"), node("n2", "hang", mem_free=GIB),
-                            attempt_timeout=10.0) as (scheduler, channel, [n1, n2]):
+    async with open_cluster(node("n1"), node("n2", "hang", mem_free=GIB), attempt_timeout=10.0) as (
+        scheduler,
+        channel,
+        [n1, n2],
+    ):
         await schedule(channel, scheduling_request("a-1"), until_code=RUNNING)
         statuses, error = await schedule(channel, scheduling_request("a-1"))
         assert statuses == [] and error.status is Status.ALREADY_EXISTS
@@ -550,8 +642,11 @@ async def test_already_exists_while_running_or_being_placed():
 
 
 async def test_replacement_allowed_after_the_node_left():
-    async with open_cluster(node("n1", mem_free=6 * GIB), node("n2")) as \
-            (scheduler, channel, [n1, n2]):
+    async with open_cluster(node("n1", mem_free=6 * GIB), node("n2")) as (
+        scheduler,
+        channel,
+        [n1, n2],
+    ):
         await schedule(channel, scheduling_request("m-1"), until_code=RUNNING)
         assert n1.workloads.created == ["m-1"]
         await leave(scheduler, n1)
@@ -569,14 +664,16 @@ async def test_replacement_allowed_after_terminated():
             await call.until(RUNNING)
             await stop_instance(channel, "t-1")
             await call.until(TERMINATED)
-        statuses, error = await schedule(channel, scheduling_request("t-1", memory=64),
-                                         until_code=RUNNING)
+        statuses, error = await schedule(
+            channel, scheduling_request("t-1", memory=64), until_code=RUNNING
+        )
         assert error is None and statuses[-1].node_id == "n1"
         assert n1.workloads.created == ["t-1", "t-1"]
         assert reservations(scheduler).node_of("t-1") == "n1", "the new placement holds its own"
 
 
 # -- Agents that die, old Agents ----------------------------------------------------------------
+
 
 async def test_agent_dying_after_acceptance_ends_the_schedule_unavailable():
     async with open_cluster(node("n1", "crash")) as (scheduler, channel, [n1]):
@@ -586,8 +683,9 @@ async def test_agent_dying_after_acceptance_ends_the_schedule_unavailable():
             statuses, error = await call.result()
         assert [(s.status.code, s.node_id) for s in statuses] == [(WAITING, "n1"), (RUNNING, "n1")]
         assert error is not None and error.status is Status.UNAVAILABLE, error
-        assert error.message.startswith("instance d-1 on node n1: the instance's stream from n1 "
-                                        "failed"), error.message
+        assert error.message.startswith(
+            "instance d-1 on node n1: the instance's stream from n1 failed"
+        ), error.message
         assert "d-1" not in reservations(scheduler)
 
 
@@ -601,8 +699,9 @@ async def test_an_instance_whose_agent_stream_broke_may_be_placed_again_and_dest
             _, error = await call.result()
         assert error is not None and error.status is Status.UNAVAILABLE
         n1.workloads.mode = "accept"
-        statuses, error = await schedule(channel, scheduling_request("s-1", memory=64),
-                                         until_code=RUNNING)
+        statuses, error = await schedule(
+            channel, scheduling_request("s-1", memory=64), until_code=RUNNING
+        )
         assert error is None and statuses[-1].node_id == "n1", error
         assert n1.workloads.created == ["s-1", "s-1"]
     async with open_cluster(node("n2", "crash")) as (scheduler, channel, [n2]):
@@ -629,13 +728,16 @@ async def test_agent_dying_right_after_its_first_status_is_a_refusal():
 
 
 async def test_old_agents_without_cores_disk_or_instances_still_receive_work():
-    specs = (node("new", cores=1, load=90.0, disk_total=100 * GIB, disk_free=50 * GIB),
-             node("old", cores=0, load=30.0, mem_free=2 * GIB))
+    specs = (
+        node("new", cores=1, load=90.0, disk_total=100 * GIB, disk_free=50 * GIB),
+        node("old", cores=0, load=30.0, mem_free=2 * GIB),
+    )
     async with open_cluster(*specs) as (scheduler, channel, [new, old]):
         request = scheduling_request("o-1", cpu=2000, memory=256, disk=10_240)
         statuses, error = await schedule(channel, request, until_code=RUNNING)
-        assert error is None and statuses[-1].node_id == "old", \
+        assert error is None and statuses[-1].node_id == "old", (
             "cpu and disk an old Agent does not report filter nothing"
+        )
         assert new.workloads.created == []
         held = reservations(scheduler)
         assert held.node_of("o-1") == "old"
@@ -647,8 +749,9 @@ async def test_old_agents_without_cores_disk_or_instances_still_receive_work():
 
 async def test_agent_with_no_metrics_at_all_receives_work():
     async with open_cluster(node("bare", mem_total=None, load=None)) as (scheduler, channel, _):
-        statuses, error = await schedule(channel, scheduling_request("b-1", cpu=100, memory=100),
-                                         until_code=RUNNING)
+        statuses, error = await schedule(
+            channel, scheduling_request("b-1", cpu=100, memory=100), until_code=RUNNING
+        )
         assert error is None and statuses[-1].node_id == "bare"
 
 
@@ -683,14 +786,17 @@ class GatedWorkloadAgent(RecordingWorkloadAgent):
     async def open_gate(self) -> None:
         async def open_gate():
             self._gate.set()
+
         await aio(open_gate)()
 
 
 async def test_a_report_that_lists_the_instance_before_the_agent_answers_releases_at_once():
     # The Agent started the instance and reported it before its first status reached us: that
     # report already accounts for the instance, so holding its reservation would count it twice.
-    async with running_scheduler(make_config()) as scheduler, \
-            open_channel(scheduler.port) as channel:
+    async with (
+        running_scheduler(make_config()) as scheduler,
+        open_channel(scheduler.port) as channel,
+    ):
         workloads = GatedWorkloadAgent("n1")
         n1 = await open_node(channel, scheduler, "n1", workloads)
         try:
@@ -714,8 +820,9 @@ async def test_instance_streams_spread_over_connections_and_signals_have_their_o
     monkeypatch.setattr(agents_module, "STREAMS_PER_CONNECTION", 3)
     async with open_cluster(node("n1")) as (scheduler, channel, [n1]):
         for index in range(7):
-            statuses, error = await schedule(channel, scheduling_request(f"c-{index}"),
-                                             until_code=RUNNING)
+            statuses, error = await schedule(
+                channel, scheduling_request(f"c-{index}"), until_code=RUNNING
+            )
             assert error is None and statuses[-1].node_id == "n1", error
         link = scheduler.agents.link(scheduler.cluster.nodes["n1"])
         assert [c.streams for c in link._creates] == [3, 3, 1]

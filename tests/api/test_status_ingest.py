@@ -5,6 +5,7 @@ The bridge applies a stream's statuses where it decodes them (issue 15); these t
 trio task per message did before, over real sockets: a raw HTTP/2 client writes several gRPC
 messages in one DATA frame, so the scheduler reads them in one go.
 """
+
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
@@ -74,8 +75,10 @@ async def status_stream_of_a_node(config=None):
 
 
 BAD = {
-    "invalid value": (status("node-1", mem_total=1 * MiB, mem_free=2 * MiB).SerializeToString(),
-                      "memory.free"),
+    "invalid value": (
+        status("node-1", mem_total=1 * MiB, mem_free=2 * MiB).SerializeToString(),
+        "memory.free",
+    ),
     "another node": (status("node-2").SerializeToString(), "belongs to node node-1"),
     "undecodable": (GARBAGE, "scheduler.agent.NodeStatus"),
 }
@@ -84,18 +87,21 @@ BAD = {
 @pytest.mark.parametrize("bad", list(BAD), ids=list(BAD))
 @pytest.mark.parametrize("half_close", [False, True], ids=["open", "half-closed"])
 async def test_a_bad_status_in_one_read_keeps_those_before_it_and_drops_those_after(
-        bad, half_close):
+    bad, half_close
+):
     body, named = BAD[bad]
     async with status_stream_of_a_node() as (channel, events, client, stream_id):
         await FakeAgent(channel, "node-2").join()
-        client.h2.send_data(stream_id, framed(good(1), good(2), body, good(3), good(4)),
-                            end_stream=half_close)
+        client.h2.send_data(
+            stream_id, framed(good(1), good(2), body, good(3), good(4)), end_stream=half_close
+        )
         await client.flush()
         code, message = await ended(client, stream_id)
         assert code == INVALID_ARGUMENT and named in message, (code, message)
         await FakeAgent(channel, "marker").join()
-        assert await statuses_until(events, "marker") == [("node-1", 1), ("node-1", 2)], \
+        assert await statuses_until(events, "marker") == [("node-1", 1), ("node-1", 2)], (
             "the statuses before the bad one are applied, in order; none after it"
+        )
         [node] = [n for n in await FakeController(channel).list_nodes() if n.id == "node-1"]
         assert node.memory_free == 2 * MiB
         await FakeAgent(channel, "node-1").join()  # the stream is over: the node may join again
@@ -142,8 +148,9 @@ async def test_a_throttled_status_in_one_read_waits_and_keeps_its_place():
         replies = [e for e in client.events if isinstance(e, h2.events.DataReceived)]
         assert replies and replies[0].data[5:] == agent_pb2.Empty().SerializeToString()
         await FakeAgent(channel, "marker").join()
-        assert [free for _, free in await statuses_until(events, "marker")] == \
-            [1, 2, 3, 4, 5, 6], "delayed, never dropped or reordered"
+        assert [free for _, free in await statuses_until(events, "marker")] == [1, 2, 3, 4, 5, 6], (
+            "delayed, never dropped or reordered"
+        )
         assert took >= 0.75 * (6 - burst) / rate, took
 
 
@@ -188,8 +195,9 @@ async def test_a_stream_ended_by_a_refused_status_leaves_nothing_for_the_garbage
             gc.collect()
             calls = [o for o in gc.garbage if isinstance(o, Call)]
             statuses = [o for o in gc.garbage if isinstance(o, agent_pb2.NodeStatus)]
-            assert calls == [] and statuses == [], \
+            assert calls == [] and statuses == [], (
                 f"{len(calls)} ended calls and {len(statuses)} statuses left in reference cycles"
+            )
         finally:
             gc.set_debug(0)
             gc.garbage.clear()

@@ -3,6 +3,7 @@
 No sockets: the Cluster and its EventLog are driven directly under trio's MockClock
 (`autojump_clock`), so a 30 s node timeout takes milliseconds and deadlines are exact.
 """
+
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
@@ -44,7 +45,8 @@ class RecordingLog(EventLog):
     def node_events(self, kind: NodeEventKind | None = None, node_id: str | None = None):
         """(time, NodeEvent) pairs, optionally of one kind and/or one node."""
         return [
-            (at, e.body) for at, e in self.published
+            (at, e.body)
+            for at, e in self.published
             if isinstance(e.body, NodeEvent)
             and (kind is None or e.body.kind is kind)
             and (node_id is None or e.body.node.id == node_id)
@@ -52,19 +54,29 @@ class RecordingLog(EventLog):
 
 
 @asynccontextmanager
-async def open_cluster(node_timeout: float = TIMEOUT, status_rate: float = 10.0,
-                       status_burst: int = 20, retained: int = 100_000):
+async def open_cluster(
+    node_timeout: float = TIMEOUT,
+    status_rate: float = 10.0,
+    status_burst: int = 20,
+    retained: int = 100_000,
+):
     holder: dict[str, Cluster] = {}
     events = RecordingLog(retained, lambda: Snapshot(tuple(holder["cluster"].views()), ()))
-    async with registry_cluster(events, node_timeout=node_timeout, status_rate=status_rate,
-                                status_burst=status_burst) as cluster:
+    async with registry_cluster(
+        events, node_timeout=node_timeout, status_rate=status_rate, status_burst=status_burst
+    ) as cluster:
         holder["cluster"] = cluster
         yield cluster
 
 
 def metrics(*instances: tuple[str, InstanceCode], free: int = 4 << 30) -> NodeMetrics:
-    return NodeMetrics(memory_total=8 << 30, memory_free=free, cpu_load=10.0, cpu_cores=4,
-                       instances=tuple(InstanceReport(i, c) for i, c in instances))
+    return NodeMetrics(
+        memory_total=8 << 30,
+        memory_free=free,
+        cpu_load=10.0,
+        cpu_cores=4,
+        instances=tuple(InstanceReport(i, c) for i, c in instances),
+    )
 
 
 def kinds(cluster: Cluster, node_id: str) -> list[NodeEventKind]:
@@ -84,6 +96,7 @@ async def stream_task(cluster: Cluster, node_id: str, *, task_status=trio.TASK_S
 
 # -- join ------------------------------------------------------------------------------------
 
+
 async def test_join_makes_node_ready_and_publishes_joined(autojump_clock):
     async with open_cluster() as cluster:
         node = cluster.join("node-1", "10.0.0.1", 7000)
@@ -91,8 +104,11 @@ async def test_join_makes_node_ready_and_publishes_joined(autojump_clock):
         assert node.session is not None
         [(_, joined)] = cluster.events.node_events()
         assert joined.kind is NodeEventKind.JOINED
-        assert (joined.node.id, joined.node.address, joined.node.state) == \
-            ("node-1", "10.0.0.1:7000", NodeState.READY)
+        assert (joined.node.id, joined.node.address, joined.node.state) == (
+            "node-1",
+            "10.0.0.1:7000",
+            NodeState.READY,
+        )
         assert joined.node.metrics is None, "a node that has not reported has unknown metrics"
         assert cluster.events.revision == 1
 
@@ -112,36 +128,47 @@ async def test_silent_node_is_lost_exactly_at_the_timeout_after_join(autojump_cl
 
 
 async def test_reports_move_the_deadline_and_silence_after_the_last_one_loses_the_node(
-        autojump_clock):
+    autojump_clock,
+):
     async with open_cluster() as cluster:
         node = cluster.join("node-1", "10.0.0.1", 7000)
         for _ in range(6):  # 120 s of reporting every 20 s, with a 30 s timeout
             await trio.sleep(20)
-            assert node.state is NodeState.READY, \
+            assert node.state is NodeState.READY, (
                 f"a node reporting every 20 s was lost at t={trio.current_time()}"
+            )
             cluster.report(node, node.session, metrics())
         last_report = trio.current_time()
         await trio.sleep(TIMEOUT + 5)
         assert node.state is NodeState.LOST
         [(lost_at, _)] = cluster.events.node_events(NodeEventKind.LOST)
-        assert lost_at == pytest.approx(last_report + TIMEOUT, abs=1e-9), \
+        assert lost_at == pytest.approx(last_report + TIMEOUT, abs=1e-9), (
             "LOST must come node_timeout after the last valid status"
-        assert kinds(cluster, "node-1") == [NodeEventKind.JOINED] + [NodeEventKind.STATUS] * 6 \
-            + [NodeEventKind.LOST]
+        )
+        assert kinds(cluster, "node-1") == [NodeEventKind.JOINED] + [NodeEventKind.STATUS] * 6 + [
+            NodeEventKind.LOST
+        ]
 
 
 async def test_lost_event_carries_reported_and_placed_instances(autojump_clock):
     async with open_cluster() as cluster:
         node = cluster.join("node-1", "10.0.0.1", 7000)
-        cluster.report(node, node.session, metrics(("run-1", InstanceCode.RUNNING),
-                                                   ("wait-1", InstanceCode.WAITING),
-                                                   ("done-1", InstanceCode.TERMINATED)))
+        cluster.report(
+            node,
+            node.session,
+            metrics(
+                ("run-1", InstanceCode.RUNNING),
+                ("wait-1", InstanceCode.WAITING),
+                ("done-1", InstanceCode.TERMINATED),
+            ),
+        )
         node.placed.add("placed-1")
         cluster.count_instances(node)  # the contract for whoever changes `placed`
         await trio.sleep(TIMEOUT + 1)
         [(_, lost)] = cluster.events.node_events(NodeEventKind.LOST)
-        assert lost.node.instance_ids == ("placed-1", "run-1", "wait-1"), \
+        assert lost.node.instance_ids == ("placed-1", "run-1", "wait-1"), (
             "LOST carries placed and not-TERMINATED reported instances, sorted"
+        )
 
 
 async def test_loss_cancels_the_status_stream_with_a_reason(autojump_clock):
@@ -156,7 +183,8 @@ async def test_loss_cancels_the_status_stream_with_a_reason(autojump_clock):
 
 
 async def test_a_wave_of_losses_publishes_every_lost_event_before_ending_the_streams(
-        autojump_clock):
+    autojump_clock,
+):
     # Ending a stream costs grpclib real work; the LOST events go first, the streams follow
     # paced (SWEEP_STEP, STREAMS_PER_SWEEP_STEP), and every one of them does end.
     from scheduler.cluster.registry import STREAMS_PER_SWEEP_STEP, SWEEP_STEP
@@ -182,8 +210,9 @@ async def test_a_wave_of_losses_publishes_every_lost_event_before_ending_the_str
         assert sorted(ended) == sorted(cluster.nodes), "every lost node's stream ended"
         assert min(ended.values()) > deadline, "no stream ended before the LOST events went out"
         steps = -(-count // STREAMS_PER_SWEEP_STEP)
-        assert max(ended.values()) == pytest.approx(deadline + steps * SWEEP_STEP), \
+        assert max(ended.values()) == pytest.approx(deadline + steps * SWEEP_STEP), (
             "paced: STREAMS_PER_SWEEP_STEP streams every SWEEP_STEP"
+        )
 
 
 async def test_only_the_most_recently_departed_nodes_are_kept(autojump_clock, monkeypatch):
@@ -193,6 +222,7 @@ async def test_only_the_most_recently_departed_nodes_are_kept(autojump_clock, mo
 
     monkeypatch.setattr(registry, "DEPARTED_RETAINED", 2)
     forgotten: list[str] = []
+
     class Recording(FollowUps):
         def node_forgotten(self, node_id: str) -> None:
             forgotten.append(node_id)
@@ -219,6 +249,7 @@ async def test_only_the_most_recently_departed_nodes_are_kept(autojump_clock, mo
 
 # -- leave -----------------------------------------------------------------------------------
 
+
 async def test_leave_publishes_left_with_instances_and_is_idempotent(autojump_clock):
     async with open_cluster() as cluster:
         node = cluster.join("node-1", "10.0.0.1", 7000)
@@ -238,8 +269,11 @@ async def test_leave_publishes_left_with_instances_and_is_idempotent(autojump_cl
         assert cluster.events.revision == revision, "a second leave must publish nothing"
         await trio.sleep(TIMEOUT * 3)
         assert node.state is NodeState.LEFT, "the old deadline fired after leave"
-        assert kinds(cluster, "node-1") == [NodeEventKind.JOINED, NodeEventKind.STATUS,
-                                            NodeEventKind.LEFT]
+        assert kinds(cluster, "node-1") == [
+            NodeEventKind.JOINED,
+            NodeEventKind.STATUS,
+            NodeEventKind.LEFT,
+        ]
 
 
 async def test_leave_of_a_lost_node_changes_nothing(autojump_clock):
@@ -260,6 +294,7 @@ async def test_leave_of_an_unknown_node_is_not_found(autojump_clock):
 
 # -- rejoin ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ending", ["lost", "left"])
 async def test_rejoin_after_loss_or_leave_starts_a_new_session(autojump_clock, ending):
     async with open_cluster() as cluster:
@@ -276,16 +311,20 @@ async def test_rejoin_after_loss_or_leave_starts_a_new_session(autojump_clock, e
         assert node.session is not old_session and node.session.number > old_session.number
         assert node.address == "10.0.0.2:7001"
         [*_, (_, joined)] = cluster.events.node_events(NodeEventKind.JOINED)
-        assert joined.node.metrics is None, \
+        assert joined.node.metrics is None, (
             "a new session must not inherit the old session's status (unplaceable until it reports)"
+        )
         with pytest.raises(NotFound, match="ended"):
             cluster.report(node, old_session, metrics())
         await trio.sleep(TIMEOUT + 1)
         losses = cluster.events.node_events(NodeEventKind.LOST)
         assert losses[-1][0] == pytest.approx(rejoined_at + TIMEOUT, abs=1e-9)
         assert kinds(cluster, "node-1") == [
-            NodeEventKind.JOINED, NodeEventKind.STATUS, NodeEventKind[ending.upper()],
-            NodeEventKind.JOINED, NodeEventKind.LOST,
+            NodeEventKind.JOINED,
+            NodeEventKind.STATUS,
+            NodeEventKind[ending.upper()],
+            NodeEventKind.JOINED,
+            NodeEventKind.LOST,
         ]
 
 
@@ -300,8 +339,11 @@ async def test_rejoin_replaces_the_old_deadline(autojump_clock):
         await trio.sleep(20)
         [(lost_at, _)] = cluster.events.node_events(NodeEventKind.LOST)
         assert lost_at == pytest.approx(rejoined_at + TIMEOUT, abs=1e-9)
-        assert kinds(cluster, "node-1") == [NodeEventKind.JOINED, NodeEventKind.JOINED,
-                                            NodeEventKind.LOST]
+        assert kinds(cluster, "node-1") == [
+            NodeEventKind.JOINED,
+            NodeEventKind.JOINED,
+            NodeEventKind.LOST,
+        ]
 
 
 async def test_join_is_refused_only_while_a_live_stream_is_attached(autojump_clock):
@@ -319,6 +361,7 @@ async def test_join_is_refused_only_while_a_live_stream_is_attached(autojump_clo
 
 
 # -- status streams --------------------------------------------------------------------------
+
 
 async def test_a_new_stream_replaces_the_older_one(autojump_clock):
     async with open_cluster() as cluster:
@@ -377,8 +420,9 @@ async def test_ten_thousand_silent_nodes_are_all_lost_exactly_at_their_deadlines
         assert all(n.state is NodeState.LOST for n in cluster.nodes.values())
         for at, body in lost:
             expected = (first_at if int(body.node.id[5:]) < count // 2 else second_at) + TIMEOUT
-            assert at == pytest.approx(expected, abs=1e-9), \
+            assert at == pytest.approx(expected, abs=1e-9), (
                 f"{body.node.id} lost at {at}, its deadline was {expected}"
+            )
 
 
 async def test_one_task_keeps_every_deadline_whatever_the_number_of_sessions(autojump_clock):
@@ -393,12 +437,14 @@ async def test_one_task_keeps_every_deadline_whatever_the_number_of_sessions(aut
         assert len(nursery.child_tasks) == before
         await trio.sleep(TIMEOUT)
         assert all(n.state is NodeState.LOST for n in cluster.nodes.values())
-        assert len(cluster.events.node_events(NodeEventKind.LOST)) == 1000, \
+        assert len(cluster.events.node_events(NodeEventKind.LOST)) == 1000, (
             "one LOST per node: the ended session's deadline is dropped, not acted on"
+        )
         assert cluster._deadlines == [], "nothing is kept for sessions that ended"
 
 
 # -- TokenBucket -----------------------------------------------------------------------------
+
 
 def test_token_bucket_allows_a_burst_then_spaces_messages_at_the_rate():
     bucket = TokenBucket(rate=5.0, burst=2, now=100.0)
@@ -431,8 +477,9 @@ def test_token_bucket_throttles_a_sender_that_obeys_its_delays_to_the_rate():
     now = 0.0
     for _ in range(count):
         now += bucket.delay(now)
-    assert now == pytest.approx((count - burst) / rate), \
+    assert now == pytest.approx((count - burst) / rate), (
         "after the burst, messages are applied exactly 1/rate apart"
+    )
 
 
 async def test_the_status_rate_limit_holds_per_node_across_rejoins(autojump_clock):
@@ -445,5 +492,6 @@ async def test_the_status_rate_limit_holds_per_node_across_rejoins(autojump_cloc
         assert waits == [0.0] * 20, "the burst (status_burst 20) is free"
         for port in range(7001, 7004):
             node = cluster.join("node-1", "10.0.0.1", port)  # a new generation each time
-            assert node.session.limiter.delay(trio.current_time()) > 0, \
+            assert node.session.limiter.delay(trio.current_time()) > 0, (
                 "a rejoin does not renew the burst"
+            )

@@ -1,4 +1,5 @@
 """Agents' instance reports about instances nobody placed: announced once, and bounded."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,15 @@ from scheduler.model import (
 
 
 def reported(*ids: str) -> NodeMetrics:
-    return NodeMetrics(8 << 30, 4 << 30, 10.0, 4, None, None,
-                       tuple(InstanceReport(i, InstanceCode.RUNNING) for i in ids))
+    return NodeMetrics(
+        8 << 30,
+        4 << 30,
+        10.0,
+        4,
+        None,
+        None,
+        tuple(InstanceReport(i, InstanceCode.RUNNING) for i in ids),
+    )
 
 
 class NoStore:
@@ -42,18 +50,23 @@ async def open_core():
     scheduler's own Lifecycle: no sockets."""
     events = EventLog(100_000, lambda: Snapshot((), ()))
     agents = Agents()
-    async with open_cluster(events, node_timeout=30.0, status_rate=1e6,
-                            status_burst=10**6) as cluster, \
-            open_instances(cluster, events, agents, strategy=Strategy.SPREAD, attempt_timeout=1.0,
-                           max_attempts=0) as instances:
+    async with (
+        open_cluster(events, node_timeout=30.0, status_rate=1e6, status_burst=10**6) as cluster,
+        open_instances(
+            cluster, events, agents, strategy=Strategy.SPREAD, attempt_timeout=1.0, max_attempts=0
+        ) as instances,
+    ):
         cluster.follow_ups = Lifecycle(NoStore(), agents, instances)
         yield events, cluster, instances
 
 
 def announcements(events: EventLog, code: InstanceCode | None = InstanceCode.RUNNING) -> list[str]:
     """Instance ids of the instance events published so far, with `code` (None: any)."""
-    return [e.body.status.instance_id for e in events._events[events._start:]
-            if isinstance(e.body, InstanceEvent) and code in (None, e.body.status.code)]
+    return [
+        e.body.status.instance_id
+        for e in events._events[events._start :]
+        if isinstance(e.body, InstanceEvent) and code in (None, e.body.status.code)
+    ]
 
 
 async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number(autojump_clock):
@@ -66,8 +79,9 @@ async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number
             ids = [f"flood-{batch}-{i}" for i in range(UNKNOWN_ANNOUNCED // 2)]
             cluster.report(node, node.session, reported(*ids))
         assert len(announcements(events)) == UNKNOWN_ANNOUNCED, "bounded per node"
-        assert len(announcements(events, InstanceCode.TERMINATED)) <= UNKNOWN_ANNOUNCED, \
+        assert len(announcements(events, InstanceCode.TERMINATED)) <= UNKNOWN_ANNOUNCED, (
             "each announced instance ends at most once"
+        )
         cluster.leave("node-1")  # a new generation does not renew the budget (issue 13)...
         node = cluster.join("node-1", "10.0.0.1", 7000)
         cluster.report(node, node.session, reported("x-1"))
@@ -87,13 +101,18 @@ async def test_finished_instances_are_remembered_only_up_to_a_bound(autojump_clo
     async with open_core() as (events, cluster, instances):
         node = cluster.join("node-1", "10.0.0.1", 7000)
         for name in ("a", "b", "c"):
-            instances.restore(Workload(name, "img"), node, node.generation,
-                              InstanceStatus(name, InstanceCode.RUNNING, node_id="node-1"))
+            instances.restore(
+                Workload(name, "img"),
+                node,
+                node.generation,
+                InstanceStatus(name, InstanceCode.RUNNING, node_id="node-1"),
+            )
         assert sorted(s.instance_id for s in instances.statuses()) == ["a", "b", "c"]
         cluster.leave("node-1")
         left = [s.instance_id for s in instances.statuses()]
-        assert len(left) == 2 and set(left) < {"a", "b", "c"}, \
+        assert len(left) == 2 and set(left) < {"a", "b", "c"}, (
             f"one finished instance is forgotten once more than the bound are kept: {left}"
+        )
 
 
 async def test_a_report_that_overtakes_the_first_status_of_a_placement_is_not_news(autojump_clock):
@@ -127,8 +146,12 @@ async def test_a_report_sent_before_the_agent_got_a_destroy_is_not_news(autojump
     async with open_core() as (events, cluster, instances):
         node = cluster.join("node-1", "10.0.0.1", 7000)
         cluster.report(node, node.session, reported())
-        instances.restore(Workload("d-1", "img"), node, node.generation,
-                          InstanceStatus("d-1", InstanceCode.RUNNING, node_id="node-1"))
+        instances.restore(
+            Workload("d-1", "img"),
+            node,
+            node.generation,
+            InstanceStatus("d-1", InstanceCode.RUNNING, node_id="node-1"),
+        )
         cluster.report(node, node.session, reported("d-1"))
         instances._forget(instances._instances["d-1"], "destroyed")
         cluster.report(node, node.session, reported("d-1", "other"))  # sent before the KILL
@@ -146,14 +169,18 @@ async def test_the_flood_guard_holds_per_node_across_rejoins_from_new_ports(auto
         started = trio.current_time()
         for round_ in range(20):
             node = cluster.join("evil", "10.0.0.9", 7000 + round_)  # a new generation each time
-            cluster.report(node, node.session, reported(
-                *(f"flood-{round_}-{i}" for i in range(UNKNOWN_ANNOUNCED))))
+            cluster.report(
+                node,
+                node.session,
+                reported(*(f"flood-{round_}-{i}" for i in range(UNKNOWN_ANNOUNCED))),
+            )
             await trio.sleep(1)
         elapsed = trio.current_time() - started
         announced = announcements(events, None)
         assert len(announced) <= UNKNOWN_ANNOUNCED + UNKNOWN_RATE * elapsed + 1, len(announced)
-        warnings = [r for r in caplog.records if r.levelname == "WARNING"
-                    and "evil" in r.getMessage()]
+        warnings = [
+            r for r in caplog.records if r.levelname == "WARNING" and "evil" in r.getMessage()
+        ]
         assert len(warnings) <= 2 * (elapsed / 10 + 1), f"{len(warnings)} WARNING lines"
         other = cluster.join("node-2", "10.0.0.2", 7000)  # another node has its own budget
         cluster.report(other, other.session, reported("x-1"))
@@ -172,31 +199,43 @@ async def test_the_flood_guard_lets_a_node_announce_again_as_time_passes(autojum
 
 
 async def test_a_report_cannot_claim_an_instance_placed_on_another_live_node(
-        autojump_clock, caplog):
+    autojump_clock, caplog
+):
     # Issue 13: evil-r listed an instance running on legit-00199; watchers got an instance event
     # with node_id=evil-r, ListNodes showed it on both nodes and evil-r's LEFT event carried it.
     from scheduler.model import InstanceStatus, NodeEvent, NodeEventKind, Workload
 
     async with open_core() as (events, cluster, instances):
         legit = cluster.join("legit-00199", "10.0.0.1", 7000)
-        instances.restore(Workload("web-1", "img"), legit, legit.generation,
-                          InstanceStatus("web-1", InstanceCode.RUNNING, node_id="legit-00199"))
+        instances.restore(
+            Workload("web-1", "img"),
+            legit,
+            legit.generation,
+            InstanceStatus("web-1", InstanceCode.RUNNING, node_id="legit-00199"),
+        )
         cluster.report(legit, legit.session, reported("web-1"))
         evil = cluster.join("evil-r", "10.0.0.9", 7000)
         caplog.clear()
         for _ in range(5):
             cluster.report(evil, evil.session, reported("web-1", "own-1"))
             cluster.report(evil, evil.session, reported("web-1"))
-        instance_events = [e.body.status for e in events._events[events._start:]
-                           if isinstance(e.body, InstanceEvent)]
-        assert not [s for s in instance_events
-                    if s.instance_id == "web-1" and s.node_id != "legit-00199"], instance_events
+        instance_events = [
+            e.body.status
+            for e in events._events[events._start :]
+            if isinstance(e.body, InstanceEvent)
+        ]
+        assert not [
+            s for s in instance_events if s.instance_id == "web-1" and s.node_id != "legit-00199"
+        ], instance_events
         assert [s.instance_id for s in instance_events if s.node_id == "evil-r"][:1] == ["own-1"]
         views = {view.id: view.instance_ids for view in cluster.views()}
         assert views == {"legit-00199": ("web-1",), "evil-r": ()}, views
         cluster.leave("evil-r")
-        left = [e.body for e in events._events[events._start:] if isinstance(e.body, NodeEvent)
-                and e.body.kind is NodeEventKind.LEFT]
+        left = [
+            e.body
+            for e in events._events[events._start :]
+            if isinstance(e.body, NodeEvent) and e.body.kind is NodeEventKind.LEFT
+        ]
         assert left[-1].node.instance_ids == (), left[-1]
         lines = [r.getMessage() for r in caplog.records if "web-1" in r.getMessage()]
         assert len(lines) == 1, lines  # rate-limited
@@ -218,8 +257,11 @@ async def test_a_status_event_does_not_grow_with_the_instances_an_agent_lists(au
                 reports = reports[:10]  # these ten are announced; the junk never is
             cluster.report(node, node.session, numbers, reports)
             await trio.sleep(0.1)  # the Agent's rate limit (10/s)
-        statuses = [e.body.node for e in events._events[events._start:]
-                    if isinstance(e.body, NodeEvent) and e.body.kind is NodeEventKind.STATUS]
+        statuses = [
+            e.body.node
+            for e in events._events[events._start :]
+            if isinstance(e.body, NodeEvent) and e.body.kind is NodeEventKind.STATUS
+        ]
         assert all(view.metrics.instances == () for view in statuses), "no reports in events"
         # Round 1 spends the flood budget (990 junk ids counted), round 2 ends them; from then
         # on only the ten announced ones count, and every event shares their one tuple.
@@ -228,5 +270,4 @@ async def test_a_status_event_does_not_grow_with_the_instances_an_agent_lists(au
         assert all(keep <= set(view.instance_ids) for view in statuses)
         later = {id(view.instance_ids) for view in statuses[3:]}
         regained = math.ceil(50 * 0.1 * UNKNOWN_RATE)  # each announced once, ended once
-        assert len(later) <= 1 + 2 * regained < len(statuses) - 3, \
-            "unchanged ids share one tuple"
+        assert len(later) <= 1 + 2 * regained < len(statuses) - 3, "unchanged ids share one tuple"

@@ -1,5 +1,6 @@
 """One table of dimensions, one order: requests, reports, the ledger, the columns and the
 feasibility checks all follow `placement.dimensions.DIMENSIONS`."""
+
 import dataclasses
 
 from scheduler.model import MIB, NodeMetrics, Resources
@@ -24,8 +25,7 @@ REQUEST = Resources(cpu=250, memory=64, disk=8)
 def test_every_dimension_is_a_request_field_and_a_reason():
     assert set(NAMES) <= {f.name for f in dataclasses.fields(Resources)}
     assert [Reason(name) for name in NAMES] == [Reason.MEMORY, Reason.CPU, Reason.DISK]
-    assert (MEMORY, CPU, DISK) == (NAMES.index("memory"), NAMES.index("cpu"),
-                                   NAMES.index("disk"))
+    assert (MEMORY, CPU, DISK) == (NAMES.index("memory"), NAMES.index("cpu"), NAMES.index("disk"))
 
 
 def test_amounts_follow_the_table_order_both_ways():
@@ -36,8 +36,9 @@ def test_amounts_follow_the_table_order_both_ways():
 
 
 def test_reports_and_checks_follow_the_table_order():
-    dims = node_dimensions(NodeMetrics(memory_total=4 * MIB, memory_free=MIB, cpu_cores=2,
-                                       cpu_load=50.0))
+    dims = node_dimensions(
+        NodeMetrics(memory_total=4 * MIB, memory_free=MIB, cpu_cores=2, cpu_load=50.0)
+    )
     assert len(dims) == len(DIMENSIONS)
     assert dims[MEMORY] == (4.0 * MIB, 1.0 * MIB)
     assert dims[CPU] == (2000.0, 1000.0)

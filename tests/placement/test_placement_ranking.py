@@ -6,6 +6,7 @@ without room for the placement comes after every node with room. Placements here
 the scheduler does (`plan`, then `reserve_if_fits` on the first node) and no report arrives in
 between: exactly the window in which the reports cannot show what was placed.
 """
+
 import itertools
 from collections import Counter
 
@@ -25,16 +26,20 @@ NO_LIMITS = Resources()
 INSTANCE_NUMBERS = itertools.count()  # instance ids stay unique across placements
 
 
-def cluster(free_mib: dict[str, int], *, total_gib: int = 8, cores: int = 4,
-            load: float = 10.0) -> NodeTable:
+def cluster(
+    free_mib: dict[str, int], *, total_gib: int = 8, cores: int = 4, load: float = 10.0
+) -> NodeTable:
     """Ready nodes reporting memory (total, free) and cpu (cores, load)."""
     table = NodeTable()
     for node_id, free in free_mib.items():
         table.upsert(node_id)
         table.set_ready(node_id, True)
-        table.update_metrics(node_id, NodeMetrics(memory_total=total_gib * GIB,
-                                                  memory_free=free * MIB,
-                                                  cpu_cores=cores, cpu_load=load))
+        table.update_metrics(
+            node_id,
+            NodeMetrics(
+                memory_total=total_gib * GIB, memory_free=free * MIB, cpu_cores=cores, cpu_load=load
+            ),
+        )
     return table
 
 
@@ -44,13 +49,18 @@ def memory_only(free_mib: dict[str, int], total_gib: int = 8) -> NodeTable:
     for node_id, free in free_mib.items():
         table.upsert(node_id)
         table.set_ready(node_id, True)
-        table.update_metrics(node_id, NodeMetrics(memory_total=total_gib * GIB,
-                                                  memory_free=free * MIB))
+        table.update_metrics(
+            node_id, NodeMetrics(memory_total=total_gib * GIB, memory_free=free * MIB)
+        )
     return table
 
 
-def place(table: NodeTable, count: int, strategy: Strategy | str = Strategy.SPREAD,
-          request: Resources = NO_LIMITS) -> list[str]:
+def place(
+    table: NodeTable,
+    count: int,
+    strategy: Strategy | str = Strategy.SPREAD,
+    request: Resources = NO_LIMITS,
+) -> list[str]:
     """Place `count` instances one after another, each on the first node of its plan; return
     the nodes chosen, in order."""
     chosen = []
@@ -71,13 +81,16 @@ def ranking_free_mib(table: NodeTable, node_id: str) -> float:
 def test_a_workload_without_limits_counts_as_kube_schedulers_non_zero_requests():
     assert (NONZERO_CPU_MILLICORES, NONZERO_MEMORY_MIB) == (100, 128)
     assert ranking_request(Resources()) == Resources(cpu=100, memory=128, disk=0)
-    assert ranking_request(Resources(cpu=0, memory=0, disk=0)) == \
-        Resources(cpu=100, memory=128, disk=0)
-    assert ranking_request(Resources(cpu=50, memory=4096, disk=7)) == \
-        Resources(cpu=50, memory=4096, disk=7), "declared amounts count as declared"
+    assert ranking_request(Resources(cpu=0, memory=0, disk=0)) == Resources(
+        cpu=100, memory=128, disk=0
+    )
+    assert ranking_request(Resources(cpu=50, memory=4096, disk=7)) == Resources(
+        cpu=50, memory=4096, disk=7
+    ), "declared amounts count as declared"
     assert ranking_request(Resources(memory=64)) == Resources(cpu=100, memory=64, disk=0)
-    assert summed([Resources(cpu=1), Resources(memory=2, disk=3), Resources()]) == \
-        Resources(cpu=1, memory=2, disk=3)
+    assert summed([Resources(cpu=1), Resources(memory=2, disk=3), Resources()]) == Resources(
+        cpu=1, memory=2, disk=3
+    )
 
 
 def test_the_ledger_keeps_declared_and_ranking_amounts_and_releases_both():
@@ -89,8 +102,9 @@ def test_the_ledger_keeps_declared_and_ranking_amounts_and_releases_both():
     assert ledger.node_ranking_total("n") == Resources(cpu=400, memory=256, disk=0)
     columns = table.columns()
     assert columns.reserved[:, 0].tolist() == list(column_amounts(Resources(cpu=300)))
-    assert columns.ranking_reserved[:, 0].tolist() == \
-        list(column_amounts(Resources(cpu=400, memory=256)))
+    assert columns.ranking_reserved[:, 0].tolist() == list(
+        column_amounts(Resources(cpu=400, memory=256))
+    )
     assert table.release("i-1")
     assert ledger.node_ranking_total("n") == Resources(cpu=300, memory=128, disk=0)
     assert table.release("i-2")
@@ -124,8 +138,9 @@ def test_spread_water_fills_the_freest_nodes_first_until_the_free_amounts_meet()
     left = {node_id: ranking_free_mib(table, node_id) for node_id in free}
     level = min(left[node_id] for node_id in receivers)
     assert max(left.values()) - level <= NONZERO_MEMORY_MIB, f"the free amounts met: {left}"
-    assert all(free[node_id] <= level + NONZERO_MEMORY_MIB for node_id in free
-               if not placed[node_id]), "a node that got nothing was never above the level"
+    assert all(
+        free[node_id] <= level + NONZERO_MEMORY_MIB for node_id in free if not placed[node_id]
+    ), "a node that got nothing was never above the level"
 
 
 def test_spread_water_fills_by_the_mean_free_fraction_of_memory_and_cpu():
@@ -168,8 +183,10 @@ def test_binpack_prefers_the_fullest_node_that_still_has_room():
 
 def test_no_room_on_any_known_dimension_counts_and_unknown_dimensions_have_room():
     table = cluster({"busy-cpu": 4096, "old": 4096})
-    table.update_metrics("busy-cpu", NodeMetrics(memory_total=8 * GIB, memory_free=4 * GIB,
-                                                 cpu_cores=1, cpu_load=95.0))  # 50 mc free
+    table.update_metrics(
+        "busy-cpu",
+        NodeMetrics(memory_total=8 * GIB, memory_free=4 * GIB, cpu_cores=1, cpu_load=95.0),
+    )  # 50 mc free
     table.update_metrics("old", NodeMetrics(memory_total=8 * GIB, memory_free=2 * GIB))
     _, no_room = scores(table.columns(), column_amounts(ranking_request(NO_LIMITS)))
     assert no_room.tolist() == [True, False]

@@ -4,6 +4,7 @@ Random tables mix known and unknown dimensions, readiness, reservations and inst
 values come from small sets so equal scores (and so the tie-breaks) are common. The table is
 built with removals and decisions in between, to exercise row moves and lazy id ranking.
 """
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,8 +57,12 @@ requests = st.builds(
     disk=st.sampled_from([None, 0, 1024, 20 * GIB_IN_MIB]),
 )
 reservations = st.lists(
-    st.builds(Resources, cpu=st.sampled_from([None, 500]), memory=st.sampled_from([None, 512]),
-              disk=st.sampled_from([None, 5 * GIB_IN_MIB])),
+    st.builds(
+        Resources,
+        cpu=st.sampled_from([None, 500]),
+        memory=st.sampled_from([None, 512]),
+        disk=st.sampled_from([None, 5 * GIB_IN_MIB]),
+    ),
     max_size=3,
 )
 
@@ -81,8 +86,9 @@ def nodes(draw):
     max_attempts=st.integers(0, 20),  # heads found by argmin (<= 8) and by partition
     decide_every=st.integers(1, 10),
 )
-def test_plan_matches_the_plain_reference(kept, dropped, request, strategy, max_attempts,
-                                          decide_every):
+def test_plan_matches_the_plain_reference(
+    kept, dropped, request, strategy, max_attempts, decide_every
+):
     dropped = {node_id: node for node_id, node in dropped.items() if node_id not in kept}
     table = NodeTable(capacity=1)
     for step, (node_id, node) in enumerate([*dropped.items(), *kept.items()]):
@@ -100,8 +106,13 @@ def test_plan_matches_the_plain_reference(kept, dropped, request, strategy, max_
         table.remove(node_id)
 
     candidates = [
-        Candidate(node_id=node_id, ready=node["ready"], metrics=node["metrics"],
-                  reservations=tuple(node["reservations"]), instances=node["instances"])
+        Candidate(
+            node_id=node_id,
+            ready=node["ready"],
+            metrics=node["metrics"],
+            reservations=tuple(node["reservations"]),
+            instances=node["instances"],
+        )
         for node_id, node in kept.items()
     ]
     got = plan(table, request, strategy, max_attempts)
@@ -111,17 +122,22 @@ def test_plan_matches_the_plain_reference(kept, dropped, request, strategy, max_
     assert got.rejected == want.rejected
     assert got.counts == want.counts
     assert got.feasible_count == want.feasible_count
-    assert len(got.order) == (min(max_attempts, got.feasible_count) if max_attempts
-                              else got.feasible_count)
+    assert len(got.order) == (
+        min(max_attempts, got.feasible_count) if max_attempts else got.feasible_count
+    )
     for node_id in kept:  # the one-node re-check agrees with the decision
         assert node_reason(table, node_id, request) == want.rejected.get(node_id)
 
 
 def assert_same_decision(table, request, strategy, max_attempts, model):
     candidates = [
-        Candidate(node_id=node_id, ready=node["ready"], metrics=node["metrics"],
-                  reservations=tuple(node["reservations"].values()),
-                  instances=node["instances"])
+        Candidate(
+            node_id=node_id,
+            ready=node["ready"],
+            metrics=node["metrics"],
+            reservations=tuple(node["reservations"].values()),
+            instances=node["instances"],
+        )
         for node_id, node in model.items()
     ]
     got = plan(table, request, strategy, max_attempts)
@@ -136,8 +152,12 @@ CHANGES = ("metrics", "ready", "reserve", "release", "instances", "decide")
 
 
 @settings(max_examples=300, deadline=None)
-@given(start=st.dictionaries(node_ids, nodes(), min_size=1, max_size=20), request=requests,
-       strategy=st.sampled_from(list(Strategy)), data=st.data())
+@given(
+    start=st.dictionaries(node_ids, nodes(), min_size=1, max_size=20),
+    request=requests,
+    strategy=st.sampled_from(list(Strategy)),
+    data=st.data(),
+)
 def test_kept_scores_follow_every_change_of_the_table(start, request, strategy, data):
     # A decision keeps its codes and scores in the table and refreshes only the rows changed
     # since (with the plain per-node rules): they must agree with the plain reference after
@@ -192,15 +212,17 @@ def test_the_order_beyond_the_head_is_the_one_of_the_decision_time():
         node_id = f"node-{number:02d}"
         table.upsert(node_id)
         table.set_ready(node_id, True)
-        table.update_metrics(node_id, NodeMetrics(memory_total=100 * MIB,
-                                                  memory_free=(1 + number % 7) * MIB))
+        table.update_metrics(
+            node_id, NodeMetrics(memory_total=100 * MIB, memory_free=(1 + number % 7) * MIB)
+        )
     lazy = plan(table, Resources(memory=1))
     eager = plan(table, Resources(memory=1)).order
     assert len(eager) == count
     for number in range(count):  # everything changes after the decision
         node_id = f"node-{number:02d}"
-        table.update_metrics(node_id, NodeMetrics(memory_total=100 * MIB,
-                                                  memory_free=(count - number) * MIB))
+        table.update_metrics(
+            node_id, NodeMetrics(memory_total=100 * MIB, memory_free=(count - number) * MIB)
+        )
     plan(table, Resources(memory=1))  # refreshes the scores the table keeps, changed rows only
     table.remove("node-05")
     assert list(lazy.attempt_order()) == eager
@@ -219,14 +241,18 @@ def test_rejections_name_the_nodes_of_the_decision_time():
     plan(table, Resources(memory=1))  # refreshes the scores the table keeps, node-1's only
     table.remove("node-1")  # the last row (node-5) moves into its place
     table.upsert("node-9")
-    assert decision.rejected == {"node-1": "not-ready", "node-3": "not-ready",
-                                 "node-5": "not-ready"}
+    assert decision.rejected == {
+        "node-1": "not-ready",
+        "node-3": "not-ready",
+        "node-5": "not-ready",
+    }
     assert decision.order == ["node-0", "node-2", "node-4"]
 
 
 @settings(max_examples=200, deadline=None)
-@given(keys=st.lists(st.sampled_from([0.0, -0.25, 0.5, 1.0]), min_size=1, max_size=40),
-       data=st.data())
+@given(
+    keys=st.lists(st.sampled_from([0.0, -0.25, 0.5, 1.0]), min_size=1, max_size=40), data=st.data()
+)
 def test_the_head_of_the_priority_order_is_the_head_of_the_full_sort(keys, data):
     # priority_rows finds a few first rows without sorting them all; with many ties.
     size = len(keys)

@@ -1,4 +1,5 @@
 """Placement rules on small hand-made tables: filters, reasons, priority, ties, reservations."""
+
 import pytest
 
 from scheduler.model import MIB, NodeMetrics, Resources
@@ -28,8 +29,9 @@ def metrics(memory=None, cpu=None, disk=None) -> NodeMetrics:
     return NodeMetrics(**fields)
 
 
-def table_of(nodes: dict[str, NodeMetrics | None], *,
-             instances: dict[str, int] | None = None) -> NodeTable:
+def table_of(
+    nodes: dict[str, NodeMetrics | None], *, instances: dict[str, int] | None = None
+) -> NodeTable:
     table = NodeTable()
     for node_id, node_metrics in nodes.items():
         table.upsert(node_id)
@@ -46,12 +48,15 @@ def gib(n: float) -> int:
 
 # --- priority ---------------------------------------------------------------------------------
 
+
 def test_spread_tries_most_free_first_and_binpack_least_free_first():
-    table = table_of({
-        "a": metrics(memory=(10, 5), cpu=(4, 50), disk=(100, 50)),  # 0.5 free everywhere
-        "b": metrics(memory=(10, 9), cpu=(4, 10), disk=(100, 90)),  # 0.9
-        "c": metrics(memory=(10, 2), cpu=(4, 80), disk=(100, 20)),  # 0.2
-    })
+    table = table_of(
+        {
+            "a": metrics(memory=(10, 5), cpu=(4, 50), disk=(100, 50)),  # 0.5 free everywhere
+            "b": metrics(memory=(10, 9), cpu=(4, 10), disk=(100, 90)),  # 0.9
+            "c": metrics(memory=(10, 2), cpu=(4, 80), disk=(100, 20)),  # 0.2
+        }
+    )
     request = Resources(cpu=500, memory=gib(1), disk=gib(1))
     assert plan(table, request).order == ["b", "a", "c"]
     assert plan(table, request, Strategy.SPREAD).order == ["b", "a", "c"]
@@ -68,29 +73,35 @@ def test_score_is_the_free_fraction_after_placement():
 
 def test_equal_scores_go_to_fewer_instances_then_smaller_id():
     same = metrics(memory=(8, 4), cpu=(2, 50))
-    table = table_of({"d": same, "c": same, "b": same, "a": same},
-                     instances={"a": 2, "b": 1, "c": 1, "d": 0})
+    table = table_of(
+        {"d": same, "c": same, "b": same, "a": same}, instances={"a": 2, "b": 1, "c": 1, "d": 0}
+    )
     for strategy in Strategy:
         assert plan(table, strategy=strategy).order == ["d", "b", "c", "a"]
 
 
 def test_ties_within_score_groups_keep_scores_first():
-    table = table_of({
-        "z-free": metrics(memory=(10, 8)),
-        "y-half": metrics(memory=(10, 5)),
-        "x-half": metrics(memory=(10, 5)),
-        "w-full": metrics(memory=(10, 1)),
-    }, instances={"z-free": 9, "x-half": 1})
+    table = table_of(
+        {
+            "z-free": metrics(memory=(10, 8)),
+            "y-half": metrics(memory=(10, 5)),
+            "x-half": metrics(memory=(10, 5)),
+            "w-full": metrics(memory=(10, 1)),
+        },
+        instances={"z-free": 9, "x-half": 1},
+    )
     assert plan(table).order == ["z-free", "y-half", "x-half", "w-full"]
     assert plan(table, strategy=Strategy.BINPACK).order == ["w-full", "y-half", "x-half", "z-free"]
 
 
 def test_unknown_dimensions_neither_filter_nor_penalise():
-    table = table_of({
-        "old": metrics(memory=(10, 5)),  # an old Agent: no cores, no disk
-        "new": metrics(memory=(10, 5), cpu=(4, 50), disk=(100, 50)),
-        "silent": NodeMetrics(),  # reports nothing at all: neutral 0.5
-    })
+    table = table_of(
+        {
+            "old": metrics(memory=(10, 5)),  # an old Agent: no cores, no disk
+            "new": metrics(memory=(10, 5), cpu=(4, 50), disk=(100, 50)),
+            "silent": NodeMetrics(),  # reports nothing at all: neutral 0.5
+        }
+    )
     request = Resources(cpu=100_000, disk=gib(10_000))  # far more than any node has
     decision = plan(table, request)
     assert decision.order == ["silent", "old"]  # old keeps 0.4875 of its memory (see below)
@@ -104,12 +115,14 @@ def test_unknown_dimensions_neither_filter_nor_penalise():
 
 
 def test_cpu_is_known_only_with_cores_and_load():
-    table = table_of({
-        "no-cores": NodeMetrics(cpu_load=99.0),
-        "zero-cores": NodeMetrics(cpu_cores=0, cpu_load=99.0),  # what an old Agent decodes to
-        "no-load": NodeMetrics(cpu_cores=1),
-        "busy": NodeMetrics(cpu_cores=4, cpu_load=75.0),  # 1000 mc free
-    })
+    table = table_of(
+        {
+            "no-cores": NodeMetrics(cpu_load=99.0),
+            "zero-cores": NodeMetrics(cpu_cores=0, cpu_load=99.0),  # what an old Agent decodes to
+            "no-load": NodeMetrics(cpu_cores=1),
+            "busy": NodeMetrics(cpu_cores=4, cpu_load=75.0),  # 1000 mc free
+        }
+    )
     decision = plan(table, Resources(cpu=1001))
     assert decision.rejected == {"busy": Reason.CPU}
     assert decision.order == ["no-cores", "no-load", "zero-cores"]
@@ -134,17 +147,20 @@ def test_a_request_dimension_of_none_or_zero_always_fits():
 
 # --- rejections -------------------------------------------------------------------------------
 
+
 def test_each_rejection_has_its_reason():
-    table = table_of({
-        "fits": metrics(memory=(16, 8), cpu=(4, 0), disk=(100, 50)),
-        "memory": metrics(memory=(16, 1), cpu=(4, 0), disk=(100, 50)),
-        "cpu": metrics(memory=(16, 8), cpu=(4, 90), disk=(100, 50)),
-        "disk": metrics(memory=(16, 8), cpu=(4, 0), disk=(100, 1)),
-        "memory-first": metrics(memory=(16, 1), cpu=(4, 90), disk=(100, 1)),
-        "cpu-before-disk": metrics(memory=(16, 8), cpu=(4, 90), disk=(100, 1)),
-        "no-status": None,
-        "left": metrics(memory=(16, 8), cpu=(4, 0), disk=(100, 50)),
-    })
+    table = table_of(
+        {
+            "fits": metrics(memory=(16, 8), cpu=(4, 0), disk=(100, 50)),
+            "memory": metrics(memory=(16, 1), cpu=(4, 0), disk=(100, 50)),
+            "cpu": metrics(memory=(16, 8), cpu=(4, 90), disk=(100, 50)),
+            "disk": metrics(memory=(16, 8), cpu=(4, 0), disk=(100, 1)),
+            "memory-first": metrics(memory=(16, 1), cpu=(4, 90), disk=(100, 1)),
+            "cpu-before-disk": metrics(memory=(16, 8), cpu=(4, 90), disk=(100, 1)),
+            "no-status": None,
+            "left": metrics(memory=(16, 8), cpu=(4, 0), disk=(100, 50)),
+        }
+    )
     table.set_ready("left", False)
     table.upsert("joining")  # has a row, not READY yet
     decision = plan(table, Resources(cpu=1000, memory=gib(2), disk=gib(2)))
@@ -160,8 +176,7 @@ def test_each_rejection_has_its_reason():
         "left": Reason.NOT_READY,
         "joining": Reason.NOT_READY,
     }
-    assert decision.counts == {Reason.NOT_READY: 3, Reason.MEMORY: 2, Reason.CPU: 2,
-                               Reason.DISK: 1}
+    assert decision.counts == {Reason.NOT_READY: 3, Reason.MEMORY: 2, Reason.CPU: 2, Reason.DISK: 1}
 
 
 def test_counts_of_a_table_with_nothing_feasible():
@@ -193,6 +208,7 @@ def test_a_plan_is_a_snapshot():
 
 
 # --- reservations -----------------------------------------------------------------------------
+
 
 def test_a_reservation_makes_a_node_infeasible_until_released():
     table = table_of({"a": metrics(memory=(8, 4)), "b": metrics(memory=(8, 3))})
@@ -275,6 +291,7 @@ def test_the_ledger():
 
 # --- max_attempts -----------------------------------------------------------------------------
 
+
 def test_max_attempts_cuts_the_order():
     table = table_of({f"n{i}": metrics(memory=(10, i)) for i in range(10)})
     assert plan(table, max_attempts=3).order == ["n9", "n8", "n7"]
@@ -286,13 +303,15 @@ def test_max_attempts_cuts_the_order():
 
 
 def test_max_attempts_keeps_exact_ties_at_the_cut():
-    table = table_of({node_id: metrics(memory=(10, 5)) for node_id in "edcba"},
-                     instances={"a": 1, "e": 1})
+    table = table_of(
+        {node_id: metrics(memory=(10, 5)) for node_id in "edcba"}, instances={"a": 1, "e": 1}
+    )
     assert plan(table, max_attempts=2).order == ["b", "c"]
     assert plan(table, max_attempts=4).order == ["b", "c", "d", "a"]
 
 
 # --- the table follows the cluster ------------------------------------------------------------
+
 
 def test_metric_updates_and_readiness_are_reflected():
     table = table_of({"a": metrics(memory=(8, 6)), "b": metrics(memory=(8, 4))})

@@ -1,5 +1,6 @@
 """`orka-scheduler demo` completes (a reduced size): scheduler, simulated Agents and Controller;
 `demo --ha`: two schedulers on a real etcd, the leader killed, the standby taking over."""
+
 from __future__ import annotations
 
 import os
@@ -19,14 +20,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def demo(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "scheduler", "demo", *args],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        timeout=120)
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_demo_places_instances_and_shows_lost_agents():
     result = demo("--agents", "4", "--instances", "20", "--kill", "1", "--keep")
-    directory = pathlib.Path(re.search(r"^orka-scheduler demo in (\S+)$", result.stdout,
-                                       re.MULTILINE).group(1))
+    directory = pathlib.Path(
+        re.search(r"^orka-scheduler demo in (\S+)$", result.stdout, re.MULTILINE).group(1)
+    )
     try:
         assert result.returncode == 0, result.stdout + result.stderr
         out = result.stdout
@@ -52,8 +58,9 @@ def test_demo_places_instances_and_shows_lost_agents():
 def test_demo_says_its_log_is_deleted_unless_kept():
     result = demo("--agents", "2", "--instances", "4", "--kill", "0")
     assert result.returncode == 0, result.stdout + result.stderr
-    log = re.search(r"scheduler log: (\S+) \(deleted at exit; --keep keeps it\)$", result.stdout,
-                    re.MULTILINE)
+    log = re.search(
+        r"scheduler log: (\S+) \(deleted at exit; --keep keeps it\)$", result.stdout, re.MULTILINE
+    )
     assert log, result.stdout
     assert not pathlib.Path(log.group(1)).parent.exists()
 
@@ -64,31 +71,48 @@ needs_etcd = pytest.mark.skipif(local_etcd.etcd_binary() is None, reason=local_e
 @needs_etcd
 def test_demo_ha_kills_the_leader_and_shows_the_standby_taking_over_losing_nothing():
     result = demo("--ha", "--agents", "3", "--instances", "12", "--keep")
-    directory = pathlib.Path(re.search(r"^orka-scheduler demo --ha in (\S+)$", result.stdout,
-                                       re.MULTILINE).group(1))
+    directory = pathlib.Path(
+        re.search(r"^orka-scheduler demo --ha in (\S+)$", result.stdout, re.MULTILINE).group(1)
+    )
     try:
         assert result.returncode == 0, result.stdout + result.stderr
         out = result.stdout
-        leader, standby = re.search(r"^  (A|B) leads \(/healthz 200\); (A|B) stands by", out,
-                                    re.MULTILINE).groups()
+        leader, standby = re.search(
+            r"^  (A|B) leads \(/healthz 200\); (A|B) stands by", out, re.MULTILINE
+        ).groups()
         assert "placed 12/12 instances" in out, out
         assert re.search(rf"^  \S+ kill -9 {leader} \(the leader, PID \d+\)$", out, re.MULTILINE)
-        took = float(re.search(rf"^  \S+ {standby} leads: (\d+\.\d+) s after the kill", out,
-                               re.MULTILINE).group(1))
+        took = float(
+            re.search(
+                rf"^  \S+ {standby} leads: (\d+\.\d+) s after the kill", out, re.MULTILINE
+            ).group(1)
+        )
         assert took <= 2.0 + 2.0, out  # lease_ttl + 2 s (SPEC §4.1)
         assert f"3/3 Agents rejoined {standby}" in out, out
-        assert f"12/12 of those placed through {leader}, all still running on their Agents (12)" \
-            in out, out
-        assert re.search(rf"^  the Controller's watch followed to {standby} and resumed after "
-                         r"revision \d+ .*: [1-9]\d* events since, .*, no Snapshot$", out,
-                         re.MULTILINE), out
-        assert re.search(rf"^  Stop \S+ \(placed on \S+ through {leader} before the kill\) "
-                         rf"through {standby}: its Agent stopped it$", out, re.MULTILINE), out
-        assert re.search(rf"^  Destroy \S+ \(placed on \S+ through {leader} before the kill\) "
-                         rf"through {standby}: its Agent stopped it$", out, re.MULTILINE), out
+        assert (
+            f"12/12 of those placed through {leader}, all still running on their Agents (12)" in out
+        ), out
+        assert re.search(
+            rf"^  the Controller's watch followed to {standby} and resumed after "
+            r"revision \d+ .*: [1-9]\d* events since, .*, no Snapshot$",
+            out,
+            re.MULTILINE,
+        ), out
+        assert re.search(
+            rf"^  Stop \S+ \(placed on \S+ through {leader} before the kill\) "
+            rf"through {standby}: its Agent stopped it$",
+            out,
+            re.MULTILINE,
+        ), out
+        assert re.search(
+            rf"^  Destroy \S+ \(placed on \S+ through {leader} before the kill\) "
+            rf"through {standby}: its Agent stopped it$",
+            out,
+            re.MULTILINE,
+        ), out
         assert f"placed 1/1 new instances through {standby}" in out, out
         assert "NOT AS EXPECTED" not in out, out
-        summary = out[out.index("summary:"):]
+        summary = out[out.index("summary:") :]
         assert summary.count("\n  - ") == 4, summary
 
         # A clean teardown: the new leader drained and resigned, with no WARNING on the way.

@@ -1,5 +1,5 @@
-"""Smoke tests of the simulator (scheduler.sim.simulator, scheduler.sim.sim_controller) against a real
-scheduler process, over 127.0.0.1, in a few seconds.
+"""Smoke tests of the simulator (scheduler.sim.simulator, scheduler.sim.sim_controller) against
+a real scheduler process, over 127.0.0.1, in a few seconds.
 
 The simulator is plain asyncio and must never share a process with trio_asyncio (which this
 test process imports through the other tests). So each test starts the scheduler
@@ -7,6 +7,7 @@ test process imports through the other tests). So each test starts the scheduler
 tests/sim/test_simulator.py SCENARIO ...` — in their own processes; the driver prints one JSON line
 of what it saw and the test checks it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def scheduler_process(tmp_path: Path, *, node_timeout: float, pki: Path | None = None,
-                      state_directory: Path | None = None, port: int | None = None):
+def scheduler_process(
+    tmp_path: Path,
+    *,
+    node_timeout: float,
+    pki: Path | None = None,
+    state_directory: Path | None = None,
+    port: int | None = None,
+):
     """A scheduler on 127.0.0.1:PORT (`port`, or a free one); yields the port. Its data
     directory is `tmp_path`/data: a second one there after the first continues its state.
     Plaintext, unless `pki` (its [tls] files) or `state_directory` (the default data_dir,
@@ -43,13 +50,25 @@ def scheduler_process(tmp_path: Path, *, node_timeout: float, pki: Path | None =
     port = port or free_port()
     config = tmp_path / "scheduler.toml"
     data_dir = [] if state_directory else [f'data_dir = "{tmp_path / "data"}"']
-    lines = ["[server]", f'listen = "127.0.0.1:{port}"', *data_dir,
-             "shutdown_grace = 0.5", "[observability]", 'http_listen = ""',
-             "[liveness]", f"node_timeout = {node_timeout}",
-             "[scheduling]", "attempt_timeout = 2.0"]
+    lines = [
+        "[server]",
+        f'listen = "127.0.0.1:{port}"',
+        *data_dir,
+        "shutdown_grace = 0.5",
+        "[observability]",
+        'http_listen = ""',
+        "[liveness]",
+        f"node_timeout = {node_timeout}",
+        "[scheduling]",
+        "attempt_timeout = 2.0",
+    ]
     if pki is not None:
-        lines += ["[tls]", f'ca = "{pki / "ca.pem"}"', f'cert = "{pki / "scheduler.pem"}"',
-                  f'key = "{pki / "scheduler.key"}"']
+        lines += [
+            "[tls]",
+            f'ca = "{pki / "ca.pem"}"',
+            f'cert = "{pki / "scheduler.pem"}"',
+            f'key = "{pki / "scheduler.key"}"',
+        ]
     config.write_text("\n".join(lines) + "\n")
     args = [sys.executable, "-m", "scheduler", "serve", "--config", str(config)]
     if pki is None and state_directory is None:
@@ -80,14 +99,26 @@ def scheduler_process(tmp_path: Path, *, node_timeout: float, pki: Path | None =
 
 def start_simulator(env: dict[str, str], *args: str) -> subprocess.Popen:
     """`python -m scheduler.sim.simulator ARGS`, running, its stderr (the log) piped as text."""
-    return subprocess.Popen([sys.executable, "-m", "scheduler.sim.simulator", *args], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "scheduler.sim.simulator", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_simulator(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """`python -m scheduler.sim.simulator ARGS` to its end, output captured as text."""
-    return subprocess.run([sys.executable, "-m", "scheduler.sim.simulator", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=GUARD)
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler.sim.simulator", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=GUARD,
+    )
 
 
 class StderrLines:
@@ -97,7 +128,8 @@ class StderrLines:
         self.lines: list[str] = []
         self._arriving: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(
-            target=lambda: [self._arriving.put(line) for line in process.stderr], daemon=True)
+            target=lambda: [self._arriving.put(line) for line in process.stderr], daemon=True
+        )
         self._reader.start()
 
     def until(self, text: str) -> list[str]:
@@ -105,8 +137,7 @@ class StderrLines:
         deadline = time.monotonic() + GUARD
         while not any(text in line for line in self.lines):
             try:
-                self.lines.append(self._arriving.get(
-                    timeout=max(0.0, deadline - time.monotonic())))
+                self.lines.append(self._arriving.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 raise AssertionError(f"no {text!r} line:\n" + "".join(self.lines)) from None
         return self.lines
@@ -121,19 +152,24 @@ class StderrLines:
 
 def drive(*args: str) -> dict:
     """Run this file as a driver process; return the JSON line it printed last."""
-    result = subprocess.run([sys.executable, __file__, *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=GUARD)
+    result = subprocess.run(
+        [sys.executable, __file__, *args], cwd=ROOT, capture_output=True, text=True, timeout=GUARD
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # --- tests ----------------------------------------------------------------------------------
 
+
 def test_simulator_never_imports_trio():
-    code = ("import sys, scheduler.sim.simulator, scheduler.sim.sim_controller; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'trio_asyncio')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=GUARD)
+    code = (
+        "import sys, scheduler.sim.simulator, scheduler.sim.sim_controller; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'trio_asyncio')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=GUARD
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -174,13 +210,15 @@ def test_cli_with_pki_finds_the_pki_of_a_scheduler_served_with_defaults(tmp_path
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STATE_DIRECTORY": str(state)}
     with scheduler_process(tmp_path, node_timeout=5.0, state_directory=state) as port:
         address = f"127.0.0.1:{port}"
-        agents = start_simulator(env, "agents", "--scheduler", address, "--count", "3", "--pki",
-                                 "--stats-every", "0.3")
+        agents = start_simulator(
+            env, "agents", "--scheduler", address, "--count", "3", "--pki", "--stats-every", "0.3"
+        )
         try:
             output = StderrLines(agents)
             output.until("streaming 3/3")
-            placed = run_simulator(env, "controller", "--scheduler", address, "--pki",
-                                   "--count", "5")
+            placed = run_simulator(
+                env, "controller", "--scheduler", address, "--pki", "--count", "5"
+            )
             agents.send_signal(signal.SIGINT)
             agents.wait(GUARD)
             lines = output.rest()
@@ -217,7 +255,9 @@ def test_agents_and_controller_follow_the_leader_across_a_failover(tmp_path):
     # lone one during the election once: a standby naming no leader is not asked again.
     assert (seen["standby_calls"]["Schedule"], seen["standby_calls"]["Stop"]) == (2, 1), seen
     assert seen["unanswered"] == [
-        "UNAVAILABLE: standby: not the leader; leader at (none yet)", 1], seen["unanswered"]
+        "UNAVAILABLE: standby: not the leader; leader at (none yet)",
+        1,
+    ], seen["unanswered"]
     assert seen["standby_calls"]["JoinCluster"] >= 1 and seen["standby_calls"]["ListNodes"] >= 1
 
     events = seen["events"]
@@ -227,17 +267,25 @@ def test_agents_and_controller_follow_the_leader_across_a_failover(tmp_path):
     assert revisions == sorted(set(revisions)), revisions
     before = [e for e in events if e["revision"] <= seen["last_revision_before"]]
     after = [e for e in events if e["revision"] > seen["last_revision_before"]]
-    assert sorted(e["instance"] for e in before if e["kind"] == "INSTANCE") == \
-        ["ha-0", "ha-1", "ha-2"], before
-    assert sorted(e["node"] for e in after if e["kind"] == "JOINED") == \
-        ["ha-00000", "ha-00001", "ha-00002"], after
-    assert [(e["instance"], e["code"]) for e in after if e["kind"] == "INSTANCE"] == \
-        [("ha-0", "TERMINATED")], after
+    assert sorted(e["instance"] for e in before if e["kind"] == "INSTANCE") == [
+        "ha-0",
+        "ha-1",
+        "ha-2",
+    ], before
+    assert sorted(e["node"] for e in after if e["kind"] == "JOINED") == [
+        "ha-00000",
+        "ha-00001",
+        "ha-00002",
+    ], after
+    assert [(e["instance"], e["code"]) for e in after if e["kind"] == "INSTANCE"] == [
+        ("ha-0", "TERMINATED")
+    ], after
 
     held_before, held_after = seen["held_before"], seen["held_after"]
     assert sorted(i for held in held_before.values() for i in held) == ["ha-0", "ha-1", "ha-2"]
-    assert held_after == {node: [i for i in held if i != "ha-0"]
-                          for node, held in held_before.items()}, (held_before, held_after)
+    assert held_after == {
+        node: [i for i in held if i != "ha-0"] for node, held in held_before.items()
+    }, (held_before, held_after)
     for node, (state, instances) in seen["nodes_after"].items():
         assert state == 0, seen["nodes_after"]  # READY on SECOND
         assert [i for i in instances if i != "ha-0"] == held_after[node], seen["nodes_after"]
@@ -250,12 +298,22 @@ def test_cli_agents_and_controller_take_several_addresses(tmp_path):
     dead = f"127.0.0.1:{free_port()}"
     with scheduler_process(tmp_path, node_timeout=5.0) as port:
         addresses = f"{dead},127.0.0.1:{port}"
-        agents = start_simulator(env, "agents", "--address", addresses, "--count", "2",
-                                 "--insecure", "--stats-every", "0.3")
+        agents = start_simulator(
+            env,
+            "agents",
+            "--address",
+            addresses,
+            "--count",
+            "2",
+            "--insecure",
+            "--stats-every",
+            "0.3",
+        )
         try:
             lines = StderrLines(agents).until("streaming 2/2")
-            placed = run_simulator(env, "controller", "--scheduler", addresses, "--insecure",
-                                   "--count", "3")
+            placed = run_simulator(
+                env, "controller", "--scheduler", addresses, "--insecure", "--count", "3"
+            )
         finally:
             agents.send_signal(signal.SIGINT)
             agents.wait(GUARD)
@@ -269,28 +327,41 @@ def test_cli_agents_and_controller_take_several_addresses(tmp_path):
 
 def test_cli_with_pki_and_no_pki_there_says_so_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STATE_DIRECTORY": str(tmp_path / "none")}
-    result = subprocess.run([sys.executable, "-m", "scheduler.sim.simulator", "agents", "--pki"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=GUARD)
+    result = subprocess.run(
+        [sys.executable, "-m", "scheduler.sim.simulator", "agents", "--pki"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=GUARD,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
-    assert result.stderr.startswith(f"simulator: {tmp_path / 'none' / 'pki' / 'trust_domain'} "
-                                    "is missing"), result.stderr
+    assert result.stderr.startswith(
+        f"simulator: {tmp_path / 'none' / 'pki' / 'trust_domain'} is missing"
+    ), result.stderr
 
 
 # --- the driver (runs in its own process, plain asyncio) ---------------------------------------
+
 
 async def _plain(port: int) -> dict:
     from scheduler.sim.sim_controller import SimController
     from scheduler.sim.simulator import AgentGroup, Behaviour, node_ids
 
     scheduler = ("127.0.0.1", port)
-    refusing = AgentGroup(node_ids(2, "refuse"), scheduler, rate=5,
-                          behaviour=Behaviour(refuse=1.0))
+    refusing = AgentGroup(node_ids(2, "refuse"), scheduler, rate=5, behaviour=Behaviour(refuse=1.0))
     # Half the Creates refused, at random: some placements take several attempts.
-    accepting = AgentGroup(node_ids(6, "accept"), scheduler, rate=5,
-                           behaviour=Behaviour(refuse=0.5, lifetime=0.0))
-    raw = AgentGroup(node_ids(4, "raw"), scheduler, rate=5, raw=True,
-                     behaviour=Behaviour(refuse=0.5, lifetime=0.0))
+    accepting = AgentGroup(
+        node_ids(6, "accept"), scheduler, rate=5, behaviour=Behaviour(refuse=0.5, lifetime=0.0)
+    )
+    raw = AgentGroup(
+        node_ids(4, "raw"),
+        scheduler,
+        rate=5,
+        raw=True,
+        behaviour=Behaviour(refuse=0.5, lifetime=0.0),
+    )
     groups = (refusing, accepting, raw)
     controller = SimController(scheduler)
     try:
@@ -323,8 +394,11 @@ async def _plain(port: int) -> dict:
         return {
             "nodes_ready": sum(1 for n in nodes if n.state == 0),
             "nodes_with_metrics": sum(1 for n in nodes if n.memory_total > 0),
-            "placed": report.placed, "failed": report.failed, "errors": report.errors,
-            "refused": sum(s["refused"] for s in stats), "lost": len(lost),
+            "placed": report.placed,
+            "failed": report.failed,
+            "errors": report.errors,
+            "refused": sum(s["refused"] for s in stats),
+            "lost": len(lost),
             "lateness_ms": sorted(lost.values()),
             "lost_notices": sum(s["lost_notices"] for s in stats),
             "rejoins": sum(s["rejoins"] for s in stats),
@@ -340,8 +414,13 @@ async def _tls(port: int, directory: str) -> dict:
     from scheduler.sim.simulator import AgentGroup, AgentTls, Behaviour, node_ids
 
     scheduler = ("127.0.0.1", port)
-    group = AgentGroup(node_ids(3, "tls"), scheduler, rate=2, tls=AgentTls(Path(directory)),
-                       behaviour=Behaviour(lifetime=0.0))
+    group = AgentGroup(
+        node_ids(3, "tls"),
+        scheduler,
+        rate=2,
+        tls=AgentTls(Path(directory)),
+        behaviour=Behaviour(lifetime=0.0),
+    )
     controller = SimController(scheduler, pki=directory)
     try:
         await group.start()
@@ -349,9 +428,13 @@ async def _tls(port: int, directory: str) -> dict:
         nodes = await controller.list_nodes()
         placements = []
         report = await controller.schedule_many(4, 2, timeout=10, on_placement=placements.append)
-        return {"nodes_ready": sum(1 for n in nodes if n.state == 0), "placed": report.placed,
-                "failed": report.failed, "errors": report.errors,
-                "nodes_used": sorted({p.node_id for p in placements if p.node_id})}
+        return {
+            "nodes_ready": sum(1 for n in nodes if n.state == 0),
+            "placed": report.placed,
+            "failed": report.failed,
+            "errors": report.errors,
+            "nodes_used": sorted({p.node_id for p in placements if p.node_id}),
+        }
     finally:
         controller.close()
         await group.close()
@@ -418,8 +501,9 @@ async def _failover(tmp: Path) -> dict:
         # leader's own UNAVAILABLE (every node refused), and the Controller decides.
         asked = standby.calls["Schedule"]
         lone = SimController(standby.address)
-        unplaced = await lone.schedule(controller_pb2.Workload(instance_id="ha-x", image="x"),
-                                       timeout=10)
+        unplaced = await lone.schedule(
+            controller_pb2.Workload(instance_id="ha-x", image="x"), timeout=10
+        )
         lone.close()
         unanswered = (unplaced.error, standby.calls["Schedule"] - asked)
         running = scheduler_process(tmp, node_timeout=10.0, port=second_port)
@@ -433,13 +517,20 @@ async def _failover(tmp: Path) -> dict:
         await until(lambda: all("ha-0" not in held for held in group.held().values()))
         nodes_after = await controller.list_nodes()
         return {
-            "first": first, "second": second, "dead": dead, "standby": standby.address,
-            "lines": lines, "standby_calls": dict(standby.calls), "unanswered": unanswered,
+            "first": first,
+            "second": second,
+            "dead": dead,
+            "standby": standby.address,
+            "lines": lines,
+            "standby_calls": dict(standby.calls),
+            "unanswered": unanswered,
             "nodes_before": sum(1 for n in nodes_before if n.state == 0),
             "placed": sum(1 for p in placements if p.first_status_s is not None),
             "events": [describe(e) for e in events if describe(e)["kind"] != "STATUS"],
-            "epochs": sorted({e.epoch for e in events}), "last_revision_before": last_before,
-            "held_before": held_before, "held_after": group.held(),
+            "epochs": sorted({e.epoch for e in events}),
+            "last_revision_before": last_before,
+            "held_before": held_before,
+            "held_after": group.held(),
             "nodes_after": {n.id: (n.state, sorted(n.instance_ids)) for n in nodes_after},
         }
     finally:

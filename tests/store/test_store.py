@@ -1,6 +1,7 @@
 """The stored state: its encodings (a contract, never pickles), the SQLite backend and the
 migration of the previous release's pickled file, and the write queue (coalescing, group
 commit, a backend that is unavailable or refuses our leadership)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,29 +32,65 @@ from scheduler.model import (
 from scheduler.store import FenceLost, SqliteBackend, Store, StoreError, StoreUnavailable, codec
 from scheduler.store.codec import NodeRow, PlacementRow
 
-WORKLOAD = Workload("web-1", "nginx:1", WorkloadType.CONTAINER, ("A=1", "B="),
-                    Resources(cpu=250, memory=None, disk=0))
+WORKLOAD = Workload(
+    "web-1",
+    "nginx:1",
+    WorkloadType.CONTAINER,
+    ("A=1", "B="),
+    Resources(cpu=250, memory=None, disk=0),
+)
 STATUS = InstanceStatus("web-1", InstanceCode.RUNNING, None, Usage(1, 2, 3), "node-1")
-VIEW = NodeView("node-1", "10.0.0.1:7000", NodeState.READY,
-                NodeMetrics(memory_total=8 << 30, memory_free=0, cpu_load=12.5, cpu_cores=None,
-                            instances=(InstanceReport("web-1", InstanceCode.WAITING),)),
-                ("web-1",), 1700000000.5)
+VIEW = NodeView(
+    "node-1",
+    "10.0.0.1:7000",
+    NodeState.READY,
+    NodeMetrics(
+        memory_total=8 << 30,
+        memory_free=0,
+        cpu_load=12.5,
+        cpu_cores=None,
+        instances=(InstanceReport("web-1", InstanceCode.WAITING),),
+    ),
+    ("web-1",),
+    1700000000.5,
+)
 
 
 def test_values_round_trip_with_unknown_distinct_from_zero():
     items = [
         (codec.META, codec.encode_meta("e1", 41)),
-        (codec.node_key("node-1"), codec.encode_node(NodeRow("node-1", "::1", 7000,
-                                                             NodeState.LOST, 3, 12.0))),
-        (codec.placement_key("web-1"), codec.encode_placement(
-            PlacementRow(WORKLOAD, "node-1", 3, STATUS))),
-        (codec.placement_key("bare"), codec.encode_placement(PlacementRow(
-            Workload("bare", "img"), "node-1", 3,
-            InstanceStatus("bare", InstanceCode.TERMINATED, "", node_id="node-1")))),
+        (
+            codec.node_key("node-1"),
+            codec.encode_node(NodeRow("node-1", "::1", 7000, NodeState.LOST, 3, 12.0)),
+        ),
+        (
+            codec.placement_key("web-1"),
+            codec.encode_placement(PlacementRow(WORKLOAD, "node-1", 3, STATUS)),
+        ),
+        (
+            codec.placement_key("bare"),
+            codec.encode_placement(
+                PlacementRow(
+                    Workload("bare", "img"),
+                    "node-1",
+                    3,
+                    InstanceStatus("bare", InstanceCode.TERMINATED, "", node_id="node-1"),
+                )
+            ),
+        ),
         (codec.event_key(12), codec.encode_event(Event(12, InstanceEvent(STATUS)))),
         (codec.event_key(7), codec.encode_event(Event(7, NodeEvent(NodeEventKind.JOINED, VIEW)))),
-        (codec.event_key(9), codec.encode_event(Event(9, NodeEvent(
-            NodeEventKind.LOST, NodeView("n", "a:1", NodeState.LOST, None, (), 0.0))))),
+        (
+            codec.event_key(9),
+            codec.encode_event(
+                Event(
+                    9,
+                    NodeEvent(
+                        NodeEventKind.LOST, NodeView("n", "a:1", NodeState.LOST, None, (), 0.0)
+                    ),
+                )
+            ),
+        ),
         ("a-key-of-a-newer-version/x", b"\x01"),
     ]
     restored = codec.decode_state(items, retained=10)
@@ -74,8 +111,10 @@ def test_a_newer_format_or_garbage_is_refused_by_name():
     with pytest.raises(codec.FormatError, match="format 2; this version reads up to 1"):
         codec.decode_state([(codec.META, newer)], retained=10)
     with pytest.raises(codec.FormatError, match="nodes/x"):
-        codec.decode_state([(codec.META, codec.encode_meta("e", 1)),
-                            (codec.node_key("x"), b"\xff\xff\xff")], retained=10)
+        codec.decode_state(
+            [(codec.META, codec.encode_meta("e", 1)), (codec.node_key("x"), b"\xff\xff\xff")],
+            retained=10,
+        )
 
 
 def test_event_keys_sort_in_revision_order():
@@ -105,13 +144,19 @@ def _legacy_file(directory, workload_blob=None) -> None:
     db = sqlite3.connect(directory / "state.sqlite3")
     db.executescript(LEGACY)
     dump = lambda value: pickle.dumps(value, pickle.HIGHEST_PROTOCOL)  # noqa: E731
-    db.executemany("INSERT INTO meta VALUES (?, ?)",
-                   [("schema", "1"), ("epoch", "old-epoch"), ("revision", "500")])
+    db.executemany(
+        "INSERT INTO meta VALUES (?, ?)",
+        [("schema", "1"), ("epoch", "old-epoch"), ("revision", "500")],
+    )
     db.execute("INSERT INTO nodes VALUES ('node-1', '10.0.0.1', 7000, 0, 2, 5.0)")
-    db.execute("INSERT INTO placements VALUES ('web-1', 'node-1', 2, ?, ?)",
-               (workload_blob or dump(LEGACY_WORKLOAD), dump(STATUS)))
-    db.execute("INSERT INTO events VALUES (501, ?)",
-               (dump(Event(501, NodeEvent(NodeEventKind.JOINED, VIEW))),))
+    db.execute(
+        "INSERT INTO placements VALUES ('web-1', 'node-1', 2, ?, ?)",
+        (workload_blob or dump(LEGACY_WORKLOAD), dump(STATUS)),
+    )
+    db.execute(
+        "INSERT INTO events VALUES (501, ?)",
+        (dump(Event(501, NodeEvent(NodeEventKind.JOINED, VIEW))),),
+    )
     db.commit()
     db.close()
 
@@ -193,13 +238,15 @@ async def test_placements_accepted_together_are_one_commit_and_statuses_coalesce
             store.update_placement(WORKLOAD, "node-1", 1, InstanceStatus("web-1", code))
         async with trio.open_nursery() as placing:
             for number in range(20):
-                placing.start_soon(store.save_placement, Workload(f"p-{number}", "img"), "n", 1,
-                                   STATUS)
+                placing.start_soon(
+                    store.save_placement, Workload(f"p-{number}", "img"), "n", 1, STATUS
+                )
         assert len(backend.batches) == 1, "accepted in the same tick: one commit"
         assert len(backend.batches[0]) == 21
         restored = codec.decode_state(backend.items(), 10)
-        assert {r.workload.instance_id: r.latest.code for r in restored.placements}["web-1"] \
-            is InstanceCode.RUNNING
+        assert {r.workload.instance_id: r.latest.code for r in restored.placements}[
+            "web-1"
+        ] is InstanceCode.RUNNING
         nursery.cancel_scope.cancel()
 
 
@@ -218,8 +265,12 @@ async def test_on_sqlite_placements_accepted_together_share_one_transaction(tmp_
 
             async def place(number: int) -> None:
                 await store.save_placement(Workload(f"p-{number}", "img"), "n", 1, STATUS)
-                seen.append(reader.execute("SELECT COUNT(*) FROM state WHERE key = ?",
-                                           (codec.placement_key(f"p-{number}"),)).fetchone()[0])
+                seen.append(
+                    reader.execute(
+                        "SELECT COUNT(*) FROM state WHERE key = ?",
+                        (codec.placement_key(f"p-{number}"),),
+                    ).fetchone()[0]
+                )
 
             async with trio.open_nursery() as placing:
                 for number in range(20):
@@ -244,8 +295,9 @@ async def test_events_beyond_retained_are_trimmed():
             store.event_published(Event(revision + 100, NodeEvent(NodeEventKind.STATUS, VIEW)))
             await store.commit_durably()
         nursery.cancel_scope.cancel()
-    assert sorted(k for k in backend.data if k.startswith(codec.EVENTS)) == \
-        [codec.event_key(r) for r in (5, 6, 7)], "STATUS never stored; the newest 3 kept"
+    assert sorted(k for k in backend.data if k.startswith(codec.EVENTS)) == [
+        codec.event_key(r) for r in (5, 6, 7)
+    ], "STATUS never stored; the newest 3 kept"
 
 
 async def test_an_unavailable_backend_keeps_every_write_and_refuses_durable_ones_clearly():
