@@ -12,6 +12,13 @@ subclasses, are checked in tests/test_listener_contract.py.
 - `run_callbacks_in_batches(loop)`: replaces trio-asyncio's `_main_loop_one` on one loop
   instance (it goes with the loop).
 - `drop_cancel_wrapper(future)`: removes the `cancel` trio-asyncio wraps around a future.
+- grpclib's internals the bridge reads, one small function each (`h2_stream`, `transport_of`,
+  `buffered_bytes`, `decode_request`, `send_encoded`, `trailers_sent`, `forget_stream_error`,
+  `asyncio_server`), so `grpc_bridge` touches no private attribute of grpclib itself.
+
+`grpc_listener` is the other place that knows library internals: it subclasses grpclib's and
+h2's protocol objects (connection limits, flow control, resets), which no accessor could hide;
+tests/test_listener_contract.py pins what it relies on.
 """
 
 from __future__ import annotations
@@ -94,3 +101,61 @@ def drop_cancel_wrapper(future: asyncio.Future) -> None:
         del future.cancel
     except AttributeError:  # not wrapped
         pass
+
+
+# -- grpclib 0.4.9's internals the bridge reads (tests/test_compat.py pins each) ---------------
+# grpclib's public API gives a server handler `Stream.peer` (addr(), cert()) and
+# `send_message`/`recv_message`; the bridge needs a little more: the transport (its ssl object
+# and peer address, once per call), the HTTP/2 stream (to read a message prefix before its
+# body, and to write several messages in one DATA frame), and a few flags.
+
+
+def h2_stream(stream: Any) -> Any:
+    """The HTTP/2 stream (grpclib.protocol.Stream) under a grpclib server or client Stream."""
+    return stream._stream
+
+
+def transport_of(stream: Any) -> Any:
+    """The asyncio transport of a grpclib server Stream's connection."""
+    return stream._stream._transport
+
+
+def buffered_bytes(h2: Any) -> int:
+    """Bytes of an HTTP/2 stream's receive buffer already arrived (not yet read)."""
+    size: int = h2.buffer._acked_size
+    return size
+
+
+def decode_request(stream: Any, data: bytes) -> Any:
+    """A request message's bytes decoded with the call's codec and request type."""
+    return stream._codec.decode(data, stream._recv_type)
+
+
+async def send_encoded(stream: Any, messages: list[Any], frame: Any) -> None:
+    """Send reply messages of a server stream in one HTTP/2 DATA write: each encoded with the
+    call's codec and framed by `frame(body)` (gRPC's 5-byte prefix and the body)."""
+    if not stream._send_initial_metadata_done:
+        await stream.send_initial_metadata()
+    encode, send_type = stream._codec.encode, stream._send_type
+    await stream._stream.send_data(
+        b"".join(frame(encode(message, send_type)) for message in messages)
+    )
+
+
+def trailers_sent(stream: Any) -> bool:
+    """A grpclib server Stream has sent its trailing metadata (the call is answered)."""
+    sent: bool = stream._send_trailing_metadata_done
+    return sent
+
+
+def forget_stream_error(stream: Any) -> None:
+    """Let a grpclib client stream forget the error that broke it, once raised: its `Wrapper`
+    keeps it, and its traceback holds the frames that hold the stream (a cycle per call to an
+    Agent that reset or dropped it, with its buffers, until a full collection)."""
+    stream._wrapper._error = None
+
+
+def asyncio_server(server: Any) -> Any:
+    """The asyncio Server under a started grpclib Server (its sockets; close() to stop
+    accepting while established connections stay)."""
+    return server._server

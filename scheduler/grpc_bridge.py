@@ -42,7 +42,19 @@ from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.server import Server, Stream
 
-from ._compat import drop_cancel_wrapper, loop_patches, run_callbacks_in_batches
+from ._compat import (
+    asyncio_server,
+    buffered_bytes,
+    decode_request,
+    drop_cancel_wrapper,
+    forget_stream_error,
+    h2_stream,
+    loop_patches,
+    run_callbacks_in_batches,
+    send_encoded,
+    trailers_sent,
+    transport_of,
+)
 from .errors import Refusal, RemoteError
 from .grpc_listener import Limits, Listener, read_body
 from .logs import RateLimited
@@ -327,14 +339,11 @@ async def send_messages(stream: Stream, messages: list[Any]) -> None:
     if len(messages) == 1:
         await stream.send_message(messages[0])
         return
-    if not stream._send_initial_metadata_done:
-        await stream.send_initial_metadata()
-    encode, send_type = stream._codec.encode, stream._send_type
-    data = b"".join(
-        _MESSAGE_PREFIX.pack(False, len(body)) + body
-        for body in (encode(message, send_type) for message in messages)
-    )
-    await stream._stream.send_data(data)
+    await send_encoded(stream, messages, _framed)
+
+
+def _framed(body: bytes) -> bytes:
+    return _MESSAGE_PREFIX.pack(False, len(body)) + body
 
 
 TrioHandler = Callable[[Call], Awaitable[Any]]
@@ -436,7 +445,7 @@ class Bridge:
             try:
                 await serve_call(stream)
             except NotLeading as refusal:
-                if not stream._send_trailing_metadata_done:
+                if not trailers_sent(stream):
                     await stream.send_trailing_metadata(
                         status=refusal.status,
                         status_message=refusal.message,
@@ -493,7 +502,7 @@ class Bridge:
                 request, _ = await self._receive(stream)
                 if request is None:
                     raise GRPCError(Status.INVALID_ARGUMENT, f"{path} needs a request message")
-                if await stream._stream.recv_data(5):
+                if await h2_stream(stream).recv_data(5):
                     # As grpc-go: a second message is a cardinality violation. Unread, it
                     # would also hold the client's flow-control window, and the call, for good.
                     raise GRPCError(
@@ -521,7 +530,7 @@ class Bridge:
             identity = call.identity
         else:  # refused before the call was made: who it was, if the certificate says
             identify = getattr(self._authorize, "identify", None)
-            ssl_object = stream._stream._transport.get_extra_info("ssl_object")
+            ssl_object = transport_of(stream).get_extra_info("ssl_object")
             identity = identify(ssl_object) if identify is not None else None
         who = str(identity) if identity is not None else "no valid identity"
         self._refusals.warning(
@@ -543,9 +552,9 @@ class Bridge:
         within `message_timeout` (see `grpc_listener.read_body`). The wait for the next prefix
         of a request stream is not timed: a status stream is quiet between reports.
         """
-        h2_stream = stream._stream
+        h2 = h2_stream(stream)
         try:
-            prefix = await h2_stream.recv_data(5)
+            prefix = await h2.recv_data(5)
         except AssertionError:  # grpclib's way of saying the stream ended inside it
             raise GRPCError(
                 Status.INVALID_ARGUMENT, "the request stream ended inside a message prefix"
@@ -562,10 +571,10 @@ class Bridge:
                 f"{self._max_message_bytes} (server.max_message_bytes)",
             )
         try:
-            if h2_stream.buffer._acked_size >= length:  # hot path: it came with its prefix
-                data = await h2_stream.recv_data(length)
+            if buffered_bytes(h2) >= length:  # hot path: it came with its prefix
+                data = await h2.recv_data(length)
             else:
-                data = await read_body(h2_stream, length, self._message_timeout)
+                data = await read_body(h2, length, self._message_timeout)
         except AssertionError:
             raise GRPCError(
                 Status.INVALID_ARGUMENT,
@@ -578,10 +587,10 @@ class Bridge:
                 f"was not complete within {self._message_timeout:g} s "
                 "(server.message_timeout)",
             ) from None
-        return self._codec.decode(data, stream._recv_type), length
+        return decode_request(stream, data), length
 
     def _peer(self, stream: Stream, path: str) -> tuple[str, Any]:
-        transport = stream._stream._transport  # grpclib exposes only addr()/cert() on Peer
+        transport = transport_of(stream)  # grpclib exposes only addr()/cert() on Peer
         host = _peer_host(stream)
         identity = None
         if self._authorize is not None:
@@ -638,7 +647,7 @@ class Bridge:
         await trio_asyncio.aio_as_trio(server.start_listener)(
             listener, None if host in ("", "::") else host, port
         )
-        bound = server._server.sockets[0].getsockname()[1]
+        bound = asyncio_server(server).sockets[0].getsockname()[1]
         task_status.started(bound)
         try:
             await shutdown.wait()
@@ -649,7 +658,7 @@ class Bridge:
     async def _drain(self, server: Server, grace: float) -> None:
         """Stop accepting, end every call in flight with UNAVAILABLE, give them `grace` s."""
         self._draining = True
-        server._server.close()  # stop accepting; established connections stay for now
+        asyncio_server(server).close()  # stop accepting; established connections stay for now
         if not self._calls:
             self._idle.set()
         for scope in list(self._calls):
@@ -708,7 +717,7 @@ class ClientChannel:
                     await stream.send_message(request, end=True)
                     return await stream.recv_message()
             finally:
-                _forget_error(stream)
+                forget_stream_error(stream)
                 self._reclose()
 
         try:
@@ -818,7 +827,7 @@ class ServerStream:
         except BaseException as err:
             error = self._channel._remote_error(err)
         finally:
-            _forget_error(stream)
+            forget_stream_error(stream)
             self._inbound.close(error)
             self._channel._reclose()
 
@@ -831,13 +840,6 @@ class ServerStream:
         self._inbound.abandon()
         if self._task is not None:
             self._task.cancel()
-
-
-def _forget_error(stream: Any) -> None:
-    """Let a grpclib client stream forget the error that broke it, once raised: its `Wrapper`
-    keeps it, and its traceback holds the frames that hold the stream (a cycle per call to an
-    Agent that reset or dropped it, with its buffers, until a full collection)."""
-    stream._wrapper._error = None
 
 
 @asynccontextmanager
@@ -870,7 +872,7 @@ def _retrieve(future: asyncio.Future) -> None:
 
 
 def _peer_host(stream: Stream) -> str:
-    peername = stream._stream._transport.get_extra_info("peername")
+    peername = transport_of(stream).get_extra_info("peername")
     return peername[0] if peername else ""
 
 

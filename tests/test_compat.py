@@ -79,3 +79,29 @@ async def test_the_batching_goes_with_its_loop():
         assert "_main_loop_one" in vars(loop), "set on the instance"
     async with trio_asyncio.open_loop() as plain:
         assert "_main_loop_one" not in vars(plain), "a plain loop is not batched"
+
+
+def test_the_grpclib_internals_the_bridge_reads_are_where_it_reads_them():
+    # Each accessor of _compat names a private attribute of grpclib 0.4.9; a renamed one would
+    # fail at the first call, deep in a handler. Here it fails by name.
+    import grpclib.client
+    import grpclib.protocol
+    import grpclib.server
+    import grpclib.utils
+
+    server_stream = inspect.getsource(grpclib.server.Stream)
+    for name in (
+        "self._stream",
+        "self._codec",
+        "self._send_type",
+        "self._recv_type",
+        "self._send_initial_metadata_done",
+        "self._send_trailing_metadata_done",
+    ):
+        assert name in server_stream, f"grpclib.server.Stream has no {name}; {REVISIT}"
+    h2_stream = inspect.getsource(grpclib.protocol.Stream)
+    assert "self._transport" in h2_stream and "self.buffer" in h2_stream, REVISIT
+    assert "self._acked_size" in inspect.getsource(grpclib.protocol.Buffer), REVISIT
+    assert "self._wrapper" in inspect.getsource(grpclib.client.Stream), REVISIT
+    assert "self._error" in inspect.getsource(grpclib.utils.Wrapper), REVISIT
+    assert "self._server" in inspect.getsource(grpclib.server.Server), REVISIT
