@@ -7,6 +7,7 @@ the field, so handlers stay thin and the core never sees protobuf.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ._proto import agent_pb2, controller_pb2, node_agent_pb2
 from .enum_maps import EnumMap
@@ -39,40 +40,25 @@ MAX_BYTES = {"memory": 1 << 50, "disk": 1 << 53}
 
 # -- enums, member by member (the domain's own values are not the wire's) ----------------------
 # The three StatusCode enums (agent.proto, controller.proto, node_agent.proto) are separate types
-# that happen to agree; each gets its own map.
-_AgentCode = agent_pb2.StatusCode
-AGENT_CODE = EnumMap(
-    InstanceCode,
-    "agent.StatusCode",
-    _AgentCode.values(),
-    {
-        InstanceCode.WAITING: _AgentCode.WAITING,
-        InstanceCode.RUNNING: _AgentCode.RUNNING,
-        InstanceCode.TERMINATED: _AgentCode.TERMINATED,
-    },
-)
-_ControllerCode = controller_pb2.Status.StatusCode
-CONTROLLER_CODE = EnumMap(
-    InstanceCode,
-    "controller.StatusCode",
-    _ControllerCode.values(),
-    {
-        InstanceCode.WAITING: _ControllerCode.WAITING,
-        InstanceCode.RUNNING: _ControllerCode.RUNNING,
-        InstanceCode.TERMINATED: _ControllerCode.TERMINATED,
-    },
-)
-_NodeAgentCode = node_agent_pb2.Status.StatusCode
-NODE_AGENT_CODE = EnumMap(
-    InstanceCode,
-    "node_agent.StatusCode",
-    _NodeAgentCode.values(),
-    {
-        InstanceCode.WAITING: _NodeAgentCode.WAITING,
-        InstanceCode.RUNNING: _NodeAgentCode.RUNNING,
-        InstanceCode.TERMINATED: _NodeAgentCode.TERMINATED,
-    },
-)
+# that happen to agree; each gets its own map, written out once here.
+
+
+def _status_codes(name: str, wire: Any) -> EnumMap[InstanceCode, Any]:
+    return EnumMap(
+        InstanceCode,
+        name,
+        wire.values(),
+        {
+            InstanceCode.WAITING: wire.WAITING,
+            InstanceCode.RUNNING: wire.RUNNING,
+            InstanceCode.TERMINATED: wire.TERMINATED,
+        },
+    )
+
+
+AGENT_CODE = _status_codes("agent.StatusCode", agent_pb2.StatusCode)
+CONTROLLER_CODE = _status_codes("controller.StatusCode", controller_pb2.Status.StatusCode)
+NODE_AGENT_CODE = _status_codes("node_agent.StatusCode", node_agent_pb2.Status.StatusCode)
 _State = controller_pb2.Node.State
 NODE_STATE = EnumMap(
     NodeState,
