@@ -759,3 +759,26 @@ async def open_node(
     node = Node(channel, node_id)
     node.workloads = workloads
     return await node.start(scheduler, **metrics)
+
+
+@asynccontextmanager
+async def saved_cycles(settle: float):
+    """Run the block with the collector off and `gc.DEBUG_SAVEALL` on; after `settle` s (for
+    the scheduler to finish the calls the client saw end), the list it yields holds what only a
+    full collection would have freed. The collector is restored, and that garbage freed."""
+    import gc
+
+    found: list = []
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield found
+        await trio.sleep(settle)
+        gc.collect()
+        found.extend(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        gc.collect()  # what SAVEALL kept is garbage again: free it, not for the next test to see

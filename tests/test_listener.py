@@ -397,16 +397,13 @@ async def test_an_ended_call_leaves_nothing_for_the_garbage_collector():
     # reset, with the messages read ahead for it: +100 MB under bench/attacks.py unknown_flood).
     from scheduler._proto import agent_pb2
     from scheduler.grpc_bridge import Call
-    from tests.fakes import FakeAgent, drop_stream, status
+    from tests.fakes import FakeAgent, drop_stream, saved_cycles, status
 
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         controller, agent = FakeController(channel), FakeAgent(channel, "node-1")
         await controller.list_nodes()
         await agent.join()
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        async with saved_cycles(0.2) as found:
             for _ in range(10):
                 await controller.list_nodes()  # answered
                 with pytest.raises(GRPCError):
@@ -415,17 +412,11 @@ async def test_an_ended_call_leaves_nothing_for_the_garbage_collector():
                 await stream.send(status("node-1"))
                 await trio.sleep(0.05)
                 await drop_stream(stream)
-            await trio.sleep(0.2)
-            gc.collect()
-            calls = [o for o in gc.garbage if isinstance(o, Call)]
-            statuses = [o for o in gc.garbage if isinstance(o, agent_pb2.NodeStatus)]
-            assert calls == [] and statuses == [], (
-                f"{len(calls)} ended calls and {len(statuses)} statuses left in reference cycles"
-            )
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
+        calls = [o for o in found if isinstance(o, Call)]
+        statuses = [o for o in found if isinstance(o, agent_pb2.NodeStatus)]
+        assert calls == [] and statuses == [], (
+            f"{len(calls)} ended calls and {len(statuses)} statuses left in reference cycles"
+        )
 
 
 async def test_at_the_connection_limit_a_new_client_closes_the_oldest_handshake(pki):

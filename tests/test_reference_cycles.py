@@ -9,12 +9,10 @@ climbed 66 -> 180 MiB (bench/RESULTS.md). Each test runs calls of one kind, then
 
 from __future__ import annotations
 
-import gc
 from contextlib import asynccontextmanager
 
 import grpclib.client
 import pytest
-import trio
 from grpclib.exceptions import GRPCError
 
 from scheduler._proto import controller_pb2
@@ -27,6 +25,7 @@ from tests.fakes import (
     open_channel,
     open_nodes,
     open_schedule,
+    saved_cycles,
     scheduling_request,
     status,
     wait_event,
@@ -50,21 +49,9 @@ def ours(thing: object) -> bool:
 async def nothing_left_in_cycles():
     """Fails if the block's calls leave any of the scheduler's objects that only a full
     collection would free (everything else having been freed when it ended)."""
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    async with saved_cycles(SETTLE) as found:
         yield
-        await trio.sleep(SETTLE)
-        gc.collect()
-        left = sorted(
-            {f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage if ours(o)}
-        )
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-        gc.collect()  # what SAVEALL kept is garbage again: free it, not for the next test to see
+    left = sorted({f"{type(o).__module__}.{type(o).__qualname__}" for o in found if ours(o)})
     assert left == [], f"left in reference cycles: {left}"
 
 

@@ -21,6 +21,7 @@ from tests.fakes import (
     FakeController,
     event_kind,
     open_channel,
+    saved_cycles,
     status,
     wait_event,
 )
@@ -174,32 +175,21 @@ async def test_a_stream_ended_by_a_refused_status_leaves_nothing_for_the_garbage
     # collection, which the GC thresholds make rare). (Undecodable
     # bytes, refused by the bridge itself, still leave one: the inbox keeps the GRPCError whose
     # traceback holds the frame that holds the call; so it was before, left to issue 15 point 4.)
-    import gc
-
     from scheduler.grpc_bridge import Call
 
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         await FakeAgent(channel, "node-1").join()
         client = await RawH2.open(scheduler.port)
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        async with saved_cycles(0.2) as found:
             for bad in (BAD["invalid value"][0], BAD["another node"][0]):
                 stream_id = client.request(STATUS_PATH)
                 client.h2.send_data(stream_id, framed(good(1), bad, good(2)))
                 await client.flush()
                 code, _ = await ended(client, stream_id)
                 assert code == INVALID_ARGUMENT
-            await trio.sleep(0.2)
-            gc.collect()
-            calls = [o for o in gc.garbage if isinstance(o, Call)]
-            statuses = [o for o in gc.garbage if isinstance(o, agent_pb2.NodeStatus)]
-            assert calls == [] and statuses == [], (
-                f"{len(calls)} ended calls and {len(statuses)} statuses left in reference cycles"
-            )
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
+        calls = [o for o in found if isinstance(o, Call)]
+        statuses = [o for o in found if isinstance(o, agent_pb2.NodeStatus)]
+        assert calls == [] and statuses == [], (
+            f"{len(calls)} ended calls and {len(statuses)} statuses left in reference cycles"
+        )
         await client.aclose()
