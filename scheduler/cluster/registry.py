@@ -51,6 +51,7 @@ from ..throttle import TokenBucket
 log = logging.getLogger(__name__)
 
 DEPARTED_RETAINED = 10_000  # LEFT/LOST nodes still listed; the longest gone are forgotten
+STALE_DEADLINES = 1024  # ended sessions' entries the liveness heap may hold beyond 2 x nodes
 SWEEP_STEP = 0.005  # s between steps that end the status streams of lost nodes
 STREAMS_PER_SWEEP_STEP = 8  # streams ended per step: ending one costs grpclib ~0.25 ms
 
@@ -366,9 +367,19 @@ class Cluster:
 
     def _push_deadline(self, node: Node, session: Session) -> None:
         deadlines = self._deadlines
+        if len(deadlines) > 2 * len(self.nodes) + STALE_DEADLINES:
+            self._drop_ended_sessions()
         if not deadlines or session.deadline < deadlines[0][0]:
             self._earlier.set()
         heapq.heappush(deadlines, (session.deadline, session.number, node, session))
+
+    def _drop_ended_sessions(self) -> None:
+        """Rebuild the heap without the entries of ended sessions. A session has at most one
+        entry, so past 2 x nodes + STALE_DEADLINES at least half are stale: an Agent rejoining
+        in a loop cannot make the heap hold a session per join until each deadline comes due
+        (amortised O(1) per push)."""
+        self._deadlines[:] = [entry for entry in self._deadlines if entry[2].session is entry[3]]
+        heapq.heapify(self._deadlines)
 
     async def _liveness(self) -> None:
         """Declare LOST every node whose session's deadline passes; sleeps until the earliest.

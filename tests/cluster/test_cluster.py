@@ -443,6 +443,20 @@ async def test_one_task_keeps_every_deadline_whatever_the_number_of_sessions(aut
         assert cluster._deadlines == [], "nothing is kept for sessions that ended"
 
 
+async def test_an_agent_rejoining_in_a_loop_cannot_grow_the_liveness_heap(autojump_clock):
+    # Each join starts a session with a heap entry; an ended session's entry would otherwise
+    # stay until its deadline (node_timeout): one per join of an Agent rejoining in a loop.
+    from scheduler.cluster.registry import STALE_DEADLINES
+
+    async with open_cluster() as cluster:
+        for _ in range(20 * STALE_DEADLINES):
+            cluster.join("looping", "10.0.0.1", 7000)
+        assert len(cluster._deadlines) <= 2 * len(cluster.nodes) + STALE_DEADLINES + 1
+        await trio.sleep(TIMEOUT + 1)
+        assert cluster.nodes["looping"].state is NodeState.LOST, "its live session still counts"
+        assert len(cluster.events.node_events(NodeEventKind.LOST)) == 1
+
+
 # -- TokenBucket -----------------------------------------------------------------------------
 
 
