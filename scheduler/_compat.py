@@ -5,16 +5,19 @@ against the installed versions (pinned in pyproject.toml) and fails loudly, nami
 when an upgrade changes one. grpclib's and h2's protocol-level internals, which the listener
 subclasses, are checked in tests/test_listener_contract.py.
 
-- `loop_patches()`: two class attributes, set while at least one bridge loop is open and
+- `loop_patches()`: three class attributes, set while at least one bridge loop is open and
   restored when the last one closes (nothing outlives the loops that need it):
   - asyncio's SSLProtocol.max_size, its TLS read buffer (256 KiB per connection);
-  - h2's H2Connection.MAX_CLOSED_STREAMS (65,536 closed streams remembered per connection).
+  - h2's H2Connection.MAX_CLOSED_STREAMS (65,536 closed streams remembered per connection);
+  - hyperframe's Frame.__repr__: h2 formats every frame it receives for a trace log that is
+    then discarded (`repr(frame)` before the logger call, ~5 µs: flags, body as hex), i.e.
+    ~10 % of a status message's CPU; a brief repr (type, stream id) costs ~0.4 µs.
 - `run_callbacks_in_batches(loop)`: replaces trio-asyncio's `_main_loop_one` on one loop
   instance (it goes with the loop).
-- `drop_cancel_wrapper(future)`: removes the `cancel` trio-asyncio wraps around a future.
 - grpclib's internals the bridge reads, one small function each (`h2_stream`, `transport_of`,
-  `buffered_bytes`, `decode_request`, `send_encoded`, `trailers_sent`, `forget_stream_error`,
-  `asyncio_server`), so `grpc_bridge` touches no private attribute of grpclib itself.
+  `buffered_bytes`, `request_ended`, `decode_request`, `send_encoded`, `trailers_sent`,
+  `forget_stream_error`, `asyncio_server`), so `grpc_bridge` touches no private attribute of
+  grpclib itself.
 
 `grpc_listener` is the other place that knows library internals: it subclasses grpclib's and
 h2's protocol objects (connection limits, flow control, resets), which no accessor could hide;
@@ -30,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import h2.connection
+import hyperframe.frame
 import trio
 
 # Measured per mTLS Agent: 367 KiB at 256 KiB, 143 at 32, 115 at 4 (a status is ~100 bytes;
@@ -41,9 +45,16 @@ TLS_READ_BUFFER = 4 * 1024  # per TLS connection; asyncio allocates 256 KiB (3/4
 CLOSED_STREAMS_REMEMBERED = 1024
 CALLBACKS_PER_CHECKPOINT = 64  # ready asyncio callbacks run back to back before trio's tasks run
 
+
+def brief_frame_repr(frame: hyperframe.frame.Frame) -> str:
+    """A frame as h2's (discarded) trace log needs it: its type and stream."""
+    return f"{type(frame).__name__}(stream_id={frame.stream_id})"
+
+
 _PATCHES: tuple[tuple[type, str, object], ...] = (
     (asyncio.sslproto.SSLProtocol, "max_size", TLS_READ_BUFFER),
     (h2.connection.H2Connection, "MAX_CLOSED_STREAMS", CLOSED_STREAMS_REMEMBERED),
+    (hyperframe.frame.Frame, "__repr__", brief_frame_repr),
 )
 _open_loops = 0
 _saved: list[Any] = []
@@ -93,16 +104,6 @@ def run_callbacks_in_batches(loop: Any) -> None:
     loop._main_loop_one = main_loop_one
 
 
-def drop_cancel_wrapper(future: asyncio.Future) -> None:
-    """Drop the `cancel` trio-asyncio wraps around a future it hands to trio, which closes a
-    reference cycle (future -> wrapper -> handle -> future): every ended call would otherwise
-    wait, with its request, reply and cancel scope, for a full garbage collection."""
-    try:
-        del future.cancel
-    except AttributeError:  # not wrapped
-        pass
-
-
 # -- grpclib 0.4.9's internals the bridge reads (tests/test_compat.py pins each) ---------------
 # grpclib's public API gives a server handler `Stream.peer` (addr(), cert()) and
 # `send_message`/`recv_message`; the bridge needs a little more: the transport (its ssl object
@@ -124,6 +125,13 @@ def buffered_bytes(h2: Any) -> int:
     """Bytes of an HTTP/2 stream's receive buffer already arrived (not yet read)."""
     size: int = h2.buffer._acked_size
     return size
+
+
+def request_ended(h2: Any) -> bool:
+    """Whether an HTTP/2 stream's request side has ended (END_STREAM arrived): every read of
+    what it sent then returns without waiting."""
+    ended: bool = h2.buffer._eof
+    return ended
 
 
 def decode_request(stream: Any, data: bytes) -> Any:

@@ -159,8 +159,14 @@ class FakeController:
 
         If the server ends the watch, the channel's last item is the GRPCError or
         StreamTerminatedError, then the channel closes.
+
+        A watch without an epoch starts with a Snapshot: the block starts once it arrived (or
+        the watch ended), so what the test does next happens after the watch began. (Calls on
+        one connection are not ordered: a Join sent right after may be handled first, and
+        its node would then be in the Snapshot, not a JOINED event.)
         """
         send, receive = trio.open_memory_channel(buffer)
+        began = trio.Event()
 
         async def pump():
             try:
@@ -171,17 +177,24 @@ class FakeController:
                     )
                     async for event in stream:
                         send.send_nowait(event)
+                        began.set()
             except (StreamTerminatedError, GRPCError) as err:
                 send.send_nowait(err)  # the test sees why the watch ended
             finally:
                 send.close()
+                began.set()
 
         loop = trio_asyncio.current_loop.get()
         task = loop.create_task(pump())
         try:
+            if not epoch:
+                await began.wait()
             yield receive
         finally:
             task.cancel()
+
+
+CHATTY_STATUSES = 3_000  # more than a reader's HTTP/2 window and the Schedule stream's bound
 
 
 class FakeWorkloadAgent:
@@ -190,7 +203,8 @@ class FakeWorkloadAgent:
     `mode`: "accept" (WAITING then RUNNING, TERMINATED on a signal), "refuse" (GRPCError with
     `refuse_status`), "hang" (never answers), "empty" (ends the stream at once), "die" (one
     status, then the stream breaks), "cleanup" (as "accept", but a signal ends the stream OK
-    with no TERMINATED status, as the Orka node agent does once it has cleaned an instance up).
+    with no TERMINATED status, as the Orka node agent does once it has cleaned an instance up),
+    "chatty" (as "accept", with CHATTY_STATUSES more RUNNING statuses "tick N" after RUNNING).
     Records what it received, including cancelled Creates.
     """
 
@@ -254,6 +268,9 @@ class FakeWorkloadAgent:
                 await stream.cancel()
                 return
             await stream.send_message(status(pb.Status.RUNNING))
+            if self.mode == "chatty":
+                for tick in range(CHATTY_STATUSES):
+                    await stream.send_message(status(pb.Status.RUNNING, f"tick {tick}"))
             await done.wait()
             if self.mode == "cleanup":
                 return

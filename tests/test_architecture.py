@@ -108,7 +108,17 @@ def import_graph(modules: dict[str, Module]) -> dict[str, dict[str, bool]]:
 
 # --- a. placement is pure ----------------------------------------------------------------------
 
-IMPURE = ("trio", "trio_asyncio", "asyncio", "grpclib", "h2", "socket", "ssl", "sqlite3")  # I/O
+IMPURE = (  # I/O
+    "trio",
+    "trio_asyncio",
+    "asyncio",
+    "grpclib",
+    "h2",
+    "hyperframe",
+    "socket",
+    "ssl",
+    "sqlite3",
+)
 PLACEMENT_MAY_USE = ("scheduler.model", "scheduler.placement")  # of the scheduler's own modules
 
 
@@ -202,6 +212,7 @@ CORE = (
 WIRE = (
     "grpclib",
     "h2",
+    "hyperframe",
     "scheduler._proto",
     "scheduler.convert",
     "scheduler.api",

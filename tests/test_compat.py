@@ -8,6 +8,7 @@ import inspect
 import sys
 
 import h2.connection
+import hyperframe.frame
 import trio
 import trio_asyncio
 
@@ -35,22 +36,41 @@ async def test_trio_asyncio_runs_its_loop_through_main_loop_one():
     )
 
 
+def test_h2_formats_every_received_frame_for_its_trace_log():
+    # Why Frame.__repr__ is patched: h2 calls repr() on each frame before a no-op trace call.
+    # If it stops doing so, the patch can go.
+    source = inspect.getsource(h2.connection.H2Connection._receive_frame)
+    assert "repr(frame)" in source, f"h2 no longer formats each frame; {REVISIT}"
+    assert "__repr__" in vars(hyperframe.frame.Frame), REVISIT
+    assert not any(
+        "__repr__" in vars(frame_type)
+        for frame_type in vars(hyperframe.frame).values()
+        if isinstance(frame_type, type)
+        and issubclass(frame_type, hyperframe.frame.Frame)
+        and frame_type is not hyperframe.frame.Frame
+    ), f"a frame type has its own __repr__, which the patch would not reach; {REVISIT}"
+
+
+def patched_now() -> list[object]:
+    return [vars(owner)[name] for owner, name, _ in _compat._PATCHES]
+
+
 async def test_patches_last_only_while_a_loop_is_open_even_when_loops_overlap():
-    before = (asyncio.sslproto.SSLProtocol.max_size, h2.connection.H2Connection.MAX_CLOSED_STREAMS)
-    patched = (_compat.TLS_READ_BUFFER, _compat.CLOSED_STREAMS_REMEMBERED)
-    assert before != patched
+    before = patched_now()
+    patched = [value for _, _, value in _compat._PATCHES]
+    assert [
+        asyncio.sslproto.SSLProtocol.max_size,
+        h2.connection.H2Connection.MAX_CLOSED_STREAMS,
+        hyperframe.frame.Frame.__repr__,
+    ] == before
+    assert all(old != new for old, new in zip(before, patched, strict=True))
     first_open, first_close, second_close = trio.Event(), trio.Event(), trio.Event()
     seen = []
 
     async def first() -> None:
         async with open_loop():
             first_open.set()
-            seen.append(
-                (
-                    asyncio.sslproto.SSLProtocol.max_size,
-                    h2.connection.H2Connection.MAX_CLOSED_STREAMS,
-                )
-            )
+            seen.append(patched_now())
             await first_close.wait()
         second_close.set()
 
@@ -61,17 +81,12 @@ async def test_patches_last_only_while_a_loop_is_open_even_when_loops_overlap():
             async with open_loop():  # overlaps the first, and outlives it
                 first_close.set()
                 await second_close.wait()
-                seen.append(
-                    (
-                        asyncio.sslproto.SSLProtocol.max_size,
-                        h2.connection.H2Connection.MAX_CLOSED_STREAMS,
-                    )
-                )
+                seen.append(patched_now())
+                frame = hyperframe.frame.DataFrame(3, data=b"status", flags=["END_STREAM"])
+                assert repr(frame) == "DataFrame(stream_id=3)"
     assert seen == [patched, patched]
-    assert (
-        asyncio.sslproto.SSLProtocol.max_size,
-        h2.connection.H2Connection.MAX_CLOSED_STREAMS,
-    ) == before
+    assert patched_now() == before
+    assert "END_STREAM" in repr(hyperframe.frame.DataFrame(3, flags=["END_STREAM"]))
 
 
 async def test_the_batching_goes_with_its_loop():
@@ -101,7 +116,8 @@ def test_the_grpclib_internals_the_bridge_reads_are_where_it_reads_them():
         assert name in server_stream, f"grpclib.server.Stream has no {name}; {REVISIT}"
     h2_stream = inspect.getsource(grpclib.protocol.Stream)
     assert "self._transport" in h2_stream and "self.buffer" in h2_stream, REVISIT
-    assert "self._acked_size" in inspect.getsource(grpclib.protocol.Buffer), REVISIT
+    buffer = inspect.getsource(grpclib.protocol.Buffer)
+    assert "self._acked_size" in buffer and "self._eof = True" in buffer, REVISIT
     assert "self._wrapper" in inspect.getsource(grpclib.client.Stream), REVISIT
     assert "self._error" in inspect.getsource(grpclib.utils.Wrapper), REVISIT
     assert "self._server" in inspect.getsource(grpclib.server.Server), REVISIT

@@ -21,7 +21,6 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
-import trio
 import trio_asyncio
 from grpclib.protocol import Buffer, H2Protocol
 
@@ -38,8 +37,8 @@ def test_pinned_versions():
     )
     assert h2.__version__.startswith("4."), f"h2 {h2.__version__}: {REVISIT}"
     assert trio_asyncio.__version__.startswith("0.16"), (
-        f"trio-asyncio {trio_asyncio.__version__}: _compat.drop_cancel_wrapper and "
-        "run_callbacks_in_batches rely on its internals"
+        f"trio-asyncio {trio_asyncio.__version__}: _compat.run_callbacks_in_batches "
+        "relies on its internals"
     )
 
 
@@ -214,18 +213,3 @@ def test_asyncio_ssl_protocol_internals_the_listener_uses():
     assert "_read_ready_cb" in inspect.getsource(
         asyncio.selector_events._SelectorSocketTransport
     ), f"_forget; {REVISIT}"
-
-
-async def test_trio_asyncio_wraps_the_cancel_of_its_futures():
-    # _compat.drop_cancel_wrapper deletes that wrapper to break a reference cycle per call.
-    async def nothing() -> None:
-        await trio.sleep(0)
-
-    async with trio_asyncio.open_loop() as loop:
-        future = loop.trio_as_future(nothing)
-        wrapped = getattr(future.cancel, "__name__", "") == "wrapped_cancel"
-        await trio_asyncio.aio_as_trio(lambda: future)()
-    assert wrapped, (
-        "trio-asyncio no longer wraps future.cancel: _compat.drop_cancel_wrapper's "
-        "`del future.cancel` can go"
-    )
