@@ -302,7 +302,7 @@ async def test_controller_connection_aborted_after_acceptance_leaves_the_instanc
                     follower = scheduler.instances._instances["w-1"].follower
                     close_connection(controller, "abort")
                     with trio.fail_after(3):
-                        await wait_until(lambda: follower.statistics().open_receive_channels == 0)
+                        await wait_until(lambda: follower.gone)
                 assert n1.workloads.cancelled == [], "the instance keeps running"
                 assert scheduler.instances._instances["w-1"].ended == ""
                 assert await stop_instance(channel, "w-1") is None

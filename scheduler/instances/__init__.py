@@ -42,6 +42,7 @@ from .book import (
     RESERVATION_REPORTS,
     UNKNOWN_ANNOUNCED,
     UNKNOWN_RATE,
+    Follower,
     Instance,
 )
 from .reports import Reports
@@ -55,6 +56,7 @@ __all__ = [
     "RESERVATION_REPORTS",
     "UNKNOWN_ANNOUNCED",
     "UNKNOWN_RATE",
+    "Follower",
     "Instance",
     "Instances",
     "open_instances",

@@ -9,7 +9,6 @@ before the Controller hears of it; then the relay (see `relays`) owns the instan
 from __future__ import annotations
 
 import logging
-import math
 
 import trio
 
@@ -18,7 +17,7 @@ from ..cluster import Node
 from ..errors import AlreadyExists, FailedPrecondition, ResourceExhausted, Unavailable
 from ..model import NO_RESOURCES, InstanceStatus, NodeState, Workload
 from ..placement import plan, reserve_if_fits
-from .book import Instance
+from .book import Follower, Instance
 from .relays import Relays
 
 log = logging.getLogger(__name__)
@@ -27,11 +26,9 @@ log = logging.getLogger(__name__)
 class Attempts(Relays):
     """schedule(): decide, attempt node after node, accept."""
 
-    async def schedule(self, workload: Workload) -> tuple[Instance, trio.MemoryReceiveChannel]:
-        """Place `workload`; return the instance and a channel of its statuses (first included).
-
-        The channel closes when the relay ends; `instance.ended` says why.
-        """
+    async def schedule(self, workload: Workload, follower: Follower) -> Instance:
+        """Place `workload`; return the instance, whose statuses (the first included) go to
+        `follower` until its relay ends (`instance.ended` says why)."""
         instance_id = workload.instance_id
         started = trio.current_time()
         self._check_new(instance_id)
@@ -55,7 +52,7 @@ class Attempts(Relays):
         outcome = "cancelled"
         try:
             for node_id in decision.attempt_order():
-                placed = await self._attempt(node_id, workload, refusals)
+                placed = await self._attempt(node_id, workload, follower, refusals)
                 if placed is not None:
                     outcome = "placed"
                     for observe in self.on_placed:
@@ -63,7 +60,7 @@ class Attempts(Relays):
                     log.info(
                         "instance %s placed on node %s after %d attempt(s)",
                         instance_id,
-                        placed[0].node.id,
+                        placed.node.id,
                         len(refusals) + 1,
                     )
                     return placed
@@ -94,8 +91,8 @@ class Attempts(Relays):
             )
 
     async def _attempt(
-        self, node_id: str, workload: Workload, refusals: list[str]
-    ) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
+        self, node_id: str, workload: Workload, follower: Follower, refusals: list[str]
+    ) -> Instance | None:
         """One attempt on one node; None (and a reason in `refusals`) if it did not accept."""
         node = self.cluster.nodes.get(node_id)
         if node is None:  # departed and forgotten since the decision
@@ -130,7 +127,7 @@ class Attempts(Relays):
             table.release(instance_id)
             refusals.append(f"{node_id}: left or was lost during the attempt")
             return None
-        return await self._accept(workload, node, stream, first, refusals)
+        return await self._accept(workload, node, stream, first, follower, refusals)
 
     async def _accept(
         self,
@@ -138,8 +135,9 @@ class Attempts(Relays):
         node: Node,
         stream: InstanceStream,
         first: InstanceStatus,
+        follower: Follower,
         refusals: list[str],
-    ) -> tuple[Instance, trio.MemoryReceiveChannel] | None:
+    ) -> Instance | None:
         """Record an acceptance, durably before the Controller hears of it; None (and a reason
         in `refusals`) if the node went away meanwhile. A placement the store cannot record is
         abandoned (the Agent's Create is cancelled) and the Controller gets UNAVAILABLE."""
@@ -157,9 +155,7 @@ class Attempts(Relays):
         previous = self._instances.pop(workload.instance_id, None)
         if previous is not None:
             self._forget(previous, "placed again")
-        instance = Instance(workload, node, generation, first)
-        send, receive = trio.open_memory_channel(math.inf)  # a few statuses per instance
-        instance.follower = send
+        instance = Instance(workload, node, generation, first, follower=follower)
         self._instances[instance.id] = instance
         self._reserved_on.setdefault(node.id, set()).add(instance)
         if instance.id in node.listed:  # a report overtook the Agent's first status
@@ -168,7 +164,7 @@ class Attempts(Relays):
         self.cluster.count_instances(node)
         self._publish(instance, first)
         self._nursery.start_soon(self._relay, instance, stream, name=f"relay:{instance.id}")
-        return instance, receive
+        return instance
 
     def _abandon(self, instance_id: str, stream: InstanceStream) -> None:
         """An accepted placement that is not recorded after all: cancel the Agent's Create,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -41,6 +42,19 @@ ENDED_BY_AGENT = "ended by the Agent"  # message of the TERMINATED status the sc
 # when an Agent ends an instance's stream OK without sending one
 
 
+class Follower(Protocol):
+    """Who follows an instance's statuses as its relay gets them: the Controller's Schedule
+    call. Called synchronously by the relay, so no task wakes per status."""
+
+    def status(self, status: InstanceStatus) -> bool:
+        """Take one status without waiting; False: no more (gone, or too far behind)."""
+        ...
+
+    def end(self) -> None:
+        """The relay ended; `Instance.ended` says why."""
+        ...
+
+
 @dataclass(eq=False)
 class Instance:
     """A placed instance: where it runs, its latest status, and its relay."""
@@ -50,7 +64,7 @@ class Instance:
     generation: int  # the node generation it was placed in
     latest: InstanceStatus
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    follower: trio.MemorySendChannel | None = None  # the Controller's Schedule stream
+    follower: Follower | None = None  # the Controller's Schedule call
     ended: str = ""  # why the relay ended; "" while it runs
     reports_after: int = 0  # node reports since acceptance, while the reservation is held
     reserved: bool = True
@@ -128,11 +142,8 @@ class Book:
     def _publish(self, instance: Instance, status: InstanceStatus) -> None:
         self.events.publish(InstanceEvent(status))
         follower = instance.follower
-        if follower is not None:
-            try:
-                follower.send_nowait(status)
-            except trio.BrokenResourceError:  # the Controller stopped listening
-                instance.follower = None
+        if follower is not None and not follower.status(status):
+            instance.follower = None  # the Controller stopped listening
 
     def _end_relay(self, instance: Instance, why: str) -> None:
         if not instance.ended:

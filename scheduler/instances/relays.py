@@ -52,7 +52,8 @@ class Relays(Book):
             self._unplace(instance)
             self._retain_finished(instance)
         if instance.follower is not None:
-            instance.follower.close()
+            instance.follower.end()
+            instance.follower = None
 
     def _ended_by_agent(self, instance: Instance) -> None:
         """The Agent ended the instance's stream OK without a TERMINATED status: the Orka node

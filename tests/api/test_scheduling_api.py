@@ -14,11 +14,13 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
-from scheduler._proto import controller_pb2
+from scheduler._proto import controller_grpc, controller_pb2
 from scheduler.model import NodeState
 from tests.conftest import make_config, running_scheduler
 from tests.fakes import (
+    CHATTY_STATUSES,
     FakeController,
     RecordingWorkloadAgent,
     aio,
@@ -513,7 +515,7 @@ async def test_statuses_reach_watch_events_after_the_controller_cancels_its_sche
                 follower = scheduler.instances._instances["w-1"].follower
                 await call.cancel()
             # The handler is gone:
-            await wait_until(lambda: follower.statistics().open_receive_channels == 0)
+            await wait_until(lambda: follower.gone)
             assert n1.workloads.cancelled == [], "the instance keeps running without its Controller"
             assert await stop_instance(channel, "w-1") is None
             seen = []
@@ -530,6 +532,36 @@ async def test_statuses_reach_watch_events_after_the_controller_cancels_its_sche
                     if event.instance.status.code == TERMINATED:
                         break
         assert seen == [("w-1", WAITING, "n1"), ("w-1", RUNNING, "n1"), ("w-1", TERMINATED, "n1")]
+
+
+async def test_a_controller_not_reading_its_schedule_stream_loses_it_not_our_memory():
+    # The Agent sends CHATTY_STATUSES statuses; the Controller reads none: past its HTTP/2
+    # window, at most OUTBOX_SIZE wait for it, then its stream is over (RESOURCE_EXHAUSTED)
+    # while the instance keeps running and every status still reaches WatchEvents.
+    async with open_cluster(node("n1", "chatty")) as (scheduler, channel, [n1]):
+        async with FakeController(channel).watch() as events:
+            stub = controller_grpc.SchedulingServiceStub(channel)
+            async with aio(stub.Schedule.open()) as stream:
+                await aio(stream.send_message)(scheduling_request("w-1"), end=True)
+                last = f"tick {CHATTY_STATUSES - 1}"
+                async for event in events:
+                    assert not isinstance(event, Exception), event
+                    if event.WhichOneof("event") == "instance":
+                        if event.instance.status.message == last:
+                            break
+                instance = scheduler.instances._instances["w-1"]
+                assert instance.follower is None, "the Schedule stream no longer follows it"
+                assert not instance.ended, "the instance keeps running"
+                received = 0
+                while await aio(stream.recv_message)() is not None:
+                    received += 1
+                with pytest.raises(GRPCError) as ended:
+                    await aio(stream.recv_trailing_metadata)()
+        assert ended.value.status is Status.RESOURCE_EXHAUSTED
+        assert "statuses unread" in ended.value.message
+        assert "follow the instance on WatchEvents" in ended.value.message
+        assert 0 < received < CHATTY_STATUSES
+        assert n1.workloads.cancelled == []
 
 
 async def test_stop_and_destroy_of_unknown_or_invalid_instances():
