@@ -6,9 +6,11 @@ I/O test, MockClock where only time matters (no sockets).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
 from scheduler.app import serve
@@ -50,3 +52,19 @@ async def running_scheduler(config: Config | None = None, **tls):
                 yield scheduler
         finally:
             shutdown.set()
+
+
+@pytest.fixture
+def restore_logging():
+    """`logs.setup` reconfigures the process's logging: put back what pytest had."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    grpclib_level = logging.getLogger("grpclib").level
+    asyncio_filters = logging.getLogger("asyncio").filters[:]
+    flags = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("grpclib").setLevel(grpclib_level)
+    logging.getLogger("asyncio").filters[:] = asyncio_filters
+    (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing) = flags

@@ -70,18 +70,13 @@ def test_keys_are_bounded_the_least_recently_logged_forgotten():
     assert limited.warning("a", "x"), "a forgotten key logs again"
 
 
-def test_asyncio_lines_a_peer_can_provoke_are_rate_limited_too(capsys):
+def test_asyncio_lines_a_peer_can_provoke_are_rate_limited_too(capsys, restore_logging):
     # A client that drops a connection with 100 calls being answered: one asyncio warning per
     # answer ("socket.send() raised exception.") without the filter setup() installs.
-    root, asyncio_log = logging.getLogger(), logging.getLogger("asyncio")
-    handlers, level, filters = root.handlers[:], root.level, asyncio_log.filters[:]
+    asyncio_log = logging.getLogger("asyncio")
     setup("info")
-    try:
-        for _ in range(100):
-            asyncio_log.warning("socket.send() raised exception.")
-        lines = [line for line in capsys.readouterr().err.splitlines() if "socket.send()" in line]
-        assert len(lines) == 1, lines
-        assert sum(isinstance(f, Repeats) for f in asyncio_log.filters) == 1
-    finally:
-        root.handlers[:], asyncio_log.filters[:] = handlers, filters
-        root.setLevel(level)
+    for _ in range(100):
+        asyncio_log.warning("socket.send() raised exception.")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "socket.send()" in line]
+    assert len(lines) == 1, lines
+    assert sum(isinstance(f, Repeats) for f in asyncio_log.filters) == 1

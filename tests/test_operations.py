@@ -479,18 +479,6 @@ async def test_healthz_unknown_paths_and_methods():
 # -- logs ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_logging():
-    """`logs.setup` reconfigures the root logger: put back what pytest had."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    grpclib_level = logging.getLogger("grpclib").level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("grpclib").setLevel(grpclib_level)
-
-
 def test_json_logs_are_one_object_per_line(capsys, restore_logging):
     logs.setup(level="info", fmt="json")
     log = logging.getLogger("scheduler.test")

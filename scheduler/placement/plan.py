@@ -26,7 +26,8 @@ from scheduler.placement.rank import priority_rows, score
 from scheduler.placement.requests import ranking_request
 from scheduler.placement.table import Columns, NodeTable
 
-HEAD = 8  # nodes put in order up front; the rest only once all of these refused (rare)
+HEAD = 2  # nodes put in order up front (one argmin pass each, ~4 µs at 5,000 nodes); the
+# rest only once both refused (rare: the first is reserved in the tick it was chosen)
 
 
 def _reason(code: int) -> Reason:

@@ -81,11 +81,16 @@ class SqliteBackend:
         db = self._db
         db.execute("BEGIN")
         try:
-            for key, value in batch.writes.items():
-                if value is None:
-                    db.execute("DELETE FROM state WHERE key = ?", (key,))
-                else:
-                    db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+            # One write per key, so the order between keys does not matter: two statements,
+            # each prepared once for the whole batch.
+            writes = batch.writes.items()
+            db.executemany(
+                "DELETE FROM state WHERE key = ?", [(k,) for k, v in writes if v is None]
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO state VALUES (?, ?)",
+                [(k, v) for k, v in writes if v is not None],
+            )
             if batch.trim_before is not None:
                 db.execute(
                     "DELETE FROM state WHERE key >= ? AND key < ?",
