@@ -231,16 +231,20 @@ class Inbound:
                     continue
                 self._drained += 1
                 message, size = queue.popleft()
+                if not queue:  # a deque is ~760 bytes: made again when a message must wait
+                    self._queue = None
                 self._bytes -= size
                 self._made_room()
             elif self._closed:
                 if self._error is None:
                     raise trio.EndOfChannel
                 raise self._hand_over_error() from None
-            else:
+            else:  # park until `put` hands a message over, or `close` wakes us with None
                 self._drained = 0
-                message = await self._wait()
-                if message is None:  # closed (or woken to look again)
+                self._reader = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._abort)
+                message, self._handed = self._handed, None
+                if message is None:
                     continue
             if type(message) is _Handled:
                 return message.result
@@ -248,13 +252,6 @@ class Inbound:
                 message = self.handle(message)
             if message is not None:
                 return message
-
-    async def _wait(self) -> Any:
-        """Park until `put` hands a message over (returned) or `close` wakes us (None)."""
-        self._reader = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abort)
-        message, self._handed = self._handed, None
-        return message
 
     def _abort(self, _: Any) -> trio.lowlevel.Abort:
         self._reader = None  # cancelled: a message put from now on is neither handled nor handed
@@ -336,8 +333,10 @@ class Call:
         return self
 
     async def __anext__(self) -> Any:
+        inbox = self._inbox  # not through `receive`: one frame less held by every Agent's stream
+        assert inbox is not None, f"{self.method} has no request stream"
         try:
-            return await self.receive()
+            return await inbox.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 
