@@ -95,10 +95,11 @@ class Node:
     listed: dict[str, InstanceCode] = field(default_factory=dict)  # `reported` indexed by id
     # (read-only: replaced, never changed, when the list changes)
     limiter: TokenBucket | None = None  # its status rate, across sessions and generations
+    # host:port, formatted once per join: every event of the node shares the one string
+    address: str = field(init=False)
 
-    @property
-    def address(self) -> str:
-        return format_address(self.host, self.port)
+    def __post_init__(self) -> None:
+        self.address = format_address(self.host, self.port)
 
     def instance_ids(self) -> tuple[str, ...]:
         """Instances on this node: placed by us, or reported running/waiting by the Agent."""
@@ -225,7 +226,7 @@ class Cluster:
         )
         if new_generation and node.generation and node.state is NodeState.READY:
             self._end_generation(node, f"rejoined from another address ({address})")
-        node.host, node.port = host, port
+        node.host, node.port, node.address = host, port, address
         if new_generation:
             self._generation += 1
             node.generation = self._generation
