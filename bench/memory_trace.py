@@ -126,25 +126,29 @@ async def main(args: argparse.Namespace) -> None:
         try:
             children.append(_agents(port, args.agents, 0, args.rate))
             await _streaming(scheduler, args.agents)
-            events_before = _status_events(scheduler)
+            events_before = len(scheduler.core.events)
             before = _snapshot()
             children.append(_agents(port, args.agents, args.agents, args.rate))
             await _streaming(scheduler, 2 * args.agents)
             after = _snapshot()
-            events = _status_events(scheduler) - events_before
+            events = len(scheduler.core.events) - events_before
         finally:
-            for child in children:
-                child.kill()
-                child.wait()
+            _stop(children)
             shutdown.set()
-    tracemalloc.stop()
-    for key in args.keys.split(","):
-        _report(before, after, args.agents, args.top, key)
+    _print_reports(args, before, after)
     print(f"\nevents retained meanwhile: {events} ({events / args.agents:.2f} per Agent)")
 
 
-def _status_events(scheduler) -> int:
-    return len(scheduler.core.events)
+def _stop(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        child.kill()
+        child.wait()
+
+
+def _print_reports(args: argparse.Namespace, before, after) -> None:
+    tracemalloc.stop()
+    for key in args.keys.split(","):
+        _report(before, after, args.agents, args.top, key)
 
 
 async def bare(args: argparse.Namespace) -> None:
@@ -168,13 +172,9 @@ async def bare(args: argparse.Namespace) -> None:
         await streaming(2 * args.agents)
         after = _snapshot()
     finally:
-        for child in children:
-            child.kill()
-            child.wait()
+        _stop(children)
         server.close()
-    tracemalloc.stop()
-    for key in args.keys.split(","):
-        _report(before, after, args.agents, args.top, key)
+    _print_reports(args, before, after)
 
 
 def cli() -> None:
