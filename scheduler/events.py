@@ -9,6 +9,12 @@ Publishing never waits for a watcher: each watcher reads the log at its own pace
 falls so far behind that its next event left the ring gets a fresh snapshot in-band. A watcher
 more than `COALESCE_BACKLOG` events behind skips STATUS events of a node that a later STATUS of
 the same node supersedes; it never skips JOINED, LEFT, LOST or instance events.
+
+A STATUS event that is superseded and already `COALESCE_BACKLOG` behind the head can never be
+handed to any watcher again (the head only moves on), so the log lets go of such events now and
+then (`_sweep`): beyond the last `COALESCE_BACKLOG` events it holds the latest STATUS of each
+node, not one per report. An event is ~0.6 KB and a node reports every few seconds; without
+the sweep, the 100,000 retained by default were mostly STATUS events no one would see.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ class EventLog:
         self._events: list[Event] = []  # retained events from index _start on, oldest first
         self._revisions: list[int] = []  # their revisions, for bisect
         self._start = 0
+        # Every event after this revision that a watcher may still get is held (a gap in the
+        # held revisions only ever stands for STATUS events no watcher would get).
+        self._held_after = revision
+        self._since_sweep = 0  # events appended since the last sweep
+        self._sweep_after = COALESCE_BACKLOG  # appends: at least as many as were held then
         self._snapshot = snapshot
         self._latest_status: dict[str, int] = {}  # node id -> revision of its newest STATUS
         self._changed: trio.Event | None = None  # created only while a watcher waits
@@ -57,22 +68,37 @@ class EventLog:
 
     @property
     def first_retained(self) -> int:
-        """The oldest revision still held (revision + 1 when nothing is held)."""
-        if self._start < len(self._revisions):
-            return self._revisions[self._start]
-        return self.revision + 1
+        """The oldest revision from which on every event a watcher may get is held."""
+        return self._held_after + 1
 
     def __len__(self) -> int:
         return len(self._events) - self._start
 
     def _append(self, event: Event) -> None:
+        if not self._events:  # history starts with it (revisions before it: nothing to get)
+            self._held_after = event.revision - 1
         self._events.append(event)
         self._revisions.append(event.revision)
         if len(self._events) - self._start > self._retained:
+            self._held_after = self._revisions[self._start]
             self._start += 1
             if self._start >= self._retained:  # compact now and then: amortised O(1)
                 del self._events[: self._start], self._revisions[: self._start]
                 self._start = 0
+        self._since_sweep += 1
+        if self._since_sweep > self._sweep_after:  # amortised O(1) as well
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop the superseded STATUS events that are `COALESCE_BACKLOG` behind the head: no
+        watcher can get them any more (see `event_after`)."""
+        self._since_sweep = 0
+        behind = bisect_right(self._revisions, self.revision - COALESCE_BACKLOG, self._start)
+        kept = [e for e in self._events[self._start : behind] if not self._superseded(e)]
+        self._events[:behind] = kept
+        self._revisions[:behind] = [e.revision for e in kept]
+        self._start = 0
+        self._sweep_after = max(COALESCE_BACKLOG, len(self._events))
 
     def publish(self, body: NodeEvent | InstanceEvent) -> Event:
         """Append one event with the next revision and wake the watchers. Never blocks."""

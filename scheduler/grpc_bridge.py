@@ -3,8 +3,9 @@
 Everything else is trio. A handler is a trio function `async def handler(call: Call)`; the bridge
 turns it into a grpclib handler that crosses from asyncio into trio **once per call**. Streamed
 messages never cross per message: inbound messages are handed to trio with a non-blocking
-`send_nowait` on a trio memory channel, outbound ones with `put_nowait` on an asyncio queue; a
-loop waits on the other loop's primitive only when the buffer between them is full. A handler
+`put` into an `Inbound` (handed straight to a waiting trio task, else queued), outbound ones with
+`put_nowait` on an asyncio queue; a loop waits on the other loop's primitive only when the
+buffer between them is full. A handler
 may go further and have inbound messages handled where they are decoded (`Call.handle_inline`):
 asyncio's callbacks run inside trio's run, so synchronous core code can be called from them, and
 its trio task is then woken only for what it must wait for, not per message.
@@ -116,28 +117,58 @@ class Inbound:
     once it dealt with the message, or what the trio side must get from `receive` instead (the
     messages after it then queue until the trio side asks for the next one). What it raises on
     the asyncio side ends the source with that error, after the messages before it.
+
+    Every Agent's status stream holds one for good, so it is small: no trio memory channel,
+    asyncio.Event or deque (~3 KiB together) until messages actually have to queue, which a
+    status stream whose statuses are handled on the asyncio side hardly ever does. A waiting
+    trio side is parked with `wait_task_rescheduled` and handed the next message directly.
     """
 
+    __slots__ = (
+        "handle",
+        "_capacity",
+        "_max_bytes",
+        "_queue",
+        "_bytes",
+        "_reader",
+        "_handed",
+        "_room",
+        "_closed",
+        "_abandoned",
+        "_error",
+        "_handled",
+        "_drained",
+    )
+
     def __init__(self, capacity: int = INBOX_SIZE, max_bytes: int = INBOX_BYTES) -> None:
-        self._send, self._receive = trio.open_memory_channel(capacity)
-        # The trio tasks blocked in `receive` (trio's own record, read without building its
-        # statistics object per message). A task is removed the moment it is handed a message
-        # or cancelled, so "one waits" means every earlier message is dealt with and the trio
-        # side still reads: the rule for handling a message on the asyncio side.
-        self._readers_waiting = self._receive._state.receive_tasks
         self.handle: Callable[[Any], Any] | None = None
-        self._handled = 0  # messages handled on the asyncio side since it last yielded
-        self._room = asyncio.Event()  # set by trio whenever it takes a message
-        self._error: BaseException | None = None
-        self._drained = 0  # messages taken without a checkpoint since the last one
+        self._capacity = capacity
         self._max_bytes = max_bytes
+        self._queue: deque[tuple[Any, int]] | None = None  # (message, size), once one waits
         self._bytes = 0  # sizes of the messages waiting
-        self._sizes: deque[int] = deque()  # of each message waiting, oldest first
+        # The trio task parked in `receive` with nothing queued. It is forgotten the moment it
+        # is handed a message or cancelled, so "one waits" means every earlier message is dealt
+        # with and the trio side still reads: the rule for handling a message on the asyncio
+        # side.
+        self._reader: trio.lowlevel.Task | None = None
+        self._handed: Any = None  # the message handed to the parked reader (None: look again)
+        self._room: asyncio.Future[None] | None = None  # the producer waiting for room
+        self._closed = False  # by the asyncio side: no more messages
+        self._abandoned = False  # by the trio side: no more reading
+        self._error: BaseException | None = None
+        self._handled = 0  # messages handled on the asyncio side since it last yielded
+        self._drained = 0  # messages taken without a checkpoint since the last one
+
+    def __len__(self) -> int:
+        """Messages waiting for the trio side."""
+        return len(self._queue) if self._queue is not None else 0
 
     async def put(self, message: Any, size: int = 0) -> bool:
         """asyncio side: hand one message (of `size` bytes on the wire) over, or handle it here
         (see the class); False once the trio side stopped reading."""
-        if self.handle is not None and self._readers_waiting:
+        if self._abandoned or self._closed:
+            return False
+        if self.handle is not None and self._reader is not None:
             message = self.handle(message)
             if message is None:
                 self._handled += 1
@@ -146,26 +177,40 @@ class Inbound:
                     await asyncio.sleep(0)
                 return True
             message = _Handled(message)
-        while self._bytes and self._bytes + size > self._max_bytes:
-            self._room.clear()
-            await self._room.wait()
-        while True:
-            try:
-                self._send.send_nowait(message)
-                self._bytes += size
-                self._sizes.append(size)
-                return True
-            except trio.WouldBlock:
-                self._room.clear()
-                await self._room.wait()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+        while self._reader is None and self._full(size):
+            self._room = room = asyncio.get_running_loop().create_future()
+            await room
+            if self._abandoned:
                 return False
+        reader = self._reader
+        if reader is not None:  # nothing is queued: hand it over
+            self._reader, self._handed = None, message
+            trio.lowlevel.reschedule(reader)
+            return True
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append((message, size))
+        self._bytes += size
+        return True
+
+    def _full(self, size: int) -> bool:
+        return len(self) >= self._capacity or bool(
+            self._bytes and self._bytes + size > self._max_bytes
+        )
 
     def close(self, error: BaseException | None = None) -> None:
         """asyncio side: no more messages; `error` says why, if the source failed."""
-        if self._error is None:
-            self._error = error
-        self._send.close()
+        if self._closed:
+            return
+        self._closed = True
+        self._error = error
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            trio.lowlevel.reschedule(reader)  # with no message: it looks again
 
     async def receive(self) -> Any:
         """trio side: the next message; EndOfChannel at a clean end, else the source's error.
@@ -176,28 +221,48 @@ class Inbound:
         With a `handle` function, messages it deals with are not returned: the next is taken.
         """
         while True:
-            try:
-                try:
-                    if self._drained >= DRAIN_BEFORE_CHECKPOINT:
-                        raise trio.WouldBlock
-                    message = self._receive.receive_nowait()
-                    self._drained += 1
-                except trio.WouldBlock:
+            if self._abandoned:
+                raise trio.ClosedResourceError("this inbox was abandoned")
+            queue = self._queue
+            if queue:
+                if self._drained >= DRAIN_BEFORE_CHECKPOINT:
                     self._drained = 0
-                    message = await self._receive.receive()
-            except trio.EndOfChannel:
+                    await trio.lowlevel.checkpoint()
+                    continue
+                self._drained += 1
+                message, size = queue.popleft()
+                if not queue:  # a deque is ~760 bytes: made again when a message must wait
+                    self._queue = None
+                self._bytes -= size
+                self._made_room()
+            elif self._closed:
                 if self._error is None:
-                    raise
+                    raise trio.EndOfChannel
                 raise self._hand_over_error() from None
-            self._bytes -= self._sizes.popleft()
-            if not self._room.is_set():
-                self._room.set()
+            else:  # park until `put` hands a message over, or `close` wakes us with None
+                self._drained = 0
+                self._reader = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._abort)
+                message, self._handed = self._handed, None
+                if message is None:
+                    continue
             if type(message) is _Handled:
                 return message.result
             if self.handle is not None:
                 message = self.handle(message)
             if message is not None:
                 return message
+
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        self._reader = None  # cancelled: a message put from now on is neither handled nor handed
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _made_room(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
 
     def _hand_over_error(self) -> BaseException:
         """The source's error, once (a later `receive` gets EndOfChannel): raised, its
@@ -209,9 +274,11 @@ class Inbound:
 
     def abandon(self) -> None:
         """trio side: stop reading; the producer's next `put` returns False."""
-        self._receive.close()
-        self._bytes = 0  # what waits is dropped: a producer waiting for room tries (and fails)
-        self._room.set()
+        self._abandoned = True
+        self._queue = None  # what waits is dropped: a producer waiting for room fails
+        self._bytes = 0
+        self._made_room()
+        self._wake_reader()  # a task still parked in `receive` gets ClosedResourceError
 
 
 class Call:
@@ -266,8 +333,10 @@ class Call:
         return self
 
     async def __anext__(self) -> Any:
+        inbox = self._inbox  # not through `receive`: one frame less held by every Agent's stream
+        assert inbox is not None, f"{self.method} has no request stream"
         try:
-            return await self.receive()
+            return await inbox.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 

@@ -256,3 +256,27 @@ async def test_a_reconnecting_watcher_far_behind_still_sees_the_latest_status(au
     got = await drain(Watcher(log, log.epoch, 1))
     a_statuses = [e for e in got if e.body.node.id == "a"]
     assert a_statuses == [last_a], "superseded STATUS of a skipped, its latest one kept"
+
+
+async def test_the_log_lets_go_of_status_no_watcher_can_get_any_more(autojump_clock):
+    # Beyond COALESCE_BACKLOG of the head only each node's latest STATUS can still be handed
+    # out: 100,000 retained reports of a fleet were ~60 MB that no watcher would ever see.
+    log = make_log()
+    joined = [log.publish(node(NodeEventKind.JOINED, n)) for n in "abc"]
+    published = list(joined)
+    for i in range(10 * COALESCE_BACKLOG):
+        published.append(log.publish(node(NodeEventKind.STATUS, "ab"[i % 2], free=i)))
+    only_c = log.publish(node(NodeEventKind.STATUS, "c", free=1))
+    published.append(only_c)
+    for i in range(COALESCE_BACKLOG):
+        published.append(log.publish(node(NodeEventKind.STATUS, "ab"[i % 2], free=-i)))
+    assert len(log) <= 3 * COALESCE_BACKLOG, f"{len(log)} held of {len(published)}"
+    held = log._events[log._start :]
+    far = [e for e in held if log.revision - e.revision >= COALESCE_BACKLOG]
+    superseded = [e for e in far if e.body.node.id in "ab" and e.body.kind is NodeEventKind.STATUS]
+    assert len(superseded) <= COALESCE_BACKLOG, "only those since the last sweep"
+    assert [e for e in far if e not in superseded] == [*joined, only_c], "all the rest is held"
+    got = await drain(Watcher(log, log.epoch, 0))
+    tail = [e for e in published if log.revision - e.revision < COALESCE_BACKLOG]
+    assert got == [*joined, only_c, *tail], "a watcher from the start gets what it always got"
+    assert log.first_retained == 1, "and may still resume from the very start"

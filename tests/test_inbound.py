@@ -131,3 +131,71 @@ async def test_a_long_read_handled_where_it_is_put_lets_other_callbacks_run():
         assert order.index(-1) <= DRAIN_BEFORE_CHECKPOINT, order
         assert [m for m in order if m >= 0] == list(range(count))
         nursery.cancel_scope.cancel()
+
+
+async def test_the_producer_waits_for_room_and_fails_once_the_trio_side_abandons():
+    with trio.fail_after(5):
+        async with open_loop(), trio.open_nursery() as nursery:
+            inbox = Inbound(capacity=2)
+            results: list[bool] = []
+
+            async def produce() -> None:
+                async def put() -> None:
+                    for message in range(5):
+                        results.append(await inbox.put(message, 1))
+
+                await aio(put)()
+
+            nursery.start_soon(produce)
+            await trio.testing.wait_all_tasks_blocked()
+            assert results == [True, True] and len(inbox) == 2, "the third waits for room"
+            assert await inbox.receive() == 0
+            await trio.testing.wait_all_tasks_blocked()
+            assert results == [True, True, True] and len(inbox) == 2, "one taken, one more put"
+            inbox.abandon()
+            await trio.testing.wait_all_tasks_blocked()
+            assert results == [True, True, True, False, False]
+            assert len(inbox) == 0, "what waited is dropped"
+
+
+async def test_the_end_and_the_sources_error_reach_a_waiting_reader_once():
+    with trio.fail_after(5):
+        async with open_loop(), trio.open_nursery() as nursery:
+            inbox = Inbound()
+            outcomes: list[object] = []
+
+            async def reader() -> None:
+                for _ in range(3):
+                    try:
+                        outcomes.append(await inbox.receive())
+                    except (trio.EndOfChannel, ValueError) as end:
+                        outcomes.append(type(end).__name__)
+
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await put_all(inbox, 7)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcomes == [7], "handed to the waiting reader"
+            inbox.close(ValueError("the source broke"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcomes == [7, "ValueError", "EndOfChannel"]
+            assert not await aio(inbox.put)(8, 1), "nothing is accepted after the end"
+
+
+async def test_a_reader_parked_when_the_inbox_is_abandoned_gets_closed_resource_error():
+    async with open_loop(), trio.open_nursery() as nursery:
+        inbox = Inbound()
+        raised: list[BaseException] = []
+
+        async def reader() -> None:
+            try:
+                await inbox.receive()
+            except trio.ClosedResourceError as error:
+                raised.append(error)
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        inbox.abandon()
+        with trio.fail_after(5):
+            await trio.testing.wait_all_tasks_blocked()
+        assert len(raised) == 1

@@ -100,6 +100,8 @@ class _StatusStream:
     """One status stream as the registry sees it: the node of its first message, the session
     it feeds, and the `StatusStream` record whose scope (this one) ends it."""
 
+    __slots__ = ("cluster", "identity", "scope", "attached")  # one per Agent, for good
+
     def __init__(self, cluster: Cluster, identity: Any) -> None:
         self.cluster = cluster
         self.identity = identity

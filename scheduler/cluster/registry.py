@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -76,7 +76,10 @@ class Session:
     stream: StatusStream | None = None
 
 
-@dataclass(eq=False)
+NOTHING_RUNNING: frozenset[str] = frozenset()  # shared: even empty, a frozenset is 216 bytes
+
+
+@dataclass(eq=False, slots=True)
 class Node:
     """A node the scheduler has seen, with its latest good status."""
 
@@ -90,15 +93,20 @@ class Node:
     generation: int = 0  # bumps when the node is LEFT/LOST or rejoins from another address
     placed: set[str] = field(default_factory=set)  # instance ids placed in this generation
     ids: tuple[str, ...] = ()  # instance_ids(), kept by Cluster.count_instances (hot path)
-    running: frozenset[str] = frozenset()  # reported and not TERMINATED in the latest status
+    running: frozenset[str] = NOTHING_RUNNING  # reported, not TERMINATED, in the latest status
     reported: tuple[InstanceReport, ...] | None = None  # its instance list; None: no status yet
     listed: dict[str, InstanceCode] = field(default_factory=dict)  # `reported` indexed by id
     # (read-only: replaced, never changed, when the list changes)
     limiter: TokenBucket | None = None  # its status rate, across sessions and generations
+    # host:port, formatted once per join: every event of the node shares the one string
+    address: str = field(init=False)
 
-    @property
-    def address(self) -> str:
-        return format_address(self.host, self.port)
+    def __post_init__(self) -> None:
+        self.address = format_address(self.host, self.port)
+
+    def set_running(self, instance_ids: Iterable[str]) -> None:
+        """Set `running` (most nodes run nothing: they share the one empty set)."""
+        self.running = frozenset(instance_ids) or NOTHING_RUNNING
 
     def instance_ids(self) -> tuple[str, ...]:
         """Instances on this node: placed by us, or reported running/waiting by the Agent."""
@@ -225,7 +233,7 @@ class Cluster:
         )
         if new_generation and node.generation and node.state is NodeState.READY:
             self._end_generation(node, f"rejoined from another address ({address})")
-        node.host, node.port = host, port
+        node.host, node.port, node.address = host, port, address
         if new_generation:
             self._generation += 1
             node.generation = self._generation
@@ -249,7 +257,7 @@ class Cluster:
         node.session = session
         node.state = NodeState.READY
         node.metrics = None  # a new session is placeable only once it reports
-        node.running = frozenset()
+        node.running = NOTHING_RUNNING
         node.reported = None
         node.listed = {}
         self.table.upsert(node.id)
@@ -461,7 +469,7 @@ class Cluster:
             # per changed list, not on every placement on the node or every report.
             node.reported = reports
             node.listed = {r.instance_id: r.code for r in reports}
-            node.running = frozenset(
+            node.set_running(
                 instance_id
                 for instance_id, code in node.listed.items()
                 if code is not InstanceCode.TERMINATED

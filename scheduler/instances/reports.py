@@ -110,7 +110,7 @@ class Reports(Book):
         if claimed:
             self._log_claims(node, claimed)
         announced = self._unknown_reported.get(node.id, ())
-        node.running = frozenset(
+        node.set_running(
             instance_id
             for instance_id in node.running
             if instance_id in announced or self._placed_on(instance_id, node)
