@@ -1,14 +1,15 @@
 """The one module that knows grpclib runs on asyncio (hosted by trio-asyncio inside trio.run).
 
 Everything else is trio. A handler is a trio function `async def handler(call: Call)`; the bridge
-turns it into a grpclib handler that crosses from asyncio into trio **once per call**. Streamed
-messages never cross per message: inbound messages are handed to trio with a non-blocking
-`put` into an `Inbound` (handed straight to a waiting trio task, else queued), outbound ones with
+turns it into a grpclib handler that crosses from asyncio into trio **once per call**: the
+call's trio task is spawned from the asyncio callback that starts it. Streamed messages never
+cross per message: inbound messages are handed to trio with a non-blocking `put` into an
+`Inbound` (handed straight to a waiting trio task, else queued), outbound ones with
 `put_nowait` on an asyncio queue; a loop waits on the other loop's primitive only when the
-buffer between them is full. A handler
-may go further and have inbound messages handled where they are decoded (`Call.handle_inline`):
-asyncio's callbacks run inside trio's run, so synchronous core code can be called from them, and
-its trio task is then woken only for what it must wait for, not per message.
+buffer between them is full. A handler may go further and have inbound messages handled where
+they are decoded (`Call.handle_inline`): asyncio's callbacks run inside trio's run, so
+synchronous core code can be called from them, and its trio task is then woken only for what
+it must wait for, not per message.
 
 The bridge also owns what every call has in common: the peer's address and identity, decoding
 errors answered INVALID_ARGUMENT (grpclib would answer UNKNOWN), a message size and time limit,
