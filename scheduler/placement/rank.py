@@ -37,6 +37,8 @@ from scheduler.placement.table import Columns, Dimension, node_dimensions
 
 NEUTRAL_SCORE = 0.5  # a node that reports no dimension ranks midway: it is neither full nor empty
 FEW_BY_ARGMIN = 8  # a head up to this size is found by repeated argmin, larger by partition
+TIES_SORTED = 64  # rows tying for a head's last place sorted whole; more: only those it needs
+_NOT_TIED = np.iinfo(np.int64).max  # the tie-break of a row that does not tie: never chosen
 _COMPOSITE_LIMIT = 2**62  # a tie-break key must stay below this to fit int64 without overflow
 
 
@@ -110,12 +112,11 @@ def priority_rows(
     """The rows whose key is finite (`size` of them; infinity marks the others) in priority
     order, the first `limit` of them (0: all). Arrays are whole columns, one entry per row.
 
-    For a few first rows of many, only the rows that can be among them are sorted: the `limit`
-    smallest keys and every row that ties with the last of them, so this is exactly the head
-    of the whole order.
+    For a few first rows of many, only the rows that can be among them are sorted (see
+    `_head_rows`), so this is exactly the head of the whole order.
     """
     if 0 < limit < size:
-        rows = _smallest_with_ties(key.copy(), limit)
+        rows = _head_rows(key, instances, id_rank, id_rank_bound, limit)
     else:
         rows = np.flatnonzero(key < np.inf)
     order = _sort_with_ties(key[rows], instances[rows], id_rank[rows], id_rank_bound)
@@ -123,24 +124,49 @@ def priority_rows(
     return head
 
 
-def _smallest_with_ties(key: np.ndarray, count: int) -> np.ndarray:
-    """Rows of the `count` smallest keys and of all keys equal to the largest of them.
+def _head_rows(
+    key: np.ndarray,
+    instances: np.ndarray,
+    id_rank: np.ndarray,
+    id_rank_bound: int,
+    limit: int,
+) -> np.ndarray:
+    """Rows holding the first `limit` of the order (0 < limit < the finite keys): every row
+    whose key is below the `limit`-th smallest key (the cutoff), and the rows tying at the
+    cutoff -- all of them when they are few, else only the ones a whole sort would put first
+    (fewest instances, then smallest id rank), as many as the head still needs. A fleet of
+    equal, idle nodes ties by thousands, and sorting them all was most of such a decision.
 
-    Up to FEW_BY_ARGMIN rows are taken one argmin at a time (a vectorised pass of a few µs;
-    a partition of 10,000 keys costs ten times one pass); more with one partition. `key` is
-    scratch: it is changed.
+    The cutoff is found one argmin at a time up to FEW_BY_ARGMIN (a vectorised pass of a few
+    µs; a partition of 10,000 keys costs ten times one pass), else with one partition.
     """
-    if count > FEW_BY_ARGMIN:
-        cutoff = np.partition(key, count - 1)[count - 1]
-        return np.flatnonzero(key <= cutoff)
-    taken = []
-    for _ in range(count):
-        row = int(key.argmin())
-        taken.append(row)
-        cutoff = key[row]
-        key[row] = np.inf
-    ties = np.flatnonzero(key == cutoff)  # the rest of the last key's ties
-    return np.concatenate((np.array(taken, dtype=np.int64), ties))
+    if limit > FEW_BY_ARGMIN:
+        cutoff = np.partition(key, limit - 1)[limit - 1]
+        below = np.flatnonzero(key < cutoff)
+    else:
+        scratch, taken = key.copy(), []
+        for _ in range(limit):
+            row = int(scratch.argmin())
+            taken.append(row)
+            cutoff = scratch[row]
+            scratch[row] = np.inf
+        below = np.array([row for row in taken if key[row] < cutoff], dtype=np.int64)
+    ties = key == cutoff
+    needed = limit - len(below)  # >= 1: fewer than `limit` keys are below the cutoff
+    if np.count_nonzero(ties) <= needed + TIES_SORTED:
+        return np.concatenate((below, np.flatnonzero(ties)))
+    tie_break = np.where(ties, instances * id_rank_bound + id_rank, _NOT_TIED)  # unique
+    if needed > FEW_BY_ARGMIN:
+        chosen = np.argpartition(tie_break, needed - 1)[:needed]
+    else:  # as above: a few argmin passes cost far less than a partition
+        picked = []
+        for _ in range(needed):
+            row = int(tie_break.argmin())
+            picked.append(row)
+            tie_break[row] = _NOT_TIED
+        chosen = np.array(picked, dtype=np.int64)
+    head: np.ndarray = np.concatenate((below, chosen))
+    return head
 
 
 def _sort_with_ties(
