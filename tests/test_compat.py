@@ -3,6 +3,7 @@ patch lasts only as long as the loops that need it."""
 
 from __future__ import annotations
 
+import asyncio.selector_events
 import asyncio.sslproto
 import inspect
 import sys
@@ -24,6 +25,13 @@ def test_the_patched_attributes_exist_and_are_what_the_libraries_read():
     assert "self.max_size" in inspect.getsource(asyncio.sslproto.SSLProtocol), REVISIT
     assert isinstance(h2.connection.H2Connection.MAX_CLOSED_STREAMS, int), REVISIT
     assert "MAX_CLOSED_STREAMS" in inspect.getsource(h2.connection.H2Connection), REVISIT
+    # The socket transport keeps its read callback, a bound method of itself, in
+    # _read_ready_cb (set by set_protocol, called by _read_ready) and closes in
+    # _call_connection_lost; if either moves, the patch would leave the cycle in place.
+    transport = asyncio.selector_events._SelectorSocketTransport
+    assert "_call_connection_lost" in vars(transport), REVISIT
+    assert "self._read_ready_cb = self._read_ready__" in inspect.getsource(transport), REVISIT
+    assert "self._read_ready_cb()" in inspect.getsource(transport._read_ready), REVISIT
 
 
 async def test_trio_asyncio_runs_its_loop_through_main_loop_one():
@@ -35,9 +43,21 @@ async def test_trio_asyncio_runs_its_loop_through_main_loop_one():
     )
 
 
+def patchable() -> tuple:
+    return (
+        asyncio.sslproto.SSLProtocol.max_size,
+        h2.connection.H2Connection.MAX_CLOSED_STREAMS,
+        asyncio.selector_events._SelectorSocketTransport._call_connection_lost,
+    )
+
+
 async def test_patches_last_only_while_a_loop_is_open_even_when_loops_overlap():
-    before = (asyncio.sslproto.SSLProtocol.max_size, h2.connection.H2Connection.MAX_CLOSED_STREAMS)
-    patched = (_compat.TLS_READ_BUFFER, _compat.CLOSED_STREAMS_REMEMBERED)
+    before = patchable()
+    patched = (
+        _compat.TLS_READ_BUFFER,
+        _compat.CLOSED_STREAMS_REMEMBERED,
+        _compat._connection_lost_without_cycle,
+    )
     assert before != patched
     first_open, first_close, second_close = trio.Event(), trio.Event(), trio.Event()
     seen = []
@@ -45,12 +65,7 @@ async def test_patches_last_only_while_a_loop_is_open_even_when_loops_overlap():
     async def first() -> None:
         async with open_loop():
             first_open.set()
-            seen.append(
-                (
-                    asyncio.sslproto.SSLProtocol.max_size,
-                    h2.connection.H2Connection.MAX_CLOSED_STREAMS,
-                )
-            )
+            seen.append(patchable())
             await first_close.wait()
         second_close.set()
 
@@ -61,17 +76,9 @@ async def test_patches_last_only_while_a_loop_is_open_even_when_loops_overlap():
             async with open_loop():  # overlaps the first, and outlives it
                 first_close.set()
                 await second_close.wait()
-                seen.append(
-                    (
-                        asyncio.sslproto.SSLProtocol.max_size,
-                        h2.connection.H2Connection.MAX_CLOSED_STREAMS,
-                    )
-                )
+                seen.append(patchable())
     assert seen == [patched, patched]
-    assert (
-        asyncio.sslproto.SSLProtocol.max_size,
-        h2.connection.H2Connection.MAX_CLOSED_STREAMS,
-    ) == before
+    assert patchable() == before
 
 
 async def test_the_batching_goes_with_its_loop():
