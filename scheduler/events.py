@@ -72,7 +72,7 @@ class EventLog:
         self._revisions.append(event.revision)
         if len(self._events) - self._start > self._retained:
             # Not kept until the compaction: the ring would swing between `retained` and twice
-            # as many events (100,000 by default: ~59 MB more at the top of each swing).
+            # as many events (100,000 by default: 40-60 MB more at the top of each swing).
             self._events[self._start] = None
             self._start += 1
             if self._start >= self._retained:  # compact now and then: amortised O(1)
