@@ -427,6 +427,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         f"soak: {args.minutes} min, {args.agents} agents, "
         f"{'plaintext' if pki is None else 'mTLS'}, logs in {workdir}"
     )
+    SchedulerProcess.wrapper = args.wrap
     scheduler = SchedulerProcess(
         workdir,
         "scheduler",
@@ -609,6 +610,12 @@ def cli(argv: list[str] | None = None) -> int:
         "a small log saturates early, so the RSS slope shows leaks only",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--wrap",
+        metavar="SCRIPT",
+        help="run the scheduler as `python SCRIPT serve ...` (e.g. bench/memwatch.py, which "
+        "records where its memory is)",
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(soak(args))
     print(json.dumps(result), flush=True)

@@ -5,13 +5,16 @@ against the installed versions (pinned in pyproject.toml) and fails loudly, nami
 when an upgrade changes one. grpclib's and h2's protocol-level internals, which the listener
 subclasses, are checked in tests/test_listener_contract.py.
 
-- `loop_patches()`: three class attributes, set while at least one bridge loop is open and
+- `loop_patches()`: four class attributes, set while at least one bridge loop is open and
   restored when the last one closes (nothing outlives the loops that need it):
   - asyncio's SSLProtocol.max_size, its TLS read buffer (256 KiB per connection);
   - h2's H2Connection.MAX_CLOSED_STREAMS (65,536 closed streams remembered per connection);
   - hyperframe's Frame.__repr__: h2 formats every frame it receives for a trace log that is
     then discarded (`repr(frame)` before the logger call, ~5 µs: flags, body as hex), i.e.
     ~10 % of a status message's CPU; a brief repr (type, stream id) costs ~0.4 µs.
+  - asyncio's socket transport's `_call_connection_lost`, which then also drops the transport's
+    bound read callback (`_read_ready_cb`): CPython 3.11 keeps it, a reference cycle per closed
+    connection (transport, socket, dicts) that waits for a full collection.
 - `run_callbacks_in_batches(loop)`: replaces trio-asyncio's `_main_loop_one` on one loop
   instance (it goes with the loop).
 - grpclib's internals the bridge reads, one small function each (`h2_stream`, `transport_of`,
@@ -27,6 +30,7 @@ tests/test_listener_contract.py pins what it relies on.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import asyncio.sslproto
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,10 +55,29 @@ def brief_frame_repr(frame: hyperframe.frame.Frame) -> str:
     return f"{type(frame).__name__}(stream_id={frame.stream_id})"
 
 
+# asyncio's socket transport (private: typeshed has no stub for it)
+_SocketTransport: Any = vars(asyncio.selector_events)["_SelectorSocketTransport"]
+_transport_connection_lost = _SocketTransport._call_connection_lost
+
+
+def _connection_lost_without_cycle(transport: Any, exc: BaseException | None) -> None:
+    """asyncio's, then the transport lets go of its bound read callback (a method of itself).
+    Reading stopped when the connection closed; a read already queued finds nothing to do."""
+    try:
+        _transport_connection_lost(transport, exc)
+    finally:
+        transport._read_ready_cb = _nothing_to_read
+
+
+def _nothing_to_read() -> None:
+    """The read callback of a closed transport."""
+
+
 _PATCHES: tuple[tuple[type, str, object], ...] = (
     (asyncio.sslproto.SSLProtocol, "max_size", TLS_READ_BUFFER),
     (h2.connection.H2Connection, "MAX_CLOSED_STREAMS", CLOSED_STREAMS_REMEMBERED),
     (hyperframe.frame.Frame, "__repr__", brief_frame_repr),
+    (_SocketTransport, "_call_connection_lost", _connection_lost_without_cycle),
 )
 _open_loops = 0
 _saved: list[Any] = []

@@ -50,7 +50,9 @@ class EventLog:
         self.epoch = epoch or secrets.token_hex(8)
         self.revision = revision
         self._retained = retained
-        self._events: list[Event] = []  # retained events from index _start on, oldest first
+        # From index _start on, the retained events, oldest first; before it, None: an event is
+        # freed as it leaves the ring (the list itself is compacted now and then).
+        self._events: list[Event | None] = []
         self._revisions: list[int] = []  # their revisions, for bisect
         self._start = 0
         # Every event after this revision that a watcher may still get is held (a gap in the
@@ -81,6 +83,9 @@ class EventLog:
         self._revisions.append(event.revision)
         if len(self._events) - self._start > self._retained:
             self._held_after = self._revisions[self._start]
+            # Not kept until the compaction: the ring would swing between `retained` and twice
+            # as many events (100,000 by default: 40-60 MB more at the top of each swing).
+            self._events[self._start] = None
             self._start += 1
             if self._start >= self._retained:  # compact now and then: amortised O(1)
                 del self._events[: self._start], self._revisions[: self._start]
@@ -94,7 +99,11 @@ class EventLog:
         watcher can get them any more (see `event_after`)."""
         self._since_sweep = 0
         behind = bisect_right(self._revisions, self.revision - COALESCE_BACKLOG, self._start)
-        kept = [e for e in self._events[self._start : behind] if not self._superseded(e)]
+        kept = [  # (only events before _start are None)
+            e
+            for e in self._events[self._start : behind]
+            if e is not None and not self._superseded(e)
+        ]
         self._events[:behind] = kept
         self._revisions[:behind] = [e.revision for e in kept]
         self._start = 0
@@ -142,6 +151,7 @@ class EventLog:
         index = bisect_right(self._revisions, cursor, self._start)
         while index < len(self._events):
             event = self._events[index]
+            assert event is not None  # at or after _start
             if self.revision - event.revision < COALESCE_BACKLOG or not self._superseded(event):
                 return event
             index += 1

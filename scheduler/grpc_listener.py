@@ -429,7 +429,6 @@ class _Tls(asyncio.sslproto.SSLProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.listener.handshake_ended(self)
-        _forget(self._transport)
         super().connection_lost(exc)
         if exc is not None:
             exc.__traceback__ = None
@@ -599,8 +598,6 @@ class _Http2(H2Protocol):
         if processor is not None:
             super().connection_lost(exc)
             self.connection.protocol = None  # break the cycle: protocol <-> connection
-        if self.tls is None:
-            _forget(self._transport)
         self.tls = self._transport = None
 
 
@@ -759,13 +756,6 @@ async def read_body(stream: Stream, length: int, timeout: float) -> bytes:
             return await stream.recv_data(length)
         finally:
             protocol.release(length)
-
-
-def _forget(transport: asyncio.BaseTransport | None) -> None:
-    """Break the cycle of a closed asyncio socket transport (it keeps a bound method of itself
-    in `_read_ready_cb`), so it goes with its last reference, not at a garbage collection."""
-    if transport is not None and hasattr(transport, "_read_ready_cb"):
-        transport._read_ready_cb = None
 
 
 def _host(transport: asyncio.BaseTransport) -> str:

@@ -3,6 +3,7 @@ patch lasts only as long as the loops that need it."""
 
 from __future__ import annotations
 
+import asyncio.selector_events
 import asyncio.sslproto
 import inspect
 import sys
@@ -25,6 +26,13 @@ def test_the_patched_attributes_exist_and_are_what_the_libraries_read():
     assert "self.max_size" in inspect.getsource(asyncio.sslproto.SSLProtocol), REVISIT
     assert isinstance(h2.connection.H2Connection.MAX_CLOSED_STREAMS, int), REVISIT
     assert "MAX_CLOSED_STREAMS" in inspect.getsource(h2.connection.H2Connection), REVISIT
+    # The socket transport keeps its read callback, a bound method of itself, in
+    # _read_ready_cb (set by set_protocol, called by _read_ready) and closes in
+    # _call_connection_lost; if either moves, the patch would leave the cycle in place.
+    transport = asyncio.selector_events._SelectorSocketTransport
+    assert "_call_connection_lost" in vars(transport), REVISIT
+    assert "self._read_ready_cb = self._read_ready__" in inspect.getsource(transport), REVISIT
+    assert "self._read_ready_cb()" in inspect.getsource(transport._read_ready), REVISIT
 
 
 async def test_trio_asyncio_runs_its_loop_through_main_loop_one():
@@ -62,6 +70,7 @@ async def test_patches_last_only_while_a_loop_is_open_even_when_loops_overlap():
         asyncio.sslproto.SSLProtocol.max_size,
         h2.connection.H2Connection.MAX_CLOSED_STREAMS,
         hyperframe.frame.Frame.__repr__,
+        asyncio.selector_events._SelectorSocketTransport._call_connection_lost,
     ] == before
     assert all(old != new for old, new in zip(before, patched, strict=True))
     first_open, first_close, second_close = trio.Event(), trio.Event(), trio.Event()

@@ -6,6 +6,8 @@ arrives" is checked without real sleeps.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 import trio
 
@@ -156,6 +158,28 @@ async def test_a_watcher_behind_the_ring_gets_an_in_band_snapshot(autojump_clock
     assert snapshot.body is SNAPSHOT and snapshot.revision == 31
     live = log.publish(node(NodeEventKind.LEFT, "a"))
     assert await drain(watcher) == [live]
+
+
+def test_an_event_is_freed_as_it_leaves_the_ring():
+    # Held until the list was compacted (every `retained` events), the ring swung between
+    # `retained` events and twice as many: the memory of `retained` more events at its top.
+    retained = 2_000
+    log = make_log(retained)
+    tracemalloc.start()
+    try:
+        # JOINED events: the log keeps them all (superseded STATUS events it may let go of)
+        for i in range(retained):
+            log.publish(node(NodeEventKind.JOINED, f"node-{i % 10}"))
+        full, _ = tracemalloc.get_traced_memory()
+        for i in range(retained, 2 * retained - 1):  # just short of the next compaction
+            log.publish(node(NodeEventKind.JOINED, f"node-{i % 10}"))
+        later, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(log) == retained
+    # What may stay of an event that left: its list slot and its revision (~55 bytes with the
+    # lists' growth); the event itself, with its NodeView, is ~300.
+    assert later - full < 100 * retained, f"{later - full} bytes more than with {retained} events"
 
 
 def test_retained_must_be_positive():

@@ -210,6 +210,3 @@ def test_asyncio_ssl_protocol_internals_the_listener_uses():
         assert name in inspect.getsource(asyncio.sslproto.SSLProtocol), (
             f"asyncio.sslproto.SSLProtocol has no {name}: _Tls relies on it; {REVISIT}"
         )
-    assert "_read_ready_cb" in inspect.getsource(
-        asyncio.selector_events._SelectorSocketTransport
-    ), f"_forget; {REVISIT}"

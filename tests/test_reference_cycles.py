@@ -9,6 +9,7 @@ climbed 66 -> 180 MiB (bench/RESULTS.md). Each test runs calls of one kind, then
 
 from __future__ import annotations
 
+import asyncio.selector_events
 from contextlib import asynccontextmanager
 
 import grpclib.client
@@ -20,8 +21,10 @@ from tests.conftest import running_scheduler
 from tests.fakes import (
     FakeAgent,
     FakeController,
+    Node,
     destroy_instance,
     drop_stream,
+    make_channel,
     open_channel,
     open_nodes,
     open_schedule,
@@ -150,3 +153,46 @@ async def test_a_schedule_no_node_takes():
             async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
                 _, error = await call.result()
                 assert error is not None
+
+
+def transports(found: list, scheduler_port: int, agent_ports: set[int]) -> list[str]:
+    """The scheduler's socket transports among `found`: the listener's (its own port on our
+    side) and its channels to Agents (an Agent's port on the other side). The tests' clients
+    and fake Agents keep theirs in cycles of their own: not judged."""
+    return [
+        f"{kind} {transport.get_extra_info('peername')}"
+        for transport in found
+        if isinstance(transport, asyncio.selector_events._SelectorSocketTransport)
+        for kind, ours in (
+            ("listener", transport.get_extra_info("sockname")[1] == scheduler_port),
+            ("to an Agent", transport.get_extra_info("peername")[1] in agent_ports),
+        )
+        if ours
+    ]
+
+
+async def test_connections_that_close():
+    # Both directions: Controllers' connections the listener accepted, and the channels the
+    # scheduler opened to Agents, closed when their node left. (CPython 3.11's transport keeps
+    # a bound method of itself after the connection is lost: one cycle per closed connection.)
+    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
+        agent_ports: set[int] = set()
+        async with saved_cycles(SETTLE) as found:
+            # grpclib's server forgets a closed connection's handler, which holds its transport,
+            # once ten more connections came: the first ones are then freed, or left in cycles.
+            for _ in range(3 * CALLS):
+                other = await make_channel(scheduler.port)
+                try:
+                    await FakeController(other).list_nodes()
+                finally:
+                    other.close()
+            for i in range(CALLS):
+                node = Node(channel, f"n{i}")
+                await node.start(scheduler)
+                agent_ports.add(node.agent.port)
+                async with open_schedule(channel, scheduling_request(f"web-{i}")) as call:
+                    await call.until(RUNNING)  # the scheduler has dialed the node's Agent
+                    await call.cancel()
+                await node.agent.leave()  # its channels close
+                await node.close()
+        assert transports(found, scheduler.port, agent_ports) == []

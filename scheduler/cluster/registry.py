@@ -323,7 +323,14 @@ class Cluster:
     def _departed_now(self, node: Node) -> None:
         """Count `node` (LEFT or LOST) among the departed; forget the longest gone beyond
         DEPARTED_RETAINED, so churn (autoscaled nodes with fresh ids) cannot grow the scheduler
-        without bound. A forgotten node that comes back joins as a new node."""
+        without bound. A forgotten node that comes back joins as a new node.
+
+        What it keeps is what its view shows (last metrics, instance ids, from `placed` and
+        `running`); its last instance list and the index of it serve only its session's next
+        report, and a rejoin starts them again: up to 10,000 departed nodes, each with an
+        Agent's list of hundreds of instances, must not keep those."""
+        node.reported = None
+        node.listed = {}
         for gone in note_recent(self._departed, node.id, DEPARTED_RETAINED):
             forgotten = self.nodes.pop(gone)
             self.table.remove(gone)

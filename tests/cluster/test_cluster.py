@@ -276,6 +276,34 @@ async def test_leave_publishes_left_with_instances_and_is_idempotent(autojump_cl
         ]
 
 
+async def test_a_departed_node_keeps_its_view_not_its_last_instance_list(autojump_clock):
+    # Up to DEPARTED_RETAINED (10,000) departed nodes are kept; the soak's churn departs ~30 a
+    # minute, and each kept its Agent's last list and its index (bench/RESULTS.md).
+    async with open_cluster() as cluster:
+        for node_id, depart in (("node-1", "leave"), ("node-2", "lost")):
+            node = cluster.join(node_id, "10.0.0.1", 7000)
+            reports = tuple(
+                InstanceReport(f"{node_id}-i{i}", InstanceCode.RUNNING) for i in range(100)
+            )
+            cluster.report(node, node.session, metrics(), reports)
+            node.placed.add(f"{node_id}-placed")
+            cluster.count_instances(node)
+            ids = node.ids
+            assert len(ids) == 101 and len(node.listed) == 100
+            if depart == "leave":
+                cluster.leave(node_id)
+            else:
+                await trio.sleep(TIMEOUT + 1)
+            assert node.state is not NodeState.READY
+            assert node.reported is None and node.listed == {}, depart
+            assert node.ids == ids and node.view().instance_ids == ids, "the view is unchanged"
+            cluster.count_instances(node)  # as when one of its instances is forgotten
+            assert node.ids == ids
+        node = cluster.join("node-1", "10.0.0.1", 7000)  # a rejoin reports as before
+        cluster.report(node, node.session, metrics(("again", InstanceCode.RUNNING)))
+        assert node.listed == {"again": InstanceCode.RUNNING} and "again" in node.ids
+
+
 async def test_leave_of_a_lost_node_changes_nothing(autojump_clock):
     async with open_cluster() as cluster:
         node = cluster.join("node-1", "10.0.0.1", 7000)
