@@ -697,7 +697,8 @@ class Bridge:
 
         asyncio callbacks run inside trio's run (in trio-asyncio's loop task), so the task is
         spawned directly: no trip through trio-asyncio's `trio_as_future` (an extra handle,
-        event, cancel wrapper and loop turn per call: ~3 % of a placement's CPU, measured).
+        event, cancel wrapper and loop turn per call; the bridged relay of bench figure 2 went
+        from 1.11 to 0.85 ms CPU a placement without it).
         """
         assert self._nursery is not None, "calls arrive only while serving"
         future = asyncio.get_running_loop().create_future()
@@ -769,13 +770,13 @@ class Bridge:
         server = _Server(servables, codec=self._codec)
         identify = getattr(self._authorize, "identify", None)
         self.listener = listener = Listener(server, self._limits, ssl_context, identify)
-        # "::" (or "") means every interface of both families: asyncio makes IPv6 sockets
-        # V6ONLY, so a literal "::" would not accept IPv4 clients.
-        await trio_asyncio.aio_as_trio(server.start_listener)(
-            listener, None if host in ("", "::") else host, port
-        )
-        bound = asyncio_server(server).sockets[0].getsockname()[1]
-        async with trio.open_nursery() as self._nursery:
+        async with trio.open_nursery() as self._nursery:  # open before the first call comes
+            # "::" (or "") means every interface of both families: asyncio makes IPv6 sockets
+            # V6ONLY, so a literal "::" would not accept IPv4 clients.
+            await trio_asyncio.aio_as_trio(server.start_listener)(
+                listener, None if host in ("", "::") else host, port
+            )
+            bound = asyncio_server(server).sockets[0].getsockname()[1]
             task_status.started(bound)
             try:
                 await shutdown.wait()
