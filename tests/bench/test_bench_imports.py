@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ("run", "soak", "attacks", "stack_baseline")  # those that import another bench module
+SCRIPTS = ("run", "soak", "attacks", "stack_baseline", "memory_trace")  # import a bench module
 GUARD = 60.0  # s: imports and --help only
 
 
