@@ -343,12 +343,9 @@ class Call:
 
     async def send(self, message: Any) -> None:
         """Queue one reply message; waits only while the client reads slower than we write."""
-        outbox = self._outbox
-        assert outbox is not None, f"{self.method} does not stream replies"
-        while outbox.qsize() >= OUTBOX_SIZE:
+        while not self.send_nowait(message):
             self._outbox_room = trio.Event()
             await self._outbox_room.wait()
-        outbox.put_nowait(message)
 
     def send_nowait(self, message: Any) -> bool:
         """Queue one reply message without waiting; False (and nothing queued) when
