@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from scheduler.model import MILLICORES_PER_CORE, NodeMetrics, Resources
-from scheduler.placement.dimensions import NAMES, column_amounts
+from scheduler.placement.dimensions import CPU, DISK, MEMORY, NAMES, column_amounts
 from scheduler.placement.reservations import Reservations
 
 DIMENSIONS = len(NAMES)  # rows of the 2-D columns (placement/dimensions.py: which, in order)
@@ -35,16 +35,15 @@ def node_dimensions(metrics: NodeMetrics) -> tuple[Dimension, ...]:
     Cpu is known only with both cores and load: capacity = cores x 1000 mc, free = capacity x
     (1 - load/100). Zero cores counts as unknown: it is what an old Agent's message decodes to.
     """
-    memory = disk = cpu = None
+    dimensions: list[Dimension] = [None] * DIMENSIONS
     if metrics.memory_total is not None and metrics.memory_free is not None:
-        memory = (float(metrics.memory_total), float(metrics.memory_free))
+        dimensions[MEMORY] = (float(metrics.memory_total), float(metrics.memory_free))
     if metrics.cpu_cores and metrics.cpu_load is not None:
         capacity = float(metrics.cpu_cores * MILLICORES_PER_CORE)
-        cpu = (capacity, capacity * (1.0 - metrics.cpu_load / 100.0))
+        dimensions[CPU] = (capacity, capacity * (1.0 - metrics.cpu_load / 100.0))
     if metrics.disk_total is not None and metrics.disk_free is not None:
-        disk = (float(metrics.disk_total), float(metrics.disk_free))
-    reported = {"memory": memory, "cpu": cpu, "disk": disk}
-    return tuple(reported[name] for name in NAMES)
+        dimensions[DISK] = (float(metrics.disk_total), float(metrics.disk_free))
+    return tuple(dimensions)
 
 
 class Row(NamedTuple):
