@@ -79,12 +79,15 @@ class Watch:
             "glibc_free_kib": heap.fordblks >> 10,
             "glibc_mmap_kib": heap.hblkhd >> 10,
             "pymalloc_blocks": sys.getallocatedblocks(),
-            "tracked": len(gc.get_objects()),
+            **_retained(gc.get_objects()),
             "collections": [s["collections"] for s in gc.get_stats()],
             "freed": list(self.freed),
         }
         if tracemalloc.is_tracing():
             line["traced_kib"] = tracemalloc.get_traced_memory()[0] >> 10
+        else:
+            line.update(self._pymalloc())
+        line.update(_anonymous_rss())
         with open(self.out / "samples.jsonl", "a") as samples:
             samples.write(json.dumps(line) + "\n")
 
@@ -107,20 +110,45 @@ class Watch:
         if tracemalloc.is_tracing():
             tracemalloc.take_snapshot().dump(str(self.out / f"trace_{at}.pickle"))
 
-    def _allocator_stats(self, at: str) -> None:
-        stream = self.libc.fopen(str(self.out / f"malloc_info_{at}.xml").encode(), b"w")
-        self.libc.malloc_info(0, ctypes.c_void_p(stream))
-        self.libc.fclose(ctypes.c_void_p(stream))
-        if tracemalloc.is_tracing():
-            return  # pymalloc's statistics are not kept under tracemalloc's hooks
+    def _pymalloc(self) -> dict[str, int]:
+        """pymalloc's arenas (current, high-water, reclaimed) and bytes in them by use."""
+        text = self._debugmallocstats(self.out / "pymalloc_last.txt").decode(errors="replace")
+        wanted = {
+            "# arenas allocated current": "arenas",
+            "# arenas highwater mark": "arenas_highwater",
+            "# arenas reclaimed": "arenas_reclaimed",
+            "# bytes in allocated blocks": "pymalloc_used_kib",
+            "# bytes in available blocks": "pymalloc_free_blocks_kib",
+        }
+        found: dict[str, int] = {}
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            name = wanted.get(key.strip())
+            if name is not None:
+                number = int(value.strip().replace(",", ""))
+                found[name] = number >> 10 if name.endswith("_kib") else number
+            elif "unused pools *" in key:
+                found["pymalloc_unused_pools_kib"] = int(value.strip().replace(",", "")) >> 10
+        return found
+
+    def _debugmallocstats(self, path: Path) -> bytes:
         saved = os.dup(2)
-        with open(self.out / f"pymalloc_{at}.txt", "wb") as target:
+        with open(path, "wb") as target:
             os.dup2(target.fileno(), 2)  # it prints to the C stderr
             try:
                 sys._debugmallocstats()
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
+        return path.read_bytes()
+
+    def _allocator_stats(self, at: str) -> None:
+        stream = self.libc.fopen(str(self.out / f"malloc_info_{at}.xml").encode(), b"w")
+        self.libc.malloc_info(0, ctypes.c_void_p(stream))
+        self.libc.fclose(ctypes.c_void_p(stream))
+        if tracemalloc.is_tracing():
+            return  # pymalloc's statistics are not kept under tracemalloc's hooks
+        self._debugmallocstats(self.out / f"pymalloc_{at}.txt")
 
     def run(self) -> None:
         pending = sorted(self.snapshots)
@@ -133,6 +161,36 @@ class Watch:
                 self.sample()
                 next_sample = self.now() + self.every
             time.sleep(1.0)
+
+
+def _retained(objects: list[object]) -> dict[str, int]:
+    """The collector's tracked objects, and the records the scheduler keeps up to a bound:
+    instances (running or finished) and nodes (READY or departed), events in the log."""
+    counts = collections.Counter(type(o).__qualname__ for o in objects)
+    return {
+        "tracked": len(objects),
+        "instances": counts["Instance"],
+        "nodes": counts["Node"],
+        "events": counts["Event"],
+    }
+
+
+def _anonymous_rss() -> dict[str, int]:
+    """Resident KiB of glibc's main heap ([heap]) and of the other anonymous mappings (pymalloc's
+    arenas, glibc's mmapped chunks, thread heaps and stacks), from /proc/self/smaps."""
+    heap = other = 0
+    name = ""
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split(maxsplit=6)
+            if "-" in first[0] and len(first) >= 5:  # a mapping's header line
+                name = first[5].strip() if len(first) > 5 else ""
+            elif first[0] == "Rss:":
+                if name == "[heap]":
+                    heap += int(first[1])
+                elif name == "":
+                    other += int(first[1])
+    return {"heap_rss_kib": heap, "anon_mmap_rss_kib": other}
 
 
 def departed_nodes() -> dict[str, Any]:
