@@ -151,6 +151,15 @@ class Watch:
         self._debugmallocstats(self.out / f"pymalloc_{at}.txt")
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException:  # say so: a silent thread reads as a scheduler that stopped
+            import traceback
+
+            traceback.print_exc()
+            raise
+
+    def _run(self) -> None:
         pending = sorted(self.snapshots)
         next_sample = 0.0
         while True:
@@ -205,11 +214,9 @@ def departed_nodes() -> dict[str, Any]:
     nodes = [o for o in gc.get_objects() if type(o) is Node and o.state.name != "READY"]
     per_attribute: collections.Counter[str] = collections.Counter()
     for node in nodes:
-        per_attribute["(the node and its __dict__)"] += sys.getsizeof(node) + sys.getsizeof(
-            vars(node)
-        )
-        for name, value in vars(node).items():
-            per_attribute[name] += _size(value, stop)
+        per_attribute["(the node itself)"] += sys.getsizeof(node)
+        for name in Node.__slots__:
+            per_attribute[name] += _size(getattr(node, name), stop)
     count = max(1, len(nodes))
     return {
         "departed": len(nodes),

@@ -26,7 +26,9 @@ The last line of output is one JSON object with the figures.
 RSS: the scheduler keeps, by design, its last `[events] retained` events (100,000 by default)
 and its last 10,000 terminated instances; RSS grows until those are full, so in a short run the
 slope measures filling them, not a leak. `--events-retained 5000` fills the log within a
-minute, leaving the second half's slope to leaks.
+minute; `--departed-retained 100 --finished-retained 1000` fill the other two bounds within a few
+minutes (at the default 10,000 the departed nodes alone take hours to fill), leaving the second
+half's slope to leaks.
 """
 
 from __future__ import annotations
@@ -432,8 +434,14 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         workdir,
         "scheduler",
         pki=pki,
-        liveness={"node_timeout": NODE_TIMEOUT},
-        scheduling={"attempt_timeout": 2.0},
+        liveness={
+            "node_timeout": NODE_TIMEOUT,
+            **({"departed_retained": args.departed_retained} if args.departed_retained else {}),
+        },
+        scheduling={
+            "attempt_timeout": 2.0,
+            **({"finished_retained": args.finished_retained} if args.finished_retained else {}),
+        },
     )
     if args.events_retained:
         with scheduler.config.open("a") as config:
@@ -608,6 +616,22 @@ def cli(argv: list[str] | None = None) -> int:
         metavar="N",
         help="the scheduler's [events] retained (default: its own, 100000); "
         "a small log saturates early, so the RSS slope shows leaks only",
+    )
+    parser.add_argument(
+        "--departed-retained",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the scheduler's [liveness] departed_retained (default: its own, 10000; the churn "
+        "departs ~25 nodes a minute, so a 25-minute soak never fills that)",
+    )
+    parser.add_argument(
+        "--finished-retained",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the scheduler's [scheduling] finished_retained (default: its own, 10000; full "
+        "after ~6 minutes of this churn)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(

@@ -160,6 +160,7 @@ async def open_core(
             node_timeout=liveness.node_timeout,
             status_rate=liveness.status_rate,
             status_burst=liveness.status_burst,
+            departed_retained=liveness.departed_retained,
         ) as cluster,
         open_instances(
             cluster,
@@ -169,6 +170,7 @@ async def open_core(
             attempt_timeout=config.scheduling.attempt_timeout,
             max_attempts=config.scheduling.max_attempts,
             store=store,
+            finished_retained=config.scheduling.finished_retained,
         ) as instances,
     ):
         parts.update(cluster=cluster, instances=instances)

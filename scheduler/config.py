@@ -67,6 +67,8 @@ DEFAULT_STRATEGY = Strategy.SPREAD  # keeps headroom on every node and limits bl
 DEFAULT_ATTEMPT_TIMEOUT = 5.0  # s; an Agent that cannot answer Create in 5 s is treated as refusing
 DEFAULT_MAX_ATTEMPTS = 0  # 0 = try every feasible node: never fail while a node could still accept
 DEFAULT_EVENTS_RETAINED = 100_000  # events; minutes of history at high churn, a few tens of MB
+DEFAULT_DEPARTED_RETAINED = 10_000  # LEFT/LOST nodes still listed: ~4 KiB each, ~40 MiB in all
+DEFAULT_FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed: ~1.5 KiB each
 DEFAULT_HTTP_LISTEN = "127.0.0.1:9464"  # loopback only; 9464 is the Prometheus exporter port
 DEFAULT_LOG_FORMAT = "text"  # human-readable; journald adds timestamps itself
 DEFAULT_LOG_LEVEL = "info"  # lifecycle events without per-message noise
@@ -353,10 +355,12 @@ class LivenessConfig:
     node_timeout: float = DEFAULT_NODE_TIMEOUT  # s without a valid status -> LOST
     status_rate: float = DEFAULT_STATUS_RATE  # messages/s per node; faster senders are throttled
     status_burst: int = DEFAULT_STATUS_BURST  # messages a node may send at once above the rate
+    departed_retained: int = DEFAULT_DEPARTED_RETAINED  # LEFT/LOST nodes kept; oldest forgotten
 
     def __post_init__(self) -> None:
         _check_types(self)
         _seconds(self, "node_timeout")
+        _require(self, "departed_retained", self.departed_retained >= 1, "must be an integer >= 1")
         _require(
             self,
             "status_rate",
@@ -375,10 +379,12 @@ class SchedulingConfig:
     strategy: Strategy = DEFAULT_STRATEGY  # TOML: "spread" or "binpack"
     attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT  # s to wait for an Agent's first status
     max_attempts: int = DEFAULT_MAX_ATTEMPTS  # 0 = every feasible node
+    finished_retained: int = DEFAULT_FINISHED_RETAINED  # finished instances kept until destroyed
 
     def __post_init__(self) -> None:
         _check_types(self)
         _seconds(self, "attempt_timeout")
+        _require(self, "finished_retained", self.finished_retained >= 1, "must be an integer >= 1")
         _require(
             self, "max_attempts", self.max_attempts >= 0, "must be an integer >= 0 (0: every node)"
         )

@@ -269,13 +269,11 @@ async def test_writes_that_acknowledge_nothing_are_committed_together(tmp_path, 
         store.backend.close()
 
 
-async def test_a_forgotten_node_is_not_restored(monkeypatch):
-    from scheduler.cluster import registry
-
-    monkeypatch.setattr(registry, "DEPARTED_RETAINED", 1)
+async def test_a_forgotten_node_is_not_restored():
     data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
+    config = config_for(data_dir, port).replace(liveness={"departed_retained": 1})
     async with open_channel(port) as channel:
-        async with running_scheduler(config_for(data_dir, port)) as scheduler:
+        async with running_scheduler(config) as scheduler:
             for node_id in ("node-a", "node-b"):
                 agent = FakeAgent(channel, node_id)
                 await agent.join()
@@ -301,3 +299,13 @@ async def test_the_event_log_size_after_a_restart_counts_retained_events():
                 assert 0 < retained < 100 and second.events.revision >= 1_000_000
                 samples = await scrape(second)
                 assert metric(samples, "orka_scheduler_event_log_size") == retained
+
+
+async def test_the_retention_bounds_come_from_the_config():
+    data_dir, port = tempfile.mkdtemp(prefix="orka-restart-"), free_port()
+    config = config_for(data_dir, port).replace(
+        liveness={"departed_retained": 7}, scheduling={"finished_retained": 9}
+    )
+    async with running_scheduler(config) as scheduler:
+        assert scheduler.cluster.departed_retained == 7
+        assert scheduler.instances.finished_retained == 9

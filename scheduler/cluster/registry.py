@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ..config import DEFAULT_DEPARTED_RETAINED
 from ..errors import AlreadyExists, NotFound
 from ..events import EventLog
 from ..model import (
@@ -50,7 +51,6 @@ from ..throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
-DEPARTED_RETAINED = 10_000  # LEFT/LOST nodes still listed; the longest gone are forgotten
 STALE_DEADLINES = 1024  # ended sessions' entries the liveness heap may hold beyond 2 x nodes
 SWEEP_STEP = 0.005  # s between steps that end the status streams of lost nodes
 STREAMS_PER_SWEEP_STEP = 8  # streams ended per step: ending one costs grpclib ~0.25 ms
@@ -135,7 +135,7 @@ class FollowUps:
         "left the cluster", "was lost (...)" or "rejoined from another address (...)"."""
 
     def node_forgotten(self, node_id: str) -> None:
-        """A departed node is gone for good (see DEPARTED_RETAINED)."""
+        """A departed node is gone for good (see `Cluster._departed_now`)."""
 
     def instances_reported(self, node: Node) -> None:
         """The node's reported instance list changed; may narrow `node.running`."""
@@ -151,6 +151,7 @@ async def open_cluster(
     node_timeout: float,
     status_rate: float,
     status_burst: int,
+    departed_retained: int = DEFAULT_DEPARTED_RETAINED,
     clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Cluster]:
     """A Cluster whose liveness tasks live in a nursery of their own, cancelled on exit."""
@@ -162,6 +163,7 @@ async def open_cluster(
                 node_timeout=node_timeout,
                 status_rate=status_rate,
                 status_burst=status_burst,
+                departed_retained=departed_retained,
                 clock=clock,
             )
         finally:
@@ -179,9 +181,11 @@ class Cluster:
         node_timeout: float,
         status_rate: float,
         status_burst: int,
+        departed_retained: int = DEFAULT_DEPARTED_RETAINED,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.events = events
+        self.departed_retained = departed_retained
         self.node_timeout = node_timeout
         self._status_rate = status_rate
         self._status_burst = status_burst
@@ -322,8 +326,8 @@ class Cluster:
 
     def _departed_now(self, node: Node) -> None:
         """Count `node` (LEFT or LOST) among the departed; forget the longest gone beyond
-        DEPARTED_RETAINED, so churn (autoscaled nodes with fresh ids) cannot grow the scheduler
-        without bound. A forgotten node that comes back joins as a new node.
+        `departed_retained` (config), so churn (autoscaled nodes with fresh ids) cannot grow
+        the scheduler without bound. A forgotten node that comes back joins as a new node.
 
         What it keeps is what its view shows (last metrics, instance ids, from `placed` and
         `running`); its last instance list and the index of it serve only its session's next
@@ -331,7 +335,7 @@ class Cluster:
         Agent's list of hundreds of instances, must not keep those."""
         node.reported = None
         node.listed = {}
-        for gone in note_recent(self._departed, node.id, DEPARTED_RETAINED):
+        for gone in note_recent(self._departed, node.id, self.departed_retained):
             forgotten = self.nodes.pop(gone)
             self.table.remove(gone)
             self.events.forget_node(gone)
@@ -340,7 +344,7 @@ class Cluster:
                 "node %s forgotten: %s for longer than the %d most recently departed nodes",
                 gone,
                 forgotten.state.name,
-                DEPARTED_RETAINED,
+                self.departed_retained,
             )
 
     def _end_session(self, node: Node, reason: str, *, stream_later: bool = False) -> None:

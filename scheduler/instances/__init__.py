@@ -30,6 +30,7 @@ import trio
 
 from ..agents import Agents
 from ..cluster import Cluster
+from ..config import DEFAULT_FINISHED_RETAINED
 from ..events import EventLog
 from ..model import Strategy
 from ..store import Store
@@ -37,7 +38,6 @@ from .attempts import Attempts
 from .book import (
     ENDED_BY_AGENT,
     ENDED_OK,
-    FINISHED_RETAINED,
     PLACEMENT_OUTCOMES,
     RESERVATION_REPORTS,
     UNKNOWN_ANNOUNCED,
@@ -51,7 +51,6 @@ from .signals import Signals
 __all__ = [
     "ENDED_BY_AGENT",
     "ENDED_OK",
-    "FINISHED_RETAINED",
     "PLACEMENT_OUTCOMES",
     "RESERVATION_REPORTS",
     "UNKNOWN_ANNOUNCED",
@@ -77,6 +76,7 @@ async def open_instances(
     attempt_timeout: float,
     max_attempts: int,
     store: Store | None = None,
+    finished_retained: int = DEFAULT_FINISHED_RETAINED,
 ) -> AsyncIterator[Instances]:
     """Instances whose relay tasks live in a nursery of their own, cancelled on exit."""
     async with trio.open_nursery() as nursery:
@@ -90,6 +90,7 @@ async def open_instances(
                 attempt_timeout=attempt_timeout,
                 max_attempts=max_attempts,
                 store=store,
+                finished_retained=finished_retained,
             )
         finally:
             nursery.cancel_scope.cancel()

@@ -16,6 +16,7 @@ import trio
 
 from ..agents import Agents
 from ..cluster import Cluster, Node
+from ..config import DEFAULT_FINISHED_RETAINED
 from ..events import EventLog
 from ..logs import RateLimited
 from ..model import InstanceCode, InstanceEvent, InstanceStatus, NodeState, Strategy, Workload
@@ -35,7 +36,6 @@ UNKNOWN_RATE = 1.0  # announcements per second regained
 LOG_INTERVAL = 10.0  # s between two WARNING lines of the same kind about the same node
 FORGOTTEN_REMEMBERED = 1_000  # per node: forgotten ids (destroyed, placed again) its Agent may
 # still list for a report or two; such a listing is no news
-FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed; older are forgotten
 TERMINATED = InstanceCode.TERMINATED
 ENDED_OK = ("terminated", "destroyed")  # relay endings after which Schedule ends with OK
 ENDED_BY_AGENT = "ended by the Agent"  # message of the TERMINATED status the scheduler records
@@ -103,6 +103,7 @@ class Book:
         attempt_timeout: float,
         max_attempts: int,
         store: Store | None = None,
+        finished_retained: int = DEFAULT_FINISHED_RETAINED,
     ) -> None:
         self.cluster = cluster
         self.events = events
@@ -111,6 +112,7 @@ class Book:
         self.attempt_timeout = attempt_timeout
         self.max_attempts = max_attempts
         self.store = store
+        self.finished_retained = finished_retained
         self._instances: dict[str, Instance] = {}
         self._unknown_reported: dict[str, set[str]] = {}  # node id -> announced, still listed
         self._unknown_budget: dict[str, TokenBucket] = {}  # node id -> announcements left
@@ -184,10 +186,10 @@ class Book:
             self.cluster.count_instances(instance.node)
 
     def _retain_finished(self, instance: Instance) -> None:
-        """Remember the last FINISHED_RETAINED finished instances (terminated, or on a node that
+        """Remember the last `finished_retained` finished instances (terminated, or on a node that
         left or was lost) for Stop/Destroy answers and snapshots; forget older ones, so a
         Controller that never destroys them cannot grow the scheduler without bound."""
-        for old_id in note_recent(self._finished, instance.id, FINISHED_RETAINED):
+        for old_id in note_recent(self._finished, instance.id, self.finished_retained):
             old = self._instances.get(old_id)
             if old is not None and not old.running_on_ready_node:
                 del self._instances[old_id]

@@ -59,11 +59,16 @@ async def open_cluster(
     status_rate: float = 10.0,
     status_burst: int = 20,
     retained: int = 100_000,
+    departed_retained: int = 10_000,
 ):
     holder: dict[str, Cluster] = {}
     events = RecordingLog(retained, lambda: Snapshot(tuple(holder["cluster"].views()), ()))
     async with registry_cluster(
-        events, node_timeout=node_timeout, status_rate=status_rate, status_burst=status_burst
+        events,
+        node_timeout=node_timeout,
+        status_rate=status_rate,
+        status_burst=status_burst,
+        departed_retained=departed_retained,
     ) as cluster:
         holder["cluster"] = cluster
         yield cluster
@@ -215,19 +220,17 @@ async def test_a_wave_of_losses_publishes_every_lost_event_before_ending_the_str
         )
 
 
-async def test_only_the_most_recently_departed_nodes_are_kept(autojump_clock, monkeypatch):
+async def test_only_the_most_recently_departed_nodes_are_kept(autojump_clock):
     # Churn with fresh node ids (autoscaling) must not grow the registry without bound: beyond
-    # DEPARTED_RETAINED, the node gone longest is forgotten, from the listing and placement too.
-    from scheduler.cluster import registry
-
-    monkeypatch.setattr(registry, "DEPARTED_RETAINED", 2)
+    # `[liveness] departed_retained`, the node gone longest is forgotten, from the listing and
+    # placement too.
     forgotten: list[str] = []
 
     class Recording(FollowUps):
         def node_forgotten(self, node_id: str) -> None:
             forgotten.append(node_id)
 
-    async with open_cluster() as cluster:
+    async with open_cluster(departed_retained=2) as cluster:
         cluster.follow_ups = Recording()
         for name in ("a", "b", "c", "d"):
             cluster.join(name, "10.0.0.1", 7000)
@@ -277,7 +280,7 @@ async def test_leave_publishes_left_with_instances_and_is_idempotent(autojump_cl
 
 
 async def test_a_departed_node_keeps_its_view_not_its_last_instance_list(autojump_clock):
-    # Up to DEPARTED_RETAINED (10,000) departed nodes are kept; the soak's churn departs ~30 a
+    # Up to `departed_retained` (10,000) departed nodes are kept; the soak's churn departs ~30 a
     # minute, and each kept its Agent's last list and its index (bench/RESULTS.md).
     async with open_cluster() as cluster:
         for node_id, depart in (("node-1", "leave"), ("node-2", "lost")):

@@ -45,7 +45,7 @@ class NoStore:
 
 
 @asynccontextmanager
-async def open_core():
+async def open_core(finished_retained: int = 10_000):
     """An event log, a running cluster (no rate limit) and the instances service, wired by the
     scheduler's own Lifecycle: no sockets."""
     events = EventLog(100_000, lambda: Snapshot((), ()))
@@ -53,7 +53,13 @@ async def open_core():
     async with (
         open_cluster(events, node_timeout=30.0, status_rate=1e6, status_burst=10**6) as cluster,
         open_instances(
-            cluster, events, agents, strategy=Strategy.SPREAD, attempt_timeout=1.0, max_attempts=0
+            cluster,
+            events,
+            agents,
+            strategy=Strategy.SPREAD,
+            attempt_timeout=1.0,
+            max_attempts=0,
+            finished_retained=finished_retained,
         ) as instances,
     ):
         cluster.follow_ups = Lifecycle(NoStore(), agents, instances)
@@ -91,14 +97,12 @@ async def test_unknown_instances_are_announced_once_and_at_most_a_bounded_number
         assert announcements(events)[-2:] == ["x-1", "x-2"]
 
 
-async def test_finished_instances_are_remembered_only_up_to_a_bound(autojump_clock, monkeypatch):
+async def test_finished_instances_are_remembered_only_up_to_a_bound(autojump_clock):
     # Instances on a node that left are finished: remembered for Stop/Destroy answers, but a
     # Controller that never destroys them must not grow the scheduler without bound.
-    import scheduler.instances.book as instances_module
     from scheduler.model import InstanceStatus, Workload
 
-    monkeypatch.setattr(instances_module, "FINISHED_RETAINED", 2)
-    async with open_core() as (events, cluster, instances):
+    async with open_core(finished_retained=2) as (events, cluster, instances):
         node = cluster.join("node-1", "10.0.0.1", 7000)
         for name in ("a", "b", "c"):
             instances.restore(
