@@ -68,7 +68,7 @@ DEFAULT_ATTEMPT_TIMEOUT = 5.0  # s; an Agent that cannot answer Create in 5 s is
 DEFAULT_MAX_ATTEMPTS = 0  # 0 = try every feasible node: never fail while a node could still accept
 DEFAULT_EVENTS_RETAINED = 100_000  # events; minutes of history at high churn, a few tens of MB
 DEFAULT_DEPARTED_RETAINED = 10_000  # LEFT/LOST nodes still listed: ~4 KiB each, ~40 MiB in all
-DEFAULT_FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed: ~1.5 KiB each
+DEFAULT_FINISHED_RETAINED = 10_000  # finished instances remembered until destroyed: ~0.7 KiB each
 DEFAULT_HTTP_LISTEN = "127.0.0.1:9464"  # loopback only; 9464 is the Prometheus exporter port
 DEFAULT_LOG_FORMAT = "text"  # human-readable; journald adds timestamps itself
 DEFAULT_LOG_LEVEL = "info"  # lifecycle events without per-message noise
