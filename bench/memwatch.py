@@ -16,7 +16,9 @@ Nothing of this is in the scheduler itself: this script starts the thread, then 
   `departed_<t>.json`, what a LEFT/LOST node holds, per attribute; glibc's `malloc_info` and
   pymalloc's `sys._debugmallocstats()`; with MEMWATCH_TRACE=<depth>, a tracemalloc snapshot
   taken after that collection (`python bench/memwatch.py compare A B` lists the difference by
-  allocation site). Tracing slows the scheduler ~2x, and snapshots add to its RSS: read RSS
+  allocation site).
+- with MEMWATCH_TRIM=<s>, glibc's `malloc_trim(0)` every <s> seconds: it gives free pages inside
+  glibc's heap back to the system, so what then still climbs is not glibc's high-water mark. Tracing slows the scheduler ~2x, and snapshots add to its RSS: read RSS
   from a run without it.
 """
 
@@ -162,7 +164,12 @@ class Watch:
     def _run(self) -> None:
         pending = sorted(self.snapshots)
         next_sample = 0.0
+        trim_every = float(os.environ.get("MEMWATCH_TRIM", "0"))
+        next_trim = trim_every
         while True:
+            if trim_every and self.now() >= next_trim:  # what glibc's own high-water costs
+                self.libc.malloc_trim(0)
+                next_trim = self.now() + trim_every
             if pending and self.now() >= pending[0]:
                 pending.pop(0)
                 self.snapshot()

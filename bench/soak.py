@@ -59,6 +59,7 @@ from scheduler.sim.sim_controller import Placement, SimController  # noqa: E402
 from scheduler.sim.simulator import AgentProcesses, Behaviour, node_ids, raise_fd_limit  # noqa: E402
 
 NODE_TIMEOUT = 3.0  # s: the scheduler's liveness timeout
+DEPARTED_RETAINED = 10_000  # the scheduler's default [liveness] departed_retained
 REPORT_RATE = 1.0  # statuses per second per Agent
 LIFETIME = 4.0  # s an instance on a churning Agent runs before it ends by itself
 # MiB per instance: large enough that no node holds ~100 instances. Each running instance
@@ -373,18 +374,23 @@ async def rss_loop(pid: int, samples: list[tuple[float, int]], every: float) -> 
 # --- the check ----------------------------------------------------------------------------------
 
 
-def compare(view: View, fleet: Fleet, held: dict[str, list[str]]) -> list[str]:
+def compare(
+    view: View, fleet: Fleet, held: dict[str, list[str]], departed_retained: int
+) -> list[str]:
+    """What differs between the view and the truth. A departed node may be missing from a view
+    rebuilt from a snapshot once the scheduler keeps `departed_retained` of them (it forgets
+    the others by design)."""
     mismatches: list[str] = []
     running = fleet.running_nodes()
+    forgetting = sum(state != "READY" for state in view.nodes.values()) >= departed_retained
     for node in sorted(running):
         if view.nodes.get(node) != "READY":
             mismatches.append(f"node {node}: simulator runs it, view says {view.nodes.get(node)}")
-    for node in sorted(fleet.left):
-        if view.nodes.get(node) != "LEFT":
-            mismatches.append(f"node {node}: it left, view says {view.nodes.get(node)}")
-    for node in sorted(fleet.killed):
-        if view.nodes.get(node) != "LOST":
-            mismatches.append(f"node {node}: it was killed, view says {view.nodes.get(node)}")
+    for departed, state in ((fleet.left, "LEFT"), (fleet.killed, "LOST")):
+        for node in sorted(departed):
+            seen = view.nodes.get(node)
+            if seen != state and not (seen is None and forgetting):
+                mismatches.append(f"node {node}: it was {state}, view says {seen}")
     known = set(running) | fleet.left | fleet.killed
     for node in sorted(set(view.nodes) - known):
         mismatches.append(f"node {node}: in the view ({view.nodes[node]}), never simulated")
@@ -502,21 +508,31 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         held_again = await fleet.held()
         if held != held_again:
             say("warning: the Agents' instances changed during the check")
-        mismatches = compare(view, fleet, held)
+        departed_retained = args.departed_retained or DEPARTED_RETAINED
+        mismatches = compare(view, fleet, held, departed_retained)
         # The same check against a fresh Snapshot: the view must equal what a new watcher sees.
         fresh = View()
         async with contextlib.aclosing(controller.watch()) as events:
             async for _arrived, event in events:
                 fresh.apply(event, first=True)
                 break
+        # It keeps the `departed_retained` most recently departed nodes and forgets the others:
+        # with that many in the snapshot, a LEFT/LOST node of the view may be absent from it.
+        departed_kept = sum(state != "READY" for state in fresh.nodes.values())
+        bound_full = departed_kept >= departed_retained
+
+        def forgotten(node_id: str) -> bool:
+            return bound_full and node_id not in fresh.nodes and view.nodes[node_id] != "READY"
+
         snapshot_diff = [
             f"node {n}: view {view.nodes.get(n)}, snapshot {fresh.nodes.get(n)}"
             for n in sorted(set(view.nodes) | set(fresh.nodes))
-            if view.nodes.get(n) != fresh.nodes.get(n)
+            if view.nodes.get(n) != fresh.nodes.get(n) and not forgotten(n)
         ]
 
         # The scheduler forgets finished instances (docs/DECISIONS.md): destroyed ones at once,
-        # terminated ones and those of nodes that left or were lost beyond the newest 10,000.
+        # terminated ones and those of nodes that left or were lost beyond the newest
+        # `finished_retained`.
         # A snapshot may omit those; the view keeps them TERMINATED or on a LEFT/LOST node.
         def finished(instance_id: str) -> bool:
             code, node_id = view.instances[instance_id]
