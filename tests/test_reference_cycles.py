@@ -87,16 +87,10 @@ async def test_join_status_stream_and_leave():
             for _ in range(CALLS):
                 with pytest.raises(GRPCError):
                     await agent.join("Not A Node Id!")  # refused
-
-
-async def test_status_streams_the_scheduler_ends_with_aborted():
-    # A newer stream for the node and a leave each end a status stream with ABORTED (the error
-    # crosses to the asyncio side in a future, with a traceback through the handler's frames),
-    # also when the Agent closes its connection right after leaving, as the simulator's do.
-    async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
-        agent = FakeAgent(channel, "node-1")
-        await agent.join()
-        async with nothing_left_in_cycles():
+            # Streams the scheduler ends with ABORTED (the error crosses to the asyncio side in
+            # a future, with a traceback through the handler's frames): replaced by a newer
+            # stream, ended by a leave, also when the Agent's connection closes right after it
+            # leaves, as the simulator's Agents do.
             for _ in range(CALLS):
                 await agent.join()
                 older = await agent.report()
@@ -106,7 +100,7 @@ async def test_status_streams_the_scheduler_ends_with_aborted():
                 await agent.leave()  # ends `newer`
                 error = await stream_outcome(newer)
                 assert error is not None and error.status.name == "ABORTED", error
-            for i in range(CALLS):  # as the simulator's Agents: leave, and the process exits
+            for i in range(CALLS):
                 agent_channel = await make_channel(scheduler.port)
                 leaving = FakeAgent(agent_channel, f"leaving-{i}")
                 await leaving.join()
