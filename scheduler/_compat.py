@@ -44,9 +44,12 @@ import trio
 # a larger TLS record is simply read in more steps).
 TLS_READ_BUFFER = 4 * 1024  # per TLS connection; asyncio allocates 256 KiB (3/4 of an Agent's RSS)
 # How each of the last N closed streams of a connection ended (h2 keeps 65,536: 7.5 MiB on a
-# long-lived Controller or Agent connection). Needed only for frames still in flight when a
-# stream closed, which arrive within a round trip, not thousands of streams later.
-CLOSED_STREAMS_REMEMBERED = 1024
+# long-lived connection; 116 bytes each, measured). Needed only for frames still in flight when
+# a stream closed, which arrive within a round trip; in one, a connection of at most 100 streams
+# at once (an Agent's, both ways) closes at most ~200. A Controller's connection, which may hold
+# 10,000, remembers more: `grpc_listener.MANY_STREAMS_CLOSED_REMEMBERED`. (1,024 here filled 116
+# KiB per Agent channel after 1,024 Creates: ~1.1 GiB at 10,000 nodes, the soak's slow climb.)
+CLOSED_STREAMS_REMEMBERED = 256
 CALLBACKS_PER_CHECKPOINT = 64  # ready asyncio callbacks run back to back before trio's tasks run
 
 

@@ -60,6 +60,8 @@ from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
+MANY_STREAMS_CLOSED_REMEMBERED = 1024  # closed streams remembered by a connection allowed more
+# than AGENT_STREAMS (a Controller's); others keep _compat.CLOSED_STREAMS_REMEMBERED (see there)
 AGENT_STREAMS = 100  # concurrent calls per Agent connection (h2's default): it needs ~3
 PENDING_HANDSHAKES = 1024  # TLS handshakes in progress at once; a new one closes the oldest
 AGENT_CONNECTIONS = 4  # per Agent: one in use, one half-open after a reconnect, and headroom
@@ -481,6 +483,8 @@ class _Http2(H2Protocol):
             self.close(ErrorCodes.ENHANCE_YOUR_CALM, "connection limit reached")
             return
         streams = self.listener.concurrent_streams(self)
+        if streams > AGENT_STREAMS:
+            h2_connection.remember_closed_streams(MANY_STREAMS_CLOSED_REMEMBERED)
         if streams != h2_connection.local_settings.max_concurrent_streams:
             h2_connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: streams})
             self.connection.flush()
@@ -675,6 +679,11 @@ class _H2Connection(h2.connection.H2Connection):
             initial_values={key: self.local_settings[key] for key in self.local_settings},
         )
         self.remote_settings = _Settings(client=not client)
+
+    def remember_closed_streams(self, count: int) -> None:
+        """How many of its last closed streams the connection remembers (class default:
+        MAX_CLOSED_STREAMS, as `_compat` sets it)."""
+        self._closed_streams._size_limit = count
 
     def _receive_headers_frame(self, frame):
         try:

@@ -73,14 +73,21 @@ async def test_timers_and_tasks_still_run():
 async def test_a_long_lived_connection_remembers_a_bounded_number_of_closed_streams():
     # h2 remembers how each closed stream ended (65,536 of them, 7.5 MiB per connection); a
     # Controller's or an Agent's connection lives for months and carries millions of calls.
+    # A connection of at most 100 streams at once (an Agent's, both ways; here the client's
+    # side, whose h2 the loop patches too) keeps 256; a Controller's (the listener's side of a
+    # plaintext peer, allowed 10,000 streams) keeps 1,024.
     from scheduler._compat import CLOSED_STREAMS_REMEMBERED
+    from scheduler.grpc_listener import MANY_STREAMS_CLOSED_REMEMBERED
     from tests.conftest import running_scheduler
     from tests.fakes import FakeController, open_channel
 
     async with running_scheduler() as scheduler, open_channel(scheduler.port) as channel:
         controller = FakeController(channel)
-        for _ in range(CLOSED_STREAMS_REMEMBERED + 200):
+        for _ in range(MANY_STREAMS_CLOSED_REMEMBERED + 200):
             await controller.list_nodes()
         h2_connection = channel._protocol.connection._connection  # this client's side
         closed = len(h2_connection._closed_streams)
-        assert 0 < closed <= CLOSED_STREAMS_REMEMBERED, closed
+        assert closed == CLOSED_STREAMS_REMEMBERED == 256, closed
+        [served] = scheduler.bridge.listener._open  # the listener's side of the same connection
+        closed = len(served.connection._connection._closed_streams)
+        assert closed == MANY_STREAMS_CLOSED_REMEMBERED, closed

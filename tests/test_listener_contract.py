@@ -21,6 +21,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.stream
 import trio_asyncio
 from grpclib.protocol import Buffer, H2Protocol
 
@@ -210,3 +211,13 @@ def test_asyncio_ssl_protocol_internals_the_listener_uses():
         assert name in inspect.getsource(asyncio.sslproto.SSLProtocol), (
             f"asyncio.sslproto.SSLProtocol has no {name}: _Tls relies on it; {REVISIT}"
         )
+
+
+def test_a_connection_remembers_as_many_closed_streams_as_it_is_told():
+    # `_H2Connection.remember_closed_streams` sets the limit of h2's SizeLimitDict per
+    # connection; h2 reads it at every insertion and forgets the oldest beyond it.
+    connection = _H2Connection(h2.config.H2Configuration(client_side=False))
+    connection.remember_closed_streams(3)
+    for stream_id in range(1, 20, 2):
+        connection._closed_streams[stream_id] = h2.stream.StreamClosedBy.SEND_END_STREAM
+    assert list(connection._closed_streams) == [15, 17, 19], REVISIT
