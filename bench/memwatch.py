@@ -16,10 +16,11 @@ Nothing of this is in the scheduler itself: this script starts the thread, then 
   `departed_<t>.json`, what a LEFT/LOST node holds, per attribute; glibc's `malloc_info` and
   pymalloc's `sys._debugmallocstats()`; with MEMWATCH_TRACE=<depth>, a tracemalloc snapshot
   taken after that collection (`python bench/memwatch.py compare A B` lists the difference by
-  allocation site).
-- with MEMWATCH_TRIM=<s>, glibc's `malloc_trim(0)` every <s> seconds: it gives free pages inside
-  glibc's heap back to the system, so what then still climbs is not glibc's high-water mark. Tracing slows the scheduler ~2x, and snapshots add to its RSS: read RSS
+  allocation site). Tracing slows the scheduler ~2x, and snapshots add to its RSS: read RSS
   from a run without it.
+- with MEMWATCH_TRIM=<s>, glibc's `malloc_trim(0)` every <s> seconds: it gives free pages inside
+  glibc's heap back to the system, so what then still climbs is not glibc's free memory (in the
+  soak it changed nothing: glibc's heap is mostly in use).
 """
 
 from __future__ import annotations
