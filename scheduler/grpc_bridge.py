@@ -717,6 +717,10 @@ class Bridge:
         except Exception as error:  # the asyncio side answers it
             if not future.done():
                 future.set_exception(error)
+            # `error`'s traceback holds this frame: without the future in it, no cycle (error,
+            # frame, future) waits for a collection when the asyncio side does not take the
+            # error (it was cancelled as the error came: an Agent leaving as it disconnects).
+            del future
         except BaseException:  # Cancelled (the calls' nursery ended), KeyboardInterrupt, ...
             if not future.done():
                 future.cancel()

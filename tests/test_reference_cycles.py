@@ -217,3 +217,28 @@ async def test_connections_that_close():
                 await node.agent.leave()  # its channels close
                 await node.close()
         assert transports(found, scheduler.port, agent_ports) == []
+
+
+async def test_an_error_the_asyncio_side_never_takes():
+    # The asyncio side is cancelled just as the handler fails (an Agent that leaves as it
+    # disconnects, in the soak): the error stays in the call's future, and its traceback runs
+    # through the bridge's `_run`, whose frame held that future.
+    import trio
+    import trio_asyncio
+
+    from scheduler.errors import Aborted
+    from scheduler.grpc_bridge import Bridge, Call
+
+    async def handler(call: Call) -> None:
+        raise Aborted("status stream ended: the node left the cluster")
+
+    async with trio_asyncio.open_loop() as loop:
+        async with saved_cycles(0.0) as found:
+            for _ in range(CALLS):
+                future = loop.create_future()
+                call = Call("/scheduler.agent.MembershipService/UpdateNodeStatus", "::1", None)
+                await Bridge()._run(handler, call, future, trio.CancelScope())
+                assert future.exception() is not None
+                del future, call
+        left = sorted({type(o).__qualname__ for o in found if type(o).__name__ != "function"})
+        assert not {"Call", "Future", "GRPCError"} & set(left), left
