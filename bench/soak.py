@@ -55,11 +55,11 @@ from h2.exceptions import StreamClosedError  # noqa: E402
 
 from bench.run import SchedulerProcess, rss_kib, slope  # noqa: E402
 from scheduler._proto import controller_pb2  # noqa: E402
+from scheduler.config import DEFAULT_DEPARTED_RETAINED  # noqa: E402
 from scheduler.sim.sim_controller import Placement, SimController  # noqa: E402
 from scheduler.sim.simulator import AgentProcesses, Behaviour, node_ids, raise_fd_limit  # noqa: E402
 
 NODE_TIMEOUT = 3.0  # s: the scheduler's liveness timeout
-DEPARTED_RETAINED = 10_000  # the scheduler's default [liveness] departed_retained
 REPORT_RATE = 1.0  # statuses per second per Agent
 LIFETIME = 4.0  # s an instance on a churning Agent runs before it ends by itself
 # MiB per instance: large enough that no node holds ~100 instances. Each running instance
@@ -508,7 +508,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         held_again = await fleet.held()
         if held != held_again:
             say("warning: the Agents' instances changed during the check")
-        departed_retained = args.departed_retained or DEPARTED_RETAINED
+        departed_retained = args.departed_retained or DEFAULT_DEPARTED_RETAINED
         mismatches = compare(view, fleet, held, departed_retained)
         # The same check against a fresh Snapshot: the view must equal what a new watcher sees.
         fresh = View()
