@@ -544,9 +544,7 @@ class Bridge:
             except GRPCError as error:
                 if error.status in REFUSALS:
                     bridge._log_refusal(stream, path, call, error)
-                # Without its traceback: that holds the frames that hold the call's future,
-                # which holds the error (a cycle per refused call, until a full collection).
-                raise error.with_traceback(None)  # noqa: B904 (it is the error, not a new one)
+                raise
 
         async def run(call: Call, stream: Stream) -> None:
             if cardinality.client_streaming:
@@ -570,6 +568,9 @@ class Bridge:
                     future.exception()  # seen: asyncio logs an outcome never retrieved
                 if reader is not None:
                     reader.cancel()
+                # An error raised here carries this frame in its traceback: without the future
+                # (which holds the error) in it, no cycle waits for a collection (see `_run`).
+                del future
 
         return grpclib_handler
 
@@ -717,9 +718,10 @@ class Bridge:
         except Exception as error:  # the asyncio side answers it
             if not future.done():
                 future.set_exception(error)
-            # `error`'s traceback holds this frame: without the future in it, no cycle (error,
-            # frame, future) waits for a collection when the asyncio side does not take the
-            # error (it was cancelled as the error came: an Agent leaving as it disconnects).
+            # `error`'s traceback holds this frame: without the future (which holds `error`) in
+            # it, no cycle waits for a collection, whether or not the asyncio side takes the
+            # error (it may have been cancelled as the error came: an Agent leaving as it
+            # disconnects). The asyncio side's `run` lets go of it too.
             del future
         except BaseException:  # Cancelled (the calls' nursery ended), KeyboardInterrupt, ...
             if not future.done():
